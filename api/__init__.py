@@ -1,0 +1,1 @@
+"""The Flask API: app factory, one blueprint per resource, auth, errors."""

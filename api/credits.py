@@ -1,0 +1,35 @@
+"""The caller's credit history: every posted movement, newest first."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, request
+
+from api.db import db
+from api.security import current_account, require_key
+from api.validation import query_int
+from billing import ledger
+from billing.jobs import MAX_PAGE_SIZE, decode_int_cursor, encode_cursor
+from billing.errors import InvalidInput
+
+bp = Blueprint("credits", __name__, url_prefix="/v1/credits")
+
+
+@bp.get("/transactions")
+@require_key
+def transactions() -> dict[str, Any]:
+    limit = query_int("limit", 20)
+    if not 1 <= limit <= MAX_PAGE_SIZE:
+        raise InvalidInput(f"limit must be between 1 and {MAX_PAGE_SIZE}.", fields={"limit": "1-100"})
+    cursor = request.args.get("cursor")
+    rows, before = ledger.list_transactions(
+        db(),
+        current_account().id,
+        before_id=decode_int_cursor(cursor) if cursor else None,
+        limit=limit,
+    )
+    return {
+        "data": [ledger.transaction_view(txn) for txn in rows],
+        "next_cursor": encode_cursor(str(before)) if before is not None else None,
+    }

@@ -1,0 +1,70 @@
+"""One database transaction per request, committed in one place.
+
+Views call `db()`; `after_request` commits when the response is a success and rolls
+back otherwise, then runs the after-commit hooks (enqueueing), so a worker never
+sees a job whose transaction has not committed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from flask import Flask, Response, g
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from api.errors import error_response
+from models.db import session_factory
+
+log = logging.getLogger(__name__)
+
+AfterCommit = Callable[[], Response | None]
+
+
+def db() -> Session:
+    if "db_session" not in g:
+        g.db_session = session_factory()()
+        g.db_session.begin()
+        g.after_commit = []
+    session: Session = g.db_session
+    return session
+
+
+def after_commit(hook: AfterCommit) -> None:
+    """Run `hook` once the request's transaction committed; it may replace the response."""
+    db()
+    g.after_commit.append(hook)
+
+
+def init_app(app: Flask) -> None:
+    @app.after_request
+    def _finish(response: Response) -> Response:
+        session: Session | None = g.pop("db_session", None)
+        if session is None:
+            return response
+        hooks: list[AfterCommit] = g.pop("after_commit", [])
+        try:
+            if response.status_code < 400:
+                session.commit()
+            else:
+                session.rollback()
+        except SQLAlchemyError:
+            log.exception("commit failed")
+            session.rollback()
+            return error_response(503, "unavailable", "The database is busy; please retry.")
+        finally:
+            session.close()
+        if response.status_code < 400:
+            for hook in hooks:
+                replacement = hook()
+                if replacement is not None:
+                    return replacement
+        return response
+
+    @app.teardown_request
+    def _close(_exc: BaseException | None) -> None:
+        session: Session | None = g.pop("db_session", None)
+        if session is not None:
+            session.rollback()
+            session.close()

@@ -1,0 +1,81 @@
+"""Every error is JSON: {"error": {"code", "message", ...details}} with the right status."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, jsonify
+from pydantic import ValidationError
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from billing.errors import BillingError
+from billing.operations import validation_details
+
+log = logging.getLogger(__name__)
+
+STATUS_BY_CODE = {
+    "invalid_request": 422,
+    "not_found": 404,
+    "conflict": 409,
+    "idempotency_conflict": 409,
+    "job_not_cancellable": 409,
+    "duplicate_reference": 409,
+    "email_taken": 409,
+    "insufficient_credits": 402,
+    "subscription_required": 402,
+    "account_suspended": 403,
+    "account_cancelled": 403,
+    "model_not_allowed": 403,
+    "limit_reached": 403,
+    "forbidden": 403,
+}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+def error_response(status: int, code: str, message: str, **details: Any) -> Response:
+    response = jsonify({"error": {"code": code, "message": message, **details}})
+    response.status_code = status
+    return response
+
+
+def invalid(exc: ValidationError, prefix: str = "") -> ApiError:
+    fields = validation_details(exc, prefix)
+    name, problem = next(iter(fields.items()))
+    return ApiError(422, "invalid_request", f"Invalid request: {name}: {problem}.", fields=fields)
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError) -> Response:
+        return error_response(exc.status, exc.code, exc.message, **exc.details)
+
+    @app.errorhandler(BillingError)
+    def _billing_error(exc: BillingError) -> Response:
+        return error_response(STATUS_BY_CODE.get(exc.code, 400), exc.code, exc.message, **exc.details)
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def _too_large(_exc: RequestEntityTooLarge) -> Response:
+        limit = app.config["MAX_CONTENT_LENGTH"]
+        return error_response(
+            422, "invalid_request", f"Request body is too large (limit {limit} bytes).",
+            fields={"body": f"at most {limit} bytes"},
+        )
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        code = (exc.name or "error").lower().replace(" ", "_")
+        return error_response(exc.code or 500, code, exc.description or exc.name or "Error")
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error")
+        return error_response(500, "internal_error", "Something went wrong on our side.")

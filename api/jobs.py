@@ -1,0 +1,105 @@
+"""Jobs: submit (hold credits, enqueue after commit), read, list, cancel."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from flask import Blueprint, Response, request
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.db import after_commit, db
+from api.errors import error_response
+from api.security import current_account, require_key
+from api.validation import parse_body, query_int
+from billing import jobs
+from billing.jobs import JobRequest
+from models.db import transaction
+from settings import get_settings
+from tasks.dispatch import enqueue_job
+
+log = logging.getLogger(__name__)
+bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
+
+
+class SubmitBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    operation: str
+    input: dict[str, Any]
+    site_id: str | None = Field(default=None, max_length=40)
+    model: str | None = Field(default=None, max_length=100)
+    webhook_url: str | None = Field(default=None, max_length=2000)
+
+
+@bp.post("")
+@require_key
+def submit() -> tuple[dict[str, Any], int, dict[str, str]]:
+    body = parse_body(SubmitBody)
+    account = current_account()
+    submission = jobs.submit_job(
+        db(),
+        account,
+        JobRequest(
+            operation=body.operation,
+            input=body.input,
+            site_id=body.site_id,
+            model=body.model,
+            webhook_url=body.webhook_url,
+            idempotency_key=request.headers.get("Idempotency-Key"),
+        ),
+        hold_ttl=_hold_ttl(),
+    )
+    job = submission.job
+    if submission.created:
+        after_commit(lambda: _enqueue(job.id, job.operation))
+    headers = {"Location": f"/v1/jobs/{job.id}"}
+    if not submission.created:
+        headers["Idempotent-Replayed"] = "true"
+    return jobs.job_view(job), 202, headers
+
+
+def _hold_ttl() -> timedelta:
+    return timedelta(seconds=get_settings().hold_ttl_seconds)
+
+
+def _enqueue(job_id: str, operation: str) -> Response | None:
+    """After commit: hand the job to a worker, or undo the hold if the broker is down."""
+    try:
+        enqueue_job(job_id, operation)
+    except Exception:
+        log.exception("could not enqueue job %s", job_id)
+        with transaction() as session:
+            jobs.fail_job(session, job_id, "broker_unavailable", "The job could not be queued.")
+        return error_response(
+            503, "broker_unavailable", "The job queue is unavailable; nothing was charged.",
+            job_id=job_id,
+        )
+    return None
+
+
+@bp.get("/<job_id>")
+@require_key
+def get_job(job_id: str) -> dict[str, Any]:
+    return jobs.job_view(jobs.get_job(db(), current_account().id, job_id))
+
+
+@bp.get("")
+@require_key
+def list_jobs() -> dict[str, Any]:
+    rows, next_cursor = jobs.list_jobs(
+        db(),
+        current_account().id,
+        status=request.args.get("status"),
+        operation=request.args.get("operation"),
+        cursor=request.args.get("cursor"),
+        limit=query_int("limit", 20),
+    )
+    return {"data": [jobs.job_view(job) for job in rows], "next_cursor": next_cursor}
+
+
+@bp.post("/<job_id>/cancel")
+@require_key
+def cancel(job_id: str) -> dict[str, Any]:
+    return jobs.job_view(jobs.cancel_job(db(), current_account().id, job_id))

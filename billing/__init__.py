@@ -1,0 +1,1 @@
+"""The domain: every rule about credits, limits, statuses and models lives here."""

@@ -1,0 +1,129 @@
+"""The ledger's invariants (DESIGN.md), checked over the whole database.
+
+Run by `python -m ops audit` / `make audit` and at the end of every end-to-end test.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from models import (
+    FINAL_JOB_STATUSES,
+    Account,
+    CreditReservation,
+    CreditTransaction,
+    CreditUsageLog,
+    Job,
+)
+
+
+def audit(session: Session) -> list[str]:
+    """Every violation, each named; an empty list means the ledger is sound."""
+    violations: list[str] = []
+    posted = dict(
+        session.execute(
+            select(CreditTransaction.account_id, func.sum(CreditTransaction.amount)).group_by(
+                CreditTransaction.account_id
+            )
+        ).tuples().all()
+    )
+    held = dict(
+        session.execute(
+            select(CreditReservation.account_id, func.sum(CreditReservation.amount))
+            .where(CreditReservation.status == "held")
+            .group_by(CreditReservation.account_id)
+        ).tuples().all()
+    )
+    for account_id, credits, reserved in session.execute(
+        select(Account.id, Account.credits, Account.reserved_credits)
+    ):
+        if credits != (posted.get(account_id) or 0):
+            violations.append(
+                f"account {account_id}: credits {credits} != sum of transactions "
+                f"{posted.get(account_id) or 0}"
+            )
+        if reserved != (held.get(account_id) or 0):
+            violations.append(
+                f"account {account_id}: reserved_credits {reserved} != sum of open holds "
+                f"{held.get(account_id) or 0}"
+            )
+        if not 0 <= reserved <= credits:
+            violations.append(
+                f"account {account_id}: reserved_credits {reserved} outside 0..credits {credits}"
+            )
+    violations += _balance_chain(session)
+    violations += _job_holds(session)
+    return violations
+
+
+def _balance_chain(session: Session) -> list[str]:
+    """Each transaction's balance_after is the previous one plus its amount."""
+    violations = []
+    last: dict[str, int] = defaultdict(int)
+    for account_id, txn_id, amount, balance_after in session.execute(
+        select(
+            CreditTransaction.account_id,
+            CreditTransaction.id,
+            CreditTransaction.amount,
+            CreditTransaction.balance_after,
+        ).order_by(CreditTransaction.account_id, CreditTransaction.id)
+    ):
+        if balance_after != last[account_id] + amount:
+            violations.append(
+                f"transaction {txn_id} (account {account_id}): balance_after {balance_after} "
+                f"!= previous {last[account_id]} + amount {amount}"
+            )
+        last[account_id] = balance_after
+    return violations
+
+
+def _job_holds(session: Session) -> list[str]:
+    violations = []
+    deductions = dict(
+        session.execute(
+            select(CreditTransaction.job_id, func.count())
+            .where(CreditTransaction.type == "deduction")
+            .group_by(CreditTransaction.job_id)
+        ).tuples().all()
+    )
+    deducted = dict(
+        session.execute(
+            select(CreditTransaction.job_id, func.sum(CreditTransaction.amount))
+            .where(CreditTransaction.type == "deduction")
+            .group_by(CreditTransaction.job_id)
+        ).tuples().all()
+    )
+    logs = dict(
+        session.execute(
+            select(CreditUsageLog.job_id, func.count()).group_by(CreditUsageLog.job_id)
+        ).tuples().all()
+    )
+    rows = session.execute(
+        select(Job.id, Job.status, Job.credits_charged, CreditReservation.status).outerjoin(
+            CreditReservation, CreditReservation.job_id == Job.id
+        )
+    )
+    for job_id, status, charged, hold_status in rows:
+        if hold_status is None:
+            violations.append(f"job {job_id}: has no credit hold")
+            continue
+        if status in FINAL_JOB_STATUSES and hold_status == "held":
+            violations.append(f"job {job_id}: {status} but its hold is still open")
+        if (status == "succeeded") != (hold_status == "settled"):
+            violations.append(f"job {job_id}: status {status} with hold {hold_status}")
+        settled = hold_status == "settled"
+        if settled and (deductions.get(job_id, 0) != 1 or logs.get(job_id, 0) != 1):
+            violations.append(
+                f"job {job_id}: settled with {deductions.get(job_id, 0)} deductions and "
+                f"{logs.get(job_id, 0)} usage logs (want 1 and 1)"
+            )
+        if not settled and (deductions.get(job_id) or logs.get(job_id)):
+            violations.append(f"job {job_id}: charged although its hold is {hold_status}")
+        if settled and -(deducted.get(job_id) or 0) != charged:
+            violations.append(
+                f"job {job_id}: credits_charged {charged} != deduction {-(deducted.get(job_id) or 0)}"
+            )
+    return violations

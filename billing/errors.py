@@ -1,0 +1,77 @@
+"""Domain errors. Each carries a stable `code`; the API maps codes to HTTP statuses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class BillingError(Exception):
+    code = "billing_error"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class InvalidInput(BillingError):
+    code = "invalid_request"
+
+
+class NotFound(BillingError):
+    code = "not_found"
+
+
+class Conflict(BillingError):
+    code = "conflict"
+
+
+class IdempotencyConflict(Conflict):
+    code = "idempotency_conflict"
+
+
+class JobNotCancellable(Conflict):
+    code = "job_not_cancellable"
+
+
+class DuplicateReference(Conflict):
+    code = "duplicate_reference"
+
+
+class EmailTaken(Conflict):
+    code = "email_taken"
+
+
+class InsufficientCredits(BillingError):
+    code = "insufficient_credits"
+
+    def __init__(self, required: int, available: int) -> None:
+        super().__init__(
+            f"This job needs up to {required} credits but only {available} are available.",
+            required=required,
+            available=available,
+        )
+
+
+class AccountInactive(BillingError):
+    """Suspended or cancelled: refused on every auth path."""
+
+    def __init__(self, status: str) -> None:
+        self.code = f"account_{status}"
+        super().__init__(f"Account is {status}. Please contact support.", status=status)
+
+
+class SubscriptionRequired(BillingError):
+    code = "subscription_required"
+
+
+class ModelNotAllowed(BillingError):
+    code = "model_not_allowed"
+
+
+class LimitReached(BillingError):
+    code = "limit_reached"
+
+
+class Forbidden(BillingError):
+    code = "forbidden"

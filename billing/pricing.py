@@ -1,0 +1,80 @@
+"""Credit estimates (the hold, an upper bound) and actual charges, from AIModelConfig.
+
+Text: the hold covers a byte count of the input (a BPE token is at least one byte,
+so bytes bound tokens from above) plus the prompt template, plus `max_tokens` of
+output, which the provider is told and cannot exceed. Images: count x per-image.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from models import AIModelConfig
+
+# Upper bound on the tokens of every operation's fixed prompt text (tests check it).
+PROMPT_OVERHEAD_TOKENS = 600
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What the provider reported for one job."""
+
+    tokens_in: int = 0
+    tokens_out: int = 0
+    images: int = 0
+
+
+@dataclass(frozen=True)
+class Charge:
+    credits: int
+    cost_usd: Decimal
+    estimate_miss: bool
+
+
+def input_token_bound(job_input: dict[str, Any]) -> int:
+    return len(json.dumps(job_input, ensure_ascii=False).encode()) + PROMPT_OVERHEAD_TOKENS
+
+
+def max_output_tokens(operation: str, job_input: dict[str, Any]) -> int:
+    """The `max_tokens` sent to the provider: generous for the task, finite for the hold."""
+    if operation == "clustering":
+        keywords = job_input.get("keywords", [])
+        return len(json.dumps(keywords, ensure_ascii=False).encode()) + 16 * len(keywords) + 200
+    if operation == "idea_generation":
+        return 150 * int(job_input.get("count", 3)) + 100
+    if operation == "content_generation":
+        return math.ceil(int(job_input.get("word_count", 800)) * 1.6) + 300
+    if operation == "image_prompt_extraction":
+        return 100 * int(job_input.get("count", 3)) + 100
+    raise ValueError(f"{operation} is not a text operation")
+
+
+def text_credits(model: AIModelConfig, tokens: int) -> int:
+    return max(1, math.ceil(tokens / model.tokens_per_credit))
+
+
+def estimate_hold(operation: str, model: AIModelConfig, job_input: dict[str, Any]) -> int:
+    if model.model_type == "image":
+        return int(job_input.get("count", 1)) * model.credits_per_image
+    tokens = input_token_bound(job_input) + max_output_tokens(operation, job_input)
+    return text_credits(model, tokens)
+
+
+def actual_charge(model: AIModelConfig, usage: Usage, hold: int) -> Charge:
+    if model.model_type == "image":
+        credits = max(1, usage.images * model.credits_per_image)
+        cost = model.cost_per_image * usage.images
+    else:
+        credits = text_credits(model, usage.tokens_in + usage.tokens_out)
+        cost = (
+            model.cost_per_1k_input * usage.tokens_in + model.cost_per_1k_output * usage.tokens_out
+        ) / 1000
+    return Charge(
+        credits=min(credits, hold),
+        cost_usd=cost.quantize(Decimal("0.000001")),
+        estimate_miss=credits > hold,
+    )

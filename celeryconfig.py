@@ -1,0 +1,52 @@
+"""Celery settings: broker, queues and routes, delivery guarantees, beat schedule."""
+
+from __future__ import annotations
+
+from kombu import Queue
+
+from billing.operations import OPERATIONS
+from settings import get_settings
+
+_settings = get_settings()
+
+if not (
+    _settings.task_soft_time_limit
+    < _settings.task_time_limit
+    < _settings.visibility_timeout
+    < _settings.hold_ttl_seconds
+):
+    raise RuntimeError(
+        "time limits must nest: TASK_SOFT_TIME_LIMIT < TASK_TIME_LIMIT < "
+        "BROKER_VISIBILITY_TIMEOUT < HOLD_TTL_SECONDS"
+    )
+
+broker_url = _settings.broker_url
+broker_connection_retry_on_startup = True
+# Above the longest task, so a running task is never handed to a second worker.
+broker_transport_options = {"visibility_timeout": _settings.visibility_timeout}
+
+task_serializer = "json"
+accept_content = ["json"]
+task_ignore_result = True
+result_backend = None
+
+# Ack after the task ran; a worker that dies mid-task gets its message redelivered.
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+worker_cancel_long_running_tasks_on_connection_loss = True
+task_soft_time_limit = _settings.task_soft_time_limit
+task_time_limit = _settings.task_time_limit
+
+task_default_queue = "default"
+task_queues = [Queue(name) for name in ("text", "image", "webhooks", "default")]
+task_routes = {f"tasks.{op.name}": {"queue": op.queue} for op in OPERATIONS.values()}
+imports = [f"tasks.{name}" for name in OPERATIONS] + ["tasks.periodic"]
+
+worker_hijack_root_logger = False
+worker_send_task_events = True
+task_send_sent_event = True
+
+beat_schedule = {
+    "sweep-expired-holds": {"task": "tasks.periodic.sweep_expired_holds", "schedule": 60.0},
+}

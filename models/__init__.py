@@ -1,0 +1,36 @@
+"""SQLAlchemy 2.x models, one module per aggregate; import from here."""
+
+from models.account import ACCOUNT_STATUSES, Account, AISettings, ApiKey, Keyword, Site, User
+from models.ai_model import AIModelConfig
+from models.artifacts import Cluster, Content, Idea, Image, ImagePrompt
+from models.base import Base, as_utc, new_id, utcnow
+from models.job import FINAL_JOB_STATUSES, JOB_STATUSES, Job
+from models.ledger import CreditReservation, CreditTransaction, CreditUsageLog
+from models.plan import Plan
+
+__all__ = [
+    "ACCOUNT_STATUSES",
+    "FINAL_JOB_STATUSES",
+    "JOB_STATUSES",
+    "AIModelConfig",
+    "AISettings",
+    "Account",
+    "ApiKey",
+    "Base",
+    "Cluster",
+    "Content",
+    "CreditReservation",
+    "CreditTransaction",
+    "CreditUsageLog",
+    "Idea",
+    "Image",
+    "ImagePrompt",
+    "Job",
+    "Keyword",
+    "Plan",
+    "Site",
+    "User",
+    "as_utc",
+    "new_id",
+    "utcnow",
+]

@@ -1,0 +1,107 @@
+"""The account aggregate: the tenant, its users, API keys, sites and AI settings."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import CheckConstraint, ForeignKey, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from models.base import Base, CreatedAt, new_id
+from models.plan import Plan
+
+ACCOUNT_STATUSES = ("trial", "active", "suspended", "pending_payment", "cancelled")
+
+
+class Account(CreatedAt, Base):
+    __tablename__ = "accounts"
+    __table_args__ = (
+        # The ledger's invariants, guarded by the database as well as by the code.
+        CheckConstraint("reserved_credits >= 0", name="reserved_not_negative"),
+        CheckConstraint("credits >= reserved_credits", name="reserved_within_balance"),
+        CheckConstraint(
+            "status IN ('trial', 'active', 'suspended', 'pending_payment', 'cancelled')",
+            name="status",
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("acc"))
+    name: Mapped[str] = mapped_column(String(200), default="")
+    plan_id: Mapped[int | None] = mapped_column(ForeignKey("plans.id"))
+    status: Mapped[str] = mapped_column(String(20), default="trial")
+    credits: Mapped[int] = mapped_column(default=0)
+    reserved_credits: Mapped[int] = mapped_column(default=0)
+    trial_ends_at: Mapped[datetime | None]
+    period_start: Mapped[datetime | None]
+    period_end: Mapped[datetime | None]
+    usage_ahrefs_queries: Mapped[int] = mapped_column(default=0)
+    webhook_url: Mapped[str | None] = mapped_column(String(2000))
+    webhook_secret: Mapped[str | None] = mapped_column(String(100))
+
+    plan: Mapped[Plan | None] = relationship(lazy="joined")
+
+    @property
+    def available_credits(self) -> int:
+        return max(self.credits - self.reserved_credits, 0)
+
+
+class User(CreatedAt, Base):
+    __tablename__ = "users"
+    __table_args__ = (
+        CheckConstraint("role IN ('owner', 'admin', 'editor', 'viewer')", name="role"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("usr"))
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    password_hash: Mapped[str] = mapped_column(String(300))
+    role: Mapped[str] = mapped_column(String(20), default="owner")
+
+
+class ApiKey(CreatedAt, Base):
+    """Only the SHA-256 of a key is stored; the key itself is shown once."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("key"))
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    user_id: Mapped[str | None] = mapped_column(ForeignKey("users.id"))
+    name: Mapped[str] = mapped_column(String(100), default="default")
+    prefix: Mapped[str] = mapped_column(String(20))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    revoked_at: Mapped[datetime | None]
+    last_used_at: Mapped[datetime | None]
+
+
+class Site(CreatedAt, Base):
+    __tablename__ = "sites"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("site"))
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    domain: Mapped[str | None] = mapped_column(String(300))
+
+
+class AISettings(Base):
+    """Per-account model preference per operation, honoured only where the plan allows."""
+
+    __tablename__ = "ai_settings"
+    __table_args__ = (UniqueConstraint("account_id", "operation"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    operation: Mapped[str] = mapped_column(String(40))
+    model_name: Mapped[str] = mapped_column(ForeignKey("ai_model_configs.name"))
+
+
+class Keyword(CreatedAt, Base):
+    __tablename__ = "keywords"
+    __table_args__ = (UniqueConstraint("site_id", "keyword"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    site_id: Mapped[str] = mapped_column(ForeignKey("sites.id"))
+    keyword: Mapped[str] = mapped_column(String(300))
+    volume: Mapped[int | None]
+    difficulty: Mapped[int | None]

@@ -1,0 +1,53 @@
+"""What jobs create, kept so usage can report "items created" per operation."""
+
+from __future__ import annotations
+
+from sqlalchemy import ForeignKey, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from models.base import Base, CreatedAt
+
+
+class _Artifact(CreatedAt):
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
+    site_id: Mapped[str | None] = mapped_column(ForeignKey("sites.id"))
+
+
+class Cluster(_Artifact, Base):
+    __tablename__ = "clusters"
+
+    name: Mapped[str] = mapped_column(String(300))
+    keywords: Mapped[list[str]]
+
+
+class Idea(_Artifact, Base):
+    __tablename__ = "ideas"
+
+    title: Mapped[str] = mapped_column(String(500))
+    description: Mapped[str] = mapped_column(Text, default="")
+    content_type: Mapped[str] = mapped_column(String(50), default="article")
+    cluster_name: Mapped[str] = mapped_column(String(300), default="")
+
+
+class Content(_Artifact, Base):
+    __tablename__ = "contents"
+
+    title: Mapped[str] = mapped_column(String(500))
+    body: Mapped[str] = mapped_column(Text)
+    word_count: Mapped[int]
+
+
+class ImagePrompt(_Artifact, Base):
+    __tablename__ = "image_prompts"
+
+    prompt: Mapped[str] = mapped_column(Text)
+
+
+class Image(_Artifact, Base):
+    __tablename__ = "images"
+
+    url: Mapped[str] = mapped_column(String(2000))
+    prompt: Mapped[str] = mapped_column(Text)
+    model: Mapped[str] = mapped_column(String(100))

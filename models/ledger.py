@@ -1,0 +1,98 @@
+"""The credit ledger: holds (two-phase), posted transactions and usage logs."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import CheckConstraint, ForeignKey, Index, Numeric, String, Text, text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from models.base import Base, CreatedAt
+
+HOLD_STATUSES = ("held", "settled", "released", "expired")
+TRANSACTION_TYPES = (
+    "registration",
+    "renewal",
+    "topup",
+    "bank_transfer",
+    "adjustment",
+    "deduction",
+)
+
+
+class CreditReservation(CreatedAt, Base):
+    __tablename__ = "credit_reservations"
+    __table_args__ = (
+        CheckConstraint("amount > 0", name="amount_positive"),
+        CheckConstraint("status IN ('held', 'settled', 'released', 'expired')", name="status"),
+        Index("ix_credit_reservations_open", "status", "expires_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    # One hold per job: a redelivered task finds the same hold, never a second one.
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), unique=True)
+    amount: Mapped[int]
+    status: Mapped[str] = mapped_column(String(20), default="held")
+    expires_at: Mapped[datetime]
+    resolved_at: Mapped[datetime | None]
+
+
+class CreditTransaction(CreatedAt, Base):
+    __tablename__ = "credit_transactions"
+    __table_args__ = (
+        CheckConstraint(
+            "type IN ('registration', 'renewal', 'topup', 'bank_transfer', "
+            "'adjustment', 'deduction')",
+            name="type",
+        ),
+        # Exactly one deduction per job, whatever the delivery count.
+        Index(
+            "uq_credit_transactions_deduction_job",
+            "job_id",
+            unique=True,
+            sqlite_where=text("type = 'deduction'"),
+            postgresql_where=text("type = 'deduction'"),
+        ),
+        # A payment or period grant is posted once (bank reference, renewal period ...).
+        Index(
+            "uq_credit_transactions_reference",
+            "account_id",
+            "type",
+            "reference",
+            unique=True,
+            sqlite_where=text("reference IS NOT NULL"),
+            postgresql_where=text("reference IS NOT NULL"),
+        ),
+        Index("ix_credit_transactions_account_id_desc", "account_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    type: Mapped[str] = mapped_column(String(20))
+    amount: Mapped[int]
+    balance_after: Mapped[int]
+    description: Mapped[str] = mapped_column(Text, default="")
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"))
+    reference: Mapped[str | None] = mapped_column(String(200))
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
+
+
+class CreditUsageLog(CreatedAt, Base):
+    __tablename__ = "credit_usage_logs"
+    __table_args__ = (Index("ix_credit_usage_logs_account_created", "account_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), unique=True)
+    site_id: Mapped[str | None] = mapped_column(ForeignKey("sites.id"))
+    operation: Mapped[str] = mapped_column(String(40))
+    model: Mapped[str] = mapped_column(String(100))
+    tokens_in: Mapped[int] = mapped_column(default=0)
+    tokens_out: Mapped[int] = mapped_column(default=0)
+    images: Mapped[int] = mapped_column(default=0)
+    credits: Mapped[int]
+    cost_usd: Mapped[Decimal] = mapped_column(Numeric(14, 6))
+    items_created: Mapped[int] = mapped_column(default=0)

@@ -1,0 +1,35 @@
+"""Plans: what an account pays for, its four limits and its model policy."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from sqlalchemy import Numeric, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from models.base import Base, CreatedAt
+
+
+class Plan(CreatedAt, Base):
+    __tablename__ = "plans"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slug: Mapped[str] = mapped_column(String(50), unique=True)
+    name: Mapped[str] = mapped_column(String(100))
+    price: Mapped[Decimal] = mapped_column(Numeric(10, 2), default=Decimal("0"))
+    billing_cycle: Mapped[str] = mapped_column(String(20), default="monthly")
+    included_credits: Mapped[int] = mapped_column(default=0)
+    # None means unlimited for the four limits.
+    max_sites: Mapped[int | None] = mapped_column(default=1)
+    max_users: Mapped[int | None] = mapped_column(default=1)
+    max_keywords: Mapped[int | None] = mapped_column(default=100)
+    max_ahrefs_queries: Mapped[int] = mapped_column(default=0)
+    allow_credit_topup: Mapped[bool] = mapped_column(default=False)
+    is_internal: Mapped[bool] = mapped_column(default=False)
+    is_active: Mapped[bool] = mapped_column(default=True)
+    features: Mapped[list[str]] = mapped_column(default=list)
+    force_default_models: Mapped[bool] = mapped_column(default=False)
+    # Empty list: every active model of that type is allowed.
+    allowed_text_models: Mapped[list[str]] = mapped_column(default=list)
+    allowed_image_models: Mapped[list[str]] = mapped_column(default=list)
+    requests_per_minute: Mapped[int] = mapped_column(default=120)

@@ -1,0 +1,81 @@
+"""Command line: `python -m ops <command>` (also installed as `aijobs`).
+
+migrate  apply Alembic migrations to DATABASE_URL
+seed     load the shipped plans and model prices (idempotent)
+audit    check the ledger invariants; exit 1 naming each violation
+sweep    release expired holds as of --now (default: the current time)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+
+from billing import catalog
+from billing.audit import audit
+from billing.jobs import sweep_expired_holds
+from models import utcnow
+from models.db import database_url, transaction
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def migrate(url: str | None = None) -> None:
+    config = Config(str(ROOT / "alembic.ini"))
+    config.attributes["database_url"] = url or database_url()
+    command.upgrade(config, "head")
+
+
+def _instant(text: str | None) -> datetime:
+    if not text:
+        return utcnow()
+    value = datetime.fromisoformat(text)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="aijobs", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("migrate", help="apply migrations")
+    commands.add_parser("seed", help="load plans and model prices")
+    commands.add_parser("audit", help="check ledger invariants")
+    sweep = commands.add_parser("sweep", help="release expired holds")
+    sweep.add_argument("--now", help="ISO-8601 instant to sweep as of (default: now)")
+    args = parser.parse_args(argv)
+
+    if args.command == "migrate":
+        migrate()
+        print("migrated", _redacted(database_url()))
+    elif args.command == "seed":
+        with transaction() as session:
+            catalog.seed(session)
+        print(f"seeded {len(catalog.PLANS)} plans and {len(catalog.MODELS)} models")
+    elif args.command == "audit":
+        with transaction() as session:
+            violations = audit(session)
+        for violation in violations:
+            print("VIOLATION:", violation)
+        print(f"audit: {len(violations)} violation(s) in {_redacted(database_url())}")
+        return 1 if violations else 0
+    elif args.command == "sweep":
+        with transaction() as session:
+            swept = sweep_expired_holds(session, _instant(args.now))
+        print(f"released {len(swept)} expired hold(s)")
+    return 0
+
+
+def _redacted(url: str) -> str:
+    """Database URL without its password, for output."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

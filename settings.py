@@ -1,0 +1,83 @@
+"""Process-wide settings, read once from the environment.
+
+Every knob has an embedded default so `make run` works on a bare laptop; production
+overrides them with env vars (see README "Configuration").
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    return int(raw) if raw not in (None, "") else default
+
+
+def _env_bool(name: str, default: bool = False) -> bool:
+    raw = os.environ.get(name)
+    if raw in (None, ""):
+        return default
+    return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _default_database_url() -> str:
+    return f"sqlite:///{ROOT / 'var' / 'aijobs.db'}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = field(
+        default_factory=lambda: os.environ.get("DATABASE_URL") or _default_database_url()
+    )
+    redis_url: str = field(
+        default_factory=lambda: os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+    )
+    broker_url: str = field(
+        default_factory=lambda: os.environ.get("CELERY_BROKER_URL")
+        or os.environ.get("REDIS_URL")
+        or "redis://127.0.0.1:6379/0"
+    )
+    openai_base_url: str = field(
+        default_factory=lambda: os.environ.get("OPENAI_BASE_URL") or "http://127.0.0.1:8900/v1"
+    )
+    # The simulated provider accepts any key; a real key switches nothing but the URL.
+    openai_api_key: str = field(
+        default_factory=lambda: os.environ.get("OPENAI_API_KEY") or "sk-simulated"
+    )
+    admin_token: str = field(default_factory=lambda: os.environ.get("ADMIN_TOKEN") or "")
+    webhook_allow_private_urls: bool = field(
+        default_factory=lambda: _env_bool("WEBHOOK_ALLOW_PRIVATE_URLS")
+    )
+    # Time limits nest: task soft limit < hard limit < broker visibility < hold TTL,
+    # so a hold never expires while a live worker may still settle it.
+    task_soft_time_limit: int = field(
+        default_factory=lambda: _env_int("TASK_SOFT_TIME_LIMIT", 300)
+    )
+    task_time_limit: int = field(default_factory=lambda: _env_int("TASK_TIME_LIMIT", 330))
+    visibility_timeout: int = field(
+        default_factory=lambda: _env_int("BROKER_VISIBILITY_TIMEOUT", 600)
+    )
+    hold_ttl_seconds: int = field(default_factory=lambda: _env_int("HOLD_TTL_SECONDS", 900))
+    provider_timeout_seconds: int = field(
+        default_factory=lambda: _env_int("PROVIDER_TIMEOUT_SECONDS", 60)
+    )
+    provider_max_attempts: int = field(
+        default_factory=lambda: _env_int("PROVIDER_MAX_ATTEMPTS", 4)
+    )
+    provider_retry_max_wait: float = field(
+        default_factory=lambda: float(os.environ.get("PROVIDER_RETRY_MAX_WAIT") or 8.0)
+    )
+    max_request_bytes: int = field(
+        default_factory=lambda: _env_int("MAX_REQUEST_BYTES", 256 * 1024)
+    )
+    trial_days: int = field(default_factory=lambda: _env_int("TRIAL_DAYS", 14))
+
+
+def get_settings() -> Settings:
+    """Fresh read each call: cheap, and tests can change env between app instances."""
+    return Settings()

@@ -1,0 +1,221 @@
+"""Shared fixtures: real Redis, real PostgreSQL 15, real SQLite, the simulated
+provider over HTTP, and a real Celery worker process for end-to-end tests.
+
+Every database-backed test runs once per backend in TEST_DATABASES
+(default "sqlite,postgresql").
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from billing import catalog
+from billing.audit import audit
+from models import Base
+from models.db import dispose_engines, get_engine, transaction
+from ops.cli import migrate
+from ops.postgres_server import PostgresServer
+from ops.redis_server import RedisServer
+from workers.simulated_provider import make_server
+
+ROOT = Path(__file__).resolve().parent.parent
+BACKENDS = [b.strip() for b in os.environ.get("TEST_DATABASES", "sqlite,postgresql").split(",")]
+# Tables seeded once per database and kept between tests.
+KEPT_TABLES = {"plans", "ai_model_configs", "alembic_version"}
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer]:
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def sim() -> Iterator[Any]:
+    server = make_server("127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def sim_control(sim: Any) -> Iterator[httpx.Client]:
+    """HTTP control of the simulated provider's faults; cleared around each test."""
+    with httpx.Client(base_url=sim.url) as client:
+        client.delete("/_sim/faults")
+        client.delete("/_sim/stats")
+        yield client
+        client.delete("/_sim/faults")
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'test.db'}"
+    elif request.param == "postgresql":
+        server: PostgresServer = request.getfixturevalue("pg_server")
+        url = server.create_database(f"aijobs_{os.getpid()}")
+    else:
+        raise ValueError(f"unknown backend {request.param!r} in TEST_DATABASES")
+    migrate(url)
+    with transaction(url) as session:
+        catalog.seed(session)
+    return url
+
+
+@pytest.fixture
+def db_url(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The backend's URL, set as DATABASE_URL, with all non-catalog rows wiped after."""
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    yield database_url
+    truncate(database_url)
+    # Catalog rows may have been edited by a test: put the shipped values back.
+    with transaction(database_url) as session:
+        catalog.seed(session)
+
+
+def truncate(url: str) -> None:
+    tables = [t.name for t in reversed(Base.metadata.sorted_tables) if t.name not in KEPT_TABLES]
+    with get_engine(url).begin() as connection:
+        if url.startswith("postgresql"):
+            connection.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+        else:
+            for table in tables:
+                connection.execute(text(f"DELETE FROM {table}"))
+
+
+@pytest.fixture
+def env(
+    db_url: str, redis_server: RedisServer, sim: Any, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, str]:
+    values = {
+        "DATABASE_URL": db_url,
+        "REDIS_URL": redis_server.url,
+        "CELERY_BROKER_URL": redis_server.url,
+        "OPENAI_BASE_URL": sim.url + "/v1",
+        "ADMIN_TOKEN": "test-admin-token",
+        "PROVIDER_RETRY_MAX_WAIT": "0.2",
+        "PROVIDER_MAX_ATTEMPTS": "3",
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    return values
+
+
+@pytest.fixture
+def app(env: dict[str, str]) -> Any:
+    from api.app import create_app
+
+    application = create_app()
+    application.config["TESTING"] = True
+    return application
+
+
+@pytest.fixture
+def client(app: Any) -> Any:
+    return app.test_client()
+
+
+class Worker:
+    """A real `celery worker` process consuming our queues."""
+
+    def __init__(self, env: dict[str, str], queues: str = "text,image,default", concurrency: int = 2):
+        self.env = {**os.environ, **env}
+        self.queues = queues
+        self.concurrency = concurrency
+        self.process: subprocess.Popen[str] | None = None
+        self.output: list[str] = []
+
+    def start(self) -> Worker:
+        celery = Path(sys.executable).parent / "celery"
+        self.process = subprocess.Popen(
+            [str(celery), "-A", "workers.celery_app:celery", "worker", "-Q", self.queues,
+             "-c", str(self.concurrency), "--loglevel", "INFO", "--without-gossip",
+             "--without-mingle", "--without-heartbeat", "-n", f"test-{os.getpid()}-{time.monotonic_ns()}@%h"],
+            cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True,
+        )
+        ready = threading.Event()
+
+        def pump() -> None:
+            assert self.process and self.process.stdout
+            for line in self.process.stdout:
+                self.output.append(line)
+                if " ready." in line:
+                    ready.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        if not ready.wait(60):
+            self.stop()
+            raise RuntimeError("celery worker did not start:\n" + "".join(self.output[-50:]))
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, sig)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+
+
+@pytest.fixture(scope="session")
+def worker_env(database_url: str, redis_server: RedisServer, sim: Any) -> dict[str, str]:
+    return {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_server.url,
+        "CELERY_BROKER_URL": redis_server.url,
+        "OPENAI_BASE_URL": sim.url + "/v1",
+        "PROVIDER_RETRY_MAX_WAIT": "0.2",
+        "PROVIDER_MAX_ATTEMPTS": "3",
+    }
+
+
+@pytest.fixture(scope="session")
+def worker(worker_env: dict[str, str]) -> Iterator[Worker]:
+    running = Worker(worker_env).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def e2e(client: Any, worker: Worker, sim_control: httpx.Client, redis_server: RedisServer) -> Iterator[Any]:
+    """API + real worker + simulated provider; the ledger audit runs after each test."""
+    import redis
+
+    redis.Redis.from_url(redis_server.url).flushdb()
+    yield client
+    assert_audit_clean()
+
+
+def assert_audit_clean() -> None:
+    with transaction() as session:
+        violations = audit(session)
+    assert violations == [], "ledger audit failed:\n" + "\n".join(violations)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _dispose_after_session() -> Iterator[None]:
+    yield
+    dispose_engines()

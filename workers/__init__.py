@@ -1,0 +1,1 @@
+"""Celery app, AI provider clients, the job runtime, the simulated provider."""

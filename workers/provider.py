@@ -1,0 +1,151 @@
+"""The AI provider client: the `openai` SDK, with tenacity owning the retries.
+
+The same code talks to the bundled simulated provider (no OPENAI_API_KEY) and to the
+real service: only the base URL and key differ. 429, 5xx, timeouts and connection
+errors are retried with jittered exponential backoff that honours Retry-After;
+4xx validation errors are not retried.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import openai
+from openai import OpenAI
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from settings import get_settings
+
+log = logging.getLogger(__name__)
+
+RETRYABLE = (
+    openai.RateLimitError,
+    openai.InternalServerError,
+    openai.APITimeoutError,
+    openai.APIConnectionError,
+)
+
+
+class ProviderError(Exception):
+    """The provider could not produce a usable answer; the job fails, the hold is released."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    text: str
+    tokens_in: int
+    tokens_out: int
+    finish_reason: str
+
+
+@functools.cache
+def client(base_url: str, api_key: str, timeout: float) -> OpenAI:
+    # max_retries=0: tenacity is the only retry loop, so attempts are counted once.
+    return OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout)
+
+
+def _client() -> OpenAI:
+    settings = get_settings()
+    return client(
+        settings.openai_base_url, settings.openai_api_key, float(settings.provider_timeout_seconds)
+    )
+
+
+def _retry_after(exc: BaseException | None) -> float:
+    response = getattr(exc, "response", None)
+    header = response.headers.get("retry-after") if response is not None else None
+    try:
+        return max(float(header), 0.0) if header else 0.0
+    except ValueError:
+        return 0.0
+
+
+def _retrying() -> Retrying:
+    settings = get_settings()
+    backoff = wait_random_exponential(multiplier=0.25, max=settings.provider_retry_max_wait)
+
+    def wait(state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        return max(backoff(state), min(_retry_after(exc), settings.provider_retry_max_wait))
+
+    def before_sleep(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning("provider call failed (attempt %s): %r; retrying", state.attempt_number, exc)
+
+    return Retrying(
+        retry=retry_if_exception_type(RETRYABLE),
+        stop=stop_after_attempt(settings.provider_max_attempts),
+        wait=wait,
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+
+
+def _call(fn: Any, **kwargs: Any) -> Any:
+    try:
+        return _retrying()(fn, **kwargs)
+    except RETRYABLE as exc:
+        attempts = get_settings().provider_max_attempts
+        raise ProviderError(
+            "provider_unavailable",
+            f"The AI provider failed after {attempts} attempts: {_describe(exc)}",
+        ) from exc
+    except openai.APIStatusError as exc:
+        raise ProviderError(
+            "provider_rejected", f"The AI provider rejected the request: {_describe(exc)}"
+        ) from exc
+
+
+def _describe(exc: BaseException) -> str:
+    status = getattr(exc, "status_code", None)
+    text = getattr(exc, "message", None) or exc.__class__.__name__
+    return f"{status} {text}" if status else str(text)
+
+
+def chat_messages(system: str, job_input: dict[str, Any]) -> list[dict[str, str]]:
+    """Our prompt protocol: instructions in the system message, the input as JSON."""
+    user = "Follow the instructions for this input.\nINPUT:\n" + json.dumps(
+        job_input, ensure_ascii=False
+    )
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+def chat(model: str, messages: list[dict[str, str]], max_tokens: int) -> ChatResult:
+    completion = _call(
+        _client().chat.completions.create,
+        model=model,
+        messages=messages,
+        max_tokens=max_tokens,
+        response_format={"type": "json_object"},
+    )
+    choice = completion.choices[0]
+    usage = completion.usage
+    return ChatResult(
+        text=choice.message.content or "",
+        tokens_in=usage.prompt_tokens if usage else 0,
+        tokens_out=usage.completion_tokens if usage else 0,
+        finish_reason=choice.finish_reason or "stop",
+    )
+
+
+def generate_images(model: str, prompt: str, count: int) -> list[str]:
+    response = _call(_client().images.generate, model=model, prompt=prompt, n=count)
+    urls = [item.url for item in response.data or [] if item.url]
+    if not urls:
+        raise ProviderError("invalid_output", "The AI provider returned no images.")
+    return urls[:count]
