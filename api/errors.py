@@ -41,9 +41,9 @@ class ApiError(Exception):
         self.details = details
 
 
-def error_response(status: int, code: str, message: str, **details: Any) -> Response:
+def error_response(http_status: int, code: str, message: str, /, **details: Any) -> Response:
     response = jsonify({"error": {"code": code, "message": message, **details}})
-    response.status_code = status
+    response.status_code = http_status
     return response
 
 

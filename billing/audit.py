@@ -23,19 +23,19 @@ from models import (
 def audit(session: Session) -> list[str]:
     """Every violation, each named; an empty list means the ledger is sound."""
     violations: list[str] = []
-    posted = dict(
+    posted = _pairs(
         session.execute(
             select(CreditTransaction.account_id, func.sum(CreditTransaction.amount)).group_by(
                 CreditTransaction.account_id
             )
-        ).tuples().all()
+        ).all()
     )
-    held = dict(
+    held = _pairs(
         session.execute(
             select(CreditReservation.account_id, func.sum(CreditReservation.amount))
             .where(CreditReservation.status == "held")
             .group_by(CreditReservation.account_id)
-        ).tuples().all()
+        ).all()
     )
     for account_id, credits, reserved in session.execute(
         select(Account.id, Account.credits, Account.reserved_credits)
@@ -82,24 +82,24 @@ def _balance_chain(session: Session) -> list[str]:
 
 def _job_holds(session: Session) -> list[str]:
     violations = []
-    deductions = dict(
+    deductions = _pairs(
         session.execute(
             select(CreditTransaction.job_id, func.count())
             .where(CreditTransaction.type == "deduction")
             .group_by(CreditTransaction.job_id)
-        ).tuples().all()
+        ).all()
     )
-    deducted = dict(
+    deducted = _pairs(
         session.execute(
             select(CreditTransaction.job_id, func.sum(CreditTransaction.amount))
             .where(CreditTransaction.type == "deduction")
             .group_by(CreditTransaction.job_id)
-        ).tuples().all()
+        ).all()
     )
-    logs = dict(
+    logs = _pairs(
         session.execute(
             select(CreditUsageLog.job_id, func.count()).group_by(CreditUsageLog.job_id)
-        ).tuples().all()
+        ).all()
     )
     rows = session.execute(
         select(Job.id, Job.status, Job.credits_charged, CreditReservation.status).outerjoin(
@@ -127,3 +127,7 @@ def _job_holds(session: Session) -> list[str]:
                 f"job {job_id}: credits_charged {charged} != deduction {-(deducted.get(job_id) or 0)}"
             )
     return violations
+
+
+def _pairs(rows: object) -> dict[str, int]:
+    return {key: value for key, value in rows}  # type: ignore[attr-defined]

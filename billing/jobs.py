@@ -169,7 +169,7 @@ def _expand_keyword_ids(
     )
     if site_id is not None:
         query = query.where(Keyword.site_id == site_id)
-    found = dict(session.execute(query).tuples().all())
+    found = {kw_id: keyword for kw_id, keyword in session.execute(query)}
     missing = [i for i in ids if i not in found]
     if missing:
         raise InvalidInput(

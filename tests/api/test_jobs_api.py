@@ -1,0 +1,193 @@
+"""The jobs API without a worker: validation, idempotency, isolation, pagination."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.support import auth, register
+
+CLUSTER = {"operation": "clustering", "input": {"keywords": ["a b", "a c"]}}
+
+
+@pytest.fixture
+def key(client: Any) -> str:
+    return register(client)[0]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"operation": "telepathy", "input": {}}, "operation"),
+        ({"operation": "clustering"}, "input"),
+        ({"operation": "clustering", "input": {}}, "input.keywords"),
+        ({"operation": "clustering", "input": {"keywords": [1, 2]}}, "input.keywords.0"),
+        ({"operation": "clustering", "input": {"keywords": "a, b"}}, "input.keywords"),
+        ({"operation": "clustering", "input": {"keywords": ["x" * 301]}}, "input.keywords.0"),
+        ({"operation": "content_generation", "input": {"title": "t", "word_count": "500"}},
+         "input.word_count"),
+        ({"operation": "content_generation", "input": {"title": ""}}, "input.title"),
+        ({"operation": "image_generation", "input": {"prompt": "p", "count": 11}}, "input.count"),
+        ({"operation": "image_generation", "input": {"prompt": "p", "colour": "red"}},
+         "input.colour"),
+        ({"operation": "idea_generation", "input": {"cluster": "Running"}}, "input.cluster"),
+        ({"operation": 7, "input": {}}, "operation"),
+        ({"operation": "clustering", "input": [1]}, "input"),
+        ({**CLUSTER, "priority": "high"}, "priority"),
+        ({**CLUSTER, "webhook_url": "ftp://example.com/hook"}, "webhook_url"),
+    ],
+)
+def test_bad_job_input_is_422_naming_the_field(
+    client: Any, key: str, body: dict[str, Any], field: str
+) -> None:
+    response = client.post("/v1/jobs", json=body, headers=auth(key))
+
+    assert response.status_code == 422, response.get_json()
+    error = response.get_json()["error"]
+    assert error["code"] == "invalid_request"
+    assert field in error["fields"], error
+    assert error["message"]
+    assert client.get("/v1/jobs", headers=auth(key)).get_json()["data"] == []
+
+
+@pytest.mark.parametrize(
+    ("data", "content_type"),
+    [
+        ("not json", "application/json"),
+        ("[1, 2]", "application/json"),
+        ('{"operation": "clustering"', "application/json"),
+        ("operation=clustering", "application/x-www-form-urlencoded"),
+    ],
+)
+def test_body_that_is_not_a_json_object_is_422(
+    client: Any, key: str, data: str, content_type: str
+) -> None:
+    response = client.post("/v1/jobs", data=data, content_type=content_type, headers=auth(key))
+    assert response.status_code == 422
+    assert response.get_json()["error"]["code"] == "invalid_request"
+
+
+def test_oversized_body_is_422_and_writes_nothing(client: Any, key: str) -> None:
+    huge = {"operation": "image_prompt_extraction", "input": {"text": "word " * 80_000}}
+    response = client.post("/v1/jobs", json=huge, headers=auth(key))
+    assert response.status_code == 422
+    assert "too large" in response.get_json()["error"]["message"]
+    assert client.get("/v1/account", headers=auth(key)).get_json()["credits"]["reserved"] == 0
+
+
+def test_submit_returns_the_contract_fields(client: Any, key: str) -> None:
+    response = client.post("/v1/jobs", json=CLUSTER, headers=auth(key))
+
+    assert response.status_code == 202
+    job = response.get_json()
+    assert job["id"].startswith("job_")
+    assert job["status"] == "queued"
+    assert job["operation"] == "clustering"
+    assert job["model"] == "gpt-4o-mini"
+    assert job["reserved_credits"] > 0
+    assert response.headers["Location"] == f"/v1/jobs/{job['id']}"
+    account = client.get("/v1/account", headers=auth(key)).get_json()
+    assert account["credits"]["reserved"] == job["reserved_credits"]
+    assert account["credits"]["available"] == 2000 - job["reserved_credits"]
+
+
+def test_idempotency_key_replays_the_first_job(client: Any, key: str) -> None:
+    headers = {**auth(key), "Idempotency-Key": "order-42"}
+    first = client.post("/v1/jobs", json=CLUSTER, headers=headers)
+    second = client.post("/v1/jobs", json=CLUSTER, headers=headers)
+    conflict = client.post(
+        "/v1/jobs", json={**CLUSTER, "input": {"keywords": ["other"]}}, headers=headers
+    )
+
+    assert first.status_code == second.status_code == 202
+    assert second.get_json()["id"] == first.get_json()["id"]
+    assert second.headers["Idempotent-Replayed"] == "true"
+    assert conflict.status_code == 409
+    assert conflict.get_json()["error"]["code"] == "idempotency_conflict"
+    account = client.get("/v1/account", headers=auth(key)).get_json()
+    assert account["credits"]["reserved"] == first.get_json()["reserved_credits"]
+
+
+def test_idempotency_keys_are_per_account(client: Any, key: str) -> None:
+    other = register(client, "other@example.com")[0]
+    mine = client.post("/v1/jobs", json=CLUSTER, headers={**auth(key), "Idempotency-Key": "k"})
+    theirs = client.post("/v1/jobs", json=CLUSTER, headers={**auth(other), "Idempotency-Key": "k"})
+    assert mine.get_json()["id"] != theirs.get_json()["id"]
+
+
+def test_other_accounts_jobs_are_404(client: Any, key: str) -> None:
+    job_id = client.post("/v1/jobs", json=CLUSTER, headers=auth(key)).get_json()["id"]
+    intruder = register(client, "intruder@example.com")[0]
+
+    assert client.get(f"/v1/jobs/{job_id}", headers=auth(intruder)).status_code == 404
+    assert client.post(f"/v1/jobs/{job_id}/cancel", headers=auth(intruder)).status_code == 404
+    assert client.get("/v1/jobs", headers=auth(intruder)).get_json()["data"] == []
+    assert client.get(f"/v1/jobs/{job_id}", headers=auth(key)).get_json()["status"] == "queued"
+
+
+def test_unknown_job_is_404_json(client: Any, key: str) -> None:
+    response = client.get("/v1/jobs/job_nope", headers=auth(key))
+    assert response.status_code == 404
+    assert response.get_json()["error"]["code"] == "not_found"
+
+
+def test_list_pages_with_cursor_and_filters(client: Any, key: str) -> None:
+    ids = [client.post("/v1/jobs", json=CLUSTER, headers=auth(key)).get_json()["id"] for _ in range(5)]
+    client.post("/v1/jobs", json={"operation": "image_generation", "input": {"prompt": "p"}},
+                headers=auth(key))
+
+    seen: list[str] = []
+    cursor = None
+    while True:
+        url = "/v1/jobs?operation=clustering&limit=2" + (f"&cursor={cursor}" if cursor else "")
+        page = client.get(url, headers=auth(key)).get_json()
+        seen += [job["id"] for job in page["data"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert sorted(seen) == sorted(ids)
+    assert len(seen) == len(set(seen))
+    queued = client.get("/v1/jobs?status=queued&limit=100", headers=auth(key)).get_json()["data"]
+    assert len(queued) == 6
+
+
+@pytest.mark.parametrize(
+    "query", ["limit=0", "limit=101", "limit=ten", "status=done", "operation=x", "cursor=%%%"]
+)
+def test_bad_list_query_is_422(client: Any, key: str, query: str) -> None:
+    response = client.get(f"/v1/jobs?{query}", headers=auth(key))
+    assert response.status_code == 422
+    assert response.get_json()["error"]["code"] == "invalid_request"
+
+
+def test_cancel_queued_job_releases_the_hold(client: Any, key: str) -> None:
+    job_id = client.post("/v1/jobs", json=CLUSTER, headers=auth(key)).get_json()["id"]
+
+    response = client.post(f"/v1/jobs/{job_id}/cancel", headers=auth(key))
+
+    assert response.status_code == 200
+    assert response.get_json()["status"] == "cancelled"
+    credits = client.get("/v1/account", headers=auth(key)).get_json()["credits"]
+    assert credits == {"balance": 2000, "reserved": 0, "available": 2000}
+    assert client.post(f"/v1/jobs/{job_id}/cancel", headers=auth(key)).status_code == 409
+
+
+def test_transactions_page_newest_first(client: Any) -> None:
+    key, account = register(client)
+    for amount in (10, 20, 30):
+        client.post(
+            f"/v1/admin/accounts/{account['id']}/credits",
+            json={"amount": amount, "reason": f"bonus {amount}"},
+            headers={"X-Admin-Token": "test-admin-token"},
+        )
+    first = client.get("/v1/credits/transactions?limit=2", headers=auth(key)).get_json()
+    rest = client.get(
+        f"/v1/credits/transactions?limit=2&cursor={first['next_cursor']}", headers=auth(key)
+    ).get_json()
+
+    amounts = [t["amount"] for t in first["data"] + rest["data"]]
+    assert amounts == [30, 20, 10, 2000]
+    assert [t["balance_after"] for t in first["data"]] == [2060, 2030]
+    assert rest["next_cursor"] is None
+    assert {"type", "amount", "balance_after", "description", "created_at"} <= set(first["data"][0])

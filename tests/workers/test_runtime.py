@@ -1,0 +1,122 @@
+"""JobTask on its own: task functions called directly (no broker), real DB, the
+simulated provider over HTTP through the openai SDK."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy import func, select
+
+from billing import accounts
+from billing.audit import audit
+from billing.jobs import JobRequest, JobRun, cancel_job, submit_job
+from models import CreditTransaction, CreditUsageLog, Job
+from models.db import transaction
+from tasks.clustering import clustering
+from tasks.content_generation import content_generation
+from workers.runtime import Outcome
+
+KEYWORDS = {"keywords": ["red shoes", "red boots", "blue hats"]}
+
+
+def _submit(operation: str, job_input: dict[str, Any]) -> str:
+    with transaction() as session:
+        registration = accounts.register(session, "task@example.com", "long enough", "", 14)
+        job = submit_job(
+            session,
+            registration.account,
+            JobRequest(operation=operation, input=job_input),
+            timedelta(minutes=15),
+        ).job
+        return job.id
+
+
+def _job(job_id: str) -> Job:
+    with transaction() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        return job
+
+
+def _charges(job_id: str) -> tuple[int, int]:
+    with transaction() as session:
+        deductions = session.scalar(
+            select(func.count()).where(CreditTransaction.job_id == job_id)
+        )
+        logs = session.scalar(select(func.count()).where(CreditUsageLog.job_id == job_id))
+        assert audit(session) == []
+        return deductions or 0, logs or 0
+
+
+def test_a_redelivered_task_charges_once(env: Any, sim_control: Any) -> None:
+    job_id = _submit("clustering", KEYWORDS)
+
+    assert clustering.run(job_id) == "succeeded"
+    assert clustering.run(job_id) == "skipped"
+
+    job = _job(job_id)
+    assert job.status == "succeeded"
+    assert job.attempts == 1
+    assert _charges(job_id) == (1, 1)
+    assert sim_control.get("/_sim/stats").json()["requests"]["chat"] == 1
+
+
+def test_a_task_redelivered_while_running_runs_again_and_charges_once(env: Any) -> None:
+    job_id = _submit("clustering", KEYWORDS)
+    with transaction() as session:
+        session.get(Job, job_id).status = "running"  # type: ignore[union-attr]
+
+    assert clustering.run(job_id) == "succeeded"
+    assert _charges(job_id) == (1, 1)
+
+
+def test_truncated_output_fails_the_job_and_releases(env: Any, monkeypatch: Any) -> None:
+    monkeypatch.setattr("workers.runtime.max_output_tokens", lambda op, inp: 5)
+    job_id = _submit("content_generation", {"title": "Cut short"})
+
+    assert content_generation.run(job_id) == "failed"
+
+    job = _job(job_id)
+    assert (job.status, job.error_code) == ("failed", "invalid_output")
+    assert "cut off" in (job.error_message or "")
+    assert _charges(job_id) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [(SoftTimeLimitExceeded(), "timeout"), (RuntimeError("boom"), "internal_error")],
+)
+def test_timeouts_and_bugs_fail_the_job_cleanly(
+    env: Any, monkeypatch: Any, error: BaseException, code: str
+) -> None:
+    def explode(self: Any, run: JobRun) -> Outcome:
+        raise error
+
+    monkeypatch.setattr("workers.runtime.TextHandler.execute", explode)
+    job_id = _submit("clustering", KEYWORDS)
+
+    assert clustering.run(job_id) == "failed"
+
+    job = _job(job_id)
+    assert (job.status, job.error_code) == ("failed", code)
+    assert "boom" not in (job.error_message or "")
+    assert _charges(job_id) == (0, 0)
+
+
+def test_a_cancelled_job_is_not_run(env: Any, sim_control: Any) -> None:
+    job_id = _submit("clustering", KEYWORDS)
+    with transaction() as session:
+        cancel_job(session, _job(job_id).account_id, job_id)
+
+    assert clustering.run(job_id) == "skipped"
+    assert sim_control.get("/_sim/stats").json()["requests"]["chat"] == 0
+
+
+def test_task_options_guard_delivery() -> None:
+    for task in (clustering, content_generation):
+        assert task.acks_late is True
+        assert task.reject_on_worker_lost is True
+        assert task.ignore_result is True
