@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from billing.operations import OPERATIONS
 from settings import get_settings
@@ -23,7 +23,13 @@ if not (
 broker_url = _settings.broker_url
 broker_connection_retry_on_startup = True
 # Above the longest task, so a running task is never handed to a second worker.
-broker_transport_options = {"visibility_timeout": _settings.visibility_timeout}
+# Unacked messages of a dead worker are scanned for every interval (kombu's default
+# scans only every 10th interval, i.e. 100 s).
+broker_transport_options = {
+    "visibility_timeout": _settings.visibility_timeout,
+    "unacked_restore_interval": _settings.broker_restore_interval,
+    "unacked_restore_throttle": 1,
+}
 
 task_serializer = "json"
 accept_content = ["json"]
@@ -38,9 +44,16 @@ worker_cancel_long_running_tasks_on_connection_loss = True
 task_soft_time_limit = _settings.task_soft_time_limit
 task_time_limit = _settings.task_time_limit
 
+QUEUES = ("text", "image", "webhooks", "default")
 task_default_queue = "default"
-task_queues = [Queue(name) for name in ("text", "image", "webhooks", "default")]
-task_routes = {f"tasks.{op.name}": {"queue": op.queue} for op in OPERATIONS.values()}
+task_default_exchange = "default"
+task_default_routing_key = "default"
+# Each queue on its own direct exchange and key: a message lands in exactly one queue.
+task_queues = [Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES]
+task_routes = {
+    f"tasks.{op.name}": {"queue": op.queue, "exchange": op.queue, "routing_key": op.queue}
+    for op in OPERATIONS.values()
+}
 imports = [f"tasks.{name}" for name in OPERATIONS] + ["tasks.periodic"]
 
 worker_hijack_root_logger = False

@@ -62,6 +62,10 @@ class Settings:
     visibility_timeout: int = field(
         default_factory=lambda: _env_int("BROKER_VISIBILITY_TIMEOUT", 600)
     )
+    # How often a worker looks for unacked messages past the visibility timeout.
+    broker_restore_interval: int = field(
+        default_factory=lambda: _env_int("BROKER_RESTORE_INTERVAL", 10)
+    )
     hold_ttl_seconds: int = field(default_factory=lambda: _env_int("HOLD_TTL_SECONDS", 900))
     provider_timeout_seconds: int = field(
         default_factory=lambda: _env_int("PROVIDER_TIMEOUT_SECONDS", 60)

@@ -7,5 +7,7 @@ from workers.celery_app import celery
 
 
 def enqueue_job(job_id: str, operation: str) -> None:
-    queue = OPERATIONS[operation].queue
-    celery.send_task(f"tasks.{operation}", args=[job_id], queue=queue)
+    """Routing comes from `celeryconfig.task_routes` (one queue per operation kind)."""
+    if operation not in OPERATIONS:
+        raise ValueError(f"unknown operation {operation!r}")
+    celery.send_task(f"tasks.{operation}", args=[job_id])

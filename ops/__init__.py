@@ -1,0 +1,1 @@
+"""Operational tooling: embedded servers for tests and benches, the dev stack, the CLI."""
