@@ -19,6 +19,7 @@ from sqlalchemy import text
 
 from billing import catalog
 from billing.audit import audit
+from celeryconfig import QUEUES
 from models import Base
 from models.db import dispose_engines, get_engine, transaction
 from ops.cli import migrate
@@ -157,7 +158,8 @@ def e2e(client: Any, worker: Worker, sim_control: httpx.Client, redis_server: Re
     """API + real worker + simulated provider; the ledger audit runs after each test."""
     import redis
 
-    redis.Redis.from_url(redis_server.url).flushdb()
+    # Drop messages left by API-only tests; keep kombu's exchange bindings.
+    redis.Redis.from_url(redis_server.url).delete(*QUEUES)
     yield client
     assert_audit_clean()
 
