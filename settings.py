@@ -38,9 +38,11 @@ class Settings:
         default_factory=lambda: os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
     )
     broker_url: str = field(
-        default_factory=lambda: os.environ.get("CELERY_BROKER_URL")
-        or os.environ.get("REDIS_URL")
-        or "redis://127.0.0.1:6379/0"
+        default_factory=lambda: (
+            os.environ.get("CELERY_BROKER_URL")
+            or os.environ.get("REDIS_URL")
+            or "redis://127.0.0.1:6379/0"
+        )
     )
     openai_base_url: str = field(
         default_factory=lambda: os.environ.get("OPENAI_BASE_URL") or "http://127.0.0.1:8900/v1"
@@ -55,9 +57,7 @@ class Settings:
     )
     # Time limits nest: task soft limit < hard limit < broker visibility < hold TTL,
     # so a hold never expires while a live worker may still settle it.
-    task_soft_time_limit: int = field(
-        default_factory=lambda: _env_int("TASK_SOFT_TIME_LIMIT", 300)
-    )
+    task_soft_time_limit: int = field(default_factory=lambda: _env_int("TASK_SOFT_TIME_LIMIT", 300))
     task_time_limit: int = field(default_factory=lambda: _env_int("TASK_TIME_LIMIT", 330))
     visibility_timeout: int = field(
         default_factory=lambda: _env_int("BROKER_VISIBILITY_TIMEOUT", 600)
@@ -70,9 +70,7 @@ class Settings:
     provider_timeout_seconds: int = field(
         default_factory=lambda: _env_int("PROVIDER_TIMEOUT_SECONDS", 60)
     )
-    provider_max_attempts: int = field(
-        default_factory=lambda: _env_int("PROVIDER_MAX_ATTEMPTS", 4)
-    )
+    provider_max_attempts: int = field(default_factory=lambda: _env_int("PROVIDER_MAX_ATTEMPTS", 4))
     provider_retry_max_wait: float = field(
         default_factory=lambda: float(os.environ.get("PROVIDER_RETRY_MAX_WAIT") or 8.0)
     )

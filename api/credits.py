@@ -10,8 +10,8 @@ from api.db import db
 from api.security import current_account, require_key
 from api.validation import query_int
 from billing import ledger
-from billing.jobs import MAX_PAGE_SIZE, decode_int_cursor, encode_cursor
 from billing.errors import InvalidInput
+from billing.jobs import MAX_PAGE_SIZE, decode_int_cursor, encode_cursor
 
 bp = Blueprint("credits", __name__, url_prefix="/v1/credits")
 
@@ -21,7 +21,9 @@ bp = Blueprint("credits", __name__, url_prefix="/v1/credits")
 def transactions() -> dict[str, Any]:
     limit = query_int("limit", 20)
     if not 1 <= limit <= MAX_PAGE_SIZE:
-        raise InvalidInput(f"limit must be between 1 and {MAX_PAGE_SIZE}.", fields={"limit": "1-100"})
+        raise InvalidInput(
+            f"limit must be between 1 and {MAX_PAGE_SIZE}.", fields={"limit": "1-100"}
+        )
     cursor = request.args.get("cursor")
     rows, before = ledger.list_transactions(
         db(),

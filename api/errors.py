@@ -60,13 +60,17 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(BillingError)
     def _billing_error(exc: BillingError) -> Response:
-        return error_response(STATUS_BY_CODE.get(exc.code, 400), exc.code, exc.message, **exc.details)
+        return error_response(
+            STATUS_BY_CODE.get(exc.code, 400), exc.code, exc.message, **exc.details
+        )
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(_exc: RequestEntityTooLarge) -> Response:
         limit = app.config["MAX_CONTENT_LENGTH"]
         return error_response(
-            422, "invalid_request", f"Request body is too large (limit {limit} bytes).",
+            422,
+            "invalid_request",
+            f"Request body is too large (limit {limit} bytes).",
             fields={"body": f"at most {limit} bytes"},
         )
 

@@ -73,7 +73,9 @@ def _enqueue(job_id: str, operation: str) -> Response | None:
         with transaction() as session:
             jobs.fail_job(session, job_id, "broker_unavailable", "The job could not be queued.")
         return error_response(
-            503, "broker_unavailable", "The job queue is unavailable; nothing was charged.",
+            503,
+            "broker_unavailable",
+            "The job queue is unavailable; nothing was charged.",
             job_id=job_id,
         )
     return None

@@ -31,7 +31,9 @@ def require_key(view: Callable[P, R]) -> Callable[P, R]:
         header = request.headers.get("Authorization", "")
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
-            raise ApiError(401, "unauthorized", "Send your API key as 'Authorization: Bearer <key>'.")
+            raise ApiError(
+                401, "unauthorized", "Send your API key as 'Authorization: Bearer <key>'."
+            )
         try:
             g.account, g.user = accounts.authenticate_api_key(db(), key.strip())
         except NotFound:

@@ -16,7 +16,9 @@ def parse_body(model: type[M]) -> M:
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
         raise ApiError(
-            422, "invalid_request", "The request body must be a JSON object.",
+            422,
+            "invalid_request",
+            "The request body must be a JSON object.",
             fields={"body": "a JSON object"},
         )
     try:
@@ -33,6 +35,8 @@ def query_int(name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise ApiError(
-            422, "invalid_request", f"Query parameter {name!r} must be an integer.",
+            422,
+            "invalid_request",
+            f"Query parameter {name!r} must be an integer.",
             fields={name: "an integer"},
         ) from None

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from billing import ledger
@@ -80,7 +80,13 @@ def register(
     )
     session.add(account)
     session.flush()
-    user = User(account_id=account.id, email=email, name=name, password_hash=hash_password(password), role="owner")
+    user = User(
+        account_id=account.id,
+        email=email,
+        name=name,
+        password_hash=hash_password(password),
+        role="owner",
+    )
     session.add(user)
     session.flush()
     if plan.included_credits:
@@ -99,8 +105,23 @@ def register(
 def _add_month(value: Any) -> Any:
     month = value.month % 12 + 1
     year = value.year + (value.month == 12)
-    day = min(value.day, [31, 29 if year % 4 == 0 and (year % 100 or year % 400 == 0) else 28,
-                          31, 30, 31, 30, 31, 31, 30, 31, 30, 31][month - 1])
+    day = min(
+        value.day,
+        [
+            31,
+            29 if year % 4 == 0 and (year % 100 or year % 400 == 0) else 28,
+            31,
+            30,
+            31,
+            30,
+            31,
+            31,
+            30,
+            31,
+            30,
+            31,
+        ][month - 1],
+    )
     return value.replace(year=year, month=month, day=day)
 
 
@@ -178,7 +199,9 @@ def account_view(session: Session, account: Account) -> dict[str, Any]:
         "plan": plan_view(plan) if plan else None,
         "credits": credits_view(account),
         "limits": limits_report(session, account),
-        "trial_ends_at": as_utc(account.trial_ends_at).isoformat() if account.trial_ends_at else None,
+        "trial_ends_at": as_utc(account.trial_ends_at).isoformat()
+        if account.trial_ends_at
+        else None,
         "period_start": as_utc(account.period_start).isoformat() if account.period_start else None,
         "period_end": as_utc(account.period_end).isoformat() if account.period_end else None,
         "created_at": as_utc(account.created_at).isoformat(),
@@ -210,5 +233,3 @@ def plan_view(plan: Plan) -> dict[str, Any]:
         "allowed_text_models": plan.allowed_text_models,
         "allowed_image_models": plan.allowed_image_models,
     }
-
-

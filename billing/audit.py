@@ -6,6 +6,8 @@ Run by `python -m ops audit` / `make audit` and at the end of every end-to-end t
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -122,12 +124,11 @@ def _job_holds(session: Session) -> list[str]:
             )
         if not settled and (deductions.get(job_id) or logs.get(job_id)):
             violations.append(f"job {job_id}: charged although its hold is {hold_status}")
-        if settled and -(deducted.get(job_id) or 0) != charged:
-            violations.append(
-                f"job {job_id}: credits_charged {charged} != deduction {-(deducted.get(job_id) or 0)}"
-            )
+        deduction = -(deducted.get(job_id) or 0)
+        if settled and deduction != charged:
+            violations.append(f"job {job_id}: credits_charged {charged} != deduction {deduction}")
     return violations
 
 
-def _pairs(rows: object) -> dict[str, int]:
-    return {key: value for key, value in rows}  # type: ignore[attr-defined]
+def _pairs(rows: Iterable[Any]) -> dict[str, int]:
+    return {key: value for key, value in rows}

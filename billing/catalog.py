@@ -20,42 +20,87 @@ CHEAP_IMAGE = ["hidream-full"]
 
 PLANS: list[dict[str, Any]] = [
     {
-        "slug": "free", "name": "Free", "price": Decimal("0"), "included_credits": 2000,
-        "max_sites": 1, "max_users": 1, "max_keywords": 100, "max_ahrefs_queries": 0,
-        "allow_credit_topup": False, "features": [], "force_default_models": True,
-        "allowed_text_models": CHEAP_TEXT, "allowed_image_models": CHEAP_IMAGE,
+        "slug": "free",
+        "name": "Free",
+        "price": Decimal("0"),
+        "included_credits": 2000,
+        "max_sites": 1,
+        "max_users": 1,
+        "max_keywords": 100,
+        "max_ahrefs_queries": 0,
+        "allow_credit_topup": False,
+        "features": [],
+        "force_default_models": True,
+        "allowed_text_models": CHEAP_TEXT,
+        "allowed_image_models": CHEAP_IMAGE,
         "requests_per_minute": 60,
     },
     {
-        "slug": "free-trial", "name": "Free Trial", "price": Decimal("0"),
-        "included_credits": 2000, "max_sites": 1, "max_users": 1, "max_keywords": 100,
-        "max_ahrefs_queries": 0, "allow_credit_topup": False, "features": ["ai_writer"],
-        "force_default_models": True, "allowed_text_models": CHEAP_TEXT,
-        "allowed_image_models": CHEAP_IMAGE, "requests_per_minute": 60,
+        "slug": "free-trial",
+        "name": "Free Trial",
+        "price": Decimal("0"),
+        "included_credits": 2000,
+        "max_sites": 1,
+        "max_users": 1,
+        "max_keywords": 100,
+        "max_ahrefs_queries": 0,
+        "allow_credit_topup": False,
+        "features": ["ai_writer"],
+        "force_default_models": True,
+        "allowed_text_models": CHEAP_TEXT,
+        "allowed_image_models": CHEAP_IMAGE,
+        "requests_per_minute": 60,
     },
     {
-        "slug": "starter", "name": "Starter", "price": Decimal("49"), "included_credits": 10000,
-        "max_sites": 2, "max_users": 2, "max_keywords": 1000, "max_ahrefs_queries": 50,
-        "allow_credit_topup": True, "features": ["ai_writer", "image_gen"],
+        "slug": "starter",
+        "name": "Starter",
+        "price": Decimal("49"),
+        "included_credits": 10000,
+        "max_sites": 2,
+        "max_users": 2,
+        "max_keywords": 1000,
+        "max_ahrefs_queries": 50,
+        "allow_credit_topup": True,
+        "features": ["ai_writer", "image_gen"],
         "requests_per_minute": 120,
     },
     {
-        "slug": "growth", "name": "Growth", "price": Decimal("149"), "included_credits": 40000,
-        "max_sites": 5, "max_users": 3, "max_keywords": 5000, "max_ahrefs_queries": 200,
-        "allow_credit_topup": True, "features": ["ai_writer", "image_gen", "auto_publish"],
+        "slug": "growth",
+        "name": "Growth",
+        "price": Decimal("149"),
+        "included_credits": 40000,
+        "max_sites": 5,
+        "max_users": 3,
+        "max_keywords": 5000,
+        "max_ahrefs_queries": 200,
+        "allow_credit_topup": True,
+        "features": ["ai_writer", "image_gen", "auto_publish"],
         "requests_per_minute": 300,
     },
     {
-        "slug": "scale", "name": "Scale", "price": Decimal("399"), "included_credits": 120000,
-        "max_sites": None, "max_users": 5, "max_keywords": 20000, "max_ahrefs_queries": 500,
+        "slug": "scale",
+        "name": "Scale",
+        "price": Decimal("399"),
+        "included_credits": 120000,
+        "max_sites": None,
+        "max_users": 5,
+        "max_keywords": 20000,
+        "max_ahrefs_queries": 500,
         "allow_credit_topup": True,
         "features": ["ai_writer", "image_gen", "auto_publish", "custom_prompts"],
         "requests_per_minute": 600,
     },
     {
-        "slug": "enterprise", "name": "Enterprise", "price": Decimal("0"),
-        "included_credits": 200000, "max_sites": 20, "max_users": 10000, "max_keywords": None,
-        "max_ahrefs_queries": 2000, "allow_credit_topup": True, "is_internal": True,
+        "slug": "enterprise",
+        "name": "Enterprise",
+        "price": Decimal("0"),
+        "included_credits": 200000,
+        "max_sites": 20,
+        "max_users": 10000,
+        "max_keywords": None,
+        "max_ahrefs_queries": 2000,
+        "allow_credit_topup": True,
+        "is_internal": True,
         "features": ["ai_writer", "image_gen", "auto_publish", "custom_prompts", "unlimited"],
         "requests_per_minute": 1200,
     },
@@ -63,32 +108,57 @@ PLANS: list[dict[str, Any]] = [
 
 MODELS: list[dict[str, Any]] = [
     {
-        "name": "gpt-4o-mini", "model_type": "text", "provider_model": "gpt-4o-mini",
-        "cost_per_1k_input": Decimal("0.00015"), "cost_per_1k_output": Decimal("0.0006"),
-        "tokens_per_credit": 100, "quality_tier": "basic", "is_default": True,
-    },
-    {
-        "name": "gpt-4o", "model_type": "text", "provider_model": "gpt-4o",
-        "cost_per_1k_input": Decimal("0.0025"), "cost_per_1k_output": Decimal("0.01"),
-        "tokens_per_credit": 25, "quality_tier": "premium",
-    },
-    {
-        "name": "gpt-4.1", "model_type": "text", "provider_model": "gpt-4.1",
-        "cost_per_1k_input": Decimal("0.002"), "cost_per_1k_output": Decimal("0.008"),
-        "tokens_per_credit": 30, "quality_tier": "premium",
-    },
-    {
-        "name": "hidream-full", "model_type": "image", "provider_model": "hidream-full",
-        "cost_per_image": Decimal("0.01"), "credits_per_image": 1, "quality_tier": "basic",
+        "name": "gpt-4o-mini",
+        "model_type": "text",
+        "provider_model": "gpt-4o-mini",
+        "cost_per_1k_input": Decimal("0.00015"),
+        "cost_per_1k_output": Decimal("0.0006"),
+        "tokens_per_credit": 100,
+        "quality_tier": "basic",
         "is_default": True,
     },
     {
-        "name": "dall-e-3", "model_type": "image", "provider_model": "dall-e-3",
-        "cost_per_image": Decimal("0.04"), "credits_per_image": 5, "quality_tier": "quality",
+        "name": "gpt-4o",
+        "model_type": "text",
+        "provider_model": "gpt-4o",
+        "cost_per_1k_input": Decimal("0.0025"),
+        "cost_per_1k_output": Decimal("0.01"),
+        "tokens_per_credit": 25,
+        "quality_tier": "premium",
     },
     {
-        "name": "gpt-image-1", "model_type": "image", "provider_model": "gpt-image-1",
-        "cost_per_image": Decimal("0.17"), "credits_per_image": 15, "quality_tier": "premium",
+        "name": "gpt-4.1",
+        "model_type": "text",
+        "provider_model": "gpt-4.1",
+        "cost_per_1k_input": Decimal("0.002"),
+        "cost_per_1k_output": Decimal("0.008"),
+        "tokens_per_credit": 30,
+        "quality_tier": "premium",
+    },
+    {
+        "name": "hidream-full",
+        "model_type": "image",
+        "provider_model": "hidream-full",
+        "cost_per_image": Decimal("0.01"),
+        "credits_per_image": 1,
+        "quality_tier": "basic",
+        "is_default": True,
+    },
+    {
+        "name": "dall-e-3",
+        "model_type": "image",
+        "provider_model": "dall-e-3",
+        "cost_per_image": Decimal("0.04"),
+        "credits_per_image": 5,
+        "quality_tier": "quality",
+    },
+    {
+        "name": "gpt-image-1",
+        "model_type": "image",
+        "provider_model": "gpt-image-1",
+        "cost_per_image": Decimal("0.17"),
+        "credits_per_image": 15,
+        "quality_tier": "premium",
     },
 ]
 
@@ -96,25 +166,36 @@ MODELS: list[dict[str, Any]] = [
 def seed(session: Session) -> None:
     """Insert or update the shipped plans and models; safe to run on every start."""
     for values in MODELS:
-        _upsert(session, AIModelConfig, AIModelConfig.name, values["name"], {
-            "is_default": False, **values,
-        })
+        _upsert(
+            session,
+            AIModelConfig,
+            AIModelConfig.name,
+            values["name"],
+            {
+                "is_default": False,
+                **values,
+            },
+        )
     # Defaults last, once the old defaults are cleared, so the partial unique index holds.
     session.execute(update(AIModelConfig).values(is_default=False))
     for values in MODELS:
         if values.get("is_default"):
             session.execute(
-                update(AIModelConfig).where(AIModelConfig.name == values["name"]).values(
-                    is_default=True
-                )
+                update(AIModelConfig)
+                .where(AIModelConfig.name == values["name"])
+                .values(is_default=True)
             )
     for values in PLANS:
         _upsert(session, Plan, Plan.slug, values["slug"], values)
 
 
-def _upsert(session: Session, model: Any, key_column: Any, key: str, values: dict[str, Any]) -> None:
+def _upsert(
+    session: Session, model: Any, key_column: Any, key: str, values: dict[str, Any]
+) -> None:
     existing = session.scalar(select(model).where(key_column == key))
-    row_values = {k: v for k, v in values.items() if k != "is_default"} if model is AIModelConfig else values
+    row_values = (
+        {k: v for k, v in values.items() if k != "is_default"} if model is AIModelConfig else values
+    )
     if existing is None:
         session.add(model(**row_values))
         session.flush()

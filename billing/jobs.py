@@ -85,7 +85,9 @@ class JobRun:
     attempts: int
 
 
-def submit_job(session: Session, account: Account, request: JobRequest, hold_ttl: timedelta) -> Submission:
+def submit_job(
+    session: Session, account: Account, request: JobRequest, hold_ttl: timedelta
+) -> Submission:
     operation = get_operation(request.operation)
     job_input = validate_input(operation, request.input)
     if request.idempotency_key is not None:
@@ -193,8 +195,12 @@ def cancel_job(session: Session, account_id: str, job_id: str) -> Job:
     cancelled = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.account_id == account_id, Job.status == "queued")
-        .values(status="cancelled", finished_at=utcnow(), error_code="cancelled",
-                error_message="Cancelled by the account before it started.")
+        .values(
+            status="cancelled",
+            finished_at=utcnow(),
+            error_code="cancelled",
+            error_message="Cancelled by the account before it started.",
+        )
         .execution_options(synchronize_session=False)
     ).rowcount  # type: ignore[attr-defined]
     job = get_job(session, account_id, job_id)
@@ -228,7 +234,7 @@ def list_jobs(
     if operation is not None and operation not in OPERATIONS:
         raise InvalidInput(f"Unknown operation {operation!r}.", fields={"operation": "unknown"})
     limit = _page_size(limit)
-    query: Select[tuple[Job]] = select(Job).where(Job.account_id == account_id)
+    query: Select[Job] = select(Job).where(Job.account_id == account_id)
     if status:
         query = query.where(Job.status == status)
     if operation:
@@ -239,7 +245,9 @@ def list_jobs(
         query = query.where(
             or_(Job.created_at < when, and_(Job.created_at == when, Job.id < job_id))
         )
-    rows = list(session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
+    rows = list(
+        session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1))
+    )
     next_cursor = None
     if len(rows) > limit:
         rows = rows[:limit]
@@ -250,7 +258,9 @@ def list_jobs(
 
 def _page_size(limit: int) -> int:
     if not 1 <= limit <= MAX_PAGE_SIZE:
-        raise InvalidInput(f"limit must be between 1 and {MAX_PAGE_SIZE}.", fields={"limit": "1-100"})
+        raise InvalidInput(
+            f"limit must be between 1 and {MAX_PAGE_SIZE}.", fields={"limit": "1-100"}
+        )
     return limit
 
 
@@ -360,13 +370,17 @@ def complete_job(
     return True
 
 
-def fail_job(session: Session, job_id: str, code: str, message: str, *, expired: bool = False) -> bool:
+def fail_job(
+    session: Session, job_id: str, code: str, message: str, *, expired: bool = False
+) -> bool:
     """Release the hold and mark the job failed; False if it was already final."""
     ledger.release(session, job_id, expired=expired)
     failed = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status.not_in(FINAL_JOB_STATUSES))
-        .values(status="failed", error_code=code, error_message=message[:2000], finished_at=utcnow())
+        .values(
+            status="failed", error_code=code, error_message=message[:2000], finished_at=utcnow()
+        )
         .execution_options(synchronize_session=False)
     ).rowcount  # type: ignore[attr-defined]
     return bool(failed)
@@ -399,9 +413,7 @@ def job_view(job: Job) -> dict[str, Any]:
         "reserved_credits": job.reserved_credits,
         "credits_charged": job.credits_charged,
         "result": job.result,
-        "error": {"code": job.error_code, "message": job.error_message}
-        if job.error_code
-        else None,
+        "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None,
         "attempts": job.attempts,
         "webhook_url": job.webhook_url,
         "created_at": _iso(job.created_at),

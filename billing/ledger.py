@@ -83,7 +83,9 @@ def _refusal(session: Session, account_id: str, amount: int) -> BillingError:
         return NotFound("Account not found.")
     if row.status not in SPENDING_STATUSES:
         return AccountInactive(row.status)
-    return InsufficientCredits(required=amount, available=max(row.credits - row.reserved_credits, 0))
+    return InsufficientCredits(
+        required=amount, available=max(row.credits - row.reserved_credits, 0)
+    )
 
 
 def settle(

@@ -18,14 +18,25 @@ LIMIT_NAMES = {
 
 
 def _count(session: Session, model: Any, account_id: str) -> int:
-    return session.scalar(select(func.count()).select_from(model).where(model.account_id == account_id)) or 0
+    return (
+        session.scalar(
+            select(func.count()).select_from(model).where(model.account_id == account_id)
+        )
+        or 0
+    )
 
 
 def limits_report(session: Session, account: Account) -> dict[str, dict[str, Any]]:
     plan = account.plan
     return {
-        "sites": {"used": _count(session, Site, account.id), "limit": plan.max_sites if plan else 0},
-        "users": {"used": _count(session, User, account.id), "limit": plan.max_users if plan else 0},
+        "sites": {
+            "used": _count(session, Site, account.id),
+            "limit": plan.max_sites if plan else 0,
+        },
+        "users": {
+            "used": _count(session, User, account.id),
+            "limit": plan.max_users if plan else 0,
+        },
         "keywords": {
             "used": _count(session, Keyword, account.id),
             "limit": plan.max_keywords if plan else 0,

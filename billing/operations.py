@@ -67,9 +67,7 @@ OPERATIONS: dict[str, Operation] = {
         Operation("clustering", "text", "text", ClusteringInput, "clusters"),
         Operation("idea_generation", "text", "text", IdeaGenerationInput, "ideas"),
         Operation("content_generation", "text", "text", ContentGenerationInput, "articles"),
-        Operation(
-            "image_prompt_extraction", "text", "text", ImagePromptExtractionInput, "prompts"
-        ),
+        Operation("image_prompt_extraction", "text", "text", ImagePromptExtractionInput, "prompts"),
         Operation("image_generation", "image", "image", ImageGenerationInput, "images"),
     )
 }

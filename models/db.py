@@ -7,7 +7,6 @@ SQLite runs in WAL mode with a busy timeout, and every transaction starts with
 
 from __future__ import annotations
 
-
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -97,5 +96,3 @@ def dispose_engines() -> None:
 
 def is_sqlite(url: str | None = None) -> bool:
     return (url or database_url()).startswith("sqlite")
-
-

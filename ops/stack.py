@@ -49,7 +49,7 @@ class StackError(Exception):
     """A failure worth one clear line rather than a traceback; the stack exits 1."""
 
 
-class Shutdown(Exception):  # noqa: N818 - a requested stop is not an error
+class Shutdown(Exception):
     """Ctrl-C or SIGTERM: a requested stop; the stack exits 0."""
 
 

@@ -20,7 +20,9 @@ class ImageHandler:
         images = [
             Image(url=url, prompt=prompt, model=run.model, **artifact_fields(run)) for url in urls
         ]
-        return Outcome(Usage(images=len(urls)), {"images": [{"url": u} for u in urls]}, list(images))
+        return Outcome(
+            Usage(images=len(urls)), {"images": [{"url": u} for u in urls]}, list(images)
+        )
 
 
 HANDLER = ImageHandler()

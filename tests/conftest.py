@@ -154,7 +154,9 @@ def worker(worker_env: dict[str, str]) -> Iterator[Worker]:
 
 
 @pytest.fixture
-def e2e(client: Any, worker: Worker, sim_control: httpx.Client, redis_server: RedisServer) -> Iterator[Any]:
+def e2e(
+    client: Any, worker: Worker, sim_control: httpx.Client, redis_server: RedisServer
+) -> Iterator[Any]:
     """API + real worker + simulated provider; the ledger audit runs after each test."""
     import redis
 

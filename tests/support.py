@@ -39,7 +39,9 @@ def wait_for_job(client: Any, key: str, job_id: str, timeout: float = 30) -> dic
 class Worker:
     """A real `celery worker` process consuming our queues."""
 
-    def __init__(self, env: dict[str, str], queues: str = "text,image,default", concurrency: int = 2):
+    def __init__(
+        self, env: dict[str, str], queues: str = "text,image,default", concurrency: int = 2
+    ):
         self.env = {**os.environ, **env}
         self.queues = queues
         self.concurrency = concurrency
@@ -49,16 +51,35 @@ class Worker:
     def start(self) -> Worker:
         celery = Path(sys.executable).parent / "celery"
         self.process = subprocess.Popen(
-            [str(celery), "-A", "workers.celery_app:celery", "worker", "-Q", self.queues,
-             "-c", str(self.concurrency), "--loglevel", "INFO", "--without-gossip",
-             "--without-mingle", "--without-heartbeat", "-n", f"test-{os.getpid()}-{time.monotonic_ns()}@%h"],
-            cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [
+                str(celery),
+                "-A",
+                "workers.celery_app:celery",
+                "worker",
+                "-Q",
+                self.queues,
+                "-c",
+                str(self.concurrency),
+                "--loglevel",
+                "INFO",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "-n",
+                f"test-{os.getpid()}-{time.monotonic_ns()}@%h",
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
             start_new_session=True,
         )
         ready = threading.Event()
 
         def pump() -> None:
-            assert self.process and self.process.stdout
+            assert self.process
+            assert self.process.stdout
             for line in self.process.stdout:
                 self.output.append(line)
                 if " ready." in line:

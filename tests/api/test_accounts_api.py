@@ -94,29 +94,40 @@ def test_suspended_and_cancelled_are_refused_everywhere(
 
 def test_pending_payment_may_still_use_its_credits(client: Any) -> None:
     key, account = register(client)
-    client.patch(f"/v1/admin/accounts/{account['id']}", json={"status": "pending_payment"},
-                 headers=ADMIN)
+    client.patch(
+        f"/v1/admin/accounts/{account['id']}", json={"status": "pending_payment"}, headers=ADMIN
+    )
     response = client.post(
-        "/v1/jobs", json={"operation": "image_generation", "input": {"prompt": "p"}},
+        "/v1/jobs",
+        json={"operation": "image_generation", "input": {"prompt": "p"}},
         headers=auth(key),
     )
     assert response.status_code == 202
 
 
 @pytest.mark.parametrize("headers", [{}, {"X-Admin-Token": "wrong"}])
-def test_admin_endpoints_refuse_missing_or_wrong_token(client: Any, headers: dict[str, str]) -> None:
+def test_admin_endpoints_refuse_missing_or_wrong_token(
+    client: Any, headers: dict[str, str]
+) -> None:
     _, account = register(client)
-    adjust = client.post(f"/v1/admin/accounts/{account['id']}/credits",
-                         json={"amount": 5, "reason": "x"}, headers=headers)
-    patch = client.patch(f"/v1/admin/accounts/{account['id']}", json={"status": "active"},
-                         headers=headers)
+    adjust = client.post(
+        f"/v1/admin/accounts/{account['id']}/credits",
+        json={"amount": 5, "reason": "x"},
+        headers=headers,
+    )
+    patch = client.patch(
+        f"/v1/admin/accounts/{account['id']}", json={"status": "active"}, headers=headers
+    )
     assert adjust.status_code == patch.status_code == 401
 
 
 def test_admin_adjustment_posts_a_transaction(client: Any) -> None:
     key, account = register(client)
-    response = client.post(f"/v1/admin/accounts/{account['id']}/credits",
-                           json={"amount": -500, "reason": "refund reversal"}, headers=ADMIN)
+    response = client.post(
+        f"/v1/admin/accounts/{account['id']}/credits",
+        json={"amount": -500, "reason": "refund reversal"},
+        headers=ADMIN,
+    )
 
     assert response.status_code == 200
     assert response.get_json()["credits"]["balance"] == 1500
@@ -142,9 +153,12 @@ def test_bad_adjustment_is_refused(client: Any, body: dict[str, Any], status: in
 
 
 def test_admin_plan_change_keeps_balance(client: Any) -> None:
-    key, account = register(client)
-    response = client.patch(f"/v1/admin/accounts/{account['id']}",
-                            json={"status": "active", "plan": "growth"}, headers=ADMIN)
+    _, account = register(client)
+    response = client.patch(
+        f"/v1/admin/accounts/{account['id']}",
+        json={"status": "active", "plan": "growth"},
+        headers=ADMIN,
+    )
     assert response.status_code == 200
     body = response.get_json()
     assert (body["status"], body["plan"]["slug"]) == ("active", "growth")
@@ -159,8 +173,9 @@ def test_admin_patch_rejects_unknown_values(client: Any, body: dict[str, Any]) -
 
 
 def test_admin_unknown_account_is_404(client: Any) -> None:
-    response = client.patch("/v1/admin/accounts/acc_missing", json={"status": "active"},
-                            headers=ADMIN)
+    response = client.patch(
+        "/v1/admin/accounts/acc_missing", json={"status": "active"}, headers=ADMIN
+    )
     assert response.status_code == 404
 
 

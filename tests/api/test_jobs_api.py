@@ -25,12 +25,16 @@ def key(client: Any) -> str:
         ({"operation": "clustering", "input": {"keywords": [1, 2]}}, "input.keywords.0"),
         ({"operation": "clustering", "input": {"keywords": "a, b"}}, "input.keywords"),
         ({"operation": "clustering", "input": {"keywords": ["x" * 301]}}, "input.keywords.0"),
-        ({"operation": "content_generation", "input": {"title": "t", "word_count": "500"}},
-         "input.word_count"),
+        (
+            {"operation": "content_generation", "input": {"title": "t", "word_count": "500"}},
+            "input.word_count",
+        ),
         ({"operation": "content_generation", "input": {"title": ""}}, "input.title"),
         ({"operation": "image_generation", "input": {"prompt": "p", "count": 11}}, "input.count"),
-        ({"operation": "image_generation", "input": {"prompt": "p", "colour": "red"}},
-         "input.colour"),
+        (
+            {"operation": "image_generation", "input": {"prompt": "p", "colour": "red"}},
+            "input.colour",
+        ),
         ({"operation": "idea_generation", "input": {"cluster": "Running"}}, "input.cluster"),
         ({"operation": 7, "input": {}}, "operation"),
         ({"operation": "clustering", "input": [1]}, "input"),
@@ -133,9 +137,14 @@ def test_unknown_job_is_404_json(client: Any, key: str) -> None:
 
 
 def test_list_pages_with_cursor_and_filters(client: Any, key: str) -> None:
-    ids = [client.post("/v1/jobs", json=CLUSTER, headers=auth(key)).get_json()["id"] for _ in range(5)]
-    client.post("/v1/jobs", json={"operation": "image_generation", "input": {"prompt": "p"}},
-                headers=auth(key))
+    ids = [
+        client.post("/v1/jobs", json=CLUSTER, headers=auth(key)).get_json()["id"] for _ in range(5)
+    ]
+    client.post(
+        "/v1/jobs",
+        json={"operation": "image_generation", "input": {"prompt": "p"}},
+        headers=auth(key),
+    )
 
     seen: list[str] = []
     cursor = None

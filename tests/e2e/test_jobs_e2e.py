@@ -56,7 +56,8 @@ def _check_result(operation: str, result: dict[str, Any]) -> None:
         assert all(i["title"] for i in result["ideas"])
     elif operation == "content_generation":
         content = result["content"]
-        assert content["title"] and content["body"]
+        assert content["title"]
+        assert content["body"]
         assert 200 <= content["word_count"] <= 400
     elif operation == "image_prompt_extraction":
         assert len(result["prompts"]) == 2
@@ -130,8 +131,11 @@ def test_provider_that_always_fails_releases_the_hold(e2e: Any, sim_control: Any
     assert credits == account["credits"]
     assert _count(CreditTransaction, job_id=job["id"]) == 0
     with transaction() as session:
-        hold = session.scalar(select(CreditReservation).where(CreditReservation.job_id == job["id"]))
-        assert hold is not None and hold.status == "released"
+        hold = session.scalar(
+            select(CreditReservation).where(CreditReservation.job_id == job["id"])
+        )
+        assert hold is not None
+        assert hold.status == "released"
 
 
 def test_provider_validation_error_is_not_retried(e2e: Any, sim_control: Any) -> None:
@@ -139,7 +143,9 @@ def test_provider_validation_error_is_not_retried(e2e: Any, sim_control: Any) ->
     sim_control.post("/_sim/faults", json={"status": 400, "times": 5})
 
     submitted = e2e.post(
-        "/v1/jobs", json={"operation": "image_generation", "input": {"prompt": "x"}}, headers=auth(key)
+        "/v1/jobs",
+        json={"operation": "image_generation", "input": {"prompt": "x"}},
+        headers=auth(key),
     ).get_json()
     job = wait_for_job(e2e, key, submitted["id"])
 

@@ -96,15 +96,25 @@ def _ledger_for(job_id: str) -> tuple[int, int, list[str]]:
 def test_worker_killed_mid_job_is_redelivered_and_settles_once(
     env: dict[str, str], private_broker: str, sim_control: Any
 ) -> None:
-    worker_env = {**env, **FAST_REDELIVERY, "CELERY_BROKER_URL": private_broker,
-                  "REDIS_URL": private_broker}
+    worker_env = {
+        **env,
+        **FAST_REDELIVERY,
+        "CELERY_BROKER_URL": private_broker,
+        "REDIS_URL": private_broker,
+    }
     job_id = _submit("sigkill-window")
-    sim_control.post("/_sim/faults", json={"latency_ms": 4000, "times": 1, "match": "sigkill-window"})
+    sim_control.post(
+        "/_sim/faults", json={"latency_ms": 4000, "times": 1, "match": "sigkill-window"}
+    )
     first = Worker(worker_env, concurrency=1).start()
     try:
         _send(private_broker, job_id)
-        _wait(lambda: sim_control.get("/_sim/stats").json()["requests"]["chat"] == 1, 20,
-              "the provider call to start", first)
+        _wait(
+            lambda: sim_control.get("/_sim/stats").json()["requests"]["chat"] == 1,
+            20,
+            "the provider call to start",
+            first,
+        )
         assert _job(job_id).status == "running"
         first.stop(signal.SIGKILL)
     finally:
@@ -113,7 +123,9 @@ def test_worker_killed_mid_job_is_redelivered_and_settles_once(
 
     second = Worker(worker_env, concurrency=1).start()
     try:
-        _wait(lambda: _job(job_id).status == "succeeded", 60, "the redelivered job to finish", second)
+        _wait(
+            lambda: _job(job_id).status == "succeeded", 60, "the redelivered job to finish", second
+        )
     finally:
         second.stop()
 
@@ -129,13 +141,18 @@ def test_same_message_delivered_twice_concurrently_charges_once(
     worker_env = {**env, "CELERY_BROKER_URL": private_broker, "REDIS_URL": private_broker}
     job_id = _submit("double-delivery")
     # Both deliveries are in the provider call at once: the settle gate must pick one.
-    sim_control.post("/_sim/faults", json={"latency_ms": 800, "times": 2, "match": "double-delivery"})
+    sim_control.post(
+        "/_sim/faults", json={"latency_ms": 800, "times": 2, "match": "double-delivery"}
+    )
     worker = Worker(worker_env, concurrency=2).start()
     try:
         _send(private_broker, job_id)
         _send(private_broker, job_id)
-        _wait(lambda: sim_control.get("/_sim/stats").json()["requests"]["chat"] == 2, 20,
-              "both deliveries to call the provider")
+        _wait(
+            lambda: sim_control.get("/_sim/stats").json()["requests"]["chat"] == 2,
+            20,
+            "both deliveries to call the provider",
+        )
         _wait(lambda: _job(job_id).status == "succeeded", 20, "the job to finish")
         time.sleep(1.5)  # let the second delivery reach its settle attempt
     finally:

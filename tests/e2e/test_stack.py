@@ -28,9 +28,17 @@ class Stack:
         self.api_port = free_port()
         self.flower_port = free_port()
         env = {
-            key: value for key, value in os.environ.items()
-            if key not in {"DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "OPENAI_BASE_URL",
-                           "OPENAI_API_KEY", "ADMIN_TOKEN"}
+            key: value
+            for key, value in os.environ.items()
+            if key
+            not in {
+                "DATABASE_URL",
+                "REDIS_URL",
+                "CELERY_BROKER_URL",
+                "OPENAI_BASE_URL",
+                "OPENAI_API_KEY",
+                "ADMIN_TOKEN",
+            }
         }
         env |= {
             "API_PORT": str(self.api_port),
@@ -39,8 +47,13 @@ class Stack:
             "ADMIN_TOKEN": "stack-admin",
         }
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ops.stack"], cwd=ROOT, env=env, text=True,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+            [sys.executable, "-m", "ops.stack"],
+            cwd=ROOT,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self.output: list[str] = []
         self.ready = threading.Event()
@@ -107,7 +120,10 @@ def test_make_run_serves_every_operation(stack: Stack) -> None:
             assert after["available"] == before["available"] - job["credits_charged"]
             assert after["reserved"] == 0
         deductions = [
-            t for t in client.get("/v1/credits/transactions?limit=100", headers=headers).json()["data"]
+            t
+            for t in client.get("/v1/credits/transactions?limit=100", headers=headers).json()[
+                "data"
+            ]
             if t["type"] == "deduction"
         ]
         assert len(deductions) == len(JOBS)

@@ -43,9 +43,7 @@ def _job(job_id: str) -> Job:
 
 def _charges(job_id: str) -> tuple[int, int]:
     with transaction() as session:
-        deductions = session.scalar(
-            select(func.count()).where(CreditTransaction.job_id == job_id)
-        )
+        deductions = session.scalar(select(func.count()).where(CreditTransaction.job_id == job_id))
         logs = session.scalar(select(func.count()).where(CreditUsageLog.job_id == job_id))
         assert audit(session) == []
         return deductions or 0, logs or 0
