@@ -7,6 +7,7 @@ overrides them with env vars (see README "Configuration").
 from __future__ import annotations
 
 import os
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,23 @@ def _env_bool(name: str, default: bool = False) -> bool:
 
 def _default_database_url() -> str:
     return f"sqlite:///{ROOT / 'var' / 'aijobs.db'}"
+
+
+def _local_secret() -> str:
+    """Without SECRET_KEY, one random key kept in var/ so every local process agrees."""
+    path = ROOT / "var" / "secret_key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        draft = path.with_name(f"secret_key.{os.getpid()}")
+        draft.write_text(secrets.token_urlsafe(48))
+        draft.chmod(0o600)
+        try:
+            os.link(draft, path)  # atomic: the first process to link wins
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink()
+    return path.read_text().strip()
 
 
 @dataclass(frozen=True)
@@ -51,6 +69,13 @@ class Settings:
     openai_api_key: str = field(
         default_factory=lambda: os.environ.get("OPENAI_API_KEY") or "sk-simulated"
     )
+    # Keyword research API; by default the simulated provider's /ahrefs stand-in.
+    ahrefs_api_url: str = field(
+        default_factory=lambda: os.environ.get("AHREFS_API_URL")
+        or (os.environ.get("OPENAI_BASE_URL") or "http://127.0.0.1:8900/v1").rsplit("/v1", 1)[0]
+        + "/ahrefs"
+    )
+    ahrefs_api_key: str = field(default_factory=lambda: os.environ.get("AHREFS_API_KEY") or "")
     admin_token: str = field(default_factory=lambda: os.environ.get("ADMIN_TOKEN") or "")
     webhook_allow_private_urls: bool = field(
         default_factory=lambda: _env_bool("WEBHOOK_ALLOW_PRIVATE_URLS")
@@ -78,6 +103,14 @@ class Settings:
         default_factory=lambda: _env_int("MAX_REQUEST_BYTES", 256 * 1024)
     )
     trial_days: int = field(default_factory=lambda: _env_int("TRIAL_DAYS", 14))
+    # Per-account request limits (per plan); off only for test rigs that poll hard.
+    rate_limits_enabled: bool = field(
+        default_factory=lambda: _env_bool("RATE_LIMITS_ENABLED", default=True)
+    )
+    secret_key: str = field(default_factory=lambda: os.environ.get("SECRET_KEY") or _local_secret())
+    login_token_ttl_seconds: int = field(
+        default_factory=lambda: _env_int("LOGIN_TOKEN_TTL_SECONDS", 12 * 3600)
+    )
 
 
 def get_settings() -> Settings:

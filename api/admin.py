@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from flask import Blueprint
@@ -9,9 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.db import db
 from api.security import require_admin
-from api.validation import parse_body
-from billing import accounts, ledger
+from api.validation import json_object, parse_body
+from billing import accounts, credits, ledger, plans
 from billing.errors import InvalidInput
+from models import utcnow
 
 bp = Blueprint("admin", __name__, url_prefix="/v1/admin")
 
@@ -50,3 +52,44 @@ def update_account(account_id: str) -> dict[str, Any]:
     session = db()
     account = accounts.admin_update(session, account_id, body.status, body.plan)
     return accounts.account_view(session, account)
+
+
+class BankTransferBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    payment_reference: str = Field(min_length=1, max_length=200)
+    amount: Decimal = Field(gt=0, max_digits=12, decimal_places=2, strict=False)
+    payer_name: str = Field(min_length=1, max_length=200)
+    proof_url: str | None = Field(default=None, max_length=2000)
+    period_months: int = Field(default=1, ge=1, le=24)
+
+
+@bp.post("/accounts/<account_id>/bank-transfer")
+@require_admin
+def confirm_bank_transfer(account_id: str) -> dict[str, Any]:
+    """Tenancy plan, phase 5: activate, set the period, grant the plan's monthly credits."""
+    body = parse_body(BankTransferBody)
+    session = db()
+    txn = credits.confirm_bank_transfer(
+        session, account_id, credits.BankTransfer(**body.model_dump()), utcnow()
+    )
+    account = accounts.get_account(session, account_id)
+    return {**accounts.account_view(session, account), "transaction": ledger.transaction_view(txn)}
+
+
+@bp.post("/plans")
+@require_admin
+def create_plan() -> tuple[dict[str, Any], int]:
+    return accounts.plan_view(plans.create_plan(db(), json_object())), 201
+
+
+@bp.patch("/plans/<slug>")
+@require_admin
+def update_plan(slug: str) -> dict[str, Any]:
+    return accounts.plan_view(plans.update_plan(db(), slug, json_object()))
+
+
+@bp.get("/plans")
+@require_admin
+def list_plans() -> dict[str, Any]:
+    return {"data": [accounts.plan_view(p) for p in plans.list_all(db())]}

@@ -6,7 +6,20 @@ import logging
 
 from flask import Flask
 
-from api import accounts, admin, auth, credits, db, health, jobs
+from api import (
+    accounts,
+    admin,
+    ai_settings,
+    auth,
+    credits,
+    db,
+    health,
+    jobs,
+    keywords,
+    plans,
+    sites,
+    team,
+)
 from api.errors import register_error_handlers
 from settings import get_settings
 
@@ -19,6 +32,18 @@ def create_app() -> Flask:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     db.init_app(app)
     register_error_handlers(app)
-    for blueprint in (health.bp, auth.bp, accounts.bp, jobs.bp, credits.bp, admin.bp):
+    for blueprint in (
+        health.bp,
+        auth.bp,
+        accounts.bp,
+        jobs.bp,
+        credits.bp,
+        admin.bp,
+        plans.bp,
+        sites.bp,
+        keywords.bp,
+        team.bp,
+        ai_settings.bp,
+    ):
         app.register_blueprint(blueprint)
     return app

@@ -8,8 +8,10 @@ from flask import Blueprint
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from api.db import db
+from api.errors import ApiError
 from api.validation import parse_body
 from billing import accounts
+from billing.errors import NotFound
 from settings import get_settings
 
 bp = Blueprint("auth", __name__, url_prefix="/v1/auth")
@@ -39,3 +41,26 @@ def register() -> tuple[dict[str, Any], int]:
         "account": accounts.account_view(session, registration.account),
         "api_key": registration.api_key,
     }, 201
+
+
+class LoginBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    email: str = Field(min_length=3, max_length=320)
+    password: str = Field(min_length=1, max_length=200)
+
+
+@bp.post("/login")
+def login() -> dict[str, Any]:
+    """Email + password -> a login token usable as `Authorization: Bearer tok_...`."""
+    body = parse_body(LoginBody)
+    settings = get_settings()
+    try:
+        user, token = accounts.login(db(), body.email, body.password, settings.secret_key)
+    except NotFound as exc:
+        raise ApiError(401, "invalid_credentials", exc.message) from None
+    return {
+        "token": token,
+        "expires_in": settings.login_token_ttl_seconds,
+        "user": accounts.user_view(user),
+    }

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, request
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.db import db
-from api.security import current_account, require_key
-from api.validation import query_int
-from billing import ledger
+from api.security import current_account, require_key, require_role
+from api.validation import parse_body, query_int
+from billing import credits, ledger
 from billing.errors import InvalidInput
 from billing.jobs import MAX_PAGE_SIZE, decode_int_cursor, encode_cursor
 
@@ -35,3 +36,20 @@ def transactions() -> dict[str, Any]:
         "data": [ledger.transaction_view(txn) for txn in rows],
         "next_cursor": encode_cursor(str(before)) if before is not None else None,
     }
+
+
+class TopupBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    credits: int = Field(ge=1, le=10_000_000)
+    payment_reference: str = Field(min_length=1, max_length=200)
+
+
+@bp.post("/topup")
+@require_key
+@require_role("manage_billing")
+def topup() -> tuple[dict[str, Any], int]:
+    """Buy credits (plans with allow_credit_topup); the payment reference is once-only."""
+    body = parse_body(TopupBody)
+    txn = credits.topup(db(), current_account(), body.credits, body.payment_reference)
+    return ledger.transaction_view(txn), 201

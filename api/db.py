@@ -31,6 +31,17 @@ def db() -> Session:
     return session
 
 
+def commit_now() -> None:
+    """Commit the request's work so far, before a slow network call.
+
+    On SQLite a request transaction holds the database's write lock, so a view that
+    calls an outside service commits first and does the rest in a new transaction.
+    """
+    session = db()
+    session.commit()
+    session.begin()
+
+
 def after_commit(hook: AfterCommit) -> None:
     """Run `hook` once the request's transaction committed; it may replace the response."""
     db()

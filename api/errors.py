@@ -22,6 +22,7 @@ STATUS_BY_CODE = {
     "job_not_cancellable": 409,
     "duplicate_reference": 409,
     "email_taken": 409,
+    "already_exists": 409,
     "insufficient_credits": 402,
     "subscription_required": 402,
     "account_suspended": 403,
@@ -56,7 +57,10 @@ def invalid(exc: ValidationError, prefix: str = "") -> ApiError:
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError) -> Response:
-        return error_response(exc.status, exc.code, exc.message, **exc.details)
+        response = error_response(exc.status, exc.code, exc.message, **exc.details)
+        if "retry_after" in exc.details:
+            response.headers["Retry-After"] = str(exc.details["retry_after"])
+        return response
 
     @app.errorhandler(BillingError)
     def _billing_error(exc: BillingError) -> Response:

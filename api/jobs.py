@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.db import after_commit, db
 from api.errors import error_response
-from api.security import current_account, require_key
+from api.security import current_account, require_key, require_role
 from api.validation import parse_body, query_int
 from billing import jobs
 from billing.jobs import JobRequest
@@ -35,6 +35,7 @@ class SubmitBody(BaseModel):
 
 @bp.post("")
 @require_key
+@require_role("submit_jobs")
 def submit() -> tuple[dict[str, Any], int, dict[str, str]]:
     body = parse_body(SubmitBody)
     account = current_account()
@@ -103,5 +104,6 @@ def list_jobs() -> dict[str, Any]:
 
 @bp.post("/<job_id>/cancel")
 @require_key
+@require_role("submit_jobs")
 def cancel(job_id: str) -> dict[str, Any]:
     return jobs.job_view(jobs.cancel_job(db(), current_account().id, job_id))

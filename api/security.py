@@ -1,4 +1,4 @@
-"""Authentication: API keys for accounts, a shared token for admin endpoints."""
+"""Authentication (API keys and login tokens, one access check), roles, admin token."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ from typing import ParamSpec, TypeVar
 
 from flask import g, request
 
+from api import ratelimit
 from api.db import db
 from api.errors import ApiError
-from billing import accounts
+from billing import accounts, permissions
 from billing.errors import NotFound
-from models import Account
+from models import Account, User
 from settings import get_settings
 
 P = ParamSpec("P")
@@ -25,22 +26,46 @@ def current_account() -> Account:
     return account
 
 
+def current_user() -> User:
+    user: User = g.user
+    return user
+
+
 def require_key(view: Callable[P, R]) -> Callable[P, R]:
+    """`Authorization: Bearer <api key | login token>`, then the account's rate limit."""
+
     @functools.wraps(view)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        header = request.headers.get("Authorization", "")
-        scheme, _, key = header.partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
+        scheme, _, bearer = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not bearer.strip():
             raise ApiError(
                 401, "unauthorized", "Send your API key as 'Authorization: Bearer <key>'."
             )
+        settings = get_settings()
         try:
-            g.account, g.user = accounts.authenticate_api_key(db(), key.strip())
-        except NotFound:
-            raise ApiError(401, "invalid_api_key", "The API key is invalid or revoked.") from None
+            g.account, g.user = accounts.authenticate(
+                db(), bearer.strip(), settings.secret_key, settings.login_token_ttl_seconds
+            )
+        except NotFound as exc:
+            raise ApiError(401, "invalid_api_key", exc.message) from None
+        ratelimit.enforce(g.account)
         return view(*args, **kwargs)
 
     return wrapper
+
+
+def require_role(action: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """After `require_key`: the caller's role must allow `action` (billing.permissions)."""
+
+    def decorate(view: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(view)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            permissions.require(current_user().role, action)
+            return view(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
 
 
 def require_admin(view: Callable[P, R]) -> Callable[P, R]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from flask import request
 from pydantic import BaseModel, ValidationError
@@ -12,7 +12,7 @@ from api.errors import ApiError, invalid
 M = TypeVar("M", bound=BaseModel)
 
 
-def parse_body(model: type[M]) -> M:
+def json_object() -> dict[str, Any]:
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
         raise ApiError(
@@ -21,6 +21,11 @@ def parse_body(model: type[M]) -> M:
             "The request body must be a JSON object.",
             fields={"body": "a JSON object"},
         )
+    return body
+
+
+def parse_body(model: type[M]) -> M:
+    body = json_object()
     try:
         return model.model_validate(body)
     except ValidationError as exc:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from itsdangerous import BadSignature, URLSafeTimedSerializer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -24,11 +25,14 @@ from billing.errors import (
     NotFound,
     SubscriptionRequired,
 )
-from billing.limits import limits_report
+from billing.limits import ensure_room, limits_report
+from billing.periods import add_months
+from billing.permissions import ROLES
 from models import ACCOUNT_STATUSES, Account, ApiKey, Plan, User, as_utc, utcnow
 
 REGISTRATION_PLANS = ("free-trial", "free")
 API_KEY_PREFIX = "aij_"
+LOGIN_TOKEN_PREFIX = "tok_"  # noqa: S105 - a prefix, not a secret
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 
 
@@ -76,7 +80,7 @@ def register(
         status="trial",
         trial_ends_at=now + timedelta(days=trial_days),
         period_start=now,
-        period_end=_add_month(now),
+        period_end=add_months(now, 1),
     )
     session.add(account)
     session.flush()
@@ -97,61 +101,149 @@ def register(
             "registration",
             f"{plan.name} credits on registration",
         )
-    key = create_api_key(session, account.id, user.id, "default")
+    _, key = create_api_key(session, account.id, user.id, "default")
     session.refresh(account)
     return Registration(account=account, user=user, api_key=key)
 
 
-def _add_month(value: Any) -> Any:
-    month = value.month % 12 + 1
-    year = value.year + (value.month == 12)
-    day = min(
-        value.day,
-        [
-            31,
-            29 if year % 4 == 0 and (year % 100 or year % 400 == 0) else 28,
-            31,
-            30,
-            31,
-            30,
-            31,
-            31,
-            30,
-            31,
-            30,
-            31,
-        ][month - 1],
-    )
-    return value.replace(year=year, month=month, day=day)
-
-
-def create_api_key(session: Session, account_id: str, user_id: str | None, name: str) -> str:
+def create_api_key(
+    session: Session, account_id: str, user_id: str | None, name: str
+) -> tuple[ApiKey, str]:
+    """A new key: the row (hash and prefix only) and the key itself, to show once."""
     key = API_KEY_PREFIX + secrets.token_urlsafe(32)
-    session.add(
-        ApiKey(
-            account_id=account_id,
-            user_id=user_id,
-            name=name,
-            prefix=key[:12],
-            key_hash=hash_api_key(key),
-        )
+    api_key = ApiKey(
+        account_id=account_id,
+        user_id=user_id,
+        name=name,
+        prefix=key[:12],
+        key_hash=hash_api_key(key),
     )
-    return key
+    session.add(api_key)
+    session.flush()
+    return api_key, key
 
 
-def authenticate_api_key(session: Session, key: str) -> tuple[Account, User | None]:
-    """The account behind a key, after the same access check as every auth path."""
+def authenticate(session: Session, bearer: str, secret: str, max_age: int) -> tuple[Account, User]:
+    """The caller behind an API key or a login token, after the one access check.
+
+    Both auth paths end in `check_access`, so a suspended or cancelled account is
+    refused whichever credential it presents.
+    """
+    if bearer.startswith(LOGIN_TOKEN_PREFIX):
+        user = _user_for_token(session, bearer, secret, max_age)
+    else:
+        user = _user_for_api_key(session, bearer)
+    account = session.get(Account, user.account_id)
+    if account is None:
+        raise NotFound("Invalid credentials.")
+    check_access(account)
+    return account, user
+
+
+def _user_for_api_key(session: Session, key: str) -> User:
     api_key = session.scalar(
         select(ApiKey).where(ApiKey.key_hash == hash_api_key(key), ApiKey.revoked_at.is_(None))
     )
-    if api_key is None:
+    user = session.get(User, api_key.user_id) if api_key and api_key.user_id else None
+    if user is None:
         raise NotFound("Invalid API key.")
-    account = session.get(Account, api_key.account_id)
+    return user
+
+
+def _serializer(secret: str) -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(secret, salt="aijobs-login")
+
+
+def _user_for_token(session: Session, token: str, secret: str, max_age: int) -> User:
+    try:
+        payload = _serializer(secret).loads(token[len(LOGIN_TOKEN_PREFIX) :], max_age=max_age)
+    except BadSignature:
+        raise NotFound("Invalid or expired login token.") from None
+    user = session.get(User, payload.get("user")) if isinstance(payload, dict) else None
+    if user is None or payload.get("pw") != user.password_hash[-16:]:
+        raise NotFound("Invalid or expired login token.")
+    return user
+
+
+def login(session: Session, email: str, password: str, secret: str) -> tuple[User, str]:
+    """Email + password -> a signed, expiring login token (the second auth path)."""
+    user = session.scalar(select(User).where(User.email == email.strip().lower()))
+    if user is None or not verify_password(password, user.password_hash):
+        raise NotFound("Wrong email or password.")
+    account = session.get(Account, user.account_id)
     if account is None:
-        raise NotFound("Invalid API key.")
+        raise NotFound("Wrong email or password.")
     check_access(account)
-    user = session.get(User, api_key.user_id) if api_key.user_id else None
-    return account, user
+    # The password hash tail in the token: changing the password revokes old tokens.
+    token = _serializer(secret).dumps({"user": user.id, "pw": user.password_hash[-16:]})
+    return user, LOGIN_TOKEN_PREFIX + token
+
+
+def invite_user(
+    session: Session, account: Account, email: str, role: str, name: str
+) -> tuple[User, str]:
+    """A new team member (limit: max_users) with an API key of their own, shown once."""
+    if role not in ROLES or role == "owner":
+        raise InvalidInput(
+            "role must be admin, editor or viewer.", fields={"role": "admin|editor|viewer"}
+        )
+    email = email.strip().lower()
+    if session.scalar(select(User.id).where(User.email == email)):
+        raise EmailTaken("A user with this email already exists.", field="email")
+    ensure_room(session, account, "users")
+    user = User(
+        account_id=account.id,
+        email=email,
+        name=name,
+        role=role,
+        password_hash=hash_password(secrets.token_urlsafe(32)),
+    )
+    session.add(user)
+    session.flush()
+    _, key = create_api_key(session, account.id, user.id, f"{email} (invited)")
+    return user, key
+
+
+def list_users(session: Session, account_id: str) -> list[User]:
+    query = select(User).where(User.account_id == account_id).order_by(User.created_at)
+    return list(session.scalars(query))
+
+
+def list_api_keys(session: Session, account_id: str) -> list[ApiKey]:
+    query = select(ApiKey).where(ApiKey.account_id == account_id).order_by(ApiKey.created_at)
+    return list(session.scalars(query))
+
+
+def revoke_api_key(session: Session, account_id: str, key_id: str) -> ApiKey:
+    api_key = session.get(ApiKey, key_id)
+    if api_key is None or api_key.account_id != account_id:
+        raise NotFound(f"API key {key_id!r} not found.")
+    if api_key.revoked_at is None:
+        api_key.revoked_at = utcnow()
+    session.flush()
+    return api_key
+
+
+def user_view(user: User) -> dict[str, Any]:
+    return {
+        "id": user.id,
+        "email": user.email,
+        "name": user.name,
+        "role": user.role,
+        "created_at": as_utc(user.created_at).isoformat(),
+    }
+
+
+def api_key_view(api_key: ApiKey) -> dict[str, Any]:
+    """Never the key itself: only its prefix, so a listing cannot leak it."""
+    return {
+        "id": api_key.id,
+        "name": api_key.name,
+        "prefix": api_key.prefix,
+        "user_id": api_key.user_id,
+        "created_at": as_utc(api_key.created_at).isoformat(),
+        "revoked_at": as_utc(api_key.revoked_at).isoformat() if api_key.revoked_at else None,
+    }
 
 
 def check_access(account: Account) -> None:
@@ -232,4 +324,7 @@ def plan_view(plan: Plan) -> dict[str, Any]:
         "force_default_models": plan.force_default_models,
         "allowed_text_models": plan.allowed_text_models,
         "allowed_image_models": plan.allowed_image_models,
+        "requests_per_minute": plan.requests_per_minute,
+        "is_internal": plan.is_internal,
+        "is_active": plan.is_active,
     }

@@ -173,6 +173,7 @@ def seed(session: Session) -> None:
             values["name"],
             {
                 "is_default": False,
+                "is_active": True,
                 **values,
             },
         )
@@ -186,7 +187,14 @@ def seed(session: Session) -> None:
                 .values(is_default=True)
             )
     for values in PLANS:
-        _upsert(session, Plan, Plan.slug, values["slug"], values)
+        defaults = {
+            "is_active": True,
+            "is_internal": False,
+            "force_default_models": False,
+            "allowed_text_models": [],
+            "allowed_image_models": [],
+        }
+        _upsert(session, Plan, Plan.slug, values["slug"], {**defaults, **values})
 
 
 def _upsert(

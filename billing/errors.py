@@ -38,6 +38,10 @@ class DuplicateReference(Conflict):
     code = "duplicate_reference"
 
 
+class AlreadyExists(Conflict):
+    code = "already_exists"
+
+
 class EmailTaken(Conflict):
     code = "email_taken"
 

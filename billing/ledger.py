@@ -224,6 +224,7 @@ def grant(
         metadata_=metadata or {},
     )
     session.add(transaction)
+    session.flush()
     return transaction
 
 

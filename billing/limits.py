@@ -1,48 +1,145 @@
-"""The four hard limits of the seeds: sites, users, keywords, Ahrefs queries a month."""
+"""The four hard limits of the seeds: sites, users, keywords, Ahrefs queries a month.
+
+Everything else is paid for in credits. Checks lock the account row first, so two
+concurrent additions cannot both squeeze under the limit (PostgreSQL `FOR UPDATE`;
+SQLite's `BEGIN IMMEDIATE` already serialises writers).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from models import Account, Keyword, Site, User
+from billing.errors import LimitReached
+from models import Account, Keyword, Plan, Site, User, as_utc
 
-LIMIT_NAMES = {
-    "sites": "Sites",
-    "users": "Team Users",
-    "keywords": "Keywords",
-    "ahrefs_queries": "Keyword Research Queries",
+
+@dataclass(frozen=True)
+class Limit:
+    name: str
+    title: str
+    noun: str
+    plan_field: str
+    advice: str
+
+
+LIMITS = {
+    limit.name: limit
+    for limit in (
+        Limit("sites", "Site Limit Reached", "sites", "max_sites", "Remove a site"),
+        Limit("users", "Team User Limit Reached", "team users", "max_users", "Remove a user"),
+        Limit(
+            "keywords",
+            "Keyword Limit Reached",
+            "keywords",
+            "max_keywords",
+            "Delete unused keywords",
+        ),
+        Limit(
+            "ahrefs_queries",
+            "Keyword Research Query Limit Reached",
+            "keyword research queries this month",
+            "max_ahrefs_queries",
+            "Wait for the reset",
+        ),
+    )
 }
+_COUNTED = {"sites": Site, "users": User, "keywords": Keyword}
 
 
 def _count(session: Session, model: Any, account_id: str) -> int:
-    return (
-        session.scalar(
-            select(func.count()).select_from(model).where(model.account_id == account_id)
-        )
-        or 0
-    )
+    query = select(func.count()).select_from(model).where(model.account_id == account_id)
+    return session.scalar(query) or 0
+
+
+def plan_limit(plan: Plan | None, name: str) -> int | None:
+    """None means unlimited; an account without a plan gets nothing."""
+    if plan is None:
+        return 0
+    value: int | None = getattr(plan, LIMITS[name].plan_field)
+    return value
+
+
+def used(session: Session, account: Account, name: str) -> int:
+    if name == "ahrefs_queries":
+        return account.usage_ahrefs_queries
+    return _count(session, _COUNTED[name], account.id)
 
 
 def limits_report(session: Session, account: Account) -> dict[str, dict[str, Any]]:
-    plan = account.plan
     return {
-        "sites": {
-            "used": _count(session, Site, account.id),
-            "limit": plan.max_sites if plan else 0,
-        },
-        "users": {
-            "used": _count(session, User, account.id),
-            "limit": plan.max_users if plan else 0,
-        },
-        "keywords": {
-            "used": _count(session, Keyword, account.id),
-            "limit": plan.max_keywords if plan else 0,
-        },
-        "ahrefs_queries": {
-            "used": account.usage_ahrefs_queries,
-            "limit": plan.max_ahrefs_queries if plan else 0,
-        },
+        name: {"used": used(session, account, name), "limit": plan_limit(account.plan, name)}
+        for name in LIMITS
     }
+
+
+def lock_account(session: Session, account_id: str) -> None:
+    session.execute(select(Account.id).where(Account.id == account_id).with_for_update())
+
+
+def ensure_room(session: Session, account: Account, name: str, adding: int = 1) -> None:
+    """Raise the friendly LimitReached unless `adding` more items still fit."""
+    lock_account(session, account.id)
+    limit = plan_limit(account.plan, name)
+    if limit is None:
+        return
+    current = used(session, account, name)
+    if current + adding > limit:
+        raise _reached(account, name, current, limit, adding)
+
+
+def _reached(
+    account: Account, name: str, current: int, limit: int, adding: int, extra: str = ""
+) -> LimitReached:
+    spec = LIMITS[name]
+    plan_name = account.plan.name if account.plan else "your"
+    wanted = f" This request would add {adding:,}." if adding > 1 else ""
+    return LimitReached(
+        f"{spec.title}: you have {current:,} of {limit:,} {spec.noun} on the {plan_name} plan."
+        f"{wanted} {spec.advice} or upgrade your plan.{extra}",
+        limit_name=name,
+        current=current,
+        limit=limit,
+        requested=adding,
+    )
+
+
+def consume_ahrefs_query(session: Session, account: Account) -> int:
+    """Count one live keyword-research query against the month, or refuse. Returns usage."""
+    limit = plan_limit(account.plan, "ahrefs_queries")
+    if limit == 0:
+        plan_name = account.plan.name if account.plan else "your"
+        raise LimitReached(
+            f"Keyword research with Ahrefs is not included in the {plan_name} plan. "
+            "Upgrade to Starter or above for live keyword research.",
+            limit_name="ahrefs_queries",
+            current=account.usage_ahrefs_queries,
+            limit=0,
+            requested=1,
+        )
+    query = update(Account).where(Account.id == account.id)
+    if limit is not None:
+        query = query.where(Account.usage_ahrefs_queries < limit)
+    usage = session.execute(
+        query.values(usage_ahrefs_queries=Account.usage_ahrefs_queries + 1)
+        .returning(Account.usage_ahrefs_queries)
+        .execution_options(synchronize_session=False)
+    ).scalar_one_or_none()
+    if usage is None:
+        reset = account.period_end
+        extra = f" Your queries reset on {as_utc(reset).date()}." if reset else ""
+        raise _reached(account, "ahrefs_queries", limit or 0, limit or 0, 1, extra)
+    return int(usage)
+
+
+def refund_ahrefs_query(session: Session, account_id: str) -> None:
+    """The query never reached Ahrefs (it failed): give it back."""
+    session.execute(
+        update(Account)
+        .where(Account.id == account_id, Account.usage_ahrefs_queries > 0)
+        .values(usage_ahrefs_queries=Account.usage_ahrefs_queries - 1)
+        .execution_options(synchronize_session=False)
+    )

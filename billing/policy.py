@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from billing.errors import InvalidInput, ModelNotAllowed
-from billing.operations import Operation
+from billing.operations import OPERATIONS, Operation
 from models import Account, AIModelConfig, AISettings, Plan
 
 
@@ -82,3 +84,37 @@ def _get(session: Session, name: str | None) -> AIModelConfig:
     if model is None:
         raise LookupError(f"model {name!r} vanished from the price list")
     return model
+
+
+def set_preference(session: Session, account: Account, operation: Operation, model: str) -> None:
+    """Remember the account's model for an operation; only a model the plan allows."""
+    allowed = allowed_model_names(session, account.plan, operation.model_type)
+    if model not in allowed:
+        resolve_model(session, account, operation, model)  # raises the precise refusal
+    setting = session.scalar(
+        select(AISettings).where(
+            AISettings.account_id == account.id, AISettings.operation == operation.name
+        )
+    )
+    if setting is None:
+        session.add(AISettings(account_id=account.id, operation=operation.name, model_name=model))
+    else:
+        setting.model_name = model
+    session.flush()
+
+
+def settings_view(session: Session, account: Account) -> dict[str, Any]:
+    """Per operation: the model a job would run on now, the preference, the choices."""
+    preferred = {
+        s.operation: s.model_name
+        for s in session.scalars(select(AISettings).where(AISettings.account_id == account.id))
+    }
+    return {
+        name: {
+            "model": resolve_model(session, account, op, None).name,
+            "preferred": preferred.get(name),
+            "allowed": allowed_model_names(session, account.plan, op.model_type),
+            "forced": bool(account.plan and account.plan.force_default_models),
+        }
+        for name, op in OPERATIONS.items()
+    }

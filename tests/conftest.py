@@ -112,6 +112,8 @@ def env(
         "CELERY_BROKER_URL": redis_server.url,
         "OPENAI_BASE_URL": sim.url + "/v1",
         "ADMIN_TOKEN": "test-admin-token",
+        # Tests poll hard; the throttling tests switch limits back on.
+        "RATE_LIMITS_ENABLED": "0",
         "PROVIDER_RETRY_MAX_WAIT": "0.2",
         "PROVIDER_MAX_ATTEMPTS": "3",
     }

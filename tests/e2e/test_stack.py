@@ -45,6 +45,7 @@ class Stack:
             "FLOWER_PORT": str(self.flower_port),
             "DATABASE_URL": f"sqlite:///{tmp / 'stack.db'}",
             "ADMIN_TOKEN": "stack-admin",
+            "RATE_LIMITS_ENABLED": "0",
         }
         self.process = subprocess.Popen(
             [sys.executable, "-m", "ops.stack"],

@@ -1,0 +1,113 @@
+"""Keywords (limit: max_keywords) and live keyword research (limit: Ahrefs queries/month)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from flask import Blueprint, request
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from api.db import commit_now, db
+from api.errors import ApiError
+from api.security import current_account, require_key, require_role
+from api.validation import parse_body, query_int
+from billing import keywords, limits
+from billing.jobs import MAX_PAGE_SIZE, decode_int_cursor, encode_cursor
+from models.db import transaction
+from workers import ahrefs
+
+bp = Blueprint("keywords", __name__, url_prefix="/v1")
+
+KeywordText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=300)]
+
+
+class KeywordsBody(BaseModel):
+    """One keyword (`keyword`) or a bulk import (`keywords`), into one site."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    site_id: str = Field(max_length=40)
+    keyword: KeywordText | None = None
+    keywords: list[KeywordText] = Field(default_factory=list, max_length=5000)
+
+
+class ResearchBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    seed: KeywordText
+    limit: int = Field(default=10, ge=1, le=100)
+    country: str | None = Field(default=None, min_length=2, max_length=2)
+
+
+@bp.post("/keywords")
+@require_key
+@require_role("manage_keywords")
+def add_keywords() -> tuple[dict[str, Any], int]:
+    body = parse_body(KeywordsBody)
+    wanted = ([body.keyword] if body.keyword else []) + body.keywords
+    if not wanted:
+        raise ApiError(
+            422,
+            "invalid_request",
+            "Send 'keyword' or a non-empty 'keywords' list.",
+            fields={"keywords": "at least one keyword"},
+        )
+    result = keywords.add_keywords(db(), current_account(), body.site_id, wanted)
+    return {
+        "added": [keywords.keyword_view(k) for k in result.added],
+        "skipped": result.skipped,
+    }, 201
+
+
+@bp.get("/keywords")
+@require_key
+def list_keywords() -> dict[str, Any]:
+    limit = query_int("limit", 50)
+    if not 1 <= limit <= MAX_PAGE_SIZE:
+        raise ApiError(422, "invalid_request", "limit must be 1 to 100.", fields={"limit": "1-100"})
+    cursor = request.args.get("cursor")
+    rows, after = keywords.list_keywords(
+        db(),
+        current_account().id,
+        request.args.get("site_id"),
+        decode_int_cursor(cursor) if cursor else None,
+        limit,
+    )
+    return {
+        "data": [keywords.keyword_view(k) for k in rows],
+        "next_cursor": encode_cursor(str(after)) if after is not None else None,
+    }
+
+
+@bp.delete("/keywords/<int:keyword_id>")
+@require_key
+@require_role("manage_keywords")
+def delete_keyword(keyword_id: int) -> tuple[str, int]:
+    keywords.delete_keyword(db(), current_account().id, keyword_id)
+    return "", 204
+
+
+@bp.post("/keyword-research")
+@require_key
+@require_role("research_keywords")
+def keyword_research() -> dict[str, Any]:
+    """One live query counted against the month; given back if the service fails."""
+    body = parse_body(ResearchBody)
+    account = current_account()
+    used = limits.consume_ahrefs_query(db(), account)
+    commit_now()
+    try:
+        result = ahrefs.research(body.seed, body.limit, body.country)
+    except ahrefs.ResearchUnavailable:
+        with transaction() as session:
+            limits.refund_ahrefs_query(session, account.id)
+        raise ApiError(
+            502,
+            "research_unavailable",
+            "Keyword research is unavailable right now; the query was not counted.",
+        ) from None
+    return {
+        "seed": result.seed,
+        "keywords": result.keywords,
+        "queries": {"used": used, "limit": limits.plan_limit(account.plan, "ahrefs_queries")},
+    }
