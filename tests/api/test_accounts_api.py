@@ -194,3 +194,12 @@ def test_unknown_path_and_method_are_json(client: Any) -> None:
     assert missing.get_json()["error"]["code"] == "not_found"
     assert wrong.status_code == 405
     assert wrong.get_json()["error"]["message"]
+
+
+def test_a_database_outage_is_503_not_500(client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    key, _ = register(client)
+    monkeypatch.setenv("DATABASE_URL", "postgresql+psycopg://nobody@127.0.0.1:1/none")
+    response = client.get("/v1/account", headers=auth(key))
+    assert response.status_code == 503
+    assert response.get_json()["error"]["code"] == "database_unavailable"
+    assert response.headers["Retry-After"] == "1"
