@@ -1,0 +1,194 @@
+"""Property: whatever JSON arrives at any endpoint, the answer is never a 500, every
+error is the JSON error shape, and a refused request leaves the ledger clean."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from billing.audit import audit
+from models.db import transaction
+from tests.support import auth, register
+
+ADMIN = {"X-Admin-Token": "test-admin-token"}
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=40),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+KNOWN_KEYS = [
+    "operation",
+    "input",
+    "keywords",
+    "keyword",
+    "site_id",
+    "model",
+    "webhook_url",
+    "email",
+    "password",
+    "name",
+    "amount",
+    "reason",
+    "status",
+    "plan",
+    "role",
+    "credits",
+    "payment_reference",
+    "payer_name",
+    "period_months",
+    "seed",
+    "limit",
+    "count",
+    "prompt",
+    "title",
+    "text",
+    "cluster",
+    "word_count",
+    "slug",
+    "price",
+]
+bodies = st.one_of(
+    json_values,
+    st.dictionaries(st.sampled_from(KNOWN_KEYS), json_values, max_size=6),
+    st.fixed_dictionaries(
+        {
+            "operation": st.sampled_from(
+                [
+                    "clustering",
+                    "idea_generation",
+                    "content_generation",
+                    "image_prompt_extraction",
+                    "image_generation",
+                    "x",
+                ]
+            ),
+            "input": st.dictionaries(st.sampled_from(KNOWN_KEYS), json_values, max_size=4),
+        }
+    ),
+)
+ids = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=30)
+
+# A valid body per endpoint: the fuzzer keeps, drops or garbles each field.
+ENDPOINTS: list[tuple[str, str, str | None, dict[str, Any]]] = [
+    ("post", "/v1/auth/register", None, {"email": "n@example.com", "password": "long enough"}),
+    ("post", "/v1/auth/login", None, {"email": "fuzz@example.com", "password": "correct horse"}),
+    ("post", "/v1/jobs", "key", {"operation": "image_generation", "input": {"prompt": "p"}}),
+    (
+        "post",
+        "/v1/jobs",
+        "key",
+        {"operation": "content_generation", "input": {"title": "t", "word_count": 300}},
+    ),
+    (
+        "post",
+        "/v1/jobs",
+        "key",
+        {"operation": "idea_generation", "input": {"cluster": {"name": "c", "keywords": ["k"]}}},
+    ),
+    ("post", "/v1/jobs/{id}/cancel", "key", {}),
+    ("get", "/v1/jobs/{id}", "key", {}),
+    ("post", "/v1/sites", "key", {"name": "blog", "domain": "example.com"}),
+    ("post", "/v1/keywords", "key", {"site_id": "site_x", "keywords": ["a", "b"]}),
+    ("post", "/v1/keyword-research", "key", {"seed": "shoes", "limit": 5}),
+    ("post", "/v1/team/invite", "key", {"email": "t@example.com", "role": "viewer"}),
+    ("post", "/v1/keys", "key", {"name": "ci"}),
+    ("delete", "/v1/keys/{id}", "key", {}),
+    ("put", "/v1/ai-settings", "key", {"operation": "clustering", "model": "gpt-4o"}),
+    ("post", "/v1/credits/topup", "key", {"credits": 10, "payment_reference": "r"}),
+    ("post", "/v1/admin/accounts/{account}/credits", "admin", {"amount": 5, "reason": "r"}),
+    ("patch", "/v1/admin/accounts/{account}", "admin", {"status": "active", "plan": "growth"}),
+    (
+        "post",
+        "/v1/admin/accounts/{account}/bank-transfer",
+        "admin",
+        {"payment_reference": "b", "amount": "10.00", "payer_name": "p", "period_months": 1},
+    ),
+    ("post", "/v1/admin/plans", "admin", {"slug": "p1", "name": "P", "price": "1.00"}),
+    ("patch", "/v1/admin/plans/{id}", "admin", {"max_sites": 3}),
+]
+
+
+@st.composite
+def near_valid(draw: st.DrawFn, template: dict[str, Any]) -> Any:
+    body: dict[str, Any] = {}
+    for name, value in template.items():
+        choice = draw(st.sampled_from(["keep", "keep", "drop", "garble"]))
+        if choice == "keep":
+            body[name] = value
+        elif choice == "garble":
+            body[name] = draw(json_values)
+    if draw(st.booleans()):
+        body[draw(st.sampled_from(KNOWN_KEYS))] = draw(json_values)
+    return body
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> tuple[tuple[str, str, str | None], Any]:
+    method, template, who, example = draw(st.sampled_from(ENDPOINTS))
+    body = draw(st.one_of(near_valid(example), near_valid(example), bodies))
+    return (method, template, who), body
+
+
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    request=requests(),
+    path_id=ids,
+    query=st.dictionaries(
+        st.sampled_from(["limit", "cursor", "status", "operation"]),
+        st.text(max_size=10),
+        max_size=3,
+    ),
+)
+def test_no_input_makes_a_500(
+    client: Any,
+    request: tuple[tuple[str, str, str | None], Any],
+    path_id: str,
+    query: dict[str, str],
+) -> None:
+    (method, template, who), body = request
+    key, account = _caller(client)
+    headers = {"key": auth(key), "admin": ADMIN}.get(who or "", {})
+    path = template.format(id=path_id.replace("/", "_"), account=account)
+
+    response = getattr(client, method)(path, json=body, headers=headers, query_string=query)
+
+    assert response.status_code < 500, (method, path, body, response.get_json())
+    if response.status_code >= 400:
+        error = response.get_json()["error"]
+        assert isinstance(error["code"], str)
+        assert isinstance(error["message"], str)
+        assert error["message"]
+    for listing in ("/v1/jobs", "/v1/credits/transactions", "/v1/keywords"):
+        listed = client.get(listing, headers=auth(key), query_string=query)
+        assert listed.status_code in (200, 422), listed.get_json()
+    with transaction() as session:
+        assert audit(session) == []
+
+
+def _caller(client: Any) -> tuple[str, str]:
+    """One account per test run, kept on its client (the db is wiped between tests)."""
+    if not hasattr(client, "fuzz_caller"):
+        key, account = register(client, "fuzz@example.com")
+        client.patch(
+            f"/v1/admin/accounts/{account['id']}",
+            json={"plan": "scale", "status": "active"},
+            headers=ADMIN,
+        )
+        client.fuzz_caller = (key, account["id"])
+    caller: tuple[str, str] = client.fuzz_caller
+    return caller
