@@ -41,12 +41,10 @@ lint: $(STAMP) ## ruff check, ruff format --check, mypy
 audit: $(STAMP) ## check the credit ledger's invariants against DATABASE_URL
 	$(BIN)/python -m ops audit
 
-bench: $(STAMP) ## run every bench/*.py
-	@set -e; for f in bench/*.py; do \
-		[ -e "$$f" ] || continue; \
-		echo "== $$f"; \
-		PYTHONPATH=$(CURDIR) $(BIN)/python "$$f"; \
-	done
+bench: $(STAMP) ## the benchmarks (bench/README.md); BENCH_ARGS=--quick for a smoke run
+	$(BIN)/python -m bench.e2e_throughput $(BENCH_ARGS)
+	$(BIN)/python -m bench.e2e_throughput --db postgresql $(BENCH_ARGS)
+	$(BIN)/python -m bench.ledger $(BENCH_ARGS)
 
 clean: ## remove caches, build output and var/ (the dev database); keeps .venv
 	rm -rf var build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache .hypothesis

@@ -584,6 +584,9 @@ class SimulatedProviderHandler(BaseHTTPRequestHandler):
 
     server: SimulatedProviderServer
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes; without TCP_NODELAY each reply on a kept-alive
+    # connection waits ~40 ms for a delayed ACK.
+    disable_nagle_algorithm = True
     server_version = "simulated-provider/1.0"
     sys_version = ""
 
