@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from flask import Flask, Response, g
+from flask import Flask, Response, g, request
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -22,9 +22,13 @@ log = logging.getLogger(__name__)
 AfterCommit = Callable[[], Response | None]
 
 
+READ_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
 def db() -> Session:
+    """The request's session; reads (GET) do not take SQLite's write lock."""
     if "db_session" not in g:
-        g.db_session = session_factory()()
+        g.db_session = session_factory(read_only=request.method in READ_METHODS)()
         g.db_session.begin()
         g.after_commit = []
     session: Session = g.db_session

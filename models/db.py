@@ -21,6 +21,7 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 _lock = threading.Lock()
 _engines: dict[str, Engine] = {}
 _factories: dict[str, sessionmaker[Session]] = {}
+_read_factories: dict[str, sessionmaker[Session]] = {}
 
 
 def database_url() -> str:
@@ -56,7 +57,9 @@ def _make_sqlite_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # Readers may ask for DEFERRED: in WAL mode they then never wait for writers.
+        mode = connection.get_execution_options().get("sqlite_begin", "IMMEDIATE")
+        connection.exec_driver_sql(f"BEGIN {mode}")
 
     return engine
 
@@ -69,13 +72,17 @@ def get_engine(url: str | None = None) -> Engine:
         if engine is None:
             engine = _engines[url] = make_engine(url)
             _factories[url] = sessionmaker(engine, expire_on_commit=False)
+            reader = engine.execution_options(sqlite_begin="DEFERRED")
+            _read_factories[url] = sessionmaker(reader, expire_on_commit=False)
         return engine
 
 
-def session_factory(url: str | None = None) -> sessionmaker[Session]:
+def session_factory(url: str | None = None, *, read_only: bool = False) -> sessionmaker[Session]:
+    """Sessions whose transactions take SQLite's write lock up front, or, for
+    `read_only` work, a deferred transaction that does not block writers."""
     url = url or database_url()
     get_engine(url)
-    return _factories[url]
+    return (_read_factories if read_only else _factories)[url]
 
 
 @contextmanager
@@ -92,6 +99,7 @@ def dispose_engines() -> None:
             engine.dispose(close=False)
         _engines.clear()
         _factories.clear()
+        _read_factories.clear()
 
 
 def is_sqlite(url: str | None = None) -> bool:

@@ -15,12 +15,12 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import text
+from sqlalchemy import delete, text
 
 from billing import catalog
 from billing.audit import audit
 from celeryconfig import QUEUES
-from models import Base
+from models import Base, Plan
 from models.db import dispose_engines, get_engine, transaction
 from ops.cli import migrate
 from ops.postgres_server import PostgresServer
@@ -87,8 +87,10 @@ def db_url(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.setenv("DATABASE_URL", database_url)
     yield database_url
     truncate(database_url)
-    # Catalog rows may have been edited by a test: put the shipped values back.
+    # Catalog rows may have been edited or added by a test: back to the shipped ones.
     with transaction(database_url) as session:
+        shipped = [plan["slug"] for plan in catalog.PLANS]
+        session.execute(delete(Plan).where(Plan.slug.not_in(shipped)))
         catalog.seed(session)
 
 

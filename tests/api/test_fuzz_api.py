@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from typing import Any
+from urllib.parse import quote
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -163,7 +164,7 @@ def test_no_input_makes_a_500(
     (method, template, who), body = request
     key, account = _caller(client)
     headers = {"key": auth(key), "admin": ADMIN}.get(who or "", {})
-    path = template.format(id=path_id.replace("/", "_"), account=account)
+    path = template.format(id=quote(path_id, safe=""), account=account)
 
     response = getattr(client, method)(path, json=body, headers=headers, query_string=query)
 
