@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -35,6 +36,16 @@ class Charge:
     estimate_miss: bool
 
 
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def dense_tokens(text: str) -> int:
+    """A generous token estimate for text a model may echo: word pieces, or one token per
+    three UTF-8 bytes for scripts and strings (Thai, URLs) that split into many tokens."""
+    return max(len(_TOKEN.findall(text)), math.ceil(len(text.encode()) / 3))
+
+
 def input_token_bound(job_input: dict[str, Any]) -> int:
     return len(json.dumps(job_input, ensure_ascii=False).encode()) + PROMPT_OVERHEAD_TOKENS
 
@@ -47,9 +58,16 @@ def max_output_tokens(operation: str, job_input: dict[str, Any]) -> int:
     if operation == "idea_generation":
         return 150 * int(job_input.get("count", 3)) + 100
     if operation == "content_generation":
-        return math.ceil(int(job_input.get("word_count", 800)) * 1.6) + 300
+        # 1.6 tokens a word, plus room for a dense keyword phrase in every sentence.
+        words = int(job_input.get("word_count", 800))
+        phrases = job_input.get("keywords", [])
+        extra = max((dense_tokens(p) - 1.6 * len(p.split()) for p in phrases), default=0.0)
+        return math.ceil(words * 1.6 + math.ceil(words / 8) * max(extra, 0.0)) + 300
     if operation == "image_prompt_extraction":
-        return 100 * int(job_input.get("count", 3)) + 100
+        # Each prompt may carry a whole sentence of the text, however dense.
+        sentences = _SENTENCE_END.split(str(job_input.get("text", "")))
+        longest = max((dense_tokens(s) for s in sentences), default=0)
+        return int(job_input.get("count", 3)) * (60 + longest) + 100
     raise ValueError(f"{operation} is not a text operation")
 
 

@@ -1,0 +1,213 @@
+"""The audit names every ledger invariant violation. Each test breaks one on purpose with
+raw SQL (only what the database constraints allow) and checks the message names it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from billing.audit import audit
+from billing.jobs import complete_job, fail_job, start_job
+from billing.pricing import Usage
+from models import Account
+from models.db import get_engine, transaction
+from tests.factories import balances, make_account, make_job, request, submit
+
+IMAGES = {"operation": "image_generation", "input": {"prompt": "a heron", "count": 4}}
+
+
+@dataclass(frozen=True)
+class Ledger:
+    account: str
+    settled: str  # succeeded, charged 2 of its 4
+    released: str  # failed, hold released
+    held: str  # queued, hold open
+    bystander: str  # another, clean account
+
+
+@pytest.fixture
+def books(db_url: str) -> Ledger:
+    with transaction(db_url) as session:
+        account = make_account(session, credits=1000).id
+        bystander = make_account(session, credits=50).id
+        settled, released, held = (submit(session, account, request(IMAGES)).id for _ in "abc")
+        submit(session, bystander, request(IMAGES))
+    with transaction(db_url) as session:
+        run = start_job(session, settled)
+        assert run is not None
+        assert complete_job(session, run, Usage(images=2), {}, [])
+        assert fail_job(session, released, "provider_unavailable", "down")
+    with transaction(db_url) as session:
+        assert balances(session, account) == (998, 4)
+        assert audit(session) == []
+    return Ledger(account, settled, released, held, bystander)
+
+
+def broken(url: str, *statements: str, **params: str) -> list[str]:
+    with transaction(url) as session:
+        for statement in statements:
+            session.execute(text(statement), params)
+    with transaction(url) as session:
+        return audit(session)
+
+
+def only_about(violations: list[str], subject: str) -> None:
+    assert violations, "the audit found nothing"
+    assert all(subject in v for v in violations), violations
+
+
+def test_a_clean_ledger_has_no_violations(db_url: str, books: Ledger) -> None:
+    with transaction(db_url) as session:
+        assert audit(session) == []
+
+
+def test_an_empty_database_has_no_violations(db_url: str) -> None:
+    with transaction(db_url) as session:
+        assert audit(session) == []
+
+
+def test_credits_drifting_from_the_transactions(db_url: str, books: Ledger) -> None:
+    violations = broken(
+        db_url, "UPDATE accounts SET credits = credits + 7 WHERE id = :a", a=books.account
+    )
+    assert f"account {books.account}: credits 1005 != sum of transactions 998" in violations
+    only_about(violations, books.account)
+
+
+def test_reserved_drifting_from_the_open_holds(db_url: str, books: Ledger) -> None:
+    violations = broken(
+        db_url,
+        "UPDATE accounts SET reserved_credits = reserved_credits + 3 WHERE id = :a",
+        a=books.account,
+    )
+    assert violations == [f"account {books.account}: reserved_credits 7 != sum of open holds 4"]
+
+
+def test_a_hold_closed_behind_the_accounts_back(db_url: str, books: Ledger) -> None:
+    violations = broken(
+        db_url,
+        "UPDATE credit_reservations SET status = 'released' WHERE job_id = :j",
+        j=books.held,
+    )
+    assert f"account {books.account}: reserved_credits 4 != sum of open holds 0" in violations
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE accounts SET reserved_credits = credits + 1 WHERE id = :a",
+        "UPDATE accounts SET reserved_credits = -1 WHERE id = :a",
+        "UPDATE accounts SET credits = 0 WHERE id = :a",
+    ],
+)
+def test_the_database_refuses_reserved_outside_zero_to_credits(
+    db_url: str, books: Ledger, statement: str
+) -> None:
+    with pytest.raises(IntegrityError), transaction(db_url) as session:
+        session.execute(text(statement), {"a": books.account})
+    with transaction(db_url) as session:
+        assert audit(session) == []
+
+
+def test_a_broken_balance_chain(db_url: str, books: Ledger) -> None:
+    with transaction(db_url) as session:
+        first = session.execute(
+            text("SELECT MIN(id) FROM credit_transactions WHERE account_id = :a"),
+            {"a": books.account},
+        ).scalar_one()
+    violations = broken(
+        db_url,
+        "UPDATE credit_transactions SET balance_after = balance_after + 1 WHERE id = :t",
+        t=str(first),
+    )
+    assert (
+        f"transaction {first} (account {books.account}): balance_after 1001 "
+        "!= previous 0 + amount 1000"
+    ) in violations
+    only_about(violations, f"(account {books.account})")
+
+
+def test_a_final_job_with_an_open_hold(db_url: str, books: Ledger) -> None:
+    violations = broken(db_url, "UPDATE jobs SET status = 'failed' WHERE id = :j", j=books.held)
+    assert f"job {books.held}: failed but its hold is still open" in violations
+    only_about(violations, books.held)
+
+
+def test_a_succeeded_job_whose_hold_was_released(db_url: str, books: Ledger) -> None:
+    violations = broken(
+        db_url, "UPDATE jobs SET status = 'succeeded' WHERE id = :j", j=books.released
+    )
+    assert violations == [f"job {books.released}: status succeeded with hold released"]
+
+
+def test_a_settled_job_without_its_usage_log(db_url: str, books: Ledger) -> None:
+    violations = broken(db_url, "DELETE FROM credit_usage_logs WHERE job_id = :j", j=books.settled)
+    assert violations == [
+        f"job {books.settled}: settled with 1 deductions and 0 usage logs (want 1 and 1)"
+    ]
+
+
+def test_a_usage_log_moved_to_another_job(db_url: str, books: Ledger) -> None:
+    violations = broken(
+        db_url,
+        "UPDATE credit_usage_logs SET job_id = :r WHERE job_id = :s",
+        r=books.released,
+        s=books.settled,
+    )
+    assert sorted(violations) == sorted([
+        f"job {books.settled}: settled with 1 deductions and 0 usage logs (want 1 and 1)",
+        f"job {books.released}: charged although its hold is released",
+    ])  # fmt: skip
+
+
+def test_a_settled_job_with_two_deductions(db_url: str, books: Ledger) -> None:
+    """The partial unique index forbids this; drop it inside a transaction we roll back."""
+    with get_engine(db_url).connect() as connection:
+        outer = connection.begin()
+        try:
+            connection.execute(text("DROP INDEX uq_credit_transactions_deduction_job"))
+            connection.execute(
+                text(
+                    "INSERT INTO credit_transactions "
+                    "(account_id, type, amount, balance_after, description, job_id, metadata, "
+                    "created_at) VALUES (:a, 'deduction', -1, 997, 'again', :j, '{}', "
+                    "CURRENT_TIMESTAMP)"
+                ),
+                {"a": books.account, "j": books.settled},
+            )
+            violations = audit(Session(bind=connection))
+        finally:
+            outer.rollback()
+    assert f"job {books.settled}: settled with 2 deductions and 1 usage logs (want 1 and 1)" in (
+        violations
+    )
+    assert f"job {books.settled}: credits_charged 2 != deduction 3" in violations
+    with transaction(db_url) as session:  # the index is back and the books are clean
+        assert audit(session) == []
+        with pytest.raises(IntegrityError), session.begin_nested():
+            session.execute(
+                text(
+                    "INSERT INTO credit_transactions (account_id, type, amount, balance_after, "
+                    "description, job_id, metadata, created_at) VALUES (:a, 'deduction', -1, "
+                    "997, 'again', :j, '{}', CURRENT_TIMESTAMP)"
+                ),
+                {"a": books.account, "j": books.settled},
+            )
+
+
+def test_credits_charged_disagreeing_with_the_deduction(db_url: str, books: Ledger) -> None:
+    violations = broken(
+        db_url, "UPDATE jobs SET credits_charged = 5 WHERE id = :j", j=books.settled
+    )
+    assert violations == [f"job {books.settled}: credits_charged 5 != deduction 2"]
+
+
+def test_a_job_without_a_hold(db_url: str, books: Ledger) -> None:
+    with transaction(db_url) as session:
+        job_id = make_job(session, session.get(Account, books.bystander)).id
+        violations = audit(session)
+    assert violations == [f"job {job_id}: has no credit hold"]

@@ -1,0 +1,492 @@
+"""Job lifecycle in billing/jobs.py: submit (job + hold together), idempotency, cancel,
+start / complete / fail on the worker side, redelivery, and the expired-hold sweep."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from billing import jobs
+from billing.audit import audit
+from billing.errors import (
+    AccountInactive,
+    IdempotencyConflict,
+    InsufficientCredits,
+    InvalidInput,
+    JobNotCancellable,
+    NotFound,
+)
+from billing.jobs import JobRequest, complete_job, fail_job, start_job, submit_job
+from billing.pricing import Usage
+from models import (
+    Account,
+    Cluster,
+    CreditReservation,
+    CreditTransaction,
+    CreditUsageLog,
+    Job,
+    Keyword,
+    Site,
+    as_utc,
+    utcnow,
+)
+from models.db import transaction
+from tests.factories import CLUSTERING, balances, hold_for, make_account, request, submit
+
+TTL = timedelta(minutes=30)
+IMAGES = {"operation": "image_generation", "input": {"prompt": "a red fox", "count": 3}}
+
+
+def count(session: Any, model: Any, **where: Any) -> int:
+    query = select(func.count()).select_from(model)
+    for name, value in where.items():
+        query = query.where(getattr(model, name) == value)
+    return int(session.scalar(query) or 0)
+
+
+def hold_of(session: Any, job_id: str) -> CreditReservation:
+    hold = session.scalar(select(CreditReservation).where(CreditReservation.job_id == job_id))
+    assert hold is not None
+    return hold
+
+
+def assert_audit_clean(url: str) -> None:
+    with transaction(url) as session:
+        assert audit(session) == []
+
+
+def new_account(url: str, credits: int = 10_000, **kwargs: Any) -> str:
+    with transaction(url) as session:
+        return make_account(session, credits=credits, **kwargs).id
+
+
+def submitted(url: str, account_id: str, body: dict[str, Any] = CLUSTERING, **kw: Any) -> str:
+    with transaction(url) as session:
+        return submit(session, account_id, request(body, **kw)).id
+
+
+# --- submit ------------------------------------------------------------------------------
+
+
+def test_submit_writes_the_job_and_its_hold_together(db_url: str) -> None:
+    account_id = new_account(db_url, credits=1000)
+
+    with transaction(db_url) as session:
+        acct = session.get(Account, account_id)
+        expected = hold_for(session, acct, request(IMAGES))
+        result = submit_job(session, acct, request(IMAGES), TTL)
+        assert result.created
+        job_id = result.job.id
+
+    assert expected == 3  # 3 images x 1 credit on hidream-full (starter's default)
+    with transaction(db_url) as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        assert job_id.startswith("job_")
+        assert (job.status, job.model) == ("queued", "hidream-full")
+        assert job.operation == "image_generation"
+        assert job.reserved_credits == expected
+        assert job.input == {"prompt": "a red fox", "count": 3}
+        assert hold_of(session, job_id).amount == expected
+        assert balances(session, account_id) == (1000, expected)
+    assert_audit_clean(db_url)
+
+
+def test_submit_without_credits_leaves_no_job_behind(db_url: str) -> None:
+    account_id = new_account(db_url, credits=2)
+
+    with pytest.raises(InsufficientCredits) as refused, transaction(db_url) as session:
+        submit(session, account_id, request(IMAGES))
+    assert refused.value.details == {"required": 3, "available": 2}
+
+    with transaction(db_url) as session:
+        assert count(session, Job) == 0
+        assert count(session, CreditReservation) == 0
+        assert balances(session, account_id) == (2, 0)
+
+
+@pytest.mark.parametrize("status", ["suspended", "cancelled"])
+def test_submit_for_an_inactive_account_is_refused(db_url: str, status: str) -> None:
+    account_id = new_account(db_url, status=status)
+    with pytest.raises(AccountInactive), transaction(db_url) as session:
+        submit(session, account_id, request(IMAGES))
+    with transaction(db_url) as session:
+        assert count(session, Job) == 0
+
+
+def test_submit_validates_before_writing(db_url: str) -> None:
+    account_id = new_account(db_url)
+    with pytest.raises(InvalidInput) as refused, transaction(db_url) as session:
+        submit(session, account_id, request({"operation": "clustering", "input": {}}))
+    assert "input.keywords" in refused.value.details["fields"]
+    with pytest.raises(InvalidInput), transaction(db_url) as session:
+        submit(session, account_id, request({"operation": "telepathy", "input": {}}))
+    with transaction(db_url) as session:
+        assert count(session, Job) == 0
+
+
+def test_clustering_expands_the_accounts_own_keyword_ids(db_url: str) -> None:
+    with transaction(db_url) as session:
+        acct = make_account(session)
+        site = Site(account_id=acct.id, name="blog")
+        session.add(site)
+        session.flush()
+        kw = Keyword(account_id=acct.id, site_id=site.id, keyword="trail running")
+        session.add(kw)
+        session.flush()
+        account_id, site_id, kw_id = acct.id, site.id, kw.id
+        intruder = make_account(session).id
+
+    body = {"operation": "clustering", "input": {"keywords": ["hiking"], "keyword_ids": [kw_id]}}
+    with transaction(db_url) as session:
+        job = submit_job(
+            session, session.get(Account, account_id),
+            JobRequest(body["operation"], body["input"], site_id=site_id), TTL,
+        ).job  # fmt: skip
+        assert job.input == {"keywords": ["hiking", "trail running"]}
+
+    with pytest.raises(InvalidInput, match="Unknown keyword ids"), transaction(db_url) as session:
+        submit(session, intruder, request(body))
+
+
+# --- idempotency -------------------------------------------------------------------------
+
+
+def test_same_idempotency_key_returns_the_first_job(db_url: str) -> None:
+    account_id = new_account(db_url)
+    with transaction(db_url) as session:
+        first = submit_job(session, session.get(Account, account_id), request(key="k-1"), TTL)
+    with transaction(db_url) as session:
+        again = submit_job(session, session.get(Account, account_id), request(key="k-1"), TTL)
+
+    assert first.created
+    assert not again.created
+    assert again.job.id == first.job.id
+    with transaction(db_url) as session:
+        assert count(session, Job) == 1
+        assert count(session, CreditReservation) == 1
+        assert balances(session, account_id)[1] == first.job.reserved_credits
+
+
+def test_same_idempotency_key_with_another_body_is_a_conflict(db_url: str) -> None:
+    account_id = new_account(db_url)
+    first = submitted(db_url, account_id, key="k-2")
+
+    with pytest.raises(IdempotencyConflict) as conflict, transaction(db_url) as session:
+        submit(session, account_id, request(IMAGES, key="k-2"))
+    assert conflict.value.details == {"job_id": first}
+    assert conflict.value.code == "idempotency_conflict"
+
+    with pytest.raises(IdempotencyConflict), transaction(db_url) as session:
+        submit(session, account_id, request(key="k-2", model="gpt-4o"))
+    with transaction(db_url) as session:
+        assert count(session, Job) == 1
+
+
+def test_idempotency_keys_are_per_account(db_url: str) -> None:
+    one, two = new_account(db_url), new_account(db_url)
+    assert submitted(db_url, one, key="shared") != submitted(db_url, two, key="shared")
+
+
+@pytest.mark.parametrize("key", ["", "x" * 256, "tab\there"])
+def test_malformed_idempotency_key_is_invalid(db_url: str, key: str) -> None:
+    account_id = new_account(db_url)
+    with pytest.raises(InvalidInput), transaction(db_url) as session:
+        submit(session, account_id, request(key=key))
+
+
+def test_20_concurrent_submissions_with_one_key_make_one_job(db_url: str) -> None:
+    account_id = new_account(db_url)
+    callers = 20
+    barrier = threading.Barrier(callers)
+    lock = threading.Lock()
+    outcomes: list[tuple[str, bool]] = []
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            barrier.wait(30)
+            with transaction(db_url) as session:
+                acct = session.get(Account, account_id)
+                result = submit_job(session, acct, request(key="race-key"), TTL)
+                outcome = (result.job.id, result.created)
+            with lock:
+                outcomes.append(outcome)
+        except BaseException as exc:
+            with lock:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=call) for _ in range(callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+
+    assert errors == []
+    assert len(outcomes) == callers
+    assert len({job_id for job_id, _ in outcomes}) == 1
+    assert sum(created for _, created in outcomes) == 1
+    with transaction(db_url) as session:
+        assert count(session, Job) == 1
+        assert count(session, CreditReservation) == 1
+        job = session.get(Job, outcomes[0][0])
+        assert job is not None
+        assert balances(session, account_id)[1] == job.reserved_credits
+        assert audit(session) == []
+
+
+# --- cancel ------------------------------------------------------------------------------
+
+
+def test_cancel_a_queued_job_releases_its_hold(db_url: str) -> None:
+    account_id = new_account(db_url, credits=100)
+    job_id = submitted(db_url, account_id, IMAGES)
+
+    with transaction(db_url) as session:
+        job = jobs.cancel_job(session, account_id, job_id)
+        assert (job.status, job.error_code) == ("cancelled", "cancelled")
+
+    with transaction(db_url) as session:
+        assert balances(session, account_id) == (100, 0)
+        assert hold_of(session, job_id).status == "released"
+        with pytest.raises(JobNotCancellable) as refused:
+            jobs.cancel_job(session, account_id, job_id)
+        assert refused.value.details == {"status": "cancelled"}
+    assert_audit_clean(db_url)
+
+
+def test_cancel_refuses_running_jobs_and_other_accounts(db_url: str) -> None:
+    account_id, other = new_account(db_url), new_account(db_url)
+    job_id = submitted(db_url, account_id, IMAGES)
+    with transaction(db_url) as session:
+        with pytest.raises(NotFound):
+            jobs.cancel_job(session, other, job_id)
+        assert start_job(session, job_id) is not None
+    with pytest.raises(JobNotCancellable), transaction(db_url) as session:
+        jobs.cancel_job(session, account_id, job_id)
+    with transaction(db_url) as session:
+        assert hold_of(session, job_id).status == "held"
+        assert session.get(Job, job_id).status == "running"
+
+
+# --- the worker side ---------------------------------------------------------------------
+
+
+def test_start_complete_settles_at_the_actual_cost(db_url: str) -> None:
+    account_id = new_account(db_url, credits=1000)
+    job_id = submitted(db_url, account_id)
+
+    with transaction(db_url) as session:
+        run = start_job(session, job_id)
+        assert run is not None
+        assert (run.model, run.provider_model, run.attempts) == ("gpt-4o-mini", "gpt-4o-mini", 1)
+        hold = run.hold
+        assert session.get(Job, job_id).status == "running"
+
+    with transaction(db_url) as session:
+        artifacts = [
+            Cluster(name="Shoes", keywords=["running shoes"], account_id=account_id, job_id=job_id)
+        ]
+        assert complete_job(session, run, Usage(150, 120), {"clusters": []}, artifacts)
+
+    with transaction(db_url) as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        assert (job.status, job.credits_charged, job.result) == ("succeeded", 3, {"clusters": []})
+        assert job.finished_at is not None
+        assert balances(session, account_id) == (997, 0)
+        log = session.scalar(select(CreditUsageLog).where(CreditUsageLog.job_id == job_id))
+        assert log is not None
+        assert (log.tokens_in, log.tokens_out, log.credits, log.items_created) == (150, 120, 3, 1)
+        assert count(session, Cluster, job_id=job_id) == 1
+        assert hold > 3
+    assert_audit_clean(db_url)
+
+
+def test_redelivered_completion_changes_nothing(db_url: str) -> None:
+    account_id = new_account(db_url, credits=1000)
+    job_id = submitted(db_url, account_id)
+    with transaction(db_url) as session:
+        run = start_job(session, job_id)
+    assert run is not None
+    with transaction(db_url) as session:
+        assert complete_job(session, run, Usage(100, 100), {"n": 1}, [])
+    with transaction(db_url) as session:
+        assert start_job(session, job_id) is None  # a final job is not started again
+        assert not complete_job(session, run, Usage(900, 900), {"n": 2}, [])
+
+    with transaction(db_url) as session:
+        job = session.get(Job, job_id)
+        assert (job.result, job.credits_charged) == ({"n": 1}, 2)
+        assert balances(session, account_id) == (998, 0)
+        assert count(session, CreditTransaction, type="deduction") == 1
+    assert_audit_clean(db_url)
+
+
+def test_a_running_job_redelivered_runs_again_and_is_charged_once(db_url: str) -> None:
+    account_id = new_account(db_url, credits=1000)
+    job_id = submitted(db_url, account_id)
+    with transaction(db_url) as session:
+        first = start_job(session, job_id)
+    with transaction(db_url) as session:
+        second = start_job(session, job_id)  # the worker died; the broker redelivered
+    assert first is not None
+    assert second is not None
+    assert second.attempts == 2
+
+    with transaction(db_url) as session:
+        assert complete_job(session, second, Usage(100, 100), {}, [])
+    with transaction(db_url) as session:
+        assert not complete_job(session, first, Usage(100, 100), {}, [])
+        assert balances(session, account_id) == (998, 0)
+    assert_audit_clean(db_url)
+
+
+def test_concurrent_completions_of_one_job_settle_once(db_url: str) -> None:
+    account_id = new_account(db_url, credits=1000)
+    job_id = submitted(db_url, account_id)
+    with transaction(db_url) as session:
+        run = start_job(session, job_id)
+    assert run is not None
+    racers = 8
+    barrier = threading.Barrier(racers)
+    results: list[bool] = []
+    errors: list[BaseException] = []
+
+    def complete() -> None:
+        try:
+            barrier.wait(30)
+            with transaction(db_url) as session:
+                results.append(complete_job(session, run, Usage(100, 100), {}, []))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=complete) for _ in range(racers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+    assert errors == []
+    assert sorted(results) == [False] * (racers - 1) + [True]
+    with transaction(db_url) as session:
+        assert balances(session, account_id) == (998, 0)
+        assert count(session, CreditTransaction, type="deduction") == 1
+        assert audit(session) == []
+
+
+def test_fail_job_releases_the_hold(db_url: str) -> None:
+    account_id = new_account(db_url, credits=1000)
+    job_id = submitted(db_url, account_id)
+    with transaction(db_url) as session:
+        run = start_job(session, job_id)
+        assert fail_job(session, job_id, "provider_unavailable", "down " * 1000)
+    assert run is not None
+
+    with transaction(db_url) as session:
+        job = session.get(Job, job_id)
+        assert (job.status, job.error_code) == ("failed", "provider_unavailable")
+        assert len(job.error_message) == 2000
+        assert hold_of(session, job_id).status == "released"
+        assert balances(session, account_id) == (1000, 0)
+        # Late success after the failure: the hold is closed, nothing is charged.
+        assert not complete_job(session, run, Usage(10, 10), {}, [])
+        assert not fail_job(session, job_id, "again", "again")
+        assert session.get(Job, job_id).error_code == "provider_unavailable"
+    assert_audit_clean(db_url)
+
+
+def test_fail_after_success_changes_nothing(db_url: str) -> None:
+    account_id = new_account(db_url, credits=1000)
+    job_id = submitted(db_url, account_id)
+    with transaction(db_url) as session:
+        run = start_job(session, job_id)
+        assert complete_job(session, run, Usage(10, 10), {}, [])
+    with transaction(db_url) as session:
+        assert not fail_job(session, job_id, "late", "late")
+        assert session.get(Job, job_id).status == "succeeded"
+        assert hold_of(session, job_id).status == "settled"
+        assert balances(session, account_id) == (999, 0)
+    assert_audit_clean(db_url)
+
+
+# --- expired holds -----------------------------------------------------------------------
+
+
+def test_sweep_releases_only_expired_holds_and_fails_their_jobs(db_url: str) -> None:
+    account_id = new_account(db_url, credits=1000)
+    with transaction(db_url) as session:
+        acct = session.get(Account, account_id)
+
+        def go(ttl: timedelta) -> str:
+            return submit_job(session, acct, request(IMAGES), ttl).job.id
+
+        stale_queued = go(timedelta(minutes=1))
+        stale_running = go(timedelta(minutes=2))
+        fresh = go(timedelta(hours=2))
+        settled = go(timedelta(minutes=1))
+    with transaction(db_url) as session:
+        start_job(session, stale_running)
+        run = start_job(session, settled)
+        assert complete_job(session, run, Usage(images=3), {}, [])
+
+    later = utcnow() + timedelta(minutes=10)
+    with transaction(db_url) as session:
+        swept = jobs.sweep_expired_holds(session, later)
+    assert sorted(swept) == sorted([stale_queued, stale_running])
+
+    with transaction(db_url) as session:
+        for job_id in swept:
+            job = session.get(Job, job_id)
+            assert (job.status, job.error_code) == ("failed", "hold_expired")
+            assert hold_of(session, job_id).status == "expired"
+        assert session.get(Job, fresh).status == "queued"
+        assert hold_of(session, fresh).status == "held"
+        assert hold_of(session, settled).status == "settled"
+        assert balances(session, account_id) == (997, 3)
+        assert as_utc(hold_of(session, fresh).expires_at) > later
+
+    with transaction(db_url) as session:
+        assert jobs.sweep_expired_holds(session, later) == []
+        assert balances(session, account_id) == (997, 3)
+        assert count(session, Job, status="failed") == 2
+    assert_audit_clean(db_url)
+
+
+def test_a_worker_finishing_after_the_sweep_charges_nothing(db_url: str) -> None:
+    account_id = new_account(db_url, credits=1000)
+    job_id = submitted(db_url, account_id)
+    with transaction(db_url) as session:
+        run = start_job(session, job_id)
+    with transaction(db_url) as session:
+        assert jobs.sweep_expired_holds(session, utcnow() + timedelta(hours=2)) == [job_id]
+    with transaction(db_url) as session:
+        assert not complete_job(session, run, Usage(10, 10), {}, [])
+        assert session.get(Job, job_id).status == "failed"
+        assert balances(session, account_id) == (1000, 0)
+    assert_audit_clean(db_url)
+
+
+# --- reading -----------------------------------------------------------------------------
+
+
+def test_list_jobs_pages_newest_first_and_filters(db_url: str) -> None:
+    account_id = new_account(db_url)
+    ids = [submitted(db_url, account_id, IMAGES) for _ in range(5)]
+    with transaction(db_url) as session:
+        jobs.cancel_job(session, account_id, ids[0])
+        page, cursor = jobs.list_jobs(session, account_id, limit=3)
+        assert [j.id for j in page] == ids[::-1][:3]
+        assert cursor is not None
+        rest, end = jobs.list_jobs(session, account_id, cursor=cursor, limit=3)
+        assert [j.id for j in rest] == ids[::-1][3:]
+        assert end is None
+        cancelled, _ = jobs.list_jobs(session, account_id, status="cancelled")
+        assert [j.id for j in cancelled] == [ids[0]]
+        for bad in ({"status": "lost"}, {"operation": "x"}, {"limit": 0}, {"cursor": "!!"}):
+            with pytest.raises(InvalidInput):
+                jobs.list_jobs(session, account_id, **bad)

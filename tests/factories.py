@@ -1,0 +1,210 @@
+"""Small factories for billing tests, plus entry points for spawned test processes.
+
+Credits always enter through `ledger.grant`, so an account made here passes the audit.
+The `*_in_process` functions run in `multiprocessing` "spawn" children: they import
+only project code and talk to the database named by the URL they are given.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from billing import ledger
+from billing.jobs import JobRequest, complete_job, start_job, submit_job
+from billing.operations import get_operation, validate_input
+from billing.policy import resolve_model
+from billing.pricing import Usage, estimate_hold
+from models import Account, AIModelConfig, CreditReservation, Job, Plan, new_id, utcnow
+from models.db import transaction
+
+HOLD_TTL = timedelta(hours=1)
+
+# A cheap text job: hold = ceil(bound / 100) credits on gpt-4o-mini.
+CLUSTERING = {"operation": "clustering", "input": {"keywords": ["running shoes", "trail shoes"]}}
+
+
+def make_account(
+    session: Session,
+    plan_slug: str | None = "starter",
+    credits: int = 10_000,
+    status: str = "active",
+    name: str = "test account",
+) -> Account:
+    """An account on `plan_slug` holding `credits`, posted by one `topup` grant."""
+    plan = None
+    if plan_slug is not None:
+        plan = session.scalar(select(Plan).where(Plan.slug == plan_slug))
+        assert plan is not None, f"plan {plan_slug!r} is not seeded"
+    account = Account(name=name, plan=plan, status=status)
+    session.add(account)
+    session.flush()
+    if credits:
+        ledger.grant(session, account.id, credits, "topup", "test funding")
+    session.flush()
+    session.refresh(account)
+    return account
+
+
+def make_job(
+    session: Session,
+    account: Account,
+    *,
+    operation: str = "image_generation",
+    job_input: dict[str, Any] | None = None,
+    model: str = "hidream-full",
+    status: str = "queued",
+) -> Job:
+    """A bare job row with no hold, for tests that drive `ledger` directly."""
+    job = Job(
+        id=new_id("job"),
+        account_id=account.id,
+        operation=operation,
+        input=job_input or {"prompt": "a lighthouse", "count": 1},
+        model=model,
+        status=status,
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def request(
+    body: dict[str, Any] = CLUSTERING, *, key: str | None = None, model: str | None = None
+) -> JobRequest:
+    return JobRequest(
+        operation=body["operation"], input=body["input"], model=model, idempotency_key=key
+    )
+
+
+def hold_for(session: Session, account: Account, job_request: JobRequest) -> int:
+    """What `submit_job` will hold for this request (the same price list and policy)."""
+    operation = get_operation(job_request.operation)
+    job_input = validate_input(operation, job_request.input)
+    if operation.name == "clustering":
+        assert not job_input.pop("keyword_ids"), "hold_for does not expand keyword ids"
+    model = resolve_model(session, account, operation, job_request.model)
+    return estimate_hold(operation.name, model, job_input)
+
+
+def submit(session: Session, account_id: str, job_request: JobRequest) -> Job:
+    account = session.get(Account, account_id)
+    assert account is not None
+    return submit_job(session, account, job_request, HOLD_TTL).job
+
+
+def balances(session: Session, account_id: str) -> tuple[int, int]:
+    """(credits, reserved_credits) as the database has them now."""
+    row = session.execute(
+        select(Account.credits, Account.reserved_credits).where(Account.id == account_id)
+    ).one()
+    return int(row.credits), int(row.reserved_credits)
+
+
+def open_holds(session: Session, account_id: str) -> int:
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(CreditReservation)
+            .where(CreditReservation.account_id == account_id, CreditReservation.status == "held")
+        )
+        or 0
+    )
+
+
+@contextmanager
+def catalog_restored(url: str) -> Iterator[None]:
+    """Put every plan and model row back as it was, for tests that edit the catalog.
+
+    `catalog.seed` (which the `db_url` fixture re-runs) only rewrites the keys the
+    shipped lists name, so e.g. `is_active` would otherwise leak into later tests.
+    """
+    tables = (Plan.__table__, AIModelConfig.__table__)
+    with transaction(url) as session:
+        saved = {t: [dict(row._mapping) for row in session.execute(select(t))] for t in tables}
+    try:
+        yield
+    finally:
+        with transaction(url) as session:
+            # Defaults off first, so the one-default-per-type index holds while restoring.
+            session.execute(update(AIModelConfig.__table__).values(is_default=False))
+            for table, rows in saved.items():
+                key = next(iter(table.primary_key.columns))
+                for row in rows:
+                    session.execute(update(table).where(key == row[key.name]).values(**row))
+
+
+# --- spawned-process entry points ------------------------------------------------------
+
+
+def _child_setup(url: str) -> None:
+    os.environ["DATABASE_URL"] = url
+
+
+def submit_in_process(url: str, account_id: str, attempts: int, barrier: Any, results: Any) -> None:
+    """Try `attempts` submissions, each in its own transaction; report the outcome counts."""
+    from billing.errors import InsufficientCredits
+    from models.db import dispose_engines, transaction
+
+    _child_setup(url)
+    outcome = {"pid": os.getpid(), "ok": [], "insufficient": 0, "errors": []}
+    try:
+        barrier.wait(60)
+        for _ in range(attempts):
+            try:
+                with transaction(url) as session:
+                    job = submit(session, account_id, request())
+                outcome["ok"].append(job.id)
+            except InsufficientCredits:
+                outcome["insufficient"] += 1
+            except Exception:
+                outcome["errors"].append(traceback.format_exc())
+    except Exception:
+        outcome["errors"].append(traceback.format_exc())
+    finally:
+        dispose_engines()
+        results.put(outcome)
+
+
+def cycles_in_process(
+    url: str, account_id: str, cycles: int, usage: tuple[int, int], barrier: Any, results: Any
+) -> None:
+    """`cycles` x (submit; start; settle), each step its own transaction, like API + worker."""
+    from models.db import dispose_engines, transaction
+
+    _child_setup(url)
+    outcome = {"pid": os.getpid(), "settled": 0, "errors": [], "seconds": 0.0}
+    try:
+        barrier.wait(60)
+        started = time.monotonic()
+        for _ in range(cycles):
+            try:
+                with transaction(url) as session:
+                    job_id = submit(session, account_id, request()).id
+                with transaction(url) as session:
+                    run = start_job(session, job_id)
+                assert run is not None, f"job {job_id} did not start"
+                with transaction(url) as session:
+                    settled = complete_job(session, run, Usage(*usage), {"ok": True}, [])
+                assert settled, f"job {job_id} did not settle"
+                outcome["settled"] += 1
+            except Exception:
+                outcome["errors"].append(traceback.format_exc())
+        outcome["seconds"] = time.monotonic() - started
+    except Exception:
+        outcome["errors"].append(traceback.format_exc())
+    finally:
+        dispose_engines()
+        results.put(outcome)
+
+
+def now_plus(**delta: float) -> Any:
+    return utcnow() + timedelta(**delta)
