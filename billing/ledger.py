@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from billing.errors import (
@@ -44,33 +44,74 @@ class UsageRecord:
     items_created: int
 
 
-def reserve(
-    session: Session, account_id: str, job_id: str, amount: int, ttl: timedelta
-) -> CreditReservation:
+@dataclass(frozen=True)
+class Posting:
+    """A posted deduction, as settle wrote it (plain values: the hot path skips the ORM)."""
+
+    amount: int
+    balance_after: int
+    metadata: dict[str, Any]
+
+
+# The hot path (reserve, settle, release) runs prebuilt Core statements with bound
+# parameters: no ORM flush, no statement building per call (see bench/ledger.py).
+_accounts = cast(Table, Account.__table__)
+_holds = cast(Table, CreditReservation.__table__)
+
+_RESERVE = (
+    update(_accounts)
+    .where(
+        _accounts.c.id == bindparam("p_account"),
+        _accounts.c.credits - _accounts.c.reserved_credits >= bindparam("p_amount"),
+        _accounts.c.status.in_(SPENDING_STATUSES),
+    )
+    .values(reserved_credits=_accounts.c.reserved_credits + bindparam("p_amount"))
+)
+_INSERT_HOLD = insert(_holds)
+_CLOSE_HOLD = (
+    update(_holds)
+    .where(_holds.c.job_id == bindparam("p_job"), _holds.c.status == "held")
+    .values(status=bindparam("p_status"), resolved_at=bindparam("p_now"))
+    .returning(_holds.c.account_id, _holds.c.amount)
+)
+_POST_CHARGE = (
+    update(_accounts)
+    .where(_accounts.c.id == bindparam("p_account"))
+    .values(
+        credits=_accounts.c.credits - bindparam("p_cost"),
+        reserved_credits=_accounts.c.reserved_credits - bindparam("p_hold"),
+    )
+    .returning(_accounts.c.credits)
+)
+_UNRESERVE = (
+    update(_accounts)
+    .where(_accounts.c.id == bindparam("p_account"))
+    .values(reserved_credits=_accounts.c.reserved_credits - bindparam("p_hold"))
+)
+_INSERT_TRANSACTION = insert(cast(Table, CreditTransaction.__table__))
+_INSERT_USAGE = insert(cast(Table, CreditUsageLog.__table__))
+
+
+def reserve(session: Session, account_id: str, job_id: str, amount: int, ttl: timedelta) -> None:
     """Hold `amount` credits for a job, or raise without writing anything."""
     if amount <= 0:
         raise ValueError("a hold must be positive")
-    result = session.execute(
-        update(Account)
-        .where(
-            Account.id == account_id,
-            Account.credits - Account.reserved_credits >= amount,
-            Account.status.in_(SPENDING_STATUSES),
-        )
-        .values(reserved_credits=Account.reserved_credits + amount)
-        .execution_options(synchronize_session=False)
-    )
+    result = session.execute(_RESERVE, {"p_account": account_id, "p_amount": amount})
     if result.rowcount != 1:  # type: ignore[attr-defined]
         raise _refusal(session, account_id, amount)
-    hold = CreditReservation(
-        account_id=account_id,
-        job_id=job_id,
-        amount=amount,
-        status="held",
-        expires_at=utcnow() + ttl,
+    now = utcnow()
+    session.execute(
+        _INSERT_HOLD,
+        {
+            "account_id": account_id,
+            "job_id": job_id,
+            "amount": amount,
+            "status": "held",
+            "expires_at": now + ttl,
+            "created_at": now,
+            "resolved_at": None,
+        },
     )
-    session.add(hold)
-    return hold
 
 
 def _refusal(session: Session, account_id: str, amount: int) -> BillingError:
@@ -88,21 +129,20 @@ def _refusal(session: Session, account_id: str, amount: int) -> BillingError:
     )
 
 
-def settle(
-    session: Session, job_id: str, charge: Charge, usage: UsageRecord
-) -> CreditTransaction | None:
+def _close_hold(session: Session, job_id: str, status: str) -> Any:
+    """held -> status, once: the gate that makes settle and release exactly-once."""
+    return session.execute(
+        _CLOSE_HOLD, {"p_job": job_id, "p_status": status, "p_now": utcnow()}
+    ).one_or_none()
+
+
+def settle(session: Session, job_id: str, charge: Charge, usage: UsageRecord) -> Posting | None:
     """Post the actual cost of a held job; None if the hold was already resolved.
 
     The held -> settled transition is the gate: a redelivered task finds it closed
     and changes nothing. The unique indexes on the deduction and usage log back it.
     """
-    hold = session.execute(
-        update(CreditReservation)
-        .where(CreditReservation.job_id == job_id, CreditReservation.status == "held")
-        .values(status="settled", resolved_at=utcnow())
-        .returning(CreditReservation.account_id, CreditReservation.amount)
-        .execution_options(synchronize_session=False)
-    ).one_or_none()
+    hold = _close_hold(session, job_id, "settled")
     if hold is None:
         return None
     credits = min(charge.credits, hold.amount)
@@ -114,60 +154,50 @@ def settle(
             extra={"job_id": job_id, "hold": hold.amount, "charged": credits},
         )
     balance_after = session.execute(
-        update(Account)
-        .where(Account.id == hold.account_id)
-        .values(
-            credits=Account.credits - credits,
-            reserved_credits=Account.reserved_credits - hold.amount,
-        )
-        .returning(Account.credits)
-        .execution_options(synchronize_session=False)
+        _POST_CHARGE, {"p_account": hold.account_id, "p_cost": credits, "p_hold": hold.amount}
     ).scalar_one()
-    transaction = CreditTransaction(
-        account_id=hold.account_id,
-        type="deduction",
-        amount=-credits,
-        balance_after=balance_after,
-        description=f"{usage.operation} on {usage.model}",
-        job_id=job_id,
-        metadata_={"hold": hold.amount, "estimate_miss": charge.estimate_miss},
+    now = utcnow()
+    metadata = {"hold": hold.amount, "estimate_miss": charge.estimate_miss}
+    session.execute(
+        _INSERT_TRANSACTION,
+        {
+            "account_id": hold.account_id,
+            "type": "deduction",
+            "amount": -credits,
+            "balance_after": balance_after,
+            "description": f"{usage.operation} on {usage.model}",
+            "job_id": job_id,
+            "reference": None,
+            "metadata": metadata,
+            "created_at": now,
+        },
     )
-    session.add(transaction)
-    session.add(
-        CreditUsageLog(
-            account_id=hold.account_id,
-            job_id=job_id,
-            site_id=usage.site_id,
-            operation=usage.operation,
-            model=usage.model,
-            tokens_in=usage.tokens_in,
-            tokens_out=usage.tokens_out,
-            images=usage.images,
-            credits=credits,
-            cost_usd=charge.cost_usd,
-            items_created=usage.items_created,
-        )
+    session.execute(
+        _INSERT_USAGE,
+        {
+            "account_id": hold.account_id,
+            "job_id": job_id,
+            "site_id": usage.site_id,
+            "operation": usage.operation,
+            "model": usage.model,
+            "tokens_in": usage.tokens_in,
+            "tokens_out": usage.tokens_out,
+            "images": usage.images,
+            "credits": credits,
+            "cost_usd": charge.cost_usd,
+            "items_created": usage.items_created,
+            "created_at": now,
+        },
     )
-    return transaction
+    return Posting(amount=-credits, balance_after=balance_after, metadata=metadata)
 
 
 def release(session: Session, job_id: str, *, expired: bool = False) -> int:
     """Give a hold back (job failed, cancelled or expired). Returns credits released."""
-    hold = session.execute(
-        update(CreditReservation)
-        .where(CreditReservation.job_id == job_id, CreditReservation.status == "held")
-        .values(status="expired" if expired else "released", resolved_at=utcnow())
-        .returning(CreditReservation.account_id, CreditReservation.amount)
-        .execution_options(synchronize_session=False)
-    ).one_or_none()
+    hold = _close_hold(session, job_id, "expired" if expired else "released")
     if hold is None:
         return 0
-    session.execute(
-        update(Account)
-        .where(Account.id == hold.account_id)
-        .values(reserved_credits=Account.reserved_credits - hold.amount)
-        .execution_options(synchronize_session=False)
-    )
+    session.execute(_UNRESERVE, {"p_account": hold.account_id, "p_hold": hold.amount})
     return int(hold.amount)
 
 

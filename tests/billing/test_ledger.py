@@ -191,7 +191,7 @@ def test_settle_caps_the_charge_at_the_hold_and_logs_the_miss(
         posted = ledger.settle(session, job_id, charge(300, miss=True), USAGE)
         assert posted is not None
         assert posted.amount == -300
-        assert posted.metadata_ == {"hold": 300, "estimate_miss": True}
+        assert posted.metadata == {"hold": 300, "estimate_miss": True}
 
     misses = [r for r in caplog.records if "estimate miss" in r.getMessage()]
     assert len(misses) == 1
