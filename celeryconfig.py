@@ -53,13 +53,34 @@ task_queues = [Queue(name, Exchange(name, type="direct"), routing_key=name) for 
 task_routes = {
     f"tasks.{op.name}": {"queue": op.queue, "exchange": op.queue, "routing_key": op.queue}
     for op in OPERATIONS.values()
+} | {
+    "tasks.webhooks.deliver": {
+        "queue": "webhooks",
+        "exchange": "webhooks",
+        "routing_key": "webhooks",
+    }
 }
-imports = [f"tasks.{name}" for name in OPERATIONS] + ["tasks.periodic"]
+imports = [f"tasks.{name}" for name in OPERATIONS] + ["tasks.periodic", "tasks.webhooks"]
 
 worker_hijack_root_logger = False
 worker_send_task_events = True
 task_send_sent_event = True
 
+# Every periodic task is idempotent per period and lock-guarded (tasks/periodic.py), so
+# a tick that comes early, late or twice changes nothing; hourly keeps period changes
+# within the hour of their boundary.
+_sweep_every = _settings.sweep_interval_seconds
+_lifecycle_every = _settings.lifecycle_interval_seconds
 beat_schedule = {
-    "sweep-expired-holds": {"task": "tasks.periodic.sweep_expired_holds", "schedule": 60.0},
+    "sweep-expired-holds": {
+        "task": "tasks.periodic.sweep_expired_holds",
+        "schedule": _sweep_every,
+    },
+    "requeue-webhooks": {"task": "tasks.periodic.requeue_webhooks", "schedule": _sweep_every},
+    "expire-trials": {"task": "tasks.periodic.expire_trials", "schedule": _lifecycle_every},
+    "reset-ahrefs-usage": {
+        "task": "tasks.periodic.reset_ahrefs_usage",
+        "schedule": _lifecycle_every,
+    },
+    "renew-credits": {"task": "tasks.periodic.renew_credits", "schedule": _lifecycle_every},
 }

@@ -19,6 +19,13 @@ def _env_int(name: str, default: int) -> int:
     return int(raw) if raw not in (None, "") else default
 
 
+def _env_floats(name: str, default: tuple[float, ...]) -> tuple[float, ...]:
+    raw = os.environ.get(name)
+    if raw in (None, ""):
+        return default
+    return tuple(float(part) for part in raw.split(",") if part.strip())
+
+
 def _env_bool(name: str, default: bool = False) -> bool:
     raw = os.environ.get(name)
     if raw in (None, ""):
@@ -71,15 +78,38 @@ class Settings:
     )
     # Keyword research API; by default the simulated provider's /ahrefs stand-in.
     ahrefs_api_url: str = field(
-        default_factory=lambda: os.environ.get("AHREFS_API_URL")
-        or (os.environ.get("OPENAI_BASE_URL") or "http://127.0.0.1:8900/v1").rsplit("/v1", 1)[0]
-        + "/ahrefs"
+        default_factory=lambda: (
+            os.environ.get("AHREFS_API_URL")
+            or (os.environ.get("OPENAI_BASE_URL") or "http://127.0.0.1:8900/v1").rsplit("/v1", 1)[0]
+            + "/ahrefs"
+        )
     )
     ahrefs_api_key: str = field(default_factory=lambda: os.environ.get("AHREFS_API_KEY") or "")
     admin_token: str = field(default_factory=lambda: os.environ.get("ADMIN_TOKEN") or "")
     webhook_allow_private_urls: bool = field(
         default_factory=lambda: _env_bool("WEBHOOK_ALLOW_PRIVATE_URLS")
     )
+    # Seconds to wait before each retry (about a day in all); tests shorten it.
+    webhook_retry_schedule: tuple[float, ...] = field(
+        default_factory=lambda: _env_floats(
+            "WEBHOOK_RETRY_SCHEDULE", (5, 300, 1800, 7200, 18000, 36000, 36000)
+        )
+    )
+    webhook_timeout_seconds: float = field(
+        default_factory=lambda: float(os.environ.get("WEBHOOK_TIMEOUT_SECONDS") or 15)
+    )
+    # After a secret rotation, the previous secret keeps signing for this long.
+    webhook_secret_grace_seconds: int = field(
+        default_factory=lambda: _env_int("WEBHOOK_SECRET_GRACE_SECONDS", 24 * 3600)
+    )
+    # Beat: the hold sweeper (and webhook requeue) interval, and the lifecycle tasks'.
+    sweep_interval_seconds: float = field(
+        default_factory=lambda: float(os.environ.get("SWEEP_INTERVAL_SECONDS") or 60)
+    )
+    lifecycle_interval_seconds: float = field(
+        default_factory=lambda: float(os.environ.get("LIFECYCLE_INTERVAL_SECONDS") or 3600)
+    )
+    trial_warning_days: int = field(default_factory=lambda: _env_int("TRIAL_WARNING_DAYS", 3))
     # Time limits nest: task soft limit < hard limit < broker visibility < hold TTL,
     # so a hold never expires while a live worker may still settle it.
     task_soft_time_limit: int = field(default_factory=lambda: _env_int("TASK_SOFT_TIME_LIMIT", 300))

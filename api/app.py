@@ -19,6 +19,7 @@ from api import (
     plans,
     sites,
     team,
+    webhooks,
 )
 from api.errors import register_error_handlers
 from settings import get_settings
@@ -44,6 +45,7 @@ def create_app() -> Flask:
         keywords.bp,
         team.bp,
         ai_settings.bp,
+        webhooks.bp,
     ):
         app.register_blueprint(blueprint)
     return app

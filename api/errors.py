@@ -24,6 +24,7 @@ STATUS_BY_CODE = {
     "duplicate_reference": 409,
     "email_taken": 409,
     "already_exists": 409,
+    "webhook_disabled": 409,
     "insufficient_credits": 402,
     "subscription_required": 402,
     "account_suspended": 403,

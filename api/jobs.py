@@ -13,11 +13,13 @@ from api.db import after_commit, db
 from api.errors import error_response
 from api.security import current_account, require_key, require_role
 from api.validation import parse_body, query_int
-from billing import jobs
+from billing import jobs, webhooks
 from billing.jobs import JobRequest
+from models import utcnow
 from models.db import transaction
 from settings import get_settings
-from tasks.dispatch import enqueue_job
+from tasks.dispatch import enqueue_job, enqueue_webhooks
+from workers.webhooks import url_policy
 
 log = logging.getLogger(__name__)
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
@@ -51,6 +53,7 @@ def submit() -> tuple[dict[str, Any], int, dict[str, str]]:
             idempotency_key=request.headers.get("Idempotency-Key"),
         ),
         hold_ttl=_hold_ttl(),
+        url_policy=url_policy(),
     )
     job = submission.job
     if submission.created:
@@ -72,7 +75,9 @@ def _enqueue(job_id: str, operation: str) -> Response | None:
     except Exception:
         log.exception("could not enqueue job %s", job_id)
         with transaction() as session:
-            jobs.fail_job(session, job_id, "broker_unavailable", "The job could not be queued.")
+            if jobs.fail_job(session, job_id, "broker_unavailable", "The job could not be queued."):
+                # Sent by the periodic requeue once the broker is back.
+                webhooks.queue_job_event(session, job_id, utcnow())
         return error_response(
             503,
             "broker_unavailable",
@@ -106,4 +111,7 @@ def list_jobs() -> dict[str, Any]:
 @require_key
 @require_role("submit_jobs")
 def cancel(job_id: str) -> dict[str, Any]:
-    return jobs.job_view(jobs.cancel_job(db(), current_account().id, job_id))
+    job = jobs.cancel_job(db(), current_account().id, job_id)
+    event = webhooks.queue_job_event(db(), job.id, utcnow())
+    after_commit(lambda: enqueue_webhooks([event]))
+    return jobs.job_view(job)

@@ -13,7 +13,6 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
 from sqlalchemy import Select, and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -25,6 +24,7 @@ from billing.ledger import UsageRecord
 from billing.operations import OPERATIONS, Operation, get_operation, validate_input
 from billing.policy import resolve_model
 from billing.pricing import Usage, actual_charge, estimate_hold
+from billing.webhook_urls import STRICT_URLS, UrlPolicy
 from models import (
     FINAL_JOB_STATUSES,
     JOB_STATUSES,
@@ -86,7 +86,11 @@ class JobRun:
 
 
 def submit_job(
-    session: Session, account: Account, request: JobRequest, hold_ttl: timedelta
+    session: Session,
+    account: Account,
+    request: JobRequest,
+    hold_ttl: timedelta,
+    url_policy: UrlPolicy = STRICT_URLS,
 ) -> Submission:
     operation = get_operation(request.operation)
     job_input = validate_input(operation, request.input)
@@ -98,7 +102,7 @@ def submit_job(
     if request.site_id is not None:
         _own_site(session, account.id, request.site_id)
     if request.webhook_url is not None:
-        check_webhook_url_syntax(request.webhook_url)
+        url_policy.check(request.webhook_url, must_resolve=False)
     if operation.name == "clustering":
         job_input = _expand_keyword_ids(session, account.id, request.site_id, job_input)
     model = resolve_model(session, account, operation, request.model)
@@ -116,18 +120,29 @@ def submit_job(
         idempotency_key=request.idempotency_key,
         request_hash=request.fingerprint(),
     )
+    if request.idempotency_key is None:
+        session.add(job)
+        session.flush()
+    else:
+        earlier = _insert_once(session, job, request)
+        if earlier is not None:
+            return Submission(earlier, created=False)
+    ledger.reserve(session, account.id, job.id, hold, hold_ttl)
+    return Submission(job, created=True)
+
+
+def _insert_once(session: Session, job: Job, request: JobRequest) -> Job | None:
+    """Insert a keyed job, or return the job a concurrent request with that key made."""
     try:
         with session.begin_nested():
             session.add(job)
             session.flush()
     except IntegrityError:
-        # A concurrent request with the same key committed first: answer with its job.
-        existing = _job_for_key(session, account.id, request.idempotency_key or "")
+        existing = _job_for_key(session, job.account_id, request.idempotency_key or "")
         if existing is None:
             raise
-        return Submission(_same_request(existing, request), created=False)
-    ledger.reserve(session, account.id, job.id, hold, hold_ttl)
-    return Submission(job, created=True)
+        return _same_request(existing, request)
+    return None
 
 
 def _check_key(key: str) -> None:
@@ -181,14 +196,6 @@ def _expand_keyword_ids(
     if len(keywords) > 1000:
         raise InvalidInput("Clustering takes at most 1000 keywords.")
     return {**job_input, "keywords": keywords}
-
-
-def check_webhook_url_syntax(url: str) -> None:
-    parts = urlsplit(url)
-    if len(url) > 2000 or parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidInput(
-            "webhook_url must be an absolute http(s) URL.", fields={"webhook_url": "invalid URL"}
-        )
 
 
 def cancel_job(session: Session, account_id: str, job_id: str) -> Job:
@@ -390,14 +397,14 @@ def sweep_expired_holds(session: Session, now: datetime) -> list[str]:
     """Release holds past their expiry and fail their jobs. Returns the job ids."""
     swept = []
     for job_id in ledger.expired_hold_job_ids(session, now):
-        fail_job(
+        if fail_job(
             session,
             job_id,
             "hold_expired",
             "The job did not finish before its credit hold expired; nothing was charged.",
             expired=True,
-        )
-        swept.append(job_id)
+        ):
+            swept.append(job_id)
     return swept
 
 

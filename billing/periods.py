@@ -12,3 +12,16 @@ def add_months(anchor: datetime, months: int) -> datetime:
     year, month = anchor.year + index // 12, index % 12 + 1
     day = min(anchor.day, calendar.monthrange(year, month)[1])
     return anchor.replace(year=year, month=month, day=day)
+
+
+def next_period_end(start: datetime, end: datetime) -> datetime:
+    """The end of the month that follows the period [start, end).
+
+    Boundaries stay on the day D the first period started, clamped to short months
+    (Jan 31 -> Feb 28 -> Mar 31 -> Apr 30), never drifting to the 28th. D needs no
+    column: each boundary is min(D, month length), and of two consecutive months one
+    has 31 days, so max(start.day, end.day) == D.
+    """
+    following = add_months(end.replace(day=1), 1)
+    last_day = calendar.monthrange(following.year, following.month)[1]
+    return following.replace(day=min(max(start.day, end.day), last_day))

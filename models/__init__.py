@@ -6,15 +6,19 @@ from models.artifacts import Cluster, Content, Idea, Image, ImagePrompt
 from models.base import Base, as_utc, new_id, utcnow
 from models.job import FINAL_JOB_STATUSES, JOB_STATUSES, Job
 from models.ledger import CreditReservation, CreditTransaction, CreditUsageLog
+from models.lifecycle import AccountEvent, PeriodRun
 from models.plan import Plan
+from models.webhook import DELIVERY_STATUSES, WebhookAttempt, WebhookDelivery
 
 __all__ = [
     "ACCOUNT_STATUSES",
+    "DELIVERY_STATUSES",
     "FINAL_JOB_STATUSES",
     "JOB_STATUSES",
     "AIModelConfig",
     "AISettings",
     "Account",
+    "AccountEvent",
     "ApiKey",
     "Base",
     "Cluster",
@@ -27,9 +31,12 @@ __all__ = [
     "ImagePrompt",
     "Job",
     "Keyword",
+    "PeriodRun",
     "Plan",
     "Site",
     "User",
+    "WebhookAttempt",
+    "WebhookDelivery",
     "as_utc",
     "new_id",
     "utcnow",

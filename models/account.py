@@ -36,7 +36,12 @@ class Account(CreatedAt, Base):
     period_end: Mapped[datetime | None]
     usage_ahrefs_queries: Mapped[int] = mapped_column(default=0)
     webhook_url: Mapped[str | None] = mapped_column(String(2000))
+    # Set when the default endpoint answered 410 Gone; setting a URL again clears it.
+    webhook_url_disabled_at: Mapped[datetime | None]
     webhook_secret: Mapped[str | None] = mapped_column(String(100))
+    # After a rotation both secrets sign, until the grace period ends.
+    webhook_secret_previous: Mapped[str | None] = mapped_column(String(100))
+    webhook_secret_rotated_at: Mapped[datetime | None]
 
     plan: Mapped[Plan | None] = relationship(lazy="joined")
 

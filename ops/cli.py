@@ -4,6 +4,8 @@ migrate  apply Alembic migrations to DATABASE_URL
 seed     load the shipped plans and model prices (idempotent)
 audit    check the ledger invariants; exit 1 naming each violation
 sweep    release expired holds as of --now (default: the current time)
+periodic run one scheduled job as of --now: trial-expiry, ahrefs-reset, renewal, sweep,
+         webhooks (what Celery beat runs; safe to repeat, each period counts once)
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ from alembic.config import Config
 
 from billing import catalog
 from billing.audit import audit
-from billing.jobs import sweep_expired_holds
 from models import utcnow
 from models.db import database_url, transaction
 
 ROOT = Path(__file__).resolve().parent.parent
+# tasks.periodic.JOBS; named here so the parser does not load Celery for other commands.
+PERIODIC_JOBS = ("trial-expiry", "ahrefs-reset", "renewal", "sweep", "webhooks")
 
 
 def migrate(url: str | None = None) -> None:
@@ -48,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("audit", help="check ledger invariants")
     sweep = commands.add_parser("sweep", help="release expired holds")
     sweep.add_argument("--now", help="ISO-8601 instant to sweep as of (default: now)")
+    periodic = commands.add_parser("periodic", help="run one scheduled job by hand")
+    periodic.add_argument("job", choices=list(PERIODIC_JOBS))
+    periodic.add_argument("--now", help="ISO-8601 instant to run as of (default: now)")
     args = parser.parse_args(argv)
 
     if args.command == "migrate":
@@ -64,10 +70,12 @@ def main(argv: list[str] | None = None) -> int:
             print("VIOLATION:", violation)
         print(f"audit: {len(violations)} violation(s) in {_redacted(database_url())}")
         return 1 if violations else 0
-    elif args.command == "sweep":
-        with transaction() as session:
-            swept = sweep_expired_holds(session, _instant(args.now))
-        print(f"released {len(swept)} expired hold(s)")
+    elif args.command in ("sweep", "periodic"):
+        # The same code beat runs, so swept jobs get their webhooks too.
+        from tasks.periodic import run_periodic
+
+        job = "sweep" if args.command == "sweep" else args.job
+        print(f"periodic {job}: {run_periodic(job, _instant(args.now))}")
     return 0
 
 

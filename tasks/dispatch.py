@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable
+
 from billing.operations import OPERATIONS
 from workers.celery_app import celery
+
+log = logging.getLogger(__name__)
+DELIVER_WEBHOOK = "tasks.webhooks.deliver"
 
 
 def enqueue_job(job_id: str, operation: str) -> None:
@@ -11,3 +17,16 @@ def enqueue_job(job_id: str, operation: str) -> None:
     if operation not in OPERATIONS:
         raise ValueError(f"unknown operation {operation!r}")
     celery.send_task(f"tasks.{operation}", args=[job_id])
+
+
+def enqueue_webhooks(delivery_ids: Iterable[str | None], countdown: float | None = None) -> None:
+    """After commit: hand deliveries to the `webhooks` queue. Never raises: the delivery
+    rows are already committed, and the periodic requeue sends any whose message was
+    lost here (broker down), so a failure is only logged."""
+    for delivery_id in delivery_ids:
+        if delivery_id is None:
+            continue
+        try:
+            celery.send_task(DELIVER_WEBHOOK, args=[delivery_id], countdown=countdown)
+        except Exception:
+            log.exception("could not enqueue webhook delivery %s; the sweep will", delivery_id)

@@ -20,8 +20,10 @@ from pydantic import BaseModel, ValidationError
 
 from billing.jobs import JobRun, complete_job, fail_job, start_job
 from billing.pricing import Usage, max_output_tokens
-from models import Base
+from billing.webhooks import queue_job_event
+from models import Base, utcnow
 from models.db import transaction
+from tasks.dispatch import enqueue_webhooks
 from workers import provider
 from workers.provider import ProviderError
 
@@ -104,12 +106,16 @@ class JobTask(Task):  # type: ignore[misc]
             return self._fail(run, "internal_error", "The job failed unexpectedly.", context)
         with transaction() as session:
             settled = complete_job(session, run, outcome.usage, outcome.result, outcome.artifacts)
+            event = queue_job_event(session, run.job_id, utcnow()) if settled else None
+        enqueue_webhooks([event])
         log.info("%s: %s", context, "succeeded" if settled else "already settled; result dropped")
         return "succeeded" if settled else "skipped"
 
     def _fail(self, run: JobRun, code: str, message: str, context: str) -> str:
         with transaction() as session:
             changed = fail_job(session, run.job_id, code, message)
+            event = queue_job_event(session, run.job_id, utcnow()) if changed else None
+        enqueue_webhooks([event])
         log.warning("%s: failed with %s: %s", context, code, message)
         return "failed" if changed else "skipped"
 

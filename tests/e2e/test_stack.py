@@ -46,6 +46,7 @@ class Stack:
             "DATABASE_URL": f"sqlite:///{tmp / 'stack.db'}",
             "ADMIN_TOKEN": "stack-admin",
             "RATE_LIMITS_ENABLED": "0",
+            "SWEEP_INTERVAL_SECONDS": "2",  # beat's every-minute entries, every 2 s here
         }
         self.process = subprocess.Popen(
             [sys.executable, "-m", "ops.stack"],
@@ -140,6 +141,27 @@ def test_flower_lists_the_worker_and_its_queues(stack: Stack) -> None:
         time.sleep(0.5)
     assert workers, "Flower lists no worker"
     assert {"text", "image", "webhooks"} <= queues
+
+
+def test_beat_runs_the_schedule_and_the_worker_runs_what_it_sends(stack: Stack) -> None:
+    wanted = (
+        "Scheduler: Sending due task sweep-expired-holds (tasks.periodic.sweep_expired_holds)",
+        "periodic sweep: 0 expired hold(s) released",
+        "periodic webhooks: 0 overdue webhook deliveries requeued",
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        lines = list(stack.output)
+        if all(any(w in line for line in lines) for w in wanted):
+            break
+        time.sleep(0.2)
+    beat = [line for line in lines if line.startswith("[beat]")]
+    worker = [line for line in lines if line.startswith("[worker]")]
+    assert any("Sending due task sweep-expired-holds" in line for line in beat), beat[-20:]
+    assert any("periodic sweep: 0 expired hold(s) released" in line for line in worker), worker[
+        -20:
+    ]
+    assert any("periodic webhooks:" in line for line in worker), worker[-20:]
 
 
 def test_the_banner_shows_urls_and_a_copy_paste_session(stack: Stack) -> None:

@@ -1,0 +1,234 @@
+"""Account lifecycle over time: trial expiry, the monthly usage period (Ahrefs reset)
+and the monthly credit renewal. Celery beat runs these (`tasks/periodic.py`); so can
+`python -m ops periodic ... --now` for any instant.
+
+Every effect is once-only per (task, account, period): inserting a `PeriodRun` row is
+the claim, and its unique key turns a second run of the same period, whether from the
+same beat, a second beat or a person at the CLI, into a no-op. Each function takes an
+explicit `now`, so tests freeze the clock by passing it.
+
+Renewal policy (README "Scheduled jobs"): accounts with status `active` on a paid
+plan (price > 0, or an internal plan such as enterprise) receive the plan's included
+credits once for each usage period that began by rolling over. Unused credits roll
+over: the balance is what the account has right now, and a renewal adds to it. A
+period opened by a bank transfer is not renewed on top (the transfer granted it), and
+periods missed while nothing ran are not back-filled: the account gets the current one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from billing import ledger
+from billing.periods import next_period_end
+from billing.webhooks import queue_account_event
+from models import Account, AccountEvent, PeriodRun, Plan, as_utc
+
+TRIAL_WARNING = "trial_warning"
+TRIAL_EXPIRY = "trial_expiry"
+PERIOD_ROLLOVER = "period_rollover"
+RENEWAL = "renewal"
+
+
+@dataclass
+class RunReport:
+    """What one run changed: the accounts affected and the webhooks to send after commit."""
+
+    accounts: list[str] = field(default_factory=list)
+    warned: list[str] = field(default_factory=list)
+    deliveries: list[str] = field(default_factory=list)
+
+    def queue(self, delivery_id: str | None) -> None:
+        if delivery_id is not None:
+            self.deliveries.append(delivery_id)
+
+
+def claim_period(session: Session, task: str, account_id: str, period_key: str) -> bool:
+    """True if this run is the first to claim the period; False if one already did.
+
+    The savepoint keeps a lost race (IntegrityError on the unique key) from spoiling the
+    caller's transaction. On PostgreSQL a concurrent claimer waits for the first one's
+    commit and then loses; on SQLite transactions are serialised by BEGIN IMMEDIATE.
+    """
+    try:
+        with session.begin_nested():
+            session.add(PeriodRun(task=task, account_id=account_id, period_key=period_key))
+            session.flush()
+    except IntegrityError:
+        return False
+    return True
+
+
+def _key(moment: datetime) -> str:
+    return as_utc(moment).isoformat()
+
+
+# --- trials ---------------------------------------------------------------------------
+
+
+def expire_trials(session: Session, now: datetime, warn_before: timedelta) -> RunReport:
+    """Warn trials ending within `warn_before` (`account.trial_ending`, once per trial
+    end), then suspend trials past their end (seeds: "Trial Expires -> status =
+    'suspended'"). No credits move; each change goes to the account event log."""
+    report = RunReport()
+    ending = session.scalars(
+        select(Account)
+        .where(
+            Account.status == "trial",
+            Account.trial_ends_at > now,
+            Account.trial_ends_at <= now + warn_before,
+        )
+        .execution_options(populate_existing=True)
+    )
+    for account in ending:
+        assert account.trial_ends_at is not None
+        ends = _key(account.trial_ends_at)
+        if not claim_period(session, TRIAL_WARNING, account.id, ends):
+            continue
+        days_left = max((as_utc(account.trial_ends_at) - now).days, 0)
+        data = {"trial_ends_at": ends, "days_left": days_left}
+        session.add(AccountEvent(account_id=account.id, type="trial_ending", data=data))
+        report.warned.append(account.id)
+        report.queue(queue_account_event(session, account, "account.trial_ending", data, now))
+
+    expired = session.scalars(
+        select(Account)
+        .where(Account.status == "trial", Account.trial_ends_at <= now)
+        .execution_options(populate_existing=True)
+    )
+    for account in expired:
+        assert account.trial_ends_at is not None
+        ends = _key(account.trial_ends_at)
+        if not claim_period(session, TRIAL_EXPIRY, account.id, ends):
+            continue
+        suspended = session.execute(
+            update(Account)
+            .where(Account.id == account.id, Account.status == "trial")
+            .values(status="suspended")
+            .execution_options(synchronize_session=False)
+        ).rowcount  # type: ignore[attr-defined]
+        if not suspended:
+            continue
+        data = {
+            "from": "trial",
+            "to": "suspended",
+            "reason": "trial_expired",
+            "trial_ends_at": ends,
+        }
+        session.add(AccountEvent(account_id=account.id, type="status_changed", data=data))
+        report.accounts.append(account.id)
+        report.queue(
+            queue_account_event(
+                session,
+                account,
+                "account.suspended",
+                {"status": "suspended", "reason": "trial_expired", "trial_ends_at": ends},
+                now,
+            )
+        )
+    session.flush()
+    return report
+
+
+# --- usage periods --------------------------------------------------------------------
+
+
+def roll_over_periods(session: Session, now: datetime) -> RunReport:
+    """Move every account whose usage period has ended into the period containing `now`
+    (calendar months on the account's anchor day) and reset its Ahrefs query count.
+
+    Several missed periods collapse into one move and one reset.
+    """
+    report = RunReport()
+    due = session.scalars(
+        select(Account)
+        .where(Account.period_start.is_not(None), Account.period_end <= now)
+        .execution_options(populate_existing=True)
+    )
+    for account in due:
+        assert account.period_start is not None
+        assert account.period_end is not None
+        start, end = as_utc(account.period_start), as_utc(account.period_end)
+        while end <= now:
+            start, end = end, next_period_end(start, end)
+        if not claim_period(session, PERIOD_ROLLOVER, account.id, _key(start)):
+            continue
+        moved = session.execute(
+            update(Account)
+            .where(Account.id == account.id, Account.period_end == account.period_end)
+            .values(period_start=start, period_end=end, usage_ahrefs_queries=0)
+            .execution_options(synchronize_session=False)
+        ).rowcount  # type: ignore[attr-defined]
+        if not moved:
+            continue
+        data = {
+            "period_start": _key(start),
+            "period_end": _key(end),
+            "ahrefs_queries_reset_from": account.usage_ahrefs_queries,
+        }
+        session.add(AccountEvent(account_id=account.id, type="period_started", data=data))
+        report.accounts.append(account.id)
+    session.flush()
+    return report
+
+
+# --- renewal --------------------------------------------------------------------------
+
+
+def renew_credits(session: Session, now: datetime) -> RunReport:
+    """Grant the plan's included credits to active paid accounts, once per period.
+
+    Periods are rolled over first, so renewal never waits for the reset task. The
+    grant's ledger reference (`renewal:<period start>`) is unique per account too: a
+    second line of defence behind the period claim.
+    """
+    roll_over_periods(session, now)
+    report = RunReport()
+    rows = session.execute(
+        select(Account, Plan)
+        .join(Plan, Account.plan_id == Plan.id)
+        .where(
+            Account.status == "active",
+            Account.period_start.is_not(None),
+            Plan.included_credits > 0,
+            or_(Plan.price > 0, Plan.is_internal),
+        )
+        .execution_options(populate_existing=True)
+    ).all()
+    for account, plan in rows:
+        assert account.period_start is not None
+        key = _key(account.period_start)
+        if not _opened_by_rollover(session, account.id, key):
+            continue
+        if not claim_period(session, RENEWAL, account.id, key):
+            continue
+        ledger.grant(
+            session,
+            account.id,
+            plan.included_credits,
+            "renewal",
+            f"{plan.name} plan: {plan.included_credits:,} credits for the period from "
+            f"{as_utc(account.period_start):%Y-%m-%d}",
+            reference=f"renewal:{key}",
+            metadata={"period_start": key, "plan": plan.slug},
+        )
+        report.accounts.append(account.id)
+    return report
+
+
+def _opened_by_rollover(session: Session, account_id: str, period_key: str) -> bool:
+    return (
+        session.scalar(
+            select(PeriodRun.id).where(
+                PeriodRun.task == PERIOD_ROLLOVER,
+                PeriodRun.account_id == account_id,
+                PeriodRun.period_key == period_key,
+            )
+        )
+        is not None
+    )

@@ -1,0 +1,223 @@
+"""Which webhook URLs we will call: the SSRF policy, one function for submission and send.
+
+A webhook URL is chosen by the customer, so without a policy it is a way to make our
+servers call our own network (Redis, the database, the cloud metadata service). The
+same `check_url` runs when a URL is given (422) and at every send, on every address
+the host resolves to; the sender then connects to the vetted address itself, so DNS
+cannot answer differently between the check and the connection.
+
+No network here: the resolver is passed in (`workers.webhooks.resolve_host` in
+production, a dict in tests).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from billing.errors import InvalidInput
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Resolver = Callable[[str, int], Sequence[IPAddress]]
+
+MAX_URL_LENGTH = 2000
+# Cloud metadata endpoints (AWS/GCP/Azure/OpenStack IPv4, AWS IPv6). Both already fall
+# in refused ranges; named here so a change to the range checks cannot let them through.
+METADATA_ADDRESSES = frozenset(
+    {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")}
+)
+METADATA_HOSTS = frozenset({"metadata", "metadata.google.internal", "metadata.goog"})
+# NAT64 embeds an IPv4 address in IPv6; 64:ff9b::7f00:1 reaches 127.0.0.1 on such networks.
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# The WHATWG URL parser reads a host whose last label is a number as an IPv4 address
+# (`2130706433`, `0x7f.1`, `0177.0.0.1` all mean 127.0.0.1), so anything ending in a
+# numeric label must be a canonical dotted quad or it is refused.
+_NUMERIC_LABEL = re.compile(r"^(0x[0-9a-f]*|[0-9]+)$", re.IGNORECASE)
+
+
+class UnsafeWebhookUrl(InvalidInput):
+    """A URL or an address we refuse to call."""
+
+
+@dataclass(frozen=True)
+class WebhookTarget:
+    """A checked URL: where to connect (the vetted addresses) and what to ask for."""
+
+    url: str
+    scheme: str
+    host: str
+    port: int
+    addresses: tuple[IPAddress, ...]
+
+    @property
+    def host_header(self) -> str:
+        """Host header value: the name (bracketed for IPv6), the port if not default."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.scheme == "https" else 80
+        return host if self.port == default else f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class UrlPolicy:
+    """`check_url`'s settings, passed around as one value (strict and offline by default)."""
+
+    allow_private: bool = False
+    resolve: Resolver | None = None
+
+    def check(
+        self, url: str, *, must_resolve: bool = True, field: str = "webhook_url"
+    ) -> WebhookTarget:
+        return check_url(
+            url,
+            allow_private=self.allow_private,
+            resolve=self.resolve,
+            must_resolve=must_resolve,
+            field=field,
+        )
+
+
+STRICT_URLS = UrlPolicy()
+
+
+def check_url(
+    url: str,
+    *,
+    allow_private: bool,
+    resolve: Resolver | None = None,
+    must_resolve: bool = True,
+    field: str = "webhook_url",
+) -> WebhookTarget:
+    """The URL's target if we may call it, else `UnsafeWebhookUrl` (a 422 in the API).
+
+    Without `resolve`, only the URL's own text is checked (literal addresses, names
+    like `localhost`). With it, every address the name resolves to must be public. A
+    name that does not resolve is refused at send time (`must_resolve`) but accepted
+    at submission, where a DNS hiccup should not refuse a job; the send checks again.
+    `allow_private` (development only) lets private and loopback addresses through,
+    never malformed URLs or odd IP spellings.
+    """
+    parts = _parse(url, field)
+    host = parts.host
+    literal = _literal_address(host, field)
+    if literal is not None:
+        addresses: tuple[IPAddress, ...] = (literal,)
+    elif not allow_private and _is_local_name(host):
+        raise _refused(field, f"webhook_url host {host!r} is a local name.")
+    elif resolve is None:
+        addresses = ()
+    else:
+        try:
+            addresses = tuple(resolve(host, parts.port))
+        except OSError:
+            addresses = ()
+        if not addresses and must_resolve:
+            raise _refused(field, f"webhook_url host {host!r} does not resolve.")
+    if not allow_private:
+        for address in addresses:
+            check_address(address, field=field)
+    return WebhookTarget(url, parts.scheme, host, parts.port, addresses)
+
+
+def check_address(address: IPAddress, *, field: str = "webhook_url") -> None:
+    """Refuse anything but a globally routable unicast address."""
+    reason = refusal_reason(address)
+    if reason is not None:
+        raise _refused(field, f"webhook_url resolves to {address}, a {reason} address.")
+
+
+def refusal_reason(address: IPAddress) -> str | None:
+    """Why `address` may not be called, or None when it is public."""
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = address.ipv4_mapped or address.sixtofour
+        if address.teredo:
+            embedded = address.teredo[1]
+        if embedded is not None or address in NAT64:
+            return "IPv4-embedding IPv6"
+        if address.scope_id:
+            return "scoped IPv6"
+    checks = (
+        (address in METADATA_ADDRESSES, "cloud metadata"),
+        (address.is_loopback, "loopback"),
+        (address.is_unspecified, "unspecified"),
+        (address.is_link_local, "link-local"),
+        (address.is_multicast, "multicast"),
+        (address.is_private, "private"),
+        (address.is_reserved, "reserved"),
+        (not address.is_global, "non-global"),
+    )
+    return next((name for refused, name in checks if refused), None)
+
+
+@dataclass(frozen=True)
+class _Parts:
+    scheme: str
+    host: str
+    port: int
+
+
+def _parse(url: str, field: str) -> _Parts:
+    if not isinstance(url, str) or not url or len(url) > MAX_URL_LENGTH:
+        raise _invalid(field, f"webhook_url must be an http(s) URL of at most {MAX_URL_LENGTH}.")
+    if any(ch.isspace() or ord(ch) < 0x20 or ch == "\\" for ch in url):
+        raise _invalid(field, "webhook_url must not contain spaces, control characters or '\\'.")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise _invalid(field, "webhook_url is not a valid URL.") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise _invalid(field, "webhook_url must be an absolute http or https URL.")
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        raise _invalid(field, "webhook_url must not contain credentials (user:pass@).")
+    host = (parts.hostname or "").rstrip(".")
+    if not host:
+        raise _invalid(field, "webhook_url must name a host.")
+    if not host.isascii():
+        raise _invalid(field, "webhook_url host must be ASCII (use the punycode form).")
+    if port == 0:
+        raise _invalid(field, "webhook_url port must be 1-65535.")
+    return _Parts(scheme, host.lower(), port or (443 if scheme == "https" else 80))
+
+
+def _literal_address(host: str, field: str) -> IPAddress | None:
+    """The address a host spells literally, refusing spellings other than the canonical."""
+    if ":" in host:
+        if "%" in host:
+            raise _refused(field, "webhook_url must not use a scoped IPv6 address.")
+        try:
+            return ipaddress.IPv6Address(host)
+        except ValueError:
+            raise _invalid(field, "webhook_url has an invalid IPv6 address.") from None
+    if _NUMERIC_LABEL.match(host.rsplit(".", 1)[-1]):
+        try:
+            return ipaddress.IPv4Address(host)
+        except ValueError:
+            raise _refused(
+                field,
+                f"webhook_url host {host!r} is an IP address in a non-standard spelling "
+                "(decimal, octal or hex); write it as a dotted quad.",
+            ) from None
+    return None
+
+
+def _is_local_name(host: str) -> bool:
+    return (
+        host == "localhost"
+        or host.endswith((".localhost", ".local", ".internal", ".localdomain"))
+        or host in METADATA_HOSTS
+    )
+
+
+def _invalid(field: str, message: str) -> InvalidInput:
+    return InvalidInput(message, fields={field: "invalid URL"})
+
+
+def _refused(field: str, message: str) -> UnsafeWebhookUrl:
+    return UnsafeWebhookUrl(
+        message + " Webhooks go to public http(s) addresses only.",
+        fields={field: "not a public address"},
+    )

@@ -1,0 +1,173 @@
+"""The webhooks API without a worker: secret and rotation, the default endpoint, every
+refused URL form at submission (422, nothing charged), delivery logs and redelivery."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from models import WebhookDelivery
+from models.db import transaction
+from tests.billing.test_webhook_urls import MALFORMED, ODD_SPELLINGS, PRIVATE
+from tests.support import auth, register
+
+CLUSTER = {"operation": "clustering", "input": {"keywords": ["a b", "a c"]}}
+# The API resolves names with real DNS; these are refused from their text alone.
+REFUSED = MALFORMED + ODD_SPELLINGS + [url for url in PRIVATE if "example.com" not in url]
+
+
+@pytest.fixture(autouse=True)
+def _no_enqueue(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Jobs stay queued (cancellable) even while another module's worker is running."""
+    monkeypatch.setattr("api.jobs.enqueue_job", lambda job_id, operation: None)
+
+
+@pytest.fixture
+def key(client: Any) -> str:
+    return register(client)[0]
+
+
+def test_the_secret_is_created_once_and_signs_with_32_bytes(client: Any, key: str) -> None:
+    first = client.get("/v1/webhooks/secret", headers=auth(key))
+    second = client.get("/v1/webhooks/secret", headers=auth(key))
+
+    assert first.status_code == 200
+    secret = first.get_json()["secret"]
+    assert secret.startswith("whsec_")
+    assert len(base64.b64decode(secret.removeprefix("whsec_"))) == 32
+    assert second.get_json()["secret"] == secret
+    other = register(client, "other@example.com")[0]
+    assert client.get("/v1/webhooks/secret", headers=auth(other)).get_json()["secret"] != secret
+
+
+def test_rotation_returns_a_new_secret_and_keeps_the_old_one_for_a_while(
+    client: Any, key: str
+) -> None:
+    old = client.get("/v1/webhooks/secret", headers=auth(key)).get_json()["secret"]
+
+    rotated = client.post("/v1/webhooks/secret/rotate", headers=auth(key))
+
+    assert rotated.status_code == 200
+    body = rotated.get_json()
+    assert body["secret"].startswith("whsec_")
+    assert body["secret"] != old
+    assert body["previous_valid_until"]
+    assert (
+        client.get("/v1/webhooks/secret", headers=auth(key)).get_json()["secret"]
+        == (body["secret"])
+    )
+
+
+def test_the_secret_needs_a_key(client: Any) -> None:
+    assert client.get("/v1/webhooks/secret").status_code == 401
+
+
+def test_the_default_endpoint_is_set_checked_and_cleared(client: Any, key: str) -> None:
+    url = "https://8.8.8.8/hooks"
+
+    saved = client.put("/v1/webhooks/endpoint", json={"url": url}, headers=auth(key))
+    refused = client.put(
+        "/v1/webhooks/endpoint", json={"url": "http://169.254.169.254/"}, headers=auth(key)
+    )
+
+    assert saved.status_code == 200
+    assert saved.get_json() == {"url": url, "disabled_at": None}
+    assert refused.status_code == 422
+    assert refused.get_json()["error"]["fields"] == {"webhook_url": "not a public address"}
+    assert client.get("/v1/webhooks/endpoint", headers=auth(key)).get_json()["url"] == url
+    cleared = client.put("/v1/webhooks/endpoint", json={"url": None}, headers=auth(key))
+    assert cleared.get_json()["url"] is None
+    assert client.put("/v1/webhooks/endpoint", json={}, headers=auth(key)).status_code == 422
+
+
+def test_every_refused_url_form_is_422_at_submission(client: Any, key: str) -> None:
+    before = client.get("/v1/account", headers=auth(key)).get_json()["credits"]
+    answers = {}
+
+    for url in REFUSED:
+        response = client.post("/v1/jobs", json={**CLUSTER, "webhook_url": url}, headers=auth(key))
+        error = response.get_json()["error"]
+        answers[url] = (response.status_code, error["code"], "webhook_url" in error["fields"])
+
+    assert answers == {url: (422, "invalid_request", True) for url in REFUSED}
+    assert client.get("/v1/account", headers=auth(key)).get_json()["credits"] == before
+    assert client.get("/v1/jobs", headers=auth(key)).get_json()["data"] == []
+
+
+def test_development_mode_accepts_a_localhost_receiver(
+    client: Any, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WEBHOOK_ALLOW_PRIVATE_URLS", "1")
+
+    response = client.post(
+        "/v1/jobs",
+        json={**CLUSTER, "webhook_url": "http://127.0.0.1:9/hooks"},
+        headers=auth(key),
+    )
+
+    assert response.status_code == 202, response.get_json()
+    assert response.get_json()["webhook_url"] == "http://127.0.0.1:9/hooks"
+
+
+def test_a_cancelled_job_lists_its_delivery_and_can_be_redelivered(client: Any, key: str) -> None:
+    job = client.post(
+        "/v1/jobs", json={**CLUSTER, "webhook_url": "https://8.8.8.8/hooks"}, headers=auth(key)
+    ).get_json()
+    assert client.get(f"/v1/jobs/{job['id']}/webhook-deliveries", headers=auth(key)).get_json() == {
+        "data": []
+    }
+
+    client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth(key))
+    listed = client.get(f"/v1/jobs/{job['id']}/webhook-deliveries", headers=auth(key))
+
+    assert listed.status_code == 200
+    (delivery,) = listed.get_json()["data"]
+    assert delivery["id"].startswith("msg_")
+    assert delivery["event_type"] == "job.cancelled"
+    assert delivery["url"] == "https://8.8.8.8/hooks"
+    assert delivery["status"] == "pending"
+    assert delivery["attempt_log"] == []
+    redelivered = client.post(
+        f"/v1/webhooks/deliveries/{delivery['id']}/redeliver", headers=auth(key)
+    )
+    assert redelivered.status_code == 202
+    assert redelivered.get_json() == {"id": delivery["id"], "status": "pending"}
+
+
+def test_the_account_endpoint_hears_about_jobs_without_their_own_url(client: Any, key: str) -> None:
+    client.put("/v1/webhooks/endpoint", json={"url": "https://8.8.4.4/all"}, headers=auth(key))
+    job = client.post("/v1/jobs", json=CLUSTER, headers=auth(key)).get_json()
+
+    client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth(key))
+
+    with transaction() as session:
+        (delivery,) = session.scalars(
+            select(WebhookDelivery).where(WebhookDelivery.job_id == job["id"])
+        ).all()
+        assert delivery.url == "https://8.8.4.4/all"
+        assert delivery.to_account_endpoint
+
+
+def test_another_accounts_deliveries_are_404(client: Any, key: str) -> None:
+    job = client.post(
+        "/v1/jobs", json={**CLUSTER, "webhook_url": "https://8.8.8.8/h"}, headers=auth(key)
+    ).get_json()
+    client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth(key))
+    delivery = client.get(f"/v1/jobs/{job['id']}/webhook-deliveries", headers=auth(key)).get_json()[
+        "data"
+    ][0]
+    intruder = register(client, "intruder@example.com")[0]
+
+    listing = client.get(f"/v1/jobs/{job['id']}/webhook-deliveries", headers=auth(intruder))
+    redeliver = client.post(
+        f"/v1/webhooks/deliveries/{delivery['id']}/redeliver", headers=auth(intruder)
+    )
+
+    assert listing.status_code == redeliver.status_code == 404
+    assert (
+        client.post("/v1/webhooks/deliveries/msg_nope/redeliver", headers=auth(key)).status_code
+        == 404
+    )

@@ -1,0 +1,334 @@
+"""Trial expiry, usage periods (Ahrefs reset) and credit renewal with a frozen clock:
+every function takes `now`, so each test walks time forward by passing it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from billing import ledger, lifecycle
+from billing.audit import audit
+from billing.periods import add_months, next_period_end
+from models import (
+    Account,
+    AccountEvent,
+    CreditTransaction,
+    PeriodRun,
+    Plan,
+    WebhookDelivery,
+    as_utc,
+)
+from models.db import transaction
+
+WEEK = timedelta(days=7)
+WARN = timedelta(days=3)
+
+
+def at(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def make_account(
+    plan: str = "starter",
+    status: str = "active",
+    *,
+    period_start: datetime | None = None,
+    trial_ends_at: datetime | None = None,
+    credits: int = 0,
+    webhook_url: str | None = None,
+    ahrefs_used: int = 0,
+) -> str:
+    with transaction() as session:
+        account = Account(
+            name="lifecycle",
+            plan=session.scalar(select(Plan).where(Plan.slug == plan)),
+            status=status,
+            trial_ends_at=trial_ends_at,
+            period_start=period_start,
+            period_end=add_months(period_start, 1) if period_start else None,
+            usage_ahrefs_queries=ahrefs_used,
+            webhook_url=webhook_url,
+        )
+        session.add(account)
+        session.flush()
+        if credits:
+            ledger.grant(session, account.id, credits, "topup", "test funding")
+        return account.id
+
+
+def account(account_id: str) -> Account:
+    with transaction() as session:
+        found = session.get(Account, account_id)
+        assert found is not None
+        return found
+
+
+def events(account_id: str) -> list[tuple[str, dict[str, Any]]]:
+    with transaction() as session:
+        rows = session.scalars(
+            select(AccountEvent).where(AccountEvent.account_id == account_id)
+        ).all()
+        return [(row.type, row.data) for row in rows]
+
+
+def renewals(account_id: str) -> list[CreditTransaction]:
+    with transaction() as session:
+        return list(
+            session.scalars(
+                select(CreditTransaction).where(
+                    CreditTransaction.account_id == account_id,
+                    CreditTransaction.type == "renewal",
+                )
+            )
+        )
+
+
+def audit_clean() -> None:
+    with transaction() as session:
+        assert audit(session) == []
+
+
+# --- calendar arithmetic (no database) ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("start", "ends"),
+    [
+        (
+            "2027-01-31T09:30:00",
+            ["2027-02-28", "2027-03-31", "2027-04-30", "2027-05-31", "2027-06-30", "2027-07-31"],
+        ),
+        ("2028-01-31T00:00:00", ["2028-02-29", "2028-03-31", "2028-04-30"]),
+        ("2027-01-30T00:00:00", ["2027-02-28", "2027-03-30", "2027-04-30", "2027-05-30"]),
+        ("2027-01-29T00:00:00", ["2027-02-28", "2027-03-29"]),
+        ("2027-11-30T00:00:00", ["2027-12-30", "2028-01-30", "2028-02-29", "2028-03-30"]),
+        ("2027-03-15T12:00:00", ["2027-04-15", "2027-05-15"]),
+    ],
+)
+def test_periods_are_calendar_months_on_the_anchor_day(start: str, ends: list[str]) -> None:
+    period_start = at(start)
+    period_end = add_months(period_start, 1)
+    seen = []
+    for _ in ends:
+        seen.append(period_end.date().isoformat())
+        assert period_end.time() == period_start.time()
+        period_start, period_end = period_end, next_period_end(period_start, period_end)
+    assert seen == ends
+
+
+def test_the_anchor_day_never_drifts_over_years() -> None:
+    anchor = at("2027-01-31T00:00:00")
+    start, end = anchor, add_months(anchor, 1)
+    for months in range(1, 61):
+        assert end == add_months(anchor, months)
+        start, end = end, next_period_end(start, end)
+
+
+# --- trials -----------------------------------------------------------------------------
+
+
+def test_a_trial_is_warned_once_then_suspended_at_its_end(db_url: str) -> None:
+    ends = at("2027-03-10T12:00:00")
+    trial = make_account(
+        "free-trial", "trial", trial_ends_at=ends, credits=2000, webhook_url="https://h.example/w"
+    )
+    credits_before = account(trial).credits
+
+    with transaction() as session:
+        early = lifecycle.expire_trials(session, ends - WEEK, WARN)
+    assert (early.accounts, early.warned) == ([], [])
+
+    warnings = []
+    for hours in (0, 0, 1):  # the warning goes out once per trial end
+        with transaction() as session:
+            report = lifecycle.expire_trials(session, ends - timedelta(days=2, hours=hours), WARN)
+        warnings.append((report.warned, len(report.deliveries)))
+    assert warnings == [([trial], 1), ([], 0), ([], 0)]
+    assert account(trial).status == "trial"
+
+    with transaction() as session:
+        before_end = lifecycle.expire_trials(session, ends - timedelta(seconds=1), WARN)
+    assert before_end.accounts == []
+    with transaction() as session:
+        expired = lifecycle.expire_trials(session, ends, WARN)
+    with transaction() as session:
+        again = lifecycle.expire_trials(session, ends + timedelta(hours=1), WARN)
+
+    assert expired.accounts == [trial]
+    assert again.accounts == []
+    assert account(trial).status == "suspended"
+    # A status change, not a credit movement: the balance and the ledger are untouched.
+    assert account(trial).credits == credits_before
+    assert events(trial) == [
+        ("trial_ending", {"trial_ends_at": ends.isoformat(), "days_left": 2}),
+        (
+            "status_changed",
+            {
+                "from": "trial",
+                "to": "suspended",
+                "reason": "trial_expired",
+                "trial_ends_at": ends.isoformat(),
+            },
+        ),
+    ]
+    with transaction() as session:
+        sent = session.execute(
+            select(WebhookDelivery.event_type, WebhookDelivery.payload).order_by(
+                WebhookDelivery.created_at
+            )
+        ).all()
+    assert [event for event, _ in sent] == ["account.trial_ending", "account.suspended"]
+    assert sent[0].payload["data"] == {
+        "account_id": trial,
+        "trial_ends_at": ends.isoformat(),
+        "days_left": 2,
+    }
+    audit_clean()
+
+
+def test_only_trials_past_their_end_are_suspended(db_url: str) -> None:
+    now = at("2027-05-01T00:00:00")
+    past = make_account("free-trial", "trial", trial_ends_at=now - timedelta(days=1))
+    future = make_account("free-trial", "trial", trial_ends_at=now + WEEK)
+    active = make_account("starter", "active", trial_ends_at=now - timedelta(days=30))
+
+    with transaction() as session:
+        report = lifecycle.expire_trials(session, now, WARN)
+
+    assert report.accounts == [past]
+    assert [account(a).status for a in (past, future, active)] == ["suspended", "trial", "active"]
+    assert report.deliveries == []  # no endpoint, no webhook
+
+
+# --- usage periods ------------------------------------------------------------------------
+
+
+def test_the_period_rolls_over_on_its_boundary_and_resets_ahrefs_usage(db_url: str) -> None:
+    start = at("2027-01-31T08:00:00")
+    acct = make_account("growth", period_start=start, ahrefs_used=42)
+    boundary = at("2027-02-28T08:00:00")
+
+    with transaction() as session:
+        assert lifecycle.roll_over_periods(session, boundary - timedelta(seconds=1)).accounts == []
+    assert account(acct).usage_ahrefs_queries == 42
+
+    with transaction() as session:
+        assert lifecycle.roll_over_periods(session, boundary).accounts == [acct]
+    with transaction() as session:
+        assert lifecycle.roll_over_periods(session, boundary + timedelta(hours=1)).accounts == []
+
+    moved = account(acct)
+    assert moved.usage_ahrefs_queries == 0
+    assert as_utc(moved.period_start) == boundary  # type: ignore[arg-type]
+    assert as_utc(moved.period_end) == at("2027-03-31T08:00:00")  # type: ignore[arg-type]
+    assert events(acct) == [
+        (
+            "period_started",
+            {
+                "period_start": boundary.isoformat(),
+                "period_end": "2027-03-31T08:00:00+00:00",
+                "ahrefs_queries_reset_from": 42,
+            },
+        )
+    ]
+
+    with transaction() as session:
+        assert lifecycle.roll_over_periods(session, at("2027-03-31T08:00:00")).accounts == [acct]
+    assert as_utc(account(acct).period_end) == at("2027-04-30T08:00:00")  # type: ignore[arg-type]
+
+
+def test_missed_periods_collapse_into_one_move(db_url: str) -> None:
+    acct = make_account("starter", period_start=at("2027-01-31T00:00:00"), ahrefs_used=5)
+
+    with transaction() as session:
+        lifecycle.roll_over_periods(session, at("2027-05-02T00:00:00"))
+
+    moved = account(acct)
+    assert as_utc(moved.period_start) == at("2027-04-30T00:00:00")  # type: ignore[arg-type]
+    assert as_utc(moved.period_end) == at("2027-05-31T00:00:00")  # type: ignore[arg-type]
+    assert moved.usage_ahrefs_queries == 0
+    assert [kind for kind, _ in events(acct)] == ["period_started"]
+
+
+# --- renewal ------------------------------------------------------------------------------
+
+
+def test_renewal_grants_the_plans_credits_once_per_period_and_balances_roll_over(
+    db_url: str,
+) -> None:
+    start = at("2027-01-31T00:00:00")
+    acct = make_account("starter", period_start=start, credits=1234)
+
+    with transaction() as session:
+        assert lifecycle.renew_credits(session, start + WEEK).accounts == []  # first period
+    second = at("2027-02-28T00:00:00")
+    for hours in (0, 1, 24):
+        with transaction() as session:
+            lifecycle.renew_credits(session, second + timedelta(hours=hours))
+
+    granted = renewals(acct)
+    assert [(t.amount, t.reference) for t in granted] == [(10_000, f"renewal:{second.isoformat()}")]
+    assert account(acct).credits == 1234 + 10_000  # unused credits are kept
+
+    with transaction() as session:
+        lifecycle.renew_credits(session, at("2027-03-31T00:00:01"))
+    assert len(renewals(acct)) == 2
+    assert account(acct).credits == 1234 + 20_000
+    audit_clean()
+
+
+@pytest.mark.parametrize(
+    ("plan", "status", "renewed"),
+    [
+        ("starter", "active", True),
+        ("scale", "active", True),
+        ("enterprise", "active", True),  # internal: custom price, still monthly credits
+        ("free", "active", False),
+        ("free-trial", "trial", False),
+        ("starter", "trial", False),
+        ("starter", "suspended", False),
+        ("starter", "pending_payment", False),
+        ("starter", "cancelled", False),
+    ],
+)
+def test_renewal_is_for_active_paid_accounts(
+    db_url: str, plan: str, status: str, renewed: bool
+) -> None:
+    acct = make_account(plan, status, period_start=at("2027-06-15T00:00:00"))
+
+    with transaction() as session:
+        lifecycle.renew_credits(session, at("2027-07-15T00:00:00"))
+
+    assert len(renewals(acct)) == (1 if renewed else 0)
+    audit_clean()
+
+
+def test_a_period_opened_by_a_bank_transfer_is_not_renewed_on_top(db_url: str) -> None:
+    """The transfer granted this period's credits; renewal resumes at the next period."""
+    paid_at = at("2027-08-20T10:00:00")
+    acct = make_account("growth", period_start=paid_at)
+    with transaction() as session:
+        ledger.grant(session, acct, 40_000, "bank_transfer", "transfer", reference="BT-1")
+
+    with transaction() as session:
+        lifecycle.renew_credits(session, paid_at + WEEK)
+    assert renewals(acct) == []
+
+    with transaction() as session:
+        lifecycle.renew_credits(session, at("2027-09-20T10:00:00"))
+    assert [t.amount for t in renewals(acct)] == [40_000]
+    audit_clean()
+
+
+def test_a_period_claim_is_once_only(db_url: str) -> None:
+    acct = make_account()
+    with transaction() as session:
+        assert lifecycle.claim_period(session, "renewal", acct, "2027-01-01")
+        assert not lifecycle.claim_period(session, "renewal", acct, "2027-01-01")
+        assert lifecycle.claim_period(session, "renewal", acct, "2027-02-01")
+    with transaction() as session:
+        assert not lifecycle.claim_period(session, "renewal", acct, "2027-02-01")
+        assert session.scalar(select(func.count()).select_from(PeriodRun)) == 2

@@ -1,0 +1,163 @@
+"""The SSRF policy on its own: every refused URL form, name resolution, the dev switch."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from billing.errors import InvalidInput
+from billing.webhook_urls import UnsafeWebhookUrl, UrlPolicy, check_url
+
+PUBLIC = ipaddress.ip_address("93.184.216.34")
+DNS = {
+    "hooks.example.com": [PUBLIC],
+    "internal.example.com": [ipaddress.ip_address("10.1.2.3")],
+    "rebind.example.com": [PUBLIC, ipaddress.ip_address("127.0.0.1")],
+    "v6.example.com": [ipaddress.ip_address("2606:2800:220:1:248:1893:25c8:1946")],
+    "mapped.example.com": [ipaddress.ip_address("::ffff:169.254.169.254")],
+}
+
+
+def resolve(host: str, _port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    if host not in DNS:
+        raise OSError(f"no such host {host}")
+    return DNS[host]
+
+
+# Refused whatever WEBHOOK_ALLOW_PRIVATE_URLS says: not a URL we would ever call.
+MALFORMED = [
+    "ftp://example.com/hook",
+    "file:///etc/passwd",
+    "gopher://example.com:70/_",
+    "javascript:alert(1)",
+    "//example.com/hook",
+    "example.com/hook",
+    "http:///hook",
+    "http://user:password@example.com/hook",
+    "http://user@example.com/hook",
+    "http://example.com:0/hook",
+    "http://example.com:99999/hook",
+    "http://exa mple.com/hook",
+    "http://example.com\\@127.0.0.1/",
+    "http://[::1/",
+    "http://" + "a" * 2000 + ".com/",
+]
+# Odd spellings of IPv4 addresses: decimal, octal, hex, short forms.
+ODD_SPELLINGS = [
+    "http://2130706433/",
+    "http://0177.0.0.1/",
+    "http://0x7f.1/",
+    "http://0x7f000001/",
+    "http://127.1/",
+    "http://127.0.1/",
+    "http://017700000001/",
+    "http://0/",
+    "http://8.8.8.010/",
+]
+# Refused unless private URLs are allowed (development).
+PRIVATE = [
+    "http://127.0.0.1/hook",
+    "http://127.9.9.9:8080/hook",
+    "http://localhost/hook",
+    "http://LOCALHOST.:5000/hook",
+    "http://api.localhost/hook",
+    "http://printer.local/hook",
+    "http://metadata.google.internal/computeMetadata/v1/",
+    "http://10.0.0.1/hook",
+    "http://172.16.5.4/hook",
+    "http://192.168.1.1/hook",
+    "http://100.64.0.1/hook",
+    "http://169.254.169.254/latest/meta-data/",
+    "http://169.254.1.1/hook",
+    "http://0.0.0.0/hook",
+    "http://224.0.0.1/hook",
+    "http://239.255.255.250/hook",
+    "http://255.255.255.255/hook",
+    "http://240.0.0.1/hook",
+    "http://192.0.2.1/hook",
+    "http://[::1]/hook",
+    "http://[::]/hook",
+    "http://[fe80::1]/hook",
+    "http://[fc00::1]/hook",
+    "http://[fd00:ec2::254]/latest/meta-data/",
+    "http://[ff02::1]/hook",
+    "http://[::ffff:127.0.0.1]/hook",
+    "http://[::ffff:10.0.0.1]/hook",
+    "http://[::ffff:8.8.8.8]/hook",
+    "http://[::ffff:7f00:1]/hook",
+    "http://[64:ff9b::7f00:1]/hook",
+    "http://[2002:7f00:1::]/hook",
+    "http://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/hook",
+    "http://internal.example.com/hook",
+    "http://rebind.example.com/hook",
+    "http://mapped.example.com/hook",
+]
+
+
+@pytest.mark.parametrize("url", MALFORMED + ODD_SPELLINGS + PRIVATE)
+def test_refused_when_private_urls_are_not_allowed(url: str) -> None:
+    with pytest.raises(InvalidInput) as refused:
+        check_url(url, allow_private=False, resolve=resolve)
+
+    assert refused.value.code == "invalid_request"
+    assert list(refused.value.details["fields"]) == ["webhook_url"]
+
+
+@pytest.mark.parametrize("url", MALFORMED + ODD_SPELLINGS)
+def test_malformed_urls_and_odd_ip_spellings_are_refused_even_in_development(url: str) -> None:
+    with pytest.raises(InvalidInput):
+        check_url(url, allow_private=True, resolve=resolve)
+
+
+@pytest.mark.parametrize("url", [u for u in PRIVATE if "example.com" not in u])
+def test_development_switch_allows_private_addresses(url: str) -> None:
+    target = check_url(url, allow_private=True, resolve=lambda host, port: [PUBLIC])
+
+    assert target.url == url
+
+
+def test_a_refused_address_names_the_reason() -> None:
+    with pytest.raises(UnsafeWebhookUrl, match=r"169\.254\.169\.254, a cloud metadata address"):
+        check_url("http://169.254.169.254/", allow_private=False)
+    with pytest.raises(UnsafeWebhookUrl, match="IPv4-embedding"):
+        check_url("http://[::ffff:127.0.0.1]/", allow_private=False)
+
+
+def test_every_resolved_address_must_be_public() -> None:
+    """One private answer among public ones is enough to refuse (rebinding, split DNS)."""
+    with pytest.raises(UnsafeWebhookUrl, match=r"127\.0\.0\.1, a loopback"):
+        check_url("https://rebind.example.com/hook", allow_private=False, resolve=resolve)
+
+
+def test_public_urls_pass_with_their_vetted_addresses() -> None:
+    target = check_url("https://hooks.example.com/a/b?c=d", allow_private=False, resolve=resolve)
+
+    assert (target.scheme, target.host, target.port) == ("https", "hooks.example.com", 443)
+    assert target.addresses == (PUBLIC,)
+    assert target.host_header == "hooks.example.com"
+    v6 = check_url("http://v6.example.com:8080/", allow_private=False, resolve=resolve)
+    assert v6.host_header == "v6.example.com:8080"
+    literal = check_url("http://[2606:4700::1111]:81/", allow_private=False)
+    assert literal.host_header == "[2606:4700::1111]:81"
+    assert check_url("http://8.8.8.8/", allow_private=False).addresses == (
+        ipaddress.ip_address("8.8.8.8"),
+    )
+
+
+def test_an_unresolvable_name_is_refused_at_send_time_but_accepted_at_submission() -> None:
+    with pytest.raises(UnsafeWebhookUrl, match="does not resolve"):
+        check_url("https://nowhere.example.com/", allow_private=False, resolve=resolve)
+
+    target = UrlPolicy(resolve=resolve).check("https://nowhere.example.com/", must_resolve=False)
+    assert target.addresses == ()
+
+
+def test_without_a_resolver_only_the_text_is_checked() -> None:
+    policy = UrlPolicy()
+
+    assert policy.check("https://anything.example.org/hook").addresses == ()
+    with pytest.raises(UnsafeWebhookUrl):
+        policy.check("http://localhost/hook")
+    with pytest.raises(UnsafeWebhookUrl):
+        policy.check("http://127.0.0.1/hook")

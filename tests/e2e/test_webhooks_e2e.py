@@ -1,0 +1,150 @@
+"""Webhooks end to end: API -> job worker -> webhooks queue -> a real Celery worker ->
+a real HTTP receiver that checks every delivery with the independent Standard Webhooks
+verifier (the `standardwebhooks` package). Retries run on a shortened schedule."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from itertools import pairwise
+from typing import Any
+
+import pytest
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
+
+from tests.support import Worker, auth, register, wait_for_job
+from tests.webhook_receiver import Receiver
+
+pytestmark = pytest.mark.e2e
+SCHEDULE = (0.4, 1.2)
+IMAGE_JOB = {"operation": "image_generation", "input": {"prompt": "a lighthouse", "count": 1}}
+
+
+@pytest.fixture(scope="module")
+def webhook_worker(worker_env: dict[str, str]) -> Iterator[Worker]:
+    """A worker on the `webhooks` queue only, allowed to call 127.0.0.1 receivers."""
+    env = {
+        **worker_env,
+        "WEBHOOK_ALLOW_PRIVATE_URLS": "1",
+        "WEBHOOK_RETRY_SCHEDULE": ",".join(map(str, SCHEDULE)),
+    }
+    running = Worker(env, queues="webhooks").start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def api(e2e: Any, webhook_worker: Worker, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("WEBHOOK_ALLOW_PRIVATE_URLS", "1")
+    return e2e
+
+
+def deliveries(client: Any, key: str, job_id: str, settled: bool = True) -> list[dict[str, Any]]:
+    """The job's delivery log, once no delivery is pending any more."""
+    deadline = time.monotonic() + 20
+    while True:
+        data: list[dict[str, Any]] = client.get(
+            f"/v1/jobs/{job_id}/webhook-deliveries", headers=auth(key)
+        ).get_json()["data"]
+        if not settled or (data and all(d["status"] != "pending" for d in data)):
+            return data
+        if time.monotonic() > deadline:
+            raise AssertionError(f"deliveries still pending: {data}")
+        time.sleep(0.05)
+
+
+def test_a_finished_job_is_delivered_signed_and_verifiable(api: Any) -> None:
+    key, _ = register(api)
+    secret = api.get("/v1/webhooks/secret", headers=auth(key)).get_json()["secret"]
+
+    with Receiver() as receiver:
+        job = api.post(
+            "/v1/jobs", json={**IMAGE_JOB, "webhook_url": receiver.url}, headers=auth(key)
+        ).get_json()
+        finished = wait_for_job(api, key, job["id"])
+        (request,) = receiver.wait_for(1)
+
+    event = request.verify(secret)
+    assert event["type"] == "job.succeeded"
+    assert event["data"]["id"] == job["id"]
+    assert event["data"]["status"] == "succeeded"
+    assert event["data"]["result"] == finished["result"]
+    assert event["data"]["credits_charged"] == finished["credits_charged"]
+    assert request.headers["webhook-id"].startswith("msg_")
+    # What an attacker could change, the verifier catches.
+    with pytest.raises(WebhookVerificationError):
+        Webhook(secret).verify(request.body.replace(b"succeeded", b"failed"), request.headers)
+    old = str(int(request.headers["webhook-timestamp"]) - 600)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(secret).verify(request.body, {**request.headers, "webhook-timestamp": old})
+
+    (delivery,) = deliveries(api, key, job["id"])
+    assert delivery["id"] == request.headers["webhook-id"]
+    assert delivery["status"] == "succeeded"
+    (attempt,) = delivery["attempt_log"]
+    assert attempt["status_code"] == 200
+    assert attempt["latency_ms"] >= 0
+    assert attempt["attempted_at"]
+
+
+def test_500_twice_then_200_is_three_attempts_of_one_message_with_growing_delays(
+    api: Any,
+) -> None:
+    key, _ = register(api)
+    secret = api.get("/v1/webhooks/secret", headers=auth(key)).get_json()["secret"]
+
+    with Receiver(500, 500, 200) as receiver:
+        job = api.post(
+            "/v1/jobs", json={**IMAGE_JOB, "webhook_url": receiver.url}, headers=auth(key)
+        ).get_json()
+        requests = receiver.wait_for(3)
+
+    assert len({r.headers["webhook-id"] for r in requests}) == 1
+    for request in requests:
+        assert request.verify(secret)["type"] == "job.succeeded"
+    first_gap, second_gap = (b.at - a.at for a, b in pairwise(requests))
+    assert first_gap >= SCHEDULE[0] * 0.8
+    assert second_gap > first_gap
+    (delivery,) = deliveries(api, key, job["id"])
+    assert delivery["status"] == "succeeded"  # final: nothing more after the 200
+    assert [a["status_code"] for a in delivery["attempt_log"]] == [500, 500, 200]
+    assert len(receiver.requests) == 3
+
+
+def test_410_disables_the_url_and_nothing_more_is_sent(api: Any) -> None:
+    key, _ = register(api)
+
+    with Receiver(410) as receiver:
+        job = api.post(
+            "/v1/jobs", json={**IMAGE_JOB, "webhook_url": receiver.url}, headers=auth(key)
+        ).get_json()
+        receiver.wait_for(1)
+        (delivery,) = deliveries(api, key, job["id"])
+        redeliver = api.post(
+            f"/v1/webhooks/deliveries/{delivery['id']}/redeliver", headers=auth(key)
+        )
+        time.sleep(SCHEDULE[0] * 2.5)  # a retry would have come by now
+
+    assert len(receiver.requests) == 1
+    assert delivery["status"] == "disabled"
+    assert [a["status_code"] for a in delivery["attempt_log"]] == [410]
+    assert redeliver.status_code == 409
+    assert redeliver.get_json()["error"]["code"] == "webhook_disabled"
+
+
+def test_a_failed_job_is_announced_to_the_account_endpoint(api: Any, sim_control: Any) -> None:
+    key, _ = register(api)
+    secret = api.get("/v1/webhooks/secret", headers=auth(key)).get_json()["secret"]
+    sim_control.post("/_sim/faults", json={"status": 400, "times": 5})
+
+    with Receiver() as receiver:
+        api.put("/v1/webhooks/endpoint", json={"url": receiver.url}, headers=auth(key))
+        job = api.post("/v1/jobs", json=IMAGE_JOB, headers=auth(key)).get_json()
+        (request,) = receiver.wait_for(1)
+
+    event = request.verify(secret)
+    assert event["type"] == "job.failed"
+    assert event["data"]["id"] == job["id"]
+    assert event["data"]["error"]["code"]
+    assert event["data"]["credits_charged"] == 0

@@ -1,0 +1,293 @@
+"""The delivery task called directly (no broker): claim, send to a real receiver,
+record, decide the retry; 410, refused URLs, truncation, leases, redelivery."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from billing import accounts, webhooks
+from billing.jobs import JobRequest, cancel_job, complete_job, start_job, submit_job
+from billing.pricing import Usage
+from billing.webhook_urls import UrlPolicy
+from models import Account, Job, WebhookAttempt, WebhookDelivery, utcnow
+from models.db import transaction
+from tasks.webhooks import deliver
+from tests.webhook_receiver import Receiver, Reply
+
+KEYWORDS = {"keywords": ["red shoes", "red boots"]}
+DEV_URLS = UrlPolicy(allow_private=True)
+
+
+@pytest.fixture
+def queued(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[str], Any]]:
+    """Private URLs allowed, retries due at once, and the task's re-enqueues captured."""
+    monkeypatch.setenv("WEBHOOK_ALLOW_PRIVATE_URLS", "1")
+    monkeypatch.setenv("WEBHOOK_RETRY_SCHEDULE", "0,0")
+    calls: list[tuple[list[str], Any]] = []
+    monkeypatch.setattr(
+        "tasks.webhooks.enqueue_webhooks",
+        lambda ids, countdown=None: calls.append((list(ids), countdown)),
+    )
+    return calls
+
+
+def new_account(endpoint: str | None = None) -> str:
+    with transaction() as session:
+        registration = accounts.register(
+            session, f"{uuid.uuid4().hex[:10]}@example.com", "long enough", "", 14
+        )
+        registration.account.webhook_url = endpoint
+        return registration.account.id
+
+
+def cancelled_job(account_id: str, url: str | None = None) -> tuple[str, str | None]:
+    """A job cancelled by its account, and the delivery its final state queued."""
+    with transaction() as session:
+        account = session.get(Account, account_id)
+        assert account is not None
+        job = submit_job(
+            session,
+            account,
+            JobRequest(operation="clustering", input=KEYWORDS, webhook_url=url),
+            timedelta(minutes=15),
+            url_policy=DEV_URLS,
+        ).job
+        cancel_job(session, account_id, job.id)
+        return job.id, webhooks.queue_job_event(session, job.id, utcnow())
+
+
+def delivery(delivery_id: str) -> tuple[WebhookDelivery, list[WebhookAttempt]]:
+    with transaction() as session:
+        row = session.get(WebhookDelivery, delivery_id)
+        assert row is not None
+        attempts = session.scalars(
+            select(WebhookAttempt)
+            .where(WebhookAttempt.delivery_id == delivery_id)
+            .order_by(WebhookAttempt.id)
+        ).all()
+        return row, list(attempts)
+
+
+def secret_of(account_id: str) -> str:
+    with transaction() as session:
+        account = session.get(Account, account_id)
+        assert account is not None
+        return webhooks.get_or_create_secret(session, account)
+
+
+def test_a_final_job_is_announced_signed_and_recorded(queued: list[Any]) -> None:
+    account_id = new_account()
+    with Receiver() as receiver:
+        job_id, delivery_id = cancelled_job(account_id, receiver.url)
+        assert delivery_id is not None
+        assert delivery_id.startswith("msg_")
+
+        assert deliver.run(delivery_id) == "done"
+        assert deliver.run(delivery_id) == "skipped"
+
+    (request,) = receiver.requests
+    assert request.headers["webhook-id"] == delivery_id
+    event = request.verify(secret_of(account_id))
+    assert event["type"] == "job.cancelled"
+    assert event["data"]["id"] == job_id
+    assert event["data"]["status"] == "cancelled"
+    assert event["data"]["error"]["code"] == "cancelled"
+    assert set(event) == {"type", "timestamp", "data"}
+    row, attempts = delivery(delivery_id)
+    assert (row.status, row.attempts, row.last_status_code) == ("succeeded", 1, 200)
+    assert [(a.status_code, a.error) for a in attempts] == [(200, None)]
+    assert attempts[0].latency_ms >= 0
+    assert queued == []
+
+
+def test_a_job_without_any_url_queues_nothing(queued: list[Any]) -> None:
+    _, delivery_id = cancelled_job(new_account())
+
+    assert delivery_id is None
+
+
+def test_failures_are_retried_with_the_same_id_until_attempts_run_out(queued: list[Any]) -> None:
+    with Receiver(500, 502, Reply(503, {"retry-after": "0"}), 200) as receiver:
+        _, delivery_id = cancelled_job(new_account(), receiver.url)
+        assert delivery_id is not None
+
+        results = [deliver.run(delivery_id) for _ in range(4)]
+
+    assert results == ["retry", "retry", "done", "skipped"]  # schedule "0,0": 3 attempts
+    assert len(queued) == 2
+    assert {r.headers["webhook-id"] for r in receiver.requests} == {delivery_id}
+    row, attempts = delivery(delivery_id)
+    assert (row.status, row.attempts, row.next_attempt_at) == ("failed", 3, None)
+    assert [a.status_code for a in attempts] == [500, 502, 503]
+    assert attempts[0].error == "HTTP 500: ok"
+
+
+def test_retry_after_delays_the_next_attempt(
+    queued: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WEBHOOK_RETRY_SCHEDULE", "1,1")
+    with Receiver(Reply(429, {"retry-after": "120"})) as receiver:
+        _, delivery_id = cancelled_job(new_account(), receiver.url)
+        assert delivery_id is not None
+        before = utcnow()
+
+        assert deliver.run(delivery_id) == "retry"
+        assert deliver.run(delivery_id) == "skipped"  # not due for two minutes
+
+    ((ids, countdown),) = queued
+    assert ids == [delivery_id]
+    assert countdown >= 120
+    row, _ = delivery(delivery_id)
+    assert row.next_attempt_at is not None
+    assert row.next_attempt_at.replace(tzinfo=before.tzinfo) >= before + timedelta(seconds=120)
+
+
+def test_410_disables_the_account_endpoint_until_it_is_set_again(queued: list[Any]) -> None:
+    with Receiver(410) as receiver:
+        account_id = new_account(endpoint=receiver.url)
+        _, first = cancelled_job(account_id)
+        assert first is not None
+
+        assert deliver.run(first) == "done"
+        _, second = cancelled_job(account_id)
+
+    assert delivery(first)[0].status == "disabled"
+    assert second is None  # the endpoint is off: nothing more is queued for it
+    with transaction() as session:
+        account = session.get(Account, account_id)
+        assert account is not None
+        assert account.webhook_url_disabled_at is not None
+        webhooks.set_endpoint(session, account, receiver.url, DEV_URLS)
+    _, third = cancelled_job(account_id)
+    assert third is not None
+    assert len(receiver.requests) == 1
+
+
+def test_410_on_a_jobs_own_url_stops_it_for_good(queued: list[Any]) -> None:
+    account_id = new_account()
+    with Receiver(410) as receiver:
+        _, delivery_id = cancelled_job(account_id, receiver.url)
+        assert delivery_id is not None
+        deliver.run(delivery_id)
+
+        with transaction() as session, pytest.raises(webhooks.WebhookDisabled):
+            webhooks.redeliver(session, account_id, delivery_id, utcnow())
+        assert deliver.run(delivery_id) == "skipped"
+
+    assert len(receiver.requests) == 1
+    assert delivery(delivery_id)[0].status == "disabled"
+
+
+def test_a_url_refused_at_send_time_fails_without_a_connection(
+    queued: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Receiver() as receiver:
+        _, delivery_id = cancelled_job(new_account(), receiver.url)
+        assert delivery_id is not None
+        monkeypatch.setenv("WEBHOOK_ALLOW_PRIVATE_URLS", "0")
+
+        assert deliver.run(delivery_id) == "done"
+
+    assert receiver.connections == 0
+    row, attempts = delivery(delivery_id)
+    assert row.status == "failed"
+    assert len(attempts) == 1
+    assert attempts[0].status_code is None
+    assert "loopback" in (attempts[0].error or "")
+    assert queued == []  # our own policy said no: retrying cannot help
+
+
+def test_large_results_are_referenced_not_inlined(env: dict[str, str]) -> None:
+    account_id = new_account(endpoint="https://hooks.example.com/in")
+    with transaction() as session:
+        account = session.get(Account, account_id)
+        assert account is not None
+        job_id = submit_job(
+            session, account, JobRequest(operation="clustering", input=KEYWORDS), timedelta(hours=1)
+        ).job.id
+        run = start_job(session, job_id)
+        assert run is not None
+        result = {"clusters": [{"name": "x" * 100, "keywords": ["red shoes"]}] * 400}
+        assert complete_job(session, run, Usage(10, 10), result, [])
+        delivery_id = webhooks.queue_job_event(session, job_id, utcnow())
+        assert delivery_id is not None
+
+    row, _ = delivery(delivery_id)
+    assert row.payload["type"] == "job.succeeded"
+    assert row.payload["data"]["result"] == {"truncated": True, "url": f"/v1/jobs/{job_id}"}
+    assert row.payload["data"]["input"] == KEYWORDS
+    assert len(webhooks.encode(row.payload)) < webhooks.MAX_PAYLOAD_BYTES
+    with transaction() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        assert job.result == result  # the API still has it all
+
+
+def test_an_attempt_is_claimed_by_one_worker_until_its_lease_ends(env: dict[str, str]) -> None:
+    _, delivery_id = cancelled_job(new_account(), "https://hooks.example.com/in")
+    assert delivery_id is not None
+    now, lease, grace = utcnow(), timedelta(seconds=60), timedelta(hours=1)
+
+    with transaction() as session:
+        first = webhooks.claim_attempt(session, delivery_id, now, lease, grace)
+    with transaction() as session:
+        second = webhooks.claim_attempt(session, delivery_id, now, lease, grace)
+        overdue_while_held = webhooks.overdue_delivery_ids(
+            session, now + timedelta(seconds=40), timedelta(seconds=30)
+        )
+    with transaction() as session:
+        # The first worker died mid-send: once its lease is over the attempt is free again.
+        later = now + lease + timedelta(seconds=1)
+        overdue = webhooks.overdue_delivery_ids(session, later, timedelta(seconds=30))
+        third = webhooks.claim_attempt(session, delivery_id, later, lease, grace)
+
+    assert first is not None
+    assert first.url == "https://hooks.example.com/in"
+    assert first.secrets[0].startswith("whsec_")
+    assert second is None
+    assert overdue_while_held == []
+    assert overdue == [delivery_id]
+    assert third is not None
+
+
+def test_redelivering_a_failed_delivery_makes_one_more_attempt(queued: list[Any]) -> None:
+    account_id = new_account()
+    with Receiver(500, 500, 500, 200) as receiver:
+        _, delivery_id = cancelled_job(account_id, receiver.url)
+        assert delivery_id is not None
+        while deliver.run(delivery_id) == "retry":
+            pass
+        assert delivery(delivery_id)[0].status == "failed"
+
+        with transaction() as session:
+            webhooks.redeliver(session, account_id, delivery_id, utcnow())
+        assert deliver.run(delivery_id) == "done"
+
+    row, attempts = delivery(delivery_id)
+    assert (row.status, row.attempts) == ("succeeded", 4)
+    assert [a.status_code for a in attempts] == [500, 500, 500, 200]
+    with transaction() as session, pytest.raises(webhooks.NotFound):
+        webhooks.redeliver(session, new_account(), delivery_id, utcnow())
+
+
+def test_a_rotated_secret_keeps_signing_for_the_grace_period(env: dict[str, str]) -> None:
+    account_id = new_account()
+    grace = timedelta(hours=24)
+    with transaction() as session:
+        account = session.get(Account, account_id)
+        assert account is not None
+        old = webhooks.get_or_create_secret(session, account)
+        rotated_at = utcnow()
+        new = webhooks.rotate_secret(session, account, rotated_at)
+
+        assert new != old
+        assert webhooks.signing_secrets(account, rotated_at + timedelta(hours=1), grace) == [
+            new,
+            old,
+        ]
+        assert webhooks.signing_secrets(account, rotated_at + grace, grace) == [new]

@@ -1,0 +1,170 @@
+"""Signing (checked by the independent `standardwebhooks` verifier) and the HTTP send:
+pinned addresses, no redirects, timeouts, Retry-After, and the SSRF guard at send time."""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import time
+from datetime import UTC, datetime
+
+import pytest
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
+
+from billing.webhooks import Outgoing, new_secret
+from tests.webhook_receiver import Receiver, Reply
+from workers.webhooks import parse_retry_after, send, sign, signed_headers
+
+BODY = b'{"type":"job.succeeded","data":{"id":"job_1"}}'
+LOOPBACK = ipaddress.ip_address("127.0.0.1")
+
+
+def outgoing(url: str, *secrets: str) -> Outgoing:
+    return Outgoing("msg_test1", url, BODY, list(secrets) or [new_secret()])
+
+
+def test_secrets_are_whsec_and_32_random_bytes() -> None:
+    secret = new_secret()
+
+    assert secret.startswith("whsec_")
+    assert len(base64.b64decode(secret.removeprefix("whsec_"))) == 32
+    assert new_secret() != secret
+
+
+def test_signature_matches_the_reference_implementation() -> None:
+    secret = new_secret()
+    now = int(time.time())
+
+    reference = Webhook(secret).sign("msg_1", datetime.fromtimestamp(now, UTC), BODY.decode())
+
+    assert sign(secret, "msg_1", now, BODY) == reference
+    headers = signed_headers("msg_1", now, BODY, [secret])
+    assert Webhook(secret).verify(BODY, headers) == {
+        "type": "job.succeeded",
+        "data": {"id": "job_1"},
+    }
+
+
+def test_tampered_body_wrong_secret_or_old_timestamp_fail_verification() -> None:
+    secret = new_secret()
+    headers = signed_headers("msg_1", int(time.time()), BODY, [secret])
+
+    with pytest.raises(WebhookVerificationError):
+        Webhook(secret).verify(BODY.replace(b"succeeded", b"failed"), headers)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(new_secret()).verify(BODY, headers)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(secret).verify(BODY, {**headers, "webhook-id": "msg_2"})
+    stale = signed_headers("msg_1", int(time.time()) - 600, BODY, [secret])
+    with pytest.raises(WebhookVerificationError, match="too old"):
+        Webhook(secret).verify(BODY, stale)
+
+
+def test_during_a_rotation_both_secrets_sign() -> None:
+    new, old = new_secret(), new_secret()
+
+    headers = signed_headers("msg_1", int(time.time()), BODY, [new, old])
+
+    assert len(headers["webhook-signature"].split(" ")) == 2
+    Webhook(new).verify(BODY, headers)
+    Webhook(old).verify(BODY, headers)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(new_secret()).verify(BODY, headers)
+
+
+def test_send_posts_the_signed_body_to_the_pinned_address() -> None:
+    secret = new_secret()
+    lookups: list[str] = []
+
+    def resolve(host: str, _port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        lookups.append(host)
+        return [LOOPBACK]
+
+    with Receiver() as receiver:
+        url = f"http://hooks.customer.test:{receiver.port}/in?x=1"
+        result = send(outgoing(url, secret), timeout=5, allow_private=True, resolve=resolve)
+
+    assert result.ok
+    assert result.status_code == 200
+    assert result.latency_ms >= 0
+    assert lookups == ["hooks.customer.test"]  # resolved once: the connection used that answer
+    (request,) = receiver.requests
+    assert request.path == "/in?x=1"
+    assert request.headers["host"] == f"hooks.customer.test:{receiver.port}"
+    assert request.headers["content-type"] == "application/json"
+    assert request.body == BODY
+    assert request.verify(secret)["data"] == {"id": "job_1"}
+
+
+def test_redirects_are_not_followed() -> None:
+    with Receiver() as target, Receiver(Reply(302, {"location": target.url})) as receiver:
+        result = send(outgoing(receiver.url), timeout=5, allow_private=True)
+
+    assert result.status_code == 302
+    assert not result.ok
+    assert "redirects are not followed" in (result.error or "")
+    assert target.connections == 0
+
+
+def test_a_slow_receiver_times_out() -> None:
+    with Receiver(Reply(200, delay=1.0)) as receiver:
+        result = send(outgoing(receiver.url), timeout=0.3, allow_private=True)
+
+    assert result.status_code is None
+    assert "Timeout" in (result.error or "")
+    assert not result.refused
+
+
+def test_retry_after_is_read_in_seconds_or_as_a_date() -> None:
+    with Receiver(Reply(503, {"retry-after": "7"})) as receiver:
+        result = send(outgoing(receiver.url), timeout=5, allow_private=True)
+    assert (result.status_code, result.retry_after) == (503, 7.0)
+
+    now = time.time()
+    assert parse_retry_after("Wed, 21 Oct 2099 07:28:00 GMT", now) > 2_000_000_000 - now
+    assert parse_retry_after("soon", now) is None
+    assert parse_retry_after(None, now) is None
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["127.0.0.1", "localhost", "2130706433", "0x7f.1", "0177.0.0.1", "[::ffff:127.0.0.1]"],
+)
+def test_loopback_is_refused_at_send_time_without_a_connection(host: str) -> None:
+    with Receiver() as receiver:
+        url = f"http://{host}:{receiver.port}/hooks"
+        result = send(outgoing(url), timeout=5, allow_private=False)
+
+    assert result.refused
+    assert result.status_code is None
+    assert receiver.connections == 0
+
+
+def test_a_name_that_resolves_to_loopback_is_refused_without_a_connection() -> None:
+    def resolve(_host: str, _port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        return [ipaddress.ip_address("93.184.216.34"), LOOPBACK]
+
+    with Receiver() as receiver:
+        result = send(
+            outgoing(f"http://rebind.test:{receiver.port}/"),
+            timeout=5,
+            allow_private=False,
+            resolve=resolve,
+        )
+
+    assert result.refused
+    assert "loopback" in (result.error or "")
+    assert receiver.connections == 0
+
+
+def test_a_dns_failure_is_retryable_not_refused() -> None:
+    def resolve(_host: str, _port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        raise OSError("temporary failure in name resolution")
+
+    result = send(
+        outgoing("https://hooks.example.com/"), timeout=5, allow_private=False, resolve=resolve
+    )
+
+    assert not result.refused
+    assert "DNS lookup failed" in (result.error or "")

@@ -1,0 +1,174 @@
+"""Standard Webhooks signing and the one HTTP request per attempt.
+
+The URL policy (`billing.webhook_urls`) runs again at send time on every address the
+host resolves to, and the request then goes to the vetted address itself (the name
+travels in the Host header and TLS SNI, so certificates are still checked against
+it). A DNS answer that changes between the check and the connect (rebinding) cannot
+send us anywhere the check did not see. No redirects, no proxies from the
+environment, a hard timeout.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+import socket
+import time
+from collections.abc import Callable
+from email.utils import parsedate_to_datetime
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+from billing.errors import InvalidInput
+from billing.webhook_urls import IPAddress, UrlPolicy, WebhookTarget, check_url
+from billing.webhooks import SECRET_PREFIX, AttemptResult, Outgoing
+from settings import get_settings
+
+USER_AGENT = "aijobs-webhooks/1"
+ERROR_BODY_BYTES = 300
+
+
+def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    """`v1,` + base64(HMAC-SHA256(base64-decoded secret, "id.timestamp.body"))."""
+    key = base64.b64decode(secret.removeprefix(SECRET_PREFIX))
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+
+
+def signed_headers(msg_id: str, timestamp: int, body: bytes, secrets: list[str]) -> dict[str, str]:
+    """The three Standard Webhooks headers; one signature per secret, space-separated
+    (current and, during a rotation's grace period, previous)."""
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": " ".join(sign(s, msg_id, timestamp, body) for s in secrets),
+        "content-type": "application/json",
+        "user-agent": USER_AGENT,
+    }
+
+
+def resolve_host(host: str, port: int) -> list[IPAddress]:
+    """Every address `host` resolves to, in the resolver's order, without duplicates."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    addresses: list[IPAddress] = []
+    for info in infos:
+        address = ipaddress.ip_address(str(info[4][0]))
+        if address not in addresses:
+            addresses.append(address)
+    return addresses
+
+
+def url_policy() -> UrlPolicy:
+    """The policy for URLs given to the API: strict resolution unless development mode
+    allows private addresses (then resolving would not change the answer)."""
+    allow = get_settings().webhook_allow_private_urls
+    return UrlPolicy(allow_private=allow, resolve=None if allow else resolve_host)
+
+
+def send(
+    outgoing: Outgoing,
+    *,
+    timeout: float,
+    allow_private: bool,
+    resolve: Callable[[str, int], list[IPAddress]] = resolve_host,
+    clock: Callable[[], float] = time.time,
+) -> AttemptResult:
+    """One attempt: check, sign, POST to the pinned address; never raises for the
+    receiver's or the network's failures, which become the attempt's result."""
+    try:
+        target = check_url(outgoing.url, allow_private=allow_private, resolve=_strict(resolve))
+    except InvalidInput as exc:
+        return AttemptResult(status_code=None, latency_ms=0, error=exc.message, refused=True)
+    except LookupFailed as exc:
+        return AttemptResult(status_code=None, latency_ms=0, error=f"DNS lookup failed: {exc}")
+    headers = signed_headers(outgoing.delivery_id, int(clock()), outgoing.body, outgoing.secrets)
+    headers["host"] = target.host_header
+    extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+    started = time.monotonic()
+    try:
+        with (
+            httpx.Client(follow_redirects=False, timeout=timeout, trust_env=False) as client,
+            client.stream(
+                "POST",
+                _pinned(target, target.addresses[0]),
+                content=outgoing.body,
+                headers=headers,
+                extensions=extensions,
+            ) as response,
+        ):
+            snippet = _head(response) if not response.is_success else b""
+    except httpx.HTTPError as exc:
+        error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        return AttemptResult(status_code=None, latency_ms=_since(started), error=error)
+    latency = _since(started)
+    if response.is_success:
+        return AttemptResult(status_code=response.status_code, latency_ms=latency)
+    error = f"HTTP {response.status_code}"
+    if response.is_redirect:
+        error += " (redirects are not followed)"
+    if snippet:
+        error += ": " + snippet.decode(errors="replace")
+    return AttemptResult(
+        status_code=response.status_code,
+        latency_ms=latency,
+        error=error,
+        retry_after=parse_retry_after(response.headers.get("retry-after"), clock()),
+    )
+
+
+class LookupFailed(Exception):
+    """DNS did not answer: worth a retry, unlike an answer our policy refuses."""
+
+
+def _strict(
+    resolve: Callable[[str, int], list[IPAddress]],
+) -> Callable[[str, int], list[IPAddress]]:
+    """`resolve`, with failures raised past `check_url` (which reads them as "no
+    address") so the attempt is retried rather than refused for good."""
+
+    def wrapped(host: str, port: int) -> list[IPAddress]:
+        try:
+            return resolve(host, port)
+        except OSError as exc:
+            raise LookupFailed(str(exc) or type(exc).__name__) from exc
+
+    return wrapped
+
+
+def _pinned(target: WebhookTarget, address: IPAddress) -> str:
+    """The URL with its host replaced by the vetted address."""
+    parts = urlsplit(target.url)
+    host = f"[{address}]" if address.version == 6 else str(address)
+    return urlunsplit((target.scheme, f"{host}:{target.port}", parts.path or "/", parts.query, ""))
+
+
+def _head(response: httpx.Response) -> bytes:
+    """The start of an error body, for the attempt log; the rest is never read."""
+    data = b""
+    for chunk in response.iter_bytes():
+        data += chunk
+        if len(data) >= ERROR_BODY_BYTES:
+            break
+    return data[:ERROR_BODY_BYTES]
+
+
+def _since(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Retry-After as seconds from now: delta-seconds or an HTTP date; None if absent
+    or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - now, 0.0)
