@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Flask, Response, jsonify
 from pydantic import ValidationError
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, OperationalError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from billing.errors import BillingError
@@ -84,6 +84,14 @@ def register_error_handlers(app: Flask) -> None:
     def _http_error(exc: HTTPException) -> Response:
         code = (exc.name or "error").lower().replace(" ", "_")
         return error_response(exc.code or 500, code, exc.description or exc.name or "Error")
+
+    @app.errorhandler(DataError)
+    def _unstorable_value(exc: DataError) -> Response:
+        """Values the database refuses outright, e.g. a NUL byte in a PostgreSQL string."""
+        log.info("database refused a value: %s", exc.orig)
+        return error_response(
+            422, "invalid_request", "The request contains a value that cannot be stored."
+        )
 
     @app.errorhandler(OperationalError)
     def _database_unavailable(exc: OperationalError) -> Response:

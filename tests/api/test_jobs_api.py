@@ -200,3 +200,11 @@ def test_transactions_page_newest_first(client: Any) -> None:
     assert [t["balance_after"] for t in first["data"]] == [2060, 2030]
     assert rest["next_cursor"] is None
     assert {"type", "amount", "balance_after", "description", "created_at"} <= set(first["data"][0])
+
+
+def test_nul_bytes_in_ids_and_bodies_are_refused_not_500(client: Any, key: str) -> None:
+    by_id = client.post("/v1/jobs/%00/cancel", headers=auth(key))
+    in_body = client.post("/v1/sites", json={"name": "a\x00b"}, headers=auth(key))
+    assert by_id.status_code in (404, 422)
+    assert in_body.status_code in (201, 403, 422)
+    assert by_id.get_json()["error"]["code"] in ("not_found", "invalid_request")
