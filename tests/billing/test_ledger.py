@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from billing import ledger
 from billing.audit import audit
@@ -32,7 +32,7 @@ from models import (
     as_utc,
     utcnow,
 )
-from models.db import transaction
+from models.db import get_engine, transaction
 from tests import factories
 from tests.factories import balances, hold_for, make_account, make_job, request, submit
 
@@ -182,6 +182,13 @@ def _mark_succeeded(url: str, job_id: str, charged: int) -> None:
         job.status, job.credits_charged = "succeeded", charged
 
 
+def _mark_failed(url: str, job_id: str) -> None:
+    with transaction(url) as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        job.status = "failed"
+
+
 def test_settle_caps_the_charge_at_the_hold_and_logs_the_miss(
     db_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -211,8 +218,45 @@ def test_settle_never_charges_more_than_the_hold(db_url: str) -> None:
         log = session.scalar(select(CreditUsageLog).where(CreditUsageLog.job_id == job_id))
         assert log is not None
         assert log.credits == 300
+        deduction = session.scalar(
+            select(CreditTransaction).where(CreditTransaction.job_id == job_id)
+        )
+        assert deduction is not None
+        assert (deduction.amount, deduction.balance_after) == (-300, 700)
+        assert deduction.metadata_ == {"hold": 300, "estimate_miss": True}
     with transaction(db_url) as session:
         assert balances(session, account_id) == (700, 0)
+
+
+def test_ledger_steps_are_one_round_trip_each_on_postgresql(db_url: str) -> None:
+    """PostgreSQL runs reserve, settle and release as one statement each (CTEs); SQLite,
+    in-process, as the separate statements they are made of."""
+    per_step = (1, 1, 1) if db_url.startswith("postgresql") else (4, 2, 2)
+    account_id, job_id = funded_job(db_url, credits=1000, hold=300)
+    statements: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    engine = get_engine(db_url)
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        with transaction(db_url) as session:
+            session.connection()
+            statements.clear()
+            ledger.settle(session, job_id, charge(100), USAGE)
+            settled = len(statements)
+            second = make_job(session, session.get(Account, account_id))
+            statements.clear()
+            ledger.reserve(session, account_id, second.id, 200, TTL)
+            reserved = len(statements)
+            statements.clear()
+            assert ledger.release(session, second.id) == 200
+            assert (settled, reserved, len(statements)) == per_step
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    with transaction(db_url) as session:
+        assert balances(session, account_id) == (900, 0)
 
 
 def test_settle_twice_changes_nothing_the_second_time(db_url: str) -> None:
@@ -452,6 +496,55 @@ class TestConcurrency:
         assert lowest_available
         assert min(lowest_available) >= 0
         self._check_final(db_url, account_id, hold, succeeded=self.HOLDS)
+
+    def test_concurrent_settles_and_releases_of_one_hold_post_once(self, db_url: str) -> None:
+        """Redelivered copies of a task racing each other: the held -> closed gate lets one
+        through, whichever step it is, and nothing else changes the balance."""
+        account_id, job_id = funded_job(db_url, credits=1000, hold=300)
+        threads_n = 12
+        barrier = threading.Barrier(threads_n)
+        lock = threading.Lock()
+        outcomes: list[tuple[str, Any]] = []
+        errors: list[BaseException] = []
+
+        def attempt(i: int) -> None:
+            try:
+                barrier.wait(30)
+                with transaction(db_url) as session:
+                    if i % 3:
+                        outcome: tuple[str, Any] = (
+                            "settle",
+                            ledger.settle(session, job_id, charge(120), USAGE),
+                        )
+                    else:
+                        outcome = ("release", ledger.release(session, job_id))
+                with lock:
+                    outcomes.append(outcome)
+            except BaseException as exc:
+                with lock:
+                    errors.append(exc)
+
+        workers = [threading.Thread(target=attempt, args=(i,)) for i in range(threads_n)]
+        for thread in workers:
+            thread.start()
+        for thread in workers:
+            thread.join(60)
+
+        assert errors == []
+        winners = [(step, got) for step, got in outcomes if got not in (None, 0)]
+        assert len(outcomes) == threads_n
+        assert len(winners) == 1
+        with transaction(db_url) as session:
+            settled = winners[0][0] == "settle"
+            assert balances(session, account_id) == ((880, 0) if settled else (1000, 0))
+            assert count(session, CreditTransaction, type="deduction") == int(settled)
+            assert count(session, CreditUsageLog) == int(settled)
+            assert factories.open_holds(session, account_id) == 0
+        if settled:
+            _mark_succeeded(db_url, job_id, 120)
+        else:
+            _mark_failed(db_url, job_id)
+        assert_audit_clean(db_url)
 
     def _run_processes(self, target: Any, args: tuple[Any, ...], processes: int = 4) -> list[Any]:
         ctx = multiprocessing.get_context("spawn")

@@ -1,0 +1,61 @@
+"""The benchmark scripts still run: each in smoke mode, as `make bench` would run it.
+
+They start their own servers (PostgreSQL, Redis, provider, worker) and end by auditing
+the ledger rows they wrote, so a run that exits 0 also proves the loops wrote a ledger
+that balances. The figures themselves are not checked here: speed belongs in bench/.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_bench(module: str, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", module, "--quick", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+def test_ledger_bench_prints_both_ratios_on_both_backends() -> None:
+    out = run_bench("bench.ledger")
+    table_row = r"^(sqlite|postgresql)\s+(hot \(1\)|spread \(50\))\s+1\s+100\s.*\s(\d+)$"
+    rows = re.findall(table_row, out, re.M)
+    assert sorted(rows) == sorted(
+        [
+            (db, shape, "0")
+            for db in ("sqlite", "postgresql")
+            for shape in ("hot (1)", "spread (50)")
+        ]
+    )
+    assert "ledger/raw" in out
+    assert "VIOLATION" not in out
+
+
+def test_sqlite_floor_prints_the_ceiling() -> None:
+    out = run_bench("bench.sqlite_floor")
+    ceiling = re.search(r"^200\s+[\d,.]+\s+[\d,.]+\s+([\d.]+)\s+[\d,.]+\s+([\d.]+)\s+0$", out, re.M)
+    assert ceiling is not None, out
+    assert 0 < float(ceiling.group(1)) < float(ceiling.group(2)) < 1
+
+
+@pytest.mark.parametrize("db", ["sqlite", "postgresql"])
+def test_e2e_throughput_bench_runs_every_job_to_success(db: str) -> None:
+    out = run_bench("bench.e2e_throughput", "--db", db)
+    done = re.search(r"jobs succeeded: (\d+)/(\d+)", out)
+    assert done is not None, out
+    assert done.group(1) == done.group(2)
+    assert "audit: []" in out
