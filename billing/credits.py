@@ -16,7 +16,7 @@ from billing import ledger
 from billing.accounts import get_account
 from billing.errors import Forbidden, InvalidInput
 from billing.periods import add_months
-from models import Account, CreditTransaction
+from models import Account, CreditTransaction, as_utc
 
 
 @dataclass(frozen=True)
@@ -49,30 +49,50 @@ def topup(session: Session, account: Account, credits: int, reference: str) -> C
 def confirm_bank_transfer(
     session: Session, account_id: str, transfer: BankTransfer, now: datetime
 ) -> CreditTransaction:
-    """Activate the account for the paid period and grant the plan's monthly credits."""
+    """Grant the plan's credits for every month paid, and activate the account.
+
+    The months' credits are posted at once, in one grant keyed on the payment reference,
+    so a transfer is credited exactly once and a 3-month payment never yields 1 month of
+    credits. Usage periods stay monthly (the Ahrefs count resets each month); renewal
+    skips the periods that start before `paid_until`, and the rollover that reaches it
+    moves the account to `pending_payment` (billing/lifecycle.py). A transfer arriving
+    while the account is still prepaid extends `paid_until` and leaves the period alone.
+    """
     account = get_account(session, account_id)
     plan = account.plan
     if plan is None:
         raise InvalidInput("The account has no plan to pay for; set its plan first.")
-    if not 1 <= transfer.period_months <= 24:
+    months = transfer.period_months
+    if not 1 <= months <= 24:
         raise InvalidInput("period_months must be 1 to 24.", fields={"period_months": "1-24"})
+    if plan.included_credits <= 0:
+        raise InvalidInput(f"The {plan.name} plan includes no credits to pay for.")
+    prepaid_until = as_utc(account.paid_until) if account.paid_until else None
+    extending = account.status == "active" and prepaid_until is not None and prepaid_until > now
+    paid_until = add_months(prepaid_until if extending and prepaid_until else now, months)
     txn = ledger.grant(
         session,
         account.id,
-        plan.included_credits,
+        plan.included_credits * months,
         "bank_transfer",
-        f"Bank transfer {transfer.payment_reference} confirmed: {plan.name} plan",
+        f"Bank transfer {transfer.payment_reference} confirmed: {plan.name} plan, "
+        f"{months} month{'s' if months > 1 else ''}",
         reference=transfer.payment_reference,
         metadata={
             "payment_reference": transfer.payment_reference,
             "amount": str(transfer.amount),
             "payer_name": transfer.payer_name,
             "proof_url": transfer.proof_url,
-            "period_months": transfer.period_months,
+            "period_months": months,
+            "credits_per_month": plan.included_credits,
+            "paid_until": paid_until.isoformat(),
         },
     )
-    account.status = "active"
-    account.period_start = now
-    account.period_end = add_months(now, transfer.period_months)
+    account.paid_until = paid_until
+    if not extending:
+        account.status = "active"
+        account.period_start = now
+        account.period_end = add_months(now, 1)
+        account.usage_ahrefs_queries = 0
     session.flush()
     return txn

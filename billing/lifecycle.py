@@ -11,8 +11,10 @@ Renewal policy (README "Scheduled jobs"): accounts with status `active` on a pai
 plan (price > 0, or an internal plan such as enterprise) receive the plan's included
 credits once for each usage period that began by rolling over. Unused credits roll
 over: the balance is what the account has right now, and a renewal adds to it. A
-period opened by a bank transfer is not renewed on top (the transfer granted it), and
-periods missed while nothing ran are not back-filled: the account gets the current one.
+period opened by a bank transfer, or starting before the `paid_until` it prepaid, is
+not renewed on top (the transfer granted those months); the rollover that reaches
+`paid_until` moves the account to `pending_payment`. Periods missed while nothing ran
+are not back-filled: the account gets the current one.
 """
 
 from __future__ import annotations
@@ -173,8 +175,35 @@ def roll_over_periods(session: Session, now: datetime) -> RunReport:
         }
         session.add(AccountEvent(account_id=account.id, type="period_started", data=data))
         report.accounts.append(account.id)
+        paid_until = as_utc(account.paid_until) if account.paid_until else None
+        if paid_until is not None and as_utc(account.period_start) < paid_until <= start:
+            _ask_for_payment(session, account, paid_until, now, report)
     session.flush()
     return report
+
+
+def _ask_for_payment(
+    session: Session, account: Account, paid_until: datetime, now: datetime, report: RunReport
+) -> None:
+    """The prepaid time is over: active -> pending_payment (credits left stay spendable;
+    renewal waits for the next payment)."""
+    moved = session.execute(
+        update(Account)
+        .where(Account.id == account.id, Account.status == "active")
+        .values(status="pending_payment")
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
+    if not moved:
+        return
+    data = {
+        "status": "pending_payment",
+        "reason": "prepaid_period_ended",
+        "paid_until": _key(paid_until),
+    }
+    session.add(
+        AccountEvent(account_id=account.id, type="status_changed", data={"from": "active", **data})
+    )
+    report.queue(queue_account_event(session, account, "account.payment_due", data, now))
 
 
 # --- renewal --------------------------------------------------------------------------
@@ -187,8 +216,7 @@ def renew_credits(session: Session, now: datetime) -> RunReport:
     grant's ledger reference (`renewal:<period start>`) is unique per account too: a
     second line of defence behind the period claim.
     """
-    roll_over_periods(session, now)
-    report = RunReport()
+    report = RunReport(deliveries=roll_over_periods(session, now).deliveries)
     rows = session.execute(
         select(Account, Plan)
         .join(Plan, Account.plan_id == Plan.id)
@@ -197,6 +225,7 @@ def renew_credits(session: Session, now: datetime) -> RunReport:
             Account.period_start.is_not(None),
             Plan.included_credits > 0,
             or_(Plan.price > 0, Plan.is_internal),
+            or_(Account.paid_until.is_(None), Account.period_start >= Account.paid_until),
         )
         .execution_options(populate_existing=True)
     ).all()

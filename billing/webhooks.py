@@ -27,7 +27,7 @@ from models import Account, Job, WebhookAttempt, WebhookDelivery, as_utc
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the Standard Webhooks prefix, not a secret
 JOB_EVENTS = {"succeeded": "job.succeeded", "failed": "job.failed", "cancelled": "job.cancelled"}
-ACCOUNT_EVENTS = ("account.trial_ending", "account.suspended")
+ACCOUNT_EVENTS = ("account.trial_ending", "account.suspended", "account.payment_due")
 MAX_PAYLOAD_BYTES = 20_000
 # A Retry-After beyond this is treated as this: the delivery is given up on after a day.
 MAX_RETRY_AFTER_SECONDS = 24 * 3600.0

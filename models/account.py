@@ -34,6 +34,9 @@ class Account(CreatedAt, Base):
     trial_ends_at: Mapped[datetime | None]
     period_start: Mapped[datetime | None]
     period_end: Mapped[datetime | None]
+    # End of the time a bank transfer prepaid (its credits were granted with it): periods
+    # starting before it are not renewed, and the rollover that reaches it asks for payment.
+    paid_until: Mapped[datetime | None]
     usage_ahrefs_queries: Mapped[int] = mapped_column(default=0)
     webhook_url: Mapped[str | None] = mapped_column(String(2000))
     # Set when the default endpoint answered 410 Gone; setting a URL again clears it.

@@ -49,12 +49,14 @@ def _trial_expiry(session: Session, now: datetime) -> Outcome:
 
 def _ahrefs_reset(session: Session, now: datetime) -> Outcome:
     report = lifecycle.roll_over_periods(session, now)
-    return Outcome(f"{len(report.accounts)} period(s) rolled over, Ahrefs usage reset")
+    return Outcome(
+        f"{len(report.accounts)} period(s) rolled over, Ahrefs usage reset", report.deliveries
+    )
 
 
 def _renewal(session: Session, now: datetime) -> Outcome:
     report = lifecycle.renew_credits(session, now)
-    return Outcome(f"{len(report.accounts)} account(s) renewed")
+    return Outcome(f"{len(report.accounts)} account(s) renewed", report.deliveries)
 
 
 def _sweep(session: Session, now: datetime) -> Outcome:

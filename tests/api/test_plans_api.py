@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import pytest
 
+from billing.periods import add_months
 from tests.support import auth, register
 
 ADMIN = {"X-Admin-Token": "test-admin-token"}
@@ -117,6 +119,30 @@ def test_bank_transfer_activates_once(client: Any) -> None:
     assert repeated.get_json()["error"]["code"] == "duplicate_reference"
     balance = client.get("/v1/account", headers=auth(key)).get_json()["credits"]["balance"]
     assert balance == 42000
+
+
+def test_bank_transfer_for_three_months_credits_three_months(client: Any) -> None:
+    key, account = register(client)
+    client.patch(f"/v1/admin/accounts/{account['id']}", json={"plan": "growth"}, headers=ADMIN)
+    payment = {
+        "payment_reference": "BT-2026-Q1", "amount": "447.00", "payer_name": "Jo Doe",
+        "period_months": 3,
+    }  # fmt: skip
+
+    confirmed = client.post(
+        f"/v1/admin/accounts/{account['id']}/bank-transfer", json=payment, headers=ADMIN
+    )
+
+    assert confirmed.status_code == 200, confirmed.get_json()
+    body = confirmed.get_json()
+    assert body["transaction"]["amount"] == 3 * 40000
+    assert body["transaction"]["metadata"]["credits_per_month"] == 40000
+    assert body["credits"]["balance"] == 2000 + 3 * 40000
+    start = datetime.fromisoformat(body["period_start"])
+    assert datetime.fromisoformat(body["period_end"]) == add_months(start, 1)
+    assert datetime.fromisoformat(body["paid_until"]) == add_months(start, 3)
+    seen = client.get("/v1/account", headers=auth(key)).get_json()
+    assert (seen["status"], seen["paid_until"]) == ("active", body["paid_until"])
 
 
 @pytest.mark.parametrize(

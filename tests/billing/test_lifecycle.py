@@ -4,13 +4,16 @@ every function takes `now`, so each test walks time forward by passing it."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from billing import ledger, lifecycle
 from billing.audit import audit
+from billing.credits import BankTransfer, confirm_bank_transfer
+from billing.errors import InvalidInput
 from billing.periods import add_months, next_period_end
 from models import (
     Account,
@@ -332,3 +335,151 @@ def test_a_period_claim_is_once_only(db_url: str) -> None:
     with transaction() as session:
         assert not lifecycle.claim_period(session, "renewal", acct, "2027-02-01")
         assert session.scalar(select(func.count()).select_from(PeriodRun)) == 2
+
+
+# --- bank transfers: prepaid months ------------------------------------------------------
+
+
+def pay(account_id: str, reference: str, months: int, when: datetime) -> CreditTransaction:
+    transfer = BankTransfer(
+        payment_reference=reference, amount=Decimal("149.00") * months, payer_name="Jo Doe",
+        period_months=months,
+    )  # fmt: skip
+    with transaction() as session:
+        return confirm_bank_transfer(session, account_id, transfer, when)
+
+
+def credited(account_id: str) -> list[tuple[str, int]]:
+    """Every grant after the test funding, oldest first: (type, amount)."""
+    with transaction() as session:
+        rows = session.execute(
+            select(CreditTransaction.type, CreditTransaction.amount)
+            .where(CreditTransaction.account_id == account_id)
+            .order_by(CreditTransaction.id)
+        )
+        return [(type_, amount) for type_, amount in rows]
+
+
+def test_a_transfer_for_three_months_grants_three_months_then_asks_for_payment(
+    db_url: str,
+) -> None:
+    acct = make_account(
+        "growth", "pending_payment", period_start=at("2027-01-10T00:00:00"), ahrefs_used=40,
+        webhook_url="https://hooks.example.com/aijobs",
+    )  # fmt: skip
+    paid_at = at("2027-01-31T12:00:00")
+
+    txn = pay(acct, "BT-3M", 3, paid_at)
+
+    assert (txn.type, txn.amount, txn.metadata_["period_months"]) == ("bank_transfer", 120_000, 3)
+    paid = account(acct)
+    assert (paid.status, paid.credits, paid.usage_ahrefs_queries) == ("active", 120_000, 0)
+    assert as_utc(paid.paid_until) == at("2027-04-30T12:00:00")
+    assert (as_utc(paid.period_start), as_utc(paid.period_end)) == (
+        paid_at, at("2027-02-28T12:00:00"),
+    )  # fmt: skip
+
+    for month_start in ("2027-02-28T12:00:00", "2027-03-31T12:00:00"):
+        with transaction() as session:
+            report = lifecycle.renew_credits(session, at(month_start))
+        assert report.accounts == []
+        assert account(acct).status == "active"
+    assert credited(acct) == [("bank_transfer", 120_000)]
+
+    with transaction() as session:
+        report = lifecycle.renew_credits(session, at("2027-04-30T12:00:00"))
+    assert report.accounts == []
+    due = account(acct)
+    assert (due.status, due.credits, as_utc(due.period_start)) == (
+        "pending_payment", 120_000, at("2027-04-30T12:00:00"),
+    )  # fmt: skip
+    assert events(acct)[-1] == (
+        "status_changed",
+        {"from": "active", "status": "pending_payment", "reason": "prepaid_period_ended",
+         "paid_until": "2027-04-30T12:00:00+00:00"},
+    )  # fmt: skip
+    with transaction() as session:
+        sent = session.execute(
+            select(WebhookDelivery.event_type, WebhookDelivery.payload).where(
+                WebhookDelivery.account_id == acct
+            )
+        ).all()
+    assert [event for event, _ in sent] == ["account.payment_due"]
+    assert sent[0][1]["data"]["paid_until"] == "2027-04-30T12:00:00+00:00"
+
+    # Still pending a month later: no renewal, no second status change.
+    with transaction() as session:
+        lifecycle.renew_credits(session, at("2027-05-31T12:00:00"))
+    assert credited(acct) == [("bank_transfer", 120_000)]
+    assert [t for t, _ in events(acct)].count("status_changed") == 1
+    audit_clean()
+
+
+def test_the_next_transfer_reactivates_and_renewal_follows_the_paid_months(db_url: str) -> None:
+    acct = make_account("growth", "pending_payment", period_start=at("2027-01-10T00:00:00"))
+    pay(acct, "BT-1", 1, at("2027-01-10T00:00:00"))
+    with transaction() as session:
+        lifecycle.renew_credits(session, at("2027-02-10T00:00:00"))
+    assert account(acct).status == "pending_payment"
+
+    pay(acct, "BT-2", 2, at("2027-02-12T09:00:00"))
+    assert account(acct).status == "active"
+    for month_start in ("2027-03-12T09:00:00", "2027-04-12T09:00:00", "2027-05-12T09:00:00"):
+        with transaction() as session:
+            lifecycle.renew_credits(session, at(month_start))
+
+    # 1 + 2 months paid, 3 months credited; asked for payment after each paid stretch.
+    assert credited(acct) == [("bank_transfer", 40_000), ("bank_transfer", 80_000)]
+    assert account(acct).status == "pending_payment"
+    audit_clean()
+
+
+def test_a_transfer_while_prepaid_extends_paid_until_and_keeps_the_period(db_url: str) -> None:
+    acct = make_account("growth", "trial", period_start=at("2027-03-01T00:00:00"))
+    pay(acct, "BT-A", 1, at("2027-03-05T00:00:00"))
+    with transaction() as session:
+        lifecycle.renew_credits(session, at("2027-03-20T00:00:00"))  # mid-period: nothing
+
+    pay(acct, "BT-B", 2, at("2027-03-20T00:00:00"))
+
+    extended = account(acct)
+    assert as_utc(extended.paid_until) == at("2027-06-05T00:00:00")
+    assert as_utc(extended.period_start) == at("2027-03-05T00:00:00")
+    for month_start in ("2027-04-05T00:00:00", "2027-05-05T00:00:00"):
+        with transaction() as session:
+            lifecycle.renew_credits(session, at(month_start))
+        assert account(acct).status == "active"
+    with transaction() as session:
+        lifecycle.renew_credits(session, at("2027-06-05T00:00:00"))
+    assert account(acct).status == "pending_payment"
+    assert credited(acct) == [("bank_transfer", 40_000), ("bank_transfer", 80_000)]
+    audit_clean()
+
+
+def test_an_account_made_active_again_by_an_admin_renews_as_before(db_url: str) -> None:
+    acct = make_account("growth", "pending_payment", period_start=at("2027-01-10T00:00:00"))
+    pay(acct, "BT-1", 1, at("2027-01-10T00:00:00"))
+    with transaction() as session:
+        lifecycle.renew_credits(session, at("2027-02-10T00:00:00"))
+        session.execute(update(Account).where(Account.id == acct).values(status="active"))
+    with transaction() as session:
+        lifecycle.renew_credits(session, at("2027-03-10T00:00:00"))
+    assert account(acct).status == "active"
+    assert credited(acct) == [("bank_transfer", 40_000), ("renewal", 40_000)]
+    audit_clean()
+
+
+@pytest.mark.parametrize(
+    ("credits", "message"), [(None, "has no plan"), (0, "includes no credits")]
+)
+def test_a_transfer_needs_a_plan_with_credits(
+    db_url: str, credits: int | None, message: str
+) -> None:
+    acct = make_account("growth", "pending_payment")
+    with transaction() as session:
+        found = session.get(Account, acct)
+        assert found is not None
+        found.plan = None if credits is None else Plan(slug="seats", name="Seats only")
+    with pytest.raises(InvalidInput, match=message):
+        pay(acct, "BT-X", 1, at("2027-01-10T00:00:00"))
+    assert credited(acct) == []

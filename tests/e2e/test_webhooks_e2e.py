@@ -6,18 +6,25 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from itertools import pairwise
 from typing import Any
 
 import pytest
+from sqlalchemy import update
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
+from billing.periods import add_months
+from models import Account, utcnow
+from models.db import transaction
+from tasks import periodic
 from tests.support import Worker, auth, register, wait_for_job
 from tests.webhook_receiver import Receiver
 
 pytestmark = pytest.mark.e2e
 SCHEDULE = (0.4, 1.2)
+ADMIN = {"X-Admin-Token": "test-admin-token"}
 IMAGE_JOB = {"operation": "image_generation", "input": {"prompt": "a lighthouse", "count": 1}}
 
 
@@ -148,3 +155,46 @@ def test_a_failed_job_is_announced_to_the_account_endpoint(api: Any, sim_control
     assert event["data"]["id"] == job["id"]
     assert event["data"]["error"]["code"]
     assert event["data"]["credits_charged"] == 0
+
+
+def test_the_end_of_a_prepaid_bank_transfer_is_announced_and_stops_renewal(api: Any) -> None:
+    """Admin confirms a 1-month transfer over the API; a month later the renewal beat job
+    moves the account to pending_payment and a signed `account.payment_due` reaches the
+    account's endpoint through the webhooks worker. (The month passes in the data: the
+    paid month is moved back in time, since deliveries are due by the real clock.)"""
+    key, account = register(api)
+    secret = api.get("/v1/webhooks/secret", headers=auth(key)).get_json()["secret"]
+    api.patch(f"/v1/admin/accounts/{account['id']}", json={"plan": "growth"}, headers=ADMIN)
+    payment = {"payment_reference": "BT-E2E", "amount": "149.00", "payer_name": "Jo Doe"}
+    confirmed = api.post(
+        f"/v1/admin/accounts/{account['id']}/bank-transfer", json=payment, headers=ADMIN
+    )
+    assert confirmed.status_code == 200, confirmed.get_json()
+    paid_until = utcnow() - timedelta(minutes=1)
+    with transaction() as session:
+        session.execute(
+            update(Account)
+            .where(Account.id == account["id"])
+            .values(
+                period_start=add_months(paid_until, -1), period_end=paid_until,
+                paid_until=paid_until,
+            )
+        )  # fmt: skip
+
+    with Receiver() as receiver:
+        api.put("/v1/webhooks/endpoint", json={"url": receiver.url}, headers=auth(key))
+        summary = periodic.run_periodic("renewal")
+        (request,) = receiver.wait_for(1)
+
+    assert summary == "0 account(s) renewed"
+    event = request.verify(secret)
+    assert event["type"] == "account.payment_due"
+    assert event["data"] == {
+        "account_id": account["id"], "status": "pending_payment",
+        "reason": "prepaid_period_ended", "paid_until": paid_until.isoformat(),
+    }  # fmt: skip
+    seen = api.get("/v1/account", headers=auth(key)).get_json()
+    assert (seen["status"], seen["credits"]["balance"]) == ("pending_payment", 2000 + 40000)
+    job = api.post("/v1/jobs", json=IMAGE_JOB, headers=auth(key))
+    assert job.status_code == 202  # what is left stays spendable
+    assert wait_for_job(api, key, job.get_json()["id"])["status"] == "succeeded"
