@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.db import db
 from api.security import require_admin
-from api.validation import json_object, parse_body
+from api.validation import json_body
 from billing import accounts, credits, ledger, plans
 from billing.errors import InvalidInput
 from models import utcnow
@@ -34,8 +34,8 @@ class AccountPatch(BaseModel):
 
 @bp.post("/accounts/<account_id>/credits")
 @require_admin
-def adjust_credits(account_id: str) -> dict[str, Any]:
-    body = parse_body(AdjustBody)
+@json_body(AdjustBody)
+def adjust_credits(account_id: str, body: AdjustBody) -> dict[str, Any]:
     session = db()
     account = accounts.get_account(session, account_id)
     if body.amount == 0:
@@ -47,8 +47,8 @@ def adjust_credits(account_id: str) -> dict[str, Any]:
 
 @bp.patch("/accounts/<account_id>")
 @require_admin
-def update_account(account_id: str) -> dict[str, Any]:
-    body = parse_body(AccountPatch)
+@json_body(AccountPatch)
+def update_account(account_id: str, body: AccountPatch) -> dict[str, Any]:
     session = db()
     account = accounts.admin_update(session, account_id, body.status, body.plan)
     return accounts.account_view(session, account)
@@ -66,9 +66,9 @@ class BankTransferBody(BaseModel):
 
 @bp.post("/accounts/<account_id>/bank-transfer")
 @require_admin
-def confirm_bank_transfer(account_id: str) -> dict[str, Any]:
-    """Tenancy plan, phase 5: activate, set the period, grant the plan's monthly credits."""
-    body = parse_body(BankTransferBody)
+@json_body(BankTransferBody)
+def confirm_bank_transfer(account_id: str, body: BankTransferBody) -> dict[str, Any]:
+    """Confirm a bank transfer: the plan's credits for each month paid (tenancy plan, phase 5)."""
     session = db()
     txn = credits.confirm_bank_transfer(
         session, account_id, credits.BankTransfer(**body.model_dump()), utcnow()
@@ -79,14 +79,16 @@ def confirm_bank_transfer(account_id: str) -> dict[str, Any]:
 
 @bp.post("/plans")
 @require_admin
-def create_plan() -> tuple[dict[str, Any], int]:
-    return accounts.plan_view(plans.create_plan(db(), json_object())), 201
+@json_body(dict)
+def create_plan(body: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    return accounts.plan_view(plans.create_plan(db(), body)), 201
 
 
 @bp.patch("/plans/<slug>")
 @require_admin
-def update_plan(slug: str) -> dict[str, Any]:
-    return accounts.plan_view(plans.update_plan(db(), slug, json_object()))
+@json_body(dict)
+def update_plan(slug: str, body: dict[str, Any]) -> dict[str, Any]:
+    return accounts.plan_view(plans.update_plan(db(), slug, body))
 
 
 @bp.get("/plans")

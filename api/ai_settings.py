@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.db import db
 from api.security import current_account, require_key, require_role
-from api.validation import parse_body
+from api.validation import json_body
 from billing import policy
 from billing.operations import get_operation
 
@@ -32,8 +32,8 @@ def get_settings() -> dict[str, Any]:
 @bp.put("")
 @require_key
 @require_role("manage_settings")
-def set_preference() -> dict[str, Any]:
-    body = parse_body(PreferenceBody)
+@json_body(PreferenceBody)
+def set_preference(body: PreferenceBody) -> dict[str, Any]:
     session = db()
     policy.set_preference(session, current_account(), get_operation(body.operation), body.model)
     return {"operations": policy.settings_view(session, current_account())}

@@ -16,6 +16,7 @@ from api import (
     health,
     jobs,
     keywords,
+    openapi,
     plans,
     sites,
     team,
@@ -46,6 +47,7 @@ def create_app() -> Flask:
         team.bp,
         ai_settings.bp,
         webhooks.bp,
+        openapi.bp,
     ):
         app.register_blueprint(blueprint)
     return app

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from api.db import db
 from api.errors import ApiError
-from api.validation import parse_body
+from api.validation import json_body
 from billing import accounts
 from billing.errors import NotFound
 from settings import get_settings
@@ -31,8 +31,8 @@ class RegisterBody(BaseModel):
 
 
 @bp.post("/register")
-def register() -> tuple[dict[str, Any], int]:
-    body = parse_body(RegisterBody)
+@json_body(RegisterBody)
+def register(body: RegisterBody) -> tuple[dict[str, Any], int]:
     session = db()
     registration = accounts.register(
         session, body.email, body.password, body.name, get_settings().trial_days
@@ -51,9 +51,9 @@ class LoginBody(BaseModel):
 
 
 @bp.post("/login")
-def login() -> dict[str, Any]:
+@json_body(LoginBody)
+def login(body: LoginBody) -> dict[str, Any]:
     """Email + password -> a login token usable as `Authorization: Bearer tok_...`."""
-    body = parse_body(LoginBody)
     settings = get_settings()
     try:
         user, token = accounts.login(db(), body.email, body.password, settings.secret_key)

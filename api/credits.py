@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.db import db
 from api.security import current_account, require_key, require_role
-from api.validation import parse_body, query_int
+from api.validation import json_body, query_int
 from billing import credits, ledger
 from billing.errors import InvalidInput
 from billing.jobs import MAX_PAGE_SIZE, decode_int_cursor, encode_cursor
@@ -48,8 +48,8 @@ class TopupBody(BaseModel):
 @bp.post("/topup")
 @require_key
 @require_role("manage_billing")
-def topup() -> tuple[dict[str, Any], int]:
+@json_body(TopupBody)
+def topup(body: TopupBody) -> tuple[dict[str, Any], int]:
     """Buy credits (plans with allow_credit_topup); the payment reference is once-only."""
-    body = parse_body(TopupBody)
     txn = credits.topup(db(), current_account(), body.credits, body.payment_reference)
     return ledger.transaction_view(txn), 201

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.db import after_commit, db
 from api.errors import error_response
 from api.security import current_account, require_key, require_role
-from api.validation import parse_body, query_int
+from api.validation import json_body, query_int
 from billing import jobs, webhooks
 from billing.jobs import JobRequest
 from models import utcnow
@@ -38,8 +38,8 @@ class SubmitBody(BaseModel):
 @bp.post("")
 @require_key
 @require_role("submit_jobs")
-def submit() -> tuple[dict[str, Any], int, dict[str, str]]:
-    body = parse_body(SubmitBody)
+@json_body(SubmitBody)
+def submit(body: SubmitBody) -> tuple[dict[str, Any], int, dict[str, str]]:
     account = current_account()
     submission = jobs.submit_job(
         db(),

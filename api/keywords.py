@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from api.db import commit_now, db
 from api.errors import ApiError
 from api.security import current_account, require_key, require_role
-from api.validation import parse_body, query_int
+from api.validation import json_body, query_int
 from billing import keywords, limits
 from billing.jobs import MAX_PAGE_SIZE, decode_int_cursor, encode_cursor
 from models.db import transaction
@@ -42,8 +42,8 @@ class ResearchBody(BaseModel):
 @bp.post("/keywords")
 @require_key
 @require_role("manage_keywords")
-def add_keywords() -> tuple[dict[str, Any], int]:
-    body = parse_body(KeywordsBody)
+@json_body(KeywordsBody)
+def add_keywords(body: KeywordsBody) -> tuple[dict[str, Any], int]:
     wanted = ([body.keyword] if body.keyword else []) + body.keywords
     if not wanted:
         raise ApiError(
@@ -90,9 +90,9 @@ def delete_keyword(keyword_id: int) -> tuple[str, int]:
 @bp.post("/keyword-research")
 @require_key
 @require_role("research_keywords")
-def keyword_research() -> dict[str, Any]:
+@json_body(ResearchBody)
+def keyword_research(body: ResearchBody) -> dict[str, Any]:
     """One live query counted against the month; given back if the service fails."""
-    body = parse_body(ResearchBody)
     account = current_account()
     used = limits.consume_ahrefs_query(db(), account)
     commit_now()

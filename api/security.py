@@ -51,6 +51,7 @@ def require_key(view: Callable[P, R]) -> Callable[P, R]:
         ratelimit.enforce(g.account)
         return view(*args, **kwargs)
 
+    wrapper.__dict__["openapi_auth"] = "apiKey"
     return wrapper
 
 
@@ -63,6 +64,7 @@ def require_role(action: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
             permissions.require(current_user().role, action)
             return view(*args, **kwargs)
 
+        wrapper.__dict__["openapi_action"] = action
         return wrapper
 
     return decorate
@@ -79,4 +81,5 @@ def require_admin(view: Callable[P, R]) -> Callable[P, R]:
             raise ApiError(401, "unauthorized", "Missing or wrong X-Admin-Token.")
         return view(*args, **kwargs)
 
+    wrapper.__dict__["openapi_auth"] = "adminToken"
     return wrapper

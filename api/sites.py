@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.db import db
 from api.security import current_account, require_key, require_role
-from api.validation import parse_body
+from api.validation import json_body
 from billing import sites
 
 bp = Blueprint("sites", __name__, url_prefix="/v1/sites")
@@ -25,8 +25,8 @@ class SiteBody(BaseModel):
 @bp.post("")
 @require_key
 @require_role("manage_sites")
-def create_site() -> tuple[dict[str, Any], int]:
-    body = parse_body(SiteBody)
+@json_body(SiteBody)
+def create_site(body: SiteBody) -> tuple[dict[str, Any], int]:
     return sites.site_view(sites.create_site(db(), current_account(), body.name, body.domain)), 201
 
 

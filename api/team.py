@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.auth import Email
 from api.db import db
 from api.security import current_account, current_user, require_key, require_role
-from api.validation import parse_body
+from api.validation import json_body
 from billing import accounts
 
 bp = Blueprint("team", __name__, url_prefix="/v1")
@@ -40,8 +40,8 @@ def list_team() -> dict[str, Any]:
 @bp.post("/team/invite")
 @require_key
 @require_role("manage_team")
-def invite() -> tuple[dict[str, Any], int]:
-    body = parse_body(InviteBody)
+@json_body(InviteBody)
+def invite(body: InviteBody) -> tuple[dict[str, Any], int]:
     user, key = accounts.invite_user(db(), current_account(), body.email, body.role, body.name)
     return {"user": accounts.user_view(user), "api_key": key}, 201
 
@@ -57,8 +57,8 @@ def list_keys() -> dict[str, Any]:
 @bp.post("/keys")
 @require_key
 @require_role("manage_keys")
-def create_key() -> tuple[dict[str, Any], int]:
-    body = parse_body(KeyBody)
+@json_body(KeyBody)
+def create_key(body: KeyBody) -> tuple[dict[str, Any], int]:
     api_key, key = accounts.create_api_key(db(), current_account().id, current_user().id, body.name)
     return {**accounts.api_key_view(api_key), "api_key": key}, 201
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from flask import request
@@ -10,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 from api.errors import ApiError, invalid
 
 M = TypeVar("M", bound=BaseModel)
+R = TypeVar("R")
 
 
 def json_object() -> dict[str, Any]:
@@ -30,6 +33,31 @@ def parse_body(model: type[M]) -> M:
         return model.model_validate(body)
     except ValidationError as exc:
         raise invalid(exc) from None
+
+
+def json_body(
+    model: type[BaseModel] | type[dict[str, Any]],
+) -> Callable[[Callable[..., R]], Callable[..., R]]:
+    """Hand the view its JSON body as `body=`: validated by the pydantic `model`, or as
+    the plain object when `model` is `dict` (billing validates those fields itself).
+
+    Put it under the auth decorators, so a caller without access gets 401/403 before any
+    422. The OpenAPI document (api/openapi.py) reads `model` from the view.
+    """
+
+    def decorate(view: Callable[..., R]) -> Callable[..., R]:
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> R:
+            if model is dict:
+                kwargs["body"] = json_object()
+            else:
+                kwargs["body"] = parse_body(model)  # type: ignore[arg-type]
+            return view(*args, **kwargs)
+
+        wrapper.__dict__["openapi_body"] = model
+        return wrapper
+
+    return decorate
 
 
 def query_int(name: str, default: int) -> int:

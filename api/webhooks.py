@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.db import after_commit, db
 from api.security import current_account, require_key, require_role
-from api.validation import parse_body
+from api.validation import json_body
 from billing import webhooks
 from models import Account, utcnow
 from models.db import transaction
@@ -66,10 +66,10 @@ def get_endpoint() -> dict[str, Any]:
 @bp.put("/webhooks/endpoint")
 @require_key
 @require_role("manage_settings")
-def set_endpoint() -> dict[str, Any]:
+@json_body(EndpointBody)
+def set_endpoint(body: EndpointBody) -> dict[str, Any]:
     """The default URL for jobs without their own `webhook_url` and for account events;
     checked by the same SSRF policy as a job's URL. `null` clears it."""
-    body = parse_body(EndpointBody)
     account = current_account()
     webhooks.set_endpoint(db(), account, body.url, url_policy())
     return webhooks.endpoint_view(account)
