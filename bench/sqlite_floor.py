@@ -26,8 +26,6 @@ import json
 import sqlite3
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -43,6 +41,7 @@ from bench.ledger import (
     prepare,
     queued_jobs,
     restore,
+    timed,
 )
 from bench.ledger import raw_pair as sqlalchemy_raw_pair
 from bench.ledger import snapshot as credits_of
@@ -131,13 +130,6 @@ def ledger_pair(db: sqlite3.Connection, account_and_job: tuple[str, str]) -> Non
     db.execute("COMMIT")
 
 
-def timed(pair: Callable[[object], None], items: Sequence[object]) -> float:
-    start = time.perf_counter()
-    for item in items:
-        pair(item)
-    return time.perf_counter() - start
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=10_000, help="timed pairs per loop")
@@ -158,11 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         for r in range(args.rounds):
             n = args.pairs // args.rounds + (r < args.pairs % args.rounds)
             jobs = queued_jobs(engine, accounts.ledger, n)
-            raw_seconds += timed(lambda a: raw_pair(db, a), accounts.raw * n)  # type: ignore[arg-type]
-            ledger_seconds += timed(lambda item: ledger_pair(db, item), jobs)  # type: ignore[arg-type]
+            raw_seconds += timed(lambda a: raw_pair(db, a), accounts.raw * n, 1)
+            ledger_seconds += timed(lambda item: ledger_pair(db, item), jobs, 1)
             sqlalchemy_seconds += timed(
-                lambda a: sqlalchemy_raw_pair(engine, a),  # type: ignore[arg-type]
-                accounts.raw * n,
+                lambda a: sqlalchemy_raw_pair(engine, a), accounts.raw * n, 1
             )
             mark_succeeded(engine, jobs)
         db.close()
