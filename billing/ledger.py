@@ -156,9 +156,8 @@ _USAGE_COLUMNS = (
     "account_id", "job_id", "site_id", "operation", "model", "tokens_in", "tokens_out",
     "images", "credits", "cost_usd", "items_created", "created_at",
 )  # fmt: skip
-_USAGE_VALUES = tuple(
-    _param(f"p_{name}", _usage_logs.c[name]) for name in _USAGE_COLUMNS[2:8]
-)  # site_id .. images
+_USAGE_FIELDS = ("site_id", "operation", "model", "tokens_in", "tokens_out", "images")
+_USAGE_VALUES = tuple(_param(f"p_{name}", _usage_logs.c[name]) for name in _USAGE_FIELDS)
 _p_cost_usd = _param("p_cost_usd", _usage_logs.c.cost_usd)
 _p_items = _param("p_items_created", _usage_logs.c.items_created)
 _INSERT_USAGE = insert(_usage_logs).values(
