@@ -22,33 +22,39 @@ def _active_models(session: Session, model_type: str) -> list[AIModelConfig]:
     )
 
 
+def _default_of(active: list[AIModelConfig], model_type: str) -> AIModelConfig:
+    for model in active:
+        if model.is_default:
+            return model
+    raise LookupError(f"no active default {model_type} model is configured (run `seed`)")
+
+
 def default_model(session: Session, model_type: str) -> AIModelConfig:
-    model = session.scalar(
-        select(AIModelConfig).where(
-            AIModelConfig.model_type == model_type,
-            AIModelConfig.is_default,
-            AIModelConfig.is_active,
-        )
-    )
-    if model is None:
-        raise LookupError(f"no active default {model_type} model is configured (run `seed`)")
-    return model
+    return _default_of(_active_models(session, model_type), model_type)
+
+
+def _allowed(active: list[AIModelConfig], plan: Plan | None, model_type: str) -> list[str]:
+    names = [model.name for model in active]
+    if plan is None:
+        return names
+    if plan.force_default_models:
+        return [_default_of(active, model_type).name]
+    listed = plan.allowed_text_models if model_type == "text" else plan.allowed_image_models
+    return [name for name in names if not listed or name in listed]
 
 
 def allowed_model_names(session: Session, plan: Plan | None, model_type: str) -> list[str]:
-    active = [m.name for m in _active_models(session, model_type)]
-    if plan is None:
-        return active
-    if plan.force_default_models:
-        return [default_model(session, model_type).name]
-    listed = plan.allowed_text_models if model_type == "text" else plan.allowed_image_models
-    return [name for name in active if not listed or name in listed]
+    return _allowed(_active_models(session, model_type), plan, model_type)
 
 
 def resolve_model(
     session: Session, account: Account, operation: Operation, requested: str | None
 ) -> AIModelConfig:
-    allowed = allowed_model_names(session, account.plan, operation.model_type)
+    """The model a job runs on. One read of the active models (two with a preference to
+    look up): this runs on every submission."""
+    active = _active_models(session, operation.model_type)
+    by_name = {model.name: model for model in active}
+    allowed = _allowed(active, account.plan, operation.model_type)
     if requested is not None:
         if requested not in allowed:
             known = session.get(AIModelConfig, requested)
@@ -63,27 +69,20 @@ def resolve_model(
                 model=requested,
                 allowed=allowed,
             )
-        return _get(session, requested)
+        return by_name[requested]
     preferred = session.scalar(
         select(AISettings.model_name).where(
             AISettings.account_id == account.id, AISettings.operation == operation.name
         )
     )
     if preferred in allowed:
-        return _get(session, preferred)
-    default = default_model(session, operation.model_type)
+        return by_name[preferred]
+    default = _default_of(active, operation.model_type)
     if default.name in allowed:
         return default
     if not allowed:
         raise ModelNotAllowed(f"Your plan allows no {operation.model_type} model.", allowed=[])
-    return _get(session, allowed[0])
-
-
-def _get(session: Session, name: str | None) -> AIModelConfig:
-    model = session.get(AIModelConfig, name) if name else None
-    if model is None:
-        raise LookupError(f"model {name!r} vanished from the price list")
-    return model
+    return by_name[allowed[0]]
 
 
 def set_preference(session: Session, account: Account, operation: Operation, model: str) -> None:
