@@ -131,23 +131,26 @@ def authenticate(session: Session, bearer: str, secret: str, max_age: int) -> tu
     """
     if bearer.startswith(LOGIN_TOKEN_PREFIX):
         user = _user_for_token(session, bearer, secret, max_age)
+        account = session.get(Account, user.account_id)
     else:
-        user = _user_for_api_key(session, bearer)
-    account = session.get(Account, user.account_id)
+        user, account = _owner_of_api_key(session, bearer)
     if account is None:
         raise NotFound("Invalid credentials.")
     check_access(account)
     return account, user
 
 
-def _user_for_api_key(session: Session, key: str) -> User:
-    api_key = session.scalar(
-        select(ApiKey).where(ApiKey.key_hash == hash_api_key(key), ApiKey.revoked_at.is_(None))
-    )
-    user = session.get(User, api_key.user_id) if api_key and api_key.user_id else None
-    if user is None:
+def _owner_of_api_key(session: Session, key: str) -> tuple[User, Account]:
+    """The key's user and account in one read (this runs on every request)."""
+    row = session.execute(
+        select(User, Account)
+        .join(ApiKey, ApiKey.user_id == User.id)
+        .join(Account, Account.id == User.account_id)
+        .where(ApiKey.key_hash == hash_api_key(key), ApiKey.revoked_at.is_(None))
+    ).one_or_none()
+    if row is None:
         raise NotFound("Invalid API key.")
-    return user
+    return row.User, row.Account
 
 
 def _serializer(secret: str) -> URLSafeTimedSerializer:
