@@ -70,6 +70,23 @@ def _key(moment: datetime) -> str:
     return as_utc(moment).isoformat()
 
 
+def _move_status(
+    session: Session, account_id: str, old: str, new: str, reason: str, **details: str
+) -> bool:
+    """old -> new, only if the account is still `old`; the change goes to the account's
+    event log with its reason and details (the trial end, the paid-until date)."""
+    moved = session.execute(
+        update(Account)
+        .where(Account.id == account_id, Account.status == old)
+        .values(status=new)
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
+    if moved:
+        data = {"from": old, "to": new, "reason": reason, **details}
+        session.add(AccountEvent(account_id=account_id, type="status_changed", data=data))
+    return bool(moved)
+
+
 # --- trials ---------------------------------------------------------------------------
 
 
@@ -108,21 +125,10 @@ def expire_trials(session: Session, now: datetime, warn_before: timedelta) -> Ru
         ends = _key(account.trial_ends_at)
         if not claim_period(session, TRIAL_EXPIRY, account.id, ends):
             continue
-        suspended = session.execute(
-            update(Account)
-            .where(Account.id == account.id, Account.status == "trial")
-            .values(status="suspended")
-            .execution_options(synchronize_session=False)
-        ).rowcount  # type: ignore[attr-defined]
-        if not suspended:
+        if not _move_status(
+            session, account.id, "trial", "suspended", "trial_expired", trial_ends_at=ends
+        ):
             continue
-        data = {
-            "from": "trial",
-            "to": "suspended",
-            "reason": "trial_expired",
-            "trial_ends_at": ends,
-        }
-        session.add(AccountEvent(account_id=account.id, type="status_changed", data=data))
         report.accounts.append(account.id)
         report.queue(
             queue_account_event(
@@ -187,23 +193,10 @@ def _ask_for_payment(
 ) -> None:
     """The prepaid time is over: active -> pending_payment (credits left stay spendable;
     renewal waits for the next payment)."""
-    moved = session.execute(
-        update(Account)
-        .where(Account.id == account.id, Account.status == "active")
-        .values(status="pending_payment")
-        .execution_options(synchronize_session=False)
-    ).rowcount  # type: ignore[attr-defined]
-    if not moved:
-        return
-    data = {
-        "status": "pending_payment",
-        "reason": "prepaid_period_ended",
-        "paid_until": _key(paid_until),
-    }
-    session.add(
-        AccountEvent(account_id=account.id, type="status_changed", data={"from": "active", **data})
-    )
-    report.queue(queue_account_event(session, account, "account.payment_due", data, now))
+    reason, until = "prepaid_period_ended", _key(paid_until)
+    if _move_status(session, account.id, "active", "pending_payment", reason, paid_until=until):
+        data = {"status": "pending_payment", "reason": reason, "paid_until": until}
+        report.queue(queue_account_event(session, account, "account.payment_due", data, now))
 
 
 # --- renewal --------------------------------------------------------------------------

@@ -395,7 +395,7 @@ def test_a_transfer_for_three_months_grants_three_months_then_asks_for_payment(
     )  # fmt: skip
     assert events(acct)[-1] == (
         "status_changed",
-        {"from": "active", "status": "pending_payment", "reason": "prepaid_period_ended",
+        {"from": "active", "to": "pending_payment", "reason": "prepaid_period_ended",
          "paid_until": "2027-04-30T12:00:00+00:00"},
     )  # fmt: skip
     with transaction() as session:
