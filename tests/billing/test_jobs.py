@@ -192,6 +192,19 @@ def test_idempotency_keys_are_per_account(db_url: str) -> None:
     assert submitted(db_url, one, key="shared") != submitted(db_url, two, key="shared")
 
 
+def test_an_idempotency_key_still_replays_after_24_hours(db_url: str) -> None:
+    """Keys live on the job row, so they are kept as long as the job (at least 24 h)."""
+    account_id = new_account(db_url)
+    first = submitted(db_url, account_id, key="k-old")
+    with transaction(db_url) as session:
+        job = session.get(Job, first)
+        assert job is not None
+        job.created_at = utcnow() - timedelta(hours=25)
+    with transaction(db_url) as session:
+        again = submit_job(session, session.get(Account, account_id), request(key="k-old"), TTL)
+    assert (again.created, again.job.id) == (False, first)
+
+
 @pytest.mark.parametrize("key", ["", "x" * 256, "tab\there"])
 def test_malformed_idempotency_key_is_invalid(db_url: str, key: str) -> None:
     account_id = new_account(db_url)
