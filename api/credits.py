@@ -11,8 +11,6 @@ from api.db import db
 from api.security import current_account, require_key, require_role
 from api.validation import json_body, query_int
 from billing import credits, ledger
-from billing.errors import InvalidInput
-from billing.jobs import MAX_PAGE_SIZE, decode_int_cursor, encode_cursor
 
 bp = Blueprint("credits", __name__, url_prefix="/v1/credits")
 
@@ -20,22 +18,10 @@ bp = Blueprint("credits", __name__, url_prefix="/v1/credits")
 @bp.get("/transactions")
 @require_key
 def transactions() -> dict[str, Any]:
-    limit = query_int("limit", 20)
-    if not 1 <= limit <= MAX_PAGE_SIZE:
-        raise InvalidInput(
-            f"limit must be between 1 and {MAX_PAGE_SIZE}.", fields={"limit": "1-100"}
-        )
-    cursor = request.args.get("cursor")
-    rows, before = ledger.list_transactions(
-        db(),
-        current_account().id,
-        before_id=decode_int_cursor(cursor) if cursor else None,
-        limit=limit,
+    page = ledger.list_transactions(
+        db(), current_account().id, cursor=request.args.get("cursor"), limit=query_int("limit", 20)
     )
-    return {
-        "data": [ledger.transaction_view(txn) for txn in rows],
-        "next_cursor": encode_cursor(str(before)) if before is not None else None,
-    }
+    return page.body(ledger.transaction_view)
 
 
 class TopupBody(BaseModel):

@@ -12,14 +12,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.db import after_commit, db
 from api.errors import error_response
 from api.security import current_account, require_key, require_role
-from api.validation import json_body, query_int
-from billing import jobs, webhooks
-from billing.jobs import JobRequest
-from models import utcnow
+from api.validation import json_body, query_int, webhook_url_policy
+from billing import job_views, runs
+from billing.submission import JobRequest, submit_job
 from models.db import transaction
 from settings import get_settings
-from tasks.dispatch import enqueue_job, enqueue_webhooks
-from workers.webhooks import url_policy
+from workers.dispatch import enqueue_job, enqueue_webhooks
 
 log = logging.getLogger(__name__)
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
@@ -41,7 +39,7 @@ class SubmitBody(BaseModel):
 @json_body(SubmitBody)
 def submit(body: SubmitBody) -> tuple[dict[str, Any], int, dict[str, str]]:
     account = current_account()
-    submission = jobs.submit_job(
+    submission = submit_job(
         db(),
         account,
         JobRequest(
@@ -53,7 +51,7 @@ def submit(body: SubmitBody) -> tuple[dict[str, Any], int, dict[str, str]]:
             idempotency_key=request.headers.get("Idempotency-Key"),
         ),
         hold_ttl=_hold_ttl(),
-        url_policy=url_policy(),
+        url_policy=webhook_url_policy(),
     )
     job = submission.job
     if submission.created:
@@ -61,7 +59,7 @@ def submit(body: SubmitBody) -> tuple[dict[str, Any], int, dict[str, str]]:
     headers = {"Location": f"/v1/jobs/{job.id}"}
     if not submission.created:
         headers["Idempotent-Replayed"] = "true"
-    return jobs.job_view(job), 202, headers
+    return job_views.job_view(job), 202, headers
 
 
 def _hold_ttl() -> timedelta:
@@ -75,9 +73,8 @@ def _enqueue(job_id: str, operation: str) -> Response | None:
     except Exception:
         log.exception("could not enqueue job %s", job_id)
         with transaction() as session:
-            if jobs.fail_job(session, job_id, "broker_unavailable", "The job could not be queued."):
-                # Sent by the periodic requeue once the broker is back.
-                webhooks.queue_job_event(session, job_id, utcnow())
+            # Its webhook is sent by the periodic requeue once the broker is back.
+            runs.fail_job(session, job_id, "broker_unavailable", "The job could not be queued.")
         return error_response(
             503,
             "broker_unavailable",
@@ -90,13 +87,13 @@ def _enqueue(job_id: str, operation: str) -> Response | None:
 @bp.get("/<job_id>")
 @require_key
 def get_job(job_id: str) -> dict[str, Any]:
-    return jobs.job_view(jobs.get_job(db(), current_account().id, job_id))
+    return job_views.job_view(job_views.get_job(db(), current_account().id, job_id))
 
 
 @bp.get("")
 @require_key
 def list_jobs() -> dict[str, Any]:
-    rows, next_cursor = jobs.list_jobs(
+    page = job_views.list_jobs(
         db(),
         current_account().id,
         status=request.args.get("status"),
@@ -104,14 +101,13 @@ def list_jobs() -> dict[str, Any]:
         cursor=request.args.get("cursor"),
         limit=query_int("limit", 20),
     )
-    return {"data": [jobs.job_view(job) for job in rows], "next_cursor": next_cursor}
+    return page.body(job_views.job_view)
 
 
 @bp.post("/<job_id>/cancel")
 @require_key
 @require_role("submit_jobs")
 def cancel(job_id: str) -> dict[str, Any]:
-    job = jobs.cancel_job(db(), current_account().id, job_id)
-    event = webhooks.queue_job_event(db(), job.id, utcnow())
-    after_commit(lambda: enqueue_webhooks([event]))
-    return jobs.job_view(job)
+    ending = runs.cancel_job(db(), current_account().id, job_id)
+    after_commit(lambda: enqueue_webhooks(ending.deliveries))
+    return job_views.job_view(job_views.get_job(db(), current_account().id, job_id))

@@ -7,14 +7,13 @@ from typing import Annotated, Any
 from flask import Blueprint, request
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from api import ahrefs
 from api.db import commit_now, db
 from api.errors import ApiError
 from api.security import current_account, require_key, require_role
 from api.validation import json_body, query_int
 from billing import keywords, limits
-from billing.jobs import MAX_PAGE_SIZE, decode_int_cursor, encode_cursor
 from models.db import transaction
-from workers import ahrefs
 
 bp = Blueprint("keywords", __name__, url_prefix="/v1")
 
@@ -62,21 +61,14 @@ def add_keywords(body: KeywordsBody) -> tuple[dict[str, Any], int]:
 @bp.get("/keywords")
 @require_key
 def list_keywords() -> dict[str, Any]:
-    limit = query_int("limit", 50)
-    if not 1 <= limit <= MAX_PAGE_SIZE:
-        raise ApiError(422, "invalid_request", "limit must be 1 to 100.", fields={"limit": "1-100"})
-    cursor = request.args.get("cursor")
-    rows, after = keywords.list_keywords(
+    page = keywords.list_keywords(
         db(),
         current_account().id,
         request.args.get("site_id"),
-        decode_int_cursor(cursor) if cursor else None,
-        limit,
+        request.args.get("cursor"),
+        query_int("limit", 50),
     )
-    return {
-        "data": [keywords.keyword_view(k) for k in rows],
-        "next_cursor": encode_cursor(str(after)) if after is not None else None,
-    }
+    return page.body(keywords.keyword_view)
 
 
 @bp.delete("/keywords/<int:keyword_id>")

@@ -10,6 +10,8 @@ from flask import request
 from pydantic import BaseModel, ValidationError
 
 from api.errors import ApiError, invalid
+from billing.webhook_urls import UrlPolicy, url_policy
+from settings import get_settings
 
 M = TypeVar("M", bound=BaseModel)
 R = TypeVar("R")
@@ -73,3 +75,8 @@ def query_int(name: str, default: int) -> int:
             f"Query parameter {name!r} must be an integer.",
             fields={name: "an integer"},
         ) from None
+
+
+def webhook_url_policy() -> UrlPolicy:
+    """The policy for webhook URLs a tenant gives us (private addresses only in dev)."""
+    return url_policy(allow_private=get_settings().webhook_allow_private_urls)

@@ -11,13 +11,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.db import after_commit, db
 from api.security import current_account, require_key, require_role
-from api.validation import json_body
+from api.validation import json_body, webhook_url_policy
 from billing import webhooks
 from models import Account, utcnow
 from models.db import transaction
 from settings import get_settings
-from tasks.dispatch import enqueue_webhooks
-from workers.webhooks import url_policy
+from workers.dispatch import enqueue_webhooks
 
 bp = Blueprint("webhooks", __name__, url_prefix="/v1")
 
@@ -71,7 +70,7 @@ def set_endpoint(body: EndpointBody) -> dict[str, Any]:
     """The default URL for jobs without their own `webhook_url` and for account events;
     checked by the same SSRF policy as a job's URL. `null` clears it."""
     account = current_account()
-    webhooks.set_endpoint(db(), account, body.url, url_policy())
+    webhooks.set_endpoint(db(), account, body.url, webhook_url_policy())
     return webhooks.endpoint_view(account)
 
 

@@ -22,12 +22,10 @@ import argparse
 import collections
 import logging
 import os
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -42,6 +40,7 @@ from sqlalchemy import Engine, create_engine, func, select
 
 from bench import print_table
 from ops.postgres_server import PostgresServer
+from ops.processes import CeleryWorker, stop_group
 from ops.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,59 +109,7 @@ def simulated_provider() -> Iterator[str]:
         port = line.strip().rsplit(":", 1)[-1]
         yield f"http://127.0.0.1:{port}"
     finally:
-        _stop_group(proc, 10)
-
-
-class Worker:
-    """One `celery worker` process on the AI queues plus `bench`, like tests' Worker."""
-
-    def __init__(self, env: dict[str, str], concurrency: int) -> None:
-        self.env = {**os.environ, **env}
-        self.concurrency = concurrency
-        self.proc: subprocess.Popen[str] | None = None
-        self.output: collections.deque[str] = collections.deque(maxlen=200)
-
-    def start(self) -> Worker:
-        celery_bin = Path(sys.executable).parent / "celery"
-        self.proc = subprocess.Popen(
-            [str(celery_bin), "-A", "workers.celery_app:celery", "worker",
-             "-Q", "text,image,default,bench", "-c", str(self.concurrency),
-             "--loglevel", "INFO", "--without-gossip", "--without-mingle",
-             "--without-heartbeat", "--include", "bench.noop",
-             "-n", f"bench-{os.getpid()}@%h"],
-            cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, start_new_session=True,
-        )  # fmt: skip
-        ready = threading.Event()
-
-        def pump() -> None:
-            assert self.proc is not None
-            assert self.proc.stdout is not None
-            for line in self.proc.stdout:
-                self.output.append(line)
-                if " ready." in line:
-                    ready.set()
-
-        threading.Thread(target=pump, daemon=True).start()
-        if not ready.wait(60):
-            self.stop()
-            raise RuntimeError("celery worker did not start:\n" + "".join(self.output))
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            _stop_group(self.proc, 30)
-
-
-def _stop_group(proc: subprocess.Popen[Any], timeout: float) -> None:
-    """SIGTERM the child's own process group (it was started with start_new_session)."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        stop_group(proc, timeout=10)
 
 
 # --- measurement -------------------------------------------------------------------------
@@ -349,7 +296,13 @@ def main(argv: list[str] | None = None) -> int:
         # transaction with BEGIN IMMEDIATE, and a poll must not queue for the write lock.
         reader = create_engine(url)
         stack.callback(reader.dispose)
-        worker = Worker({k: v for k, v in env.items() if k != "ADMIN_TOKEN"}, args.concurrency)
+        worker = CeleryWorker(
+            {k: v for k, v in env.items() if k != "ADMIN_TOKEN"},
+            "text,image,default,bench",
+            args.concurrency,
+            name="bench",
+            extra_args=["--include", "bench.noop"],
+        )
         stack.callback(worker.stop)
         worker.start()
 

@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from billing import ledger
@@ -28,7 +28,16 @@ from billing.errors import (
 from billing.limits import ensure_room, limits_report
 from billing.periods import add_months
 from billing.permissions import ROLES
-from models import ACCOUNT_STATUSES, Account, ApiKey, Plan, User, as_utc, utcnow
+from models import (
+    ACCOUNT_STATUSES,
+    Account,
+    AccountEvent,
+    ApiKey,
+    Plan,
+    User,
+    as_utc,
+    utcnow,
+)
 
 REGISTRATION_PLANS = ("free-trial", "free")
 API_KEY_PREFIX = "aij_"
@@ -265,17 +274,44 @@ def get_account(session: Session, account_id: str) -> Account:
     return account
 
 
+def move_status(
+    session: Session,
+    account_id: str,
+    new: str,
+    reason: str,
+    *,
+    expected: str | None = None,
+    **details: str,
+) -> bool:
+    """The one way an account's status changes: `expected` (default: whatever it is now)
+    -> `new`, only if the account still has that status, with an `AccountEvent` carrying
+    the reason and details. False when nothing moved (already `new`, or moved meanwhile)."""
+    if new not in ACCOUNT_STATUSES:
+        raise InvalidInput(
+            f"Unknown status {new!r}.", fields={"status": f"one of {', '.join(ACCOUNT_STATUSES)}"}
+        )
+    old = expected or session.scalar(select(Account.status).where(Account.id == account_id))
+    if old is None or old == new:
+        return False
+    moved = session.execute(
+        update(Account)
+        .where(Account.id == account_id, Account.status == old)
+        .values(status=new)
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
+    if moved:
+        data = {"from": old, "to": new, "reason": reason, **details}
+        session.add(AccountEvent(account_id=account_id, type="status_changed", data=data))
+    return bool(moved)
+
+
 def admin_update(
     session: Session, account_id: str, status: str | None, plan_slug: str | None
 ) -> Account:
     """Status or plan change; a plan change keeps the account's data and balance."""
     account = get_account(session, account_id)
-    if status is not None:
-        if status not in ACCOUNT_STATUSES:
-            raise InvalidInput(
-                f"Unknown status {status!r}.", fields={"status": f"one of {ACCOUNT_STATUSES}"}
-            )
-        account.status = status
+    if status is not None and move_status(session, account_id, status, "admin"):
+        session.refresh(account, ["status"])
     if plan_slug is not None:
         plan = session.scalar(select(Plan).where(Plan.slug == plan_slug))
         if plan is None:

@@ -13,7 +13,7 @@ from decimal import Decimal
 from sqlalchemy.orm import Session
 
 from billing import ledger
-from billing.accounts import get_account
+from billing.accounts import get_account, move_status
 from billing.errors import Forbidden, InvalidInput
 from billing.periods import add_months
 from models import Account, CreditTransaction, as_utc
@@ -90,7 +90,11 @@ def confirm_bank_transfer(
     )
     account.paid_until = paid_until
     if not extending:
-        account.status = "active"
+        if move_status(
+            session, account.id, "active", "bank_transfer",
+            payment_reference=transfer.payment_reference,
+        ):  # fmt: skip
+            session.refresh(account, ["status"])
         account.period_start = now
         account.period_end = add_months(now, 1)
         account.usage_ahrefs_queries = 0

@@ -35,6 +35,7 @@ from billing.errors import (
     InsufficientCredits,
     NotFound,
 )
+from billing.paging import Page, decode_int_cursor, encode_cursor, page_of, page_size
 from billing.pricing import Charge
 from models import Account, CreditReservation, CreditTransaction, CreditUsageLog, as_utc, utcnow
 
@@ -403,16 +404,15 @@ def expired_hold_job_ids(session: Session, now: datetime, limit: int = 500) -> l
 
 
 def list_transactions(
-    session: Session, account_id: str, *, before_id: int | None, limit: int
-) -> tuple[list[CreditTransaction], int | None]:
-    """Newest first; returns the page and the id to continue before, if any."""
+    session: Session, account_id: str, *, cursor: str | None, limit: int
+) -> Page[CreditTransaction]:
+    """Newest first."""
+    limit = page_size(limit)
     query = select(CreditTransaction).where(CreditTransaction.account_id == account_id)
-    if before_id is not None:
-        query = query.where(CreditTransaction.id < before_id)
-    rows = list(session.scalars(query.order_by(CreditTransaction.id.desc()).limit(limit + 1)))
-    if len(rows) > limit:
-        return rows[:limit], rows[limit - 1].id
-    return rows, None
+    if cursor:
+        query = query.where(CreditTransaction.id < decode_int_cursor(cursor))
+    rows = session.scalars(query.order_by(CreditTransaction.id.desc()).limit(limit + 1)).all()
+    return page_of(rows, limit, lambda txn: encode_cursor(str(txn.id)))
 
 
 def transaction_view(txn: CreditTransaction) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from billing import ledger
+from billing.accounts import move_status
 from billing.periods import next_period_end
 from billing.webhooks import queue_account_event
 from models import Account, AccountEvent, PeriodRun, Plan, as_utc
@@ -70,23 +71,6 @@ def _key(moment: datetime) -> str:
     return as_utc(moment).isoformat()
 
 
-def _move_status(
-    session: Session, account_id: str, old: str, new: str, reason: str, **details: str
-) -> bool:
-    """old -> new, only if the account is still `old`; the change goes to the account's
-    event log with its reason and details (the trial end, the paid-until date)."""
-    moved = session.execute(
-        update(Account)
-        .where(Account.id == account_id, Account.status == old)
-        .values(status=new)
-        .execution_options(synchronize_session=False)
-    ).rowcount  # type: ignore[attr-defined]
-    if moved:
-        data = {"from": old, "to": new, "reason": reason, **details}
-        session.add(AccountEvent(account_id=account_id, type="status_changed", data=data))
-    return bool(moved)
-
-
 # --- trials ---------------------------------------------------------------------------
 
 
@@ -125,8 +109,8 @@ def expire_trials(session: Session, now: datetime, warn_before: timedelta) -> Ru
         ends = _key(account.trial_ends_at)
         if not claim_period(session, TRIAL_EXPIRY, account.id, ends):
             continue
-        if not _move_status(
-            session, account.id, "trial", "suspended", "trial_expired", trial_ends_at=ends
+        if not move_status(
+            session, account.id, "suspended", "trial_expired", expected="trial", trial_ends_at=ends
         ):
             continue
         report.accounts.append(account.id)
@@ -194,7 +178,9 @@ def _ask_for_payment(
     """The prepaid time is over: active -> pending_payment (credits left stay spendable;
     renewal waits for the next payment)."""
     reason, until = "prepaid_period_ended", _key(paid_until)
-    if _move_status(session, account.id, "active", "pending_payment", reason, paid_until=until):
+    if move_status(
+        session, account.id, "pending_payment", reason, expected="active", paid_until=until
+    ):
         data = {"status": "pending_payment", "reason": reason, "paid_until": until}
         report.queue(queue_account_event(session, account, "account.payment_due", data, now))
 

@@ -6,12 +6,25 @@ so a job's input means the same thing on both sides.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from sqlalchemy.orm import Session
 
+from billing import pricing
 from billing.errors import InvalidInput
+from billing.keywords import expand_keyword_ids
+from models import AIModelConfig
 
 ShortText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=300)]
 ModelType = Literal["text", "image"]
@@ -22,8 +35,15 @@ class _Input(BaseModel):
 
 
 class ClusteringInput(_Input):
-    keywords: list[ShortText] = Field(default_factory=list, max_length=1000)
     keyword_ids: list[int] = Field(default_factory=list, max_length=1000)
+    keywords: list[ShortText] = Field(default_factory=list, max_length=1000, validate_default=True)
+
+    @field_validator("keywords")
+    @classmethod
+    def _at_least_one(cls, keywords: list[str], info: ValidationInfo) -> list[str]:
+        if not keywords and not info.data.get("keyword_ids"):
+            raise ValueError("Clustering needs at least one keyword ('keywords' or 'keyword_ids')")
+        return keywords
 
 
 class ClusterRef(_Input):
@@ -52,25 +72,63 @@ class ImageGenerationInput(_Input):
     count: int = Field(default=1, ge=1, le=10)
 
 
+# Resolves references in a validated input (keyword ids) against the account's data.
+Expander = Callable[[Session, str, "str | None", dict[str, Any]], dict[str, Any]]
+
+
 @dataclass(frozen=True)
 class Operation:
+    """One AI operation and everything that differs between operations."""
+
     name: str
     queue: str
     model_type: ModelType
     input_model: type[_Input]
     artifact_label: str
+    # Text operations: the `max_tokens` the provider is told, which bounds the hold.
+    output_tokens: Callable[[dict[str, Any]], int] | None = None
+    expand: Expander | None = None
+
+    def max_output_tokens(self, job_input: dict[str, Any]) -> int:
+        if self.output_tokens is None:
+            raise ValueError(f"{self.name} is not a text operation")
+        return self.output_tokens(job_input)
+
+    def hold(self, model: AIModelConfig, job_input: dict[str, Any]) -> int:
+        """The credits a submission holds: the most this job can cost on `model`."""
+        bound = self.max_output_tokens(job_input) if self.output_tokens else 0
+        return pricing.estimate_hold(model, job_input, bound)
+
+    def expand_input(
+        self, session: Session, account_id: str, site_id: str | None, job_input: dict[str, Any]
+    ) -> dict[str, Any]:
+        if self.expand is None:
+            return job_input
+        return self.expand(session, account_id, site_id, job_input)
 
 
 OPERATIONS: dict[str, Operation] = {
     op.name: op
     for op in (
-        Operation("clustering", "text", "text", ClusteringInput, "clusters"),
-        Operation("idea_generation", "text", "text", IdeaGenerationInput, "ideas"),
-        Operation("content_generation", "text", "text", ContentGenerationInput, "articles"),
-        Operation("image_prompt_extraction", "text", "text", ImagePromptExtractionInput, "prompts"),
+        Operation(
+            "clustering", "text", "text", ClusteringInput, "clusters",
+            pricing.clustering_output_tokens, expand_keyword_ids,
+        ),
+        Operation(
+            "idea_generation", "text", "text", IdeaGenerationInput, "ideas",
+            pricing.idea_output_tokens,
+        ),
+        Operation(
+            "content_generation", "text", "text", ContentGenerationInput, "articles",
+            pricing.content_output_tokens,
+        ),
+        Operation(
+            "image_prompt_extraction", "text", "text", ImagePromptExtractionInput, "prompts",
+            pricing.image_prompt_output_tokens,
+        ),
         Operation("image_generation", "image", "image", ImageGenerationInput, "images"),
     )
-}
+}  # fmt: skip
 
 
 def get_operation(name: object) -> Operation:
@@ -102,10 +160,4 @@ def validate_input(operation: Operation, raw: object) -> dict[str, Any]:
         raise InvalidInput(
             f"Invalid input for {operation.name}: {first[0]}: {first[1]}.", fields=fields
         ) from None
-    data = parsed.model_dump()
-    if operation.name == "clustering" and not (data["keywords"] or data["keyword_ids"]):
-        raise InvalidInput(
-            "Clustering needs at least one keyword ('keywords' or 'keyword_ids').",
-            fields={"input.keywords": "at least one keyword is required"},
-        )
-    return data
+    return parsed.model_dump()

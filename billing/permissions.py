@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from billing.errors import Forbidden
+from models.account import USER_ROLES
 
-ROLES = ("owner", "admin", "editor", "viewer")
+ROLES = USER_ROLES
 _RANK = {"viewer": 0, "editor": 1, "admin": 2, "owner": 3}
 
 # action -> the least role allowed to do it

@@ -50,36 +50,39 @@ def input_token_bound(job_input: dict[str, Any]) -> int:
     return len(json.dumps(job_input, ensure_ascii=False).encode()) + PROMPT_OVERHEAD_TOKENS
 
 
-def max_output_tokens(operation: str, job_input: dict[str, Any]) -> int:
-    """The `max_tokens` sent to the provider: generous for the task, finite for the hold."""
-    if operation == "clustering":
-        keywords = job_input.get("keywords", [])
-        return len(json.dumps(keywords, ensure_ascii=False).encode()) + 16 * len(keywords) + 200
-    if operation == "idea_generation":
-        return 150 * int(job_input.get("count", 3)) + 100
-    if operation == "content_generation":
-        # 1.6 tokens a word, plus room for a dense keyword phrase in every sentence.
-        words = int(job_input.get("word_count", 800))
-        phrases = job_input.get("keywords", [])
-        extra = max((dense_tokens(p) - 1.6 * len(p.split()) for p in phrases), default=0.0)
-        return math.ceil(words * 1.6 + math.ceil(words / 8) * max(extra, 0.0)) + 300
-    if operation == "image_prompt_extraction":
-        # Each prompt may carry a whole sentence of the text, however dense.
-        sentences = _SENTENCE_END.split(str(job_input.get("text", "")))
-        longest = max((dense_tokens(s) for s in sentences), default=0)
-        return int(job_input.get("count", 3)) * (60 + longest) + 100
-    raise ValueError(f"{operation} is not a text operation")
+def clustering_output_tokens(job_input: dict[str, Any]) -> int:
+    keywords = job_input.get("keywords", [])
+    return len(json.dumps(keywords, ensure_ascii=False).encode()) + 16 * len(keywords) + 200
+
+
+def idea_output_tokens(job_input: dict[str, Any]) -> int:
+    return 150 * int(job_input.get("count", 3)) + 100
+
+
+def content_output_tokens(job_input: dict[str, Any]) -> int:
+    """1.6 tokens a word, plus room for a dense keyword phrase in every sentence."""
+    words = int(job_input.get("word_count", 800))
+    phrases = job_input.get("keywords", [])
+    extra = max((dense_tokens(p) - 1.6 * len(p.split()) for p in phrases), default=0.0)
+    return math.ceil(words * 1.6 + math.ceil(words / 8) * max(extra, 0.0)) + 300
+
+
+def image_prompt_output_tokens(job_input: dict[str, Any]) -> int:
+    """Each prompt may carry a whole sentence of the text, however dense."""
+    sentences = _SENTENCE_END.split(str(job_input.get("text", "")))
+    longest = max((dense_tokens(s) for s in sentences), default=0)
+    return int(job_input.get("count", 3)) * (60 + longest) + 100
 
 
 def text_credits(model: AIModelConfig, tokens: int) -> int:
     return max(1, math.ceil(tokens / model.tokens_per_credit))
 
 
-def estimate_hold(operation: str, model: AIModelConfig, job_input: dict[str, Any]) -> int:
+def estimate_hold(model: AIModelConfig, job_input: dict[str, Any], output_tokens: int) -> int:
+    """The hold: the most the job can cost (`output_tokens` is the `max_tokens` sent)."""
     if model.model_type == "image":
         return int(job_input.get("count", 1)) * model.credits_per_image
-    tokens = input_token_bound(job_input) + max_output_tokens(operation, job_input)
-    return text_credits(model, tokens)
+    return text_credits(model, input_token_bound(job_input) + output_tokens)
 
 
 def actual_charge(model: AIModelConfig, usage: Usage, hold: int) -> Charge:

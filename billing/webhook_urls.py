@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -80,6 +81,23 @@ class UrlPolicy:
 
 
 STRICT_URLS = UrlPolicy()
+
+
+def resolve_host(host: str, port: int) -> list[IPAddress]:
+    """Every address `host` resolves to, in the resolver's order, without duplicates."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    addresses: list[IPAddress] = []
+    for info in infos:
+        address = ipaddress.ip_address(str(info[4][0]))
+        if address not in addresses:
+            addresses.append(address)
+    return addresses
+
+
+def url_policy(*, allow_private: bool) -> UrlPolicy:
+    """The policy for URLs given to the API: strict resolution unless development mode
+    allows private addresses (then resolving would not change the answer)."""
+    return UrlPolicy(allow_private=allow_private, resolve=None if allow_private else resolve_host)
 
 
 def check_url(

@@ -21,7 +21,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from billing.errors import Conflict, NotFound
-from billing.jobs import get_job, job_view
+from billing.job_views import get_job, job_view
 from billing.webhook_urls import UrlPolicy
 from models import Account, Job, WebhookAttempt, WebhookDelivery, as_utc
 

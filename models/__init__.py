@@ -1,6 +1,15 @@
 """SQLAlchemy 2.x models, one module per aggregate; import from here."""
 
-from models.account import ACCOUNT_STATUSES, Account, AISettings, ApiKey, Keyword, Site, User
+from models.account import (
+    ACCOUNT_STATUSES,
+    USER_ROLES,
+    Account,
+    AISettings,
+    ApiKey,
+    Keyword,
+    Site,
+    User,
+)
 from models.ai_model import AIModelConfig
 from models.artifacts import Cluster, Content, Idea, Image, ImagePrompt
 from models.base import Base, as_utc, new_id, utcnow
@@ -15,6 +24,7 @@ __all__ = [
     "DELIVERY_STATUSES",
     "FINAL_JOB_STATUSES",
     "JOB_STATUSES",
+    "USER_ROLES",
     "AIModelConfig",
     "AISettings",
     "Account",

@@ -7,9 +7,10 @@ from datetime import datetime
 from sqlalchemy import CheckConstraint, ForeignKey, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from models.base import Base, CreatedAt, new_id
+from models.base import Base, CreatedAt, new_id, one_of
 from models.plan import Plan
 
+USER_ROLES = ("owner", "admin", "editor", "viewer")
 ACCOUNT_STATUSES = ("trial", "active", "suspended", "pending_payment", "cancelled")
 
 
@@ -19,10 +20,7 @@ class Account(CreatedAt, Base):
         # The ledger's invariants, guarded by the database as well as by the code.
         CheckConstraint("reserved_credits >= 0", name="reserved_not_negative"),
         CheckConstraint("credits >= reserved_credits", name="reserved_within_balance"),
-        CheckConstraint(
-            "status IN ('trial', 'active', 'suspended', 'pending_payment', 'cancelled')",
-            name="status",
-        ),
+        CheckConstraint(one_of("status", ACCOUNT_STATUSES), name="status"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("acc"))
@@ -55,9 +53,7 @@ class Account(CreatedAt, Base):
 
 class User(CreatedAt, Base):
     __tablename__ = "users"
-    __table_args__ = (
-        CheckConstraint("role IN ('owner', 'admin', 'editor', 'viewer')", name="role"),
-    )
+    __table_args__ = (CheckConstraint(one_of("role", USER_ROLES), name="role"),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("usr"))
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)

@@ -44,3 +44,8 @@ class CreatedAt:
 def as_utc(value: datetime) -> datetime:
     """SQLite hands back naive datetimes; treat them as the UTC they were written as."""
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def one_of(column: str, values: tuple[str, ...]) -> str:
+    """A CHECK's SQL: `column` holds one of `values` (written from the module's constants)."""
+    return f"{column} IN (" + ", ".join(f"'{value}'" for value in values) + ")"

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import CheckConstraint, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from models.base import Base, CreatedAt, new_id
+from models.base import Base, CreatedAt, new_id, one_of
 
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINAL_JOB_STATUSES = ("succeeded", "failed", "cancelled")
@@ -18,9 +18,7 @@ class Job(CreatedAt, Base):
     __tablename__ = "jobs"
     __table_args__ = (
         UniqueConstraint("account_id", "idempotency_key"),
-        CheckConstraint(
-            "status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')", name="status"
-        ),
+        CheckConstraint(one_of("status", JOB_STATUSES), name="status"),
         Index("ix_jobs_account_created", "account_id", "created_at", "id"),
     )
 

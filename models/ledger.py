@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import CheckConstraint, ForeignKey, Index, Numeric, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from models.base import Base, CreatedAt
+from models.base import Base, CreatedAt, one_of
 
 HOLD_STATUSES = ("held", "settled", "released", "expired")
 TRANSACTION_TYPES = (
@@ -26,7 +26,7 @@ class CreditReservation(CreatedAt, Base):
     __tablename__ = "credit_reservations"
     __table_args__ = (
         CheckConstraint("amount > 0", name="amount_positive"),
-        CheckConstraint("status IN ('held', 'settled', 'released', 'expired')", name="status"),
+        CheckConstraint(one_of("status", HOLD_STATUSES), name="status"),
         Index("ix_credit_reservations_open", "status", "expires_at"),
     )
 
@@ -43,11 +43,7 @@ class CreditReservation(CreatedAt, Base):
 class CreditTransaction(CreatedAt, Base):
     __tablename__ = "credit_transactions"
     __table_args__ = (
-        CheckConstraint(
-            "type IN ('registration', 'renewal', 'topup', 'bank_transfer', "
-            "'adjustment', 'deduction')",
-            name="type",
-        ),
+        CheckConstraint(one_of("type", TRANSACTION_TYPES), name="type"),
         # Exactly one deduction per job, whatever the delivery count.
         Index(
             "uq_credit_transactions_deduction_job",

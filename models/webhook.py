@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import CheckConstraint, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from models.base import Base, CreatedAt, new_id, utcnow
+from models.base import Base, CreatedAt, new_id, one_of, utcnow
 
 DELIVERY_STATUSES = ("pending", "succeeded", "failed", "disabled")
 
@@ -17,7 +17,7 @@ DELIVERY_STATUSES = ("pending", "succeeded", "failed", "disabled")
 class WebhookDelivery(CreatedAt, Base):
     __tablename__ = "webhook_deliveries"
     __table_args__ = (
-        CheckConstraint("status IN ('pending', 'succeeded', 'failed', 'disabled')", name="status"),
+        CheckConstraint(one_of("status", DELIVERY_STATUSES), name="status"),
         # A job ends once, so it has one event of each type (NULLs never collide).
         UniqueConstraint("job_id", "event_type"),
         Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),

@@ -6,23 +6,19 @@ tests run against a real server: initdb into a temp dir, tuned for speed over du
 
 from __future__ import annotations
 
-import atexit
 import glob
 import os
 import pwd
 import re
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
-from types import TracebackType
 
 import psycopg
 from psycopg import sql
 
-from ops.ports import free_port
+from ops.servers import HOST, ThrowawayServer
 
-HOST = "127.0.0.1"
 SUPERUSER = "postgres"
 INSTALL_HINT = (
     "PostgreSQL server binaries (initdb, pg_ctl) were not found; "
@@ -68,18 +64,16 @@ def _ensure_postgres_user() -> None:
         subprocess.run(["useradd", "--system", SUPERUSER], check=True)
 
 
-class PostgresServer:
+class PostgresServer(ThrowawayServer):
     """initdb + pg_ctl in a temp dir on a free port; `.url` is a ready SQLAlchemy URL."""
 
     def __init__(
         self, dbname: str = "aijobs_test", port: int | None = None, start_timeout: int = 60
     ) -> None:
+        super().__init__(port)
         self.bindir = Path(find_pg_bindir())
         self.dbname = dbname
-        self._requested_port = port
-        self.port: int = port or 0
         self.start_timeout = start_timeout
-        self.tmpdir: Path | None = None
         self._running = False
         # initdb refuses to run as root, so as root everything runs as the postgres user.
         self._as_root = os.geteuid() == 0
@@ -133,8 +127,7 @@ class PostgresServer:
         """initdb, start, create the database; retries on a fresh port if one was stolen."""
         if self._running:
             return self
-        self.tmpdir = Path(tempfile.mkdtemp(prefix="aijobs-pg-"))
-        atexit.register(self.stop)
+        self._make_tmpdir("aijobs-pg-")
         try:
             if self._as_root:
                 _ensure_postgres_user()
@@ -143,15 +136,7 @@ class PostgresServer:
                 "initdb", "-D", str(self.datadir), "-A", "trust", "-U", SUPERUSER,
                 "--encoding", "UTF8", "--no-sync",
             )  # fmt: skip
-            attempts = 1 if self._requested_port else 3
-            for attempt in range(attempts):
-                self.port = self._requested_port or free_port(HOST)
-                try:
-                    self._pg_ctl_start()
-                    break
-                except RuntimeError:
-                    if attempt == attempts - 1:
-                        raise
+            self._launch_on_free_port(self._pg_ctl_start, lambda: None)
             self._running = True
             self.create_database(self.dbname)
         except BaseException:
@@ -177,8 +162,8 @@ class PostgresServer:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         return self.url_for(name)
 
-    def stop(self) -> None:
-        """Immediate shutdown (no checkpoint; the data is thrown away anyway). Idempotent."""
+    def _shutdown(self) -> None:
+        """Immediate shutdown (no checkpoint; the data is thrown away anyway)."""
         if self.tmpdir is not None and (self.datadir / "postmaster.pid").exists():
             subprocess.run(
                 self._cmd("pg_ctl", "-D", str(self.datadir), "-m", "immediate", "-w", "stop"),
@@ -187,18 +172,3 @@ class PostgresServer:
                 check=False,
             )
         self._running = False
-        if self.tmpdir is not None:
-            shutil.rmtree(self.tmpdir, ignore_errors=True)
-            self.tmpdir = None
-        atexit.unregister(self.stop)
-
-    def __enter__(self) -> PostgresServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

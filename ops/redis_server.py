@@ -6,20 +6,15 @@ laptop or CI box gets a real server (real BRPOP, real Lua, real expiry) without 
 
 from __future__ import annotations
 
-import atexit
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 
 import redis
 
-from ops.ports import free_port
-
-HOST = "127.0.0.1"
+from ops.servers import HOST, ThrowawayServer
 
 
 def find_redis_server() -> str:
@@ -43,15 +38,13 @@ def find_redis_server() -> str:
     )
 
 
-class RedisServer:
+class RedisServer(ThrowawayServer):
     """One redis-server child process on 127.0.0.1, with no persistence, in its own temp dir."""
 
     def __init__(self, port: int | None = None, start_timeout: float = 10.0) -> None:
-        self._requested_port = port
+        super().__init__(port)
         self.start_timeout = start_timeout
-        self.port: int = port or 0
         self.proc: subprocess.Popen[bytes] | None = None
-        self.tmpdir: Path | None = None
         self.executable = find_redis_server()
 
     @property
@@ -66,21 +59,13 @@ class RedisServer:
         """Launch and wait for PING; retries on a fresh port if another process won the race."""
         if self.proc is not None:
             return self
-        self.tmpdir = Path(tempfile.mkdtemp(prefix="aijobs-redis-"))
-        atexit.register(self.stop)
-        attempts = 1 if self._requested_port else 3
-        last_error: Exception | None = None
-        for _ in range(attempts):
-            self.port = self._requested_port or free_port(HOST)
-            try:
-                self._launch()
-                return self
-            except RuntimeError as exc:
-                last_error = exc
-                self._terminate()
-        self.stop()
-        assert last_error is not None
-        raise last_error
+        self._make_tmpdir("aijobs-redis-")
+        try:
+            self._launch_on_free_port(self._launch, self._shutdown)
+        except BaseException:
+            self.stop()
+            raise
+        return self
 
     def _launch(self) -> None:
         assert self.tmpdir is not None
@@ -128,7 +113,7 @@ class RedisServer:
             f"{self.start_timeout:.0f}s:\n" + _tail(log_path)
         )
 
-    def _terminate(self) -> None:
+    def _shutdown(self) -> None:
         proc, self.proc = self.proc, None
         if proc is None:
             return
@@ -139,25 +124,6 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-
-    def stop(self) -> None:
-        """Idempotent: safe from atexit, a fixture finalizer and a `with` block alike."""
-        self._terminate()
-        if self.tmpdir is not None:
-            shutil.rmtree(self.tmpdir, ignore_errors=True)
-            self.tmpdir = None
-        atexit.unregister(self.stop)
-
-    def __enter__(self) -> RedisServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def _tail(path: Path, lines: int = 20) -> str:

@@ -4,23 +4,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from billing.jobs import JobRun
 from billing.pricing import Usage
+from billing.runs import JobRun
 from models import Image
 from workers import provider
 from workers.celery_app import celery
-from workers.runtime import JobTask, Outcome, artifact_fields
+from workers.runtime import HandlerResult, JobTask, artifact_fields
 
 
 @dataclass(frozen=True)
 class ImageHandler:
-    def execute(self, run: JobRun) -> Outcome:
+    def execute(self, run: JobRun) -> HandlerResult:
         prompt = run.input["prompt"]
         urls = provider.generate_images(run.provider_model, prompt, run.input["count"])
         images = [
             Image(url=url, prompt=prompt, model=run.model, **artifact_fields(run)) for url in urls
         ]
-        return Outcome(
+        return HandlerResult(
             Usage(images=len(urls)), {"images": [{"url": u} for u in urls]}, list(images)
         )
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from billing.jobs import JobRun
+from billing.runs import JobRun
 from models import Base, ImagePrompt
 from workers.celery_app import celery
 from workers.runtime import JobTask, OutputError, TextHandler, artifact_fields

@@ -14,17 +14,18 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 import redis
 from sqlalchemy.orm import Session
 
 from billing import lifecycle, webhooks
-from billing.jobs import sweep_expired_holds as release_expired_holds
+from billing.runs import sweep_expired_holds as release_expired_holds
 from models import utcnow
 from models.db import transaction
 from settings import get_settings
-from tasks.dispatch import enqueue_webhooks
 from workers.celery_app import celery
+from workers.dispatch import enqueue_webhooks
 
 log = logging.getLogger(__name__)
 
@@ -33,46 +34,45 @@ WEBHOOK_REQUEUE_GRACE = timedelta(seconds=30)
 
 
 @dataclass(frozen=True)
-class Outcome:
+class PeriodicReport:
     summary: str
     deliveries: list[str] = field(default_factory=list)
 
 
-def _trial_expiry(session: Session, now: datetime) -> Outcome:
+def _trial_expiry(session: Session, now: datetime) -> PeriodicReport:
     warn_before = timedelta(days=get_settings().trial_warning_days)
     report = lifecycle.expire_trials(session, now, warn_before)
-    return Outcome(
+    return PeriodicReport(
         f"{len(report.accounts)} account(s) suspended, {len(report.warned)} warned",
         report.deliveries,
     )
 
 
-def _ahrefs_reset(session: Session, now: datetime) -> Outcome:
+def _ahrefs_reset(session: Session, now: datetime) -> PeriodicReport:
     report = lifecycle.roll_over_periods(session, now)
-    return Outcome(
+    return PeriodicReport(
         f"{len(report.accounts)} period(s) rolled over, Ahrefs usage reset", report.deliveries
     )
 
 
-def _renewal(session: Session, now: datetime) -> Outcome:
+def _renewal(session: Session, now: datetime) -> PeriodicReport:
     report = lifecycle.renew_credits(session, now)
-    return Outcome(f"{len(report.accounts)} account(s) renewed", report.deliveries)
+    return PeriodicReport(f"{len(report.accounts)} account(s) renewed", report.deliveries)
 
 
-def _sweep(session: Session, now: datetime) -> Outcome:
+def _sweep(session: Session, now: datetime) -> PeriodicReport:
     swept = release_expired_holds(session, now)
-    queued = [webhooks.queue_job_event(session, job_id, now) for job_id in swept]
     if swept:
-        log.warning("released %d expired holds: %s", len(swept), swept[:20])
-    return Outcome(f"{len(swept)} expired hold(s) released", [d for d in queued if d])
+        log.warning("released %d expired holds: %s", len(swept.job_ids), swept.job_ids[:20])
+    return PeriodicReport(f"{len(swept.job_ids)} expired hold(s) released", swept.deliveries)
 
 
-def _webhook_requeue(session: Session, now: datetime) -> Outcome:
+def _webhook_requeue(session: Session, now: datetime) -> PeriodicReport:
     due = webhooks.overdue_delivery_ids(session, now, WEBHOOK_REQUEUE_GRACE)
-    return Outcome(f"{len(due)} overdue webhook deliveries requeued", due)
+    return PeriodicReport(f"{len(due)} overdue webhook deliveries requeued", due)
 
 
-JOBS: dict[str, Callable[[Session, datetime], Outcome]] = {
+JOBS: dict[str, Callable[[Session, datetime], PeriodicReport]] = {
     "trial-expiry": _trial_expiry,
     "ahrefs-reset": _ahrefs_reset,
     "renewal": _renewal,
@@ -117,28 +117,17 @@ def run_guarded(name: str, ttl: float) -> str:
         return run_periodic(name)
 
 
-@celery.task(name="tasks.periodic.sweep_expired_holds", ignore_result=True)
-def sweep_expired_holds() -> str:
-    """Release holds past expiry and fail their jobs (every minute)."""
-    return run_guarded("sweep", ttl=300)
+def beat_task(name: str, job: str, lock_ttl: float) -> Any:
+    """The Celery task `name` that beat sends: one lock-guarded run of `job`."""
+
+    def run() -> str:
+        return run_guarded(job, ttl=lock_ttl)
+
+    return celery.task(name=name, ignore_result=True)(run)
 
 
-@celery.task(name="tasks.periodic.requeue_webhooks", ignore_result=True)
-def requeue_webhooks() -> str:
-    """Send deliveries whose message was lost or whose wait outlived a countdown."""
-    return run_guarded("webhooks", ttl=300)
-
-
-@celery.task(name="tasks.periodic.expire_trials", ignore_result=True)
-def expire_trials() -> str:
-    return run_guarded("trial-expiry", ttl=1800)
-
-
-@celery.task(name="tasks.periodic.reset_ahrefs_usage", ignore_result=True)
-def reset_ahrefs_usage() -> str:
-    return run_guarded("ahrefs-reset", ttl=1800)
-
-
-@celery.task(name="tasks.periodic.renew_credits", ignore_result=True)
-def renew_credits() -> str:
-    return run_guarded("renewal", ttl=1800)
+sweep_expired_holds = beat_task("tasks.periodic.sweep_expired_holds", "sweep", 300)
+requeue_webhooks = beat_task("tasks.periodic.requeue_webhooks", "webhooks", 300)
+expire_trials = beat_task("tasks.periodic.expire_trials", "trial-expiry", 1800)
+reset_ahrefs_usage = beat_task("tasks.periodic.reset_ahrefs_usage", "ahrefs-reset", 1800)
+renew_credits = beat_task("tasks.periodic.renew_credits", "renewal", 1800)

@@ -10,8 +10,8 @@ from billing import webhooks
 from models import utcnow
 from models.db import transaction
 from settings import get_settings
-from tasks.dispatch import DELIVER_WEBHOOK, enqueue_webhooks
 from workers.celery_app import celery
+from workers.dispatch import DELIVER_WEBHOOK, enqueue_webhooks
 from workers.webhooks import send
 
 log = logging.getLogger(__name__)

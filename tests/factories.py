@@ -19,10 +19,11 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from billing import ledger
-from billing.jobs import JobRequest, complete_job, start_job, submit_job
 from billing.operations import get_operation, validate_input
 from billing.policy import resolve_model
-from billing.pricing import Usage, estimate_hold
+from billing.pricing import Usage
+from billing.runs import complete_job, start_job
+from billing.submission import JobRequest, submit_job
 from models import Account, AIModelConfig, CreditReservation, Job, Plan, new_id, utcnow
 from models.db import transaction
 
@@ -92,7 +93,7 @@ def hold_for(session: Session, account: Account, job_request: JobRequest) -> int
     if operation.name == "clustering":
         assert not job_input.pop("keyword_ids"), "hold_for does not expand keyword ids"
     model = resolve_model(session, account, operation, job_request.model)
-    return estimate_hold(operation.name, model, job_input)
+    return operation.hold(model, job_input)
 
 
 def submit(session: Session, account_id: str, job_request: JobRequest) -> Job:

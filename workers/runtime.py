@@ -18,13 +18,13 @@ from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 from pydantic import BaseModel, ValidationError
 
-from billing.jobs import JobRun, complete_job, fail_job, start_job
-from billing.pricing import Usage, max_output_tokens
-from billing.webhooks import queue_job_event
-from models import Base, utcnow
+from billing.operations import OPERATIONS
+from billing.pricing import Usage
+from billing.runs import JobRun, complete_job, fail_job, start_job
+from models import Base
 from models.db import transaction
-from tasks.dispatch import enqueue_webhooks
 from workers import provider
+from workers.dispatch import enqueue_webhooks
 from workers.provider import ProviderError
 
 log = logging.getLogger(__name__)
@@ -38,14 +38,14 @@ class OutputError(ProviderError):
 
 
 @dataclass(frozen=True)
-class Outcome:
+class HandlerResult:
     usage: Usage
     result: dict[str, Any]
     artifacts: list[Base]
 
 
 class Handler(Protocol):
-    def execute(self, run: JobRun) -> Outcome: ...
+    def execute(self, run: JobRun) -> HandlerResult: ...
 
 
 Parser = Callable[[Any, JobRun], tuple[dict[str, Any], list[Base]]]
@@ -62,11 +62,11 @@ class TextHandler:
     def messages(self, job_input: dict[str, Any]) -> list[dict[str, str]]:
         return provider.chat_messages(self.system_prompt, job_input)
 
-    def execute(self, run: JobRun) -> Outcome:
+    def execute(self, run: JobRun) -> HandlerResult:
         answer = provider.chat(
             run.provider_model,
             self.messages(run.input),
-            max_output_tokens(run.operation, run.input),
+            OPERATIONS[run.operation].max_output_tokens(run.input),
         )
         if answer.finish_reason == "length":
             raise OutputError("The model's answer was cut off at the output limit.")
@@ -75,7 +75,7 @@ class TextHandler:
         except (json.JSONDecodeError, ValidationError) as exc:
             raise OutputError(f"The model's answer was not the expected JSON: {exc}") from None
         result, artifacts = self.parse(output, run)
-        return Outcome(Usage(answer.tokens_in, answer.tokens_out), result, artifacts)
+        return HandlerResult(Usage(answer.tokens_in, answer.tokens_out), result, artifacts)
 
 
 class JobTask(Task):  # type: ignore[misc]
@@ -106,16 +106,14 @@ class JobTask(Task):  # type: ignore[misc]
             return self._fail(run, "internal_error", "The job failed unexpectedly.", context)
         with transaction() as session:
             settled = complete_job(session, run, outcome.usage, outcome.result, outcome.artifacts)
-            event = queue_job_event(session, run.job_id, utcnow()) if settled else None
-        enqueue_webhooks([event])
+        enqueue_webhooks(settled.deliveries)
         log.info("%s: %s", context, "succeeded" if settled else "already settled; result dropped")
         return "succeeded" if settled else "skipped"
 
     def _fail(self, run: JobRun, code: str, message: str, context: str) -> str:
         with transaction() as session:
             changed = fail_job(session, run.job_id, code, message)
-            event = queue_job_event(session, run.job_id, utcnow()) if changed else None
-        enqueue_webhooks([event])
+        enqueue_webhooks(changed.deliveries)
         log.warning("%s: failed with %s: %s", context, code, message)
         return "failed" if changed else "skipped"
 

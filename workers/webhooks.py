@@ -13,8 +13,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import ipaddress
-import socket
 import time
 from collections.abc import Callable
 from email.utils import parsedate_to_datetime
@@ -23,9 +21,8 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from billing.errors import InvalidInput
-from billing.webhook_urls import IPAddress, UrlPolicy, WebhookTarget, check_url
+from billing.webhook_urls import IPAddress, WebhookTarget, check_url, resolve_host
 from billing.webhooks import SECRET_PREFIX, AttemptResult, Outgoing
-from settings import get_settings
 
 USER_AGENT = "aijobs-webhooks/1"
 ERROR_BODY_BYTES = 300
@@ -48,24 +45,6 @@ def signed_headers(msg_id: str, timestamp: int, body: bytes, secrets: list[str])
         "content-type": "application/json",
         "user-agent": USER_AGENT,
     }
-
-
-def resolve_host(host: str, port: int) -> list[IPAddress]:
-    """Every address `host` resolves to, in the resolver's order, without duplicates."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    addresses: list[IPAddress] = []
-    for info in infos:
-        address = ipaddress.ip_address(str(info[4][0]))
-        if address not in addresses:
-            addresses.append(address)
-    return addresses
-
-
-def url_policy() -> UrlPolicy:
-    """The policy for URLs given to the API: strict resolution unless development mode
-    allows private addresses (then resolving would not change the answer)."""
-    allow = get_settings().webhook_allow_private_urls
-    return UrlPolicy(allow_private=allow, resolve=None if allow else resolve_host)
 
 
 def send(

@@ -20,7 +20,17 @@ from billing.errors import (
     NotFound,
     SubscriptionRequired,
 )
-from models import Account, ApiKey, Base, CreditTransaction, Plan, User, as_utc, utcnow
+from models import (
+    Account,
+    AccountEvent,
+    ApiKey,
+    Base,
+    CreditTransaction,
+    Plan,
+    User,
+    as_utc,
+    utcnow,
+)
 from models.db import transaction
 from tests.factories import catalog_restored, make_account, make_job
 
@@ -241,3 +251,22 @@ def test_admin_update_rejects_unknown_values(db_url: str, status: Any, plan: Any
 def test_admin_update_of_a_missing_account_is_not_found(db_url: str) -> None:
     with pytest.raises(NotFound), transaction(db_url) as session:
         accounts.admin_update(session, "acc_missing", "active", None)
+
+
+def test_every_status_move_writes_its_event_once(db_url: str) -> None:
+    """Admin changes go through the one conditional move, with an event, like the
+    lifecycle's; a move to the status it already has writes nothing."""
+    with transaction(db_url) as session:
+        account_id = make_account(session, status="trial").id
+    with transaction(db_url) as session:
+        assert accounts.admin_update(session, account_id, "suspended", None).status == "suspended"
+        assert accounts.admin_update(session, account_id, "suspended", None).status == "suspended"
+        assert not accounts.move_status(session, account_id, "active", "x", expected="trial")
+    with transaction(db_url) as session:
+        moves = session.scalars(
+            select(AccountEvent.data).where(
+                AccountEvent.account_id == account_id, AccountEvent.type == "status_changed"
+            )
+        ).all()
+        assert session.get(Account, account_id).status == "suspended"
+    assert moves == [{"from": "trial", "to": "suspended", "reason": "admin"}]

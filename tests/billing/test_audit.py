@@ -11,8 +11,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from billing.audit import audit
-from billing.jobs import complete_job, fail_job, start_job
 from billing.pricing import Usage
+from billing.runs import complete_job, fail_job, start_job
 from models import Account
 from models.db import get_engine, transaction
 from tests.factories import balances, make_account, make_job, request, submit

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from billing import jobs
+from billing import job_views, runs
 from billing.audit import audit
 from billing.errors import (
     AccountInactive,
@@ -20,8 +20,9 @@ from billing.errors import (
     JobNotCancellable,
     NotFound,
 )
-from billing.jobs import JobRequest, complete_job, fail_job, start_job, submit_job
 from billing.pricing import Usage
+from billing.runs import complete_job, fail_job, start_job
+from billing.submission import JobRequest, submit_job
 from models import (
     Account,
     Cluster,
@@ -260,14 +261,15 @@ def test_cancel_a_queued_job_releases_its_hold(db_url: str) -> None:
     job_id = submitted(db_url, account_id, IMAGES)
 
     with transaction(db_url) as session:
-        job = jobs.cancel_job(session, account_id, job_id)
+        runs.cancel_job(session, account_id, job_id)
+        job = job_views.get_job(session, account_id, job_id)
         assert (job.status, job.error_code) == ("cancelled", "cancelled")
 
     with transaction(db_url) as session:
         assert balances(session, account_id) == (100, 0)
         assert hold_of(session, job_id).status == "released"
         with pytest.raises(JobNotCancellable) as refused:
-            jobs.cancel_job(session, account_id, job_id)
+            runs.cancel_job(session, account_id, job_id)
         assert refused.value.details == {"status": "cancelled"}
     assert_audit_clean(db_url)
 
@@ -277,10 +279,10 @@ def test_cancel_refuses_running_jobs_and_other_accounts(db_url: str) -> None:
     job_id = submitted(db_url, account_id, IMAGES)
     with transaction(db_url) as session:
         with pytest.raises(NotFound):
-            jobs.cancel_job(session, other, job_id)
+            runs.cancel_job(session, other, job_id)
         assert start_job(session, job_id) is not None
     with pytest.raises(JobNotCancellable), transaction(db_url) as session:
-        jobs.cancel_job(session, account_id, job_id)
+        runs.cancel_job(session, account_id, job_id)
     with transaction(db_url) as session:
         assert hold_of(session, job_id).status == "held"
         assert session.get(Job, job_id).status == "running"
@@ -374,7 +376,7 @@ def test_concurrent_completions_of_one_job_settle_once(db_url: str) -> None:
         try:
             barrier.wait(30)
             with transaction(db_url) as session:
-                results.append(complete_job(session, run, Usage(100, 100), {}, []))
+                results.append(bool(complete_job(session, run, Usage(100, 100), {}, [])))
         except BaseException as exc:
             errors.append(exc)
 
@@ -449,7 +451,7 @@ def test_sweep_releases_only_expired_holds_and_fails_their_jobs(db_url: str) -> 
 
     later = utcnow() + timedelta(minutes=10)
     with transaction(db_url) as session:
-        swept = jobs.sweep_expired_holds(session, later)
+        swept = runs.sweep_expired_holds(session, later).job_ids
     assert sorted(swept) == sorted([stale_queued, stale_running])
 
     with transaction(db_url) as session:
@@ -464,7 +466,7 @@ def test_sweep_releases_only_expired_holds_and_fails_their_jobs(db_url: str) -> 
         assert as_utc(hold_of(session, fresh).expires_at) > later
 
     with transaction(db_url) as session:
-        assert jobs.sweep_expired_holds(session, later) == []
+        assert runs.sweep_expired_holds(session, later).job_ids == []
         assert balances(session, account_id) == (997, 3)
         assert count(session, Job, status="failed") == 2
     assert_audit_clean(db_url)
@@ -476,7 +478,7 @@ def test_a_worker_finishing_after_the_sweep_charges_nothing(db_url: str) -> None
     with transaction(db_url) as session:
         run = start_job(session, job_id)
     with transaction(db_url) as session:
-        assert jobs.sweep_expired_holds(session, utcnow() + timedelta(hours=2)) == [job_id]
+        assert runs.sweep_expired_holds(session, utcnow() + timedelta(hours=2)).job_ids == [job_id]
     with transaction(db_url) as session:
         assert not complete_job(session, run, Usage(10, 10), {}, [])
         assert session.get(Job, job_id).status == "failed"
@@ -491,15 +493,17 @@ def test_list_jobs_pages_newest_first_and_filters(db_url: str) -> None:
     account_id = new_account(db_url)
     ids = [submitted(db_url, account_id, IMAGES) for _ in range(5)]
     with transaction(db_url) as session:
-        jobs.cancel_job(session, account_id, ids[0])
-        page, cursor = jobs.list_jobs(session, account_id, limit=3)
+        runs.cancel_job(session, account_id, ids[0])
+        first = job_views.list_jobs(session, account_id, limit=3)
+        page, cursor = first.rows, first.next_cursor
         assert [j.id for j in page] == ids[::-1][:3]
         assert cursor is not None
-        rest, end = jobs.list_jobs(session, account_id, cursor=cursor, limit=3)
+        second = job_views.list_jobs(session, account_id, cursor=cursor, limit=3)
+        rest, end = second.rows, second.next_cursor
         assert [j.id for j in rest] == ids[::-1][3:]
         assert end is None
-        cancelled, _ = jobs.list_jobs(session, account_id, status="cancelled")
+        cancelled = job_views.list_jobs(session, account_id, status="cancelled").rows
         assert [j.id for j in cancelled] == [ids[0]]
         for bad in ({"status": "lost"}, {"operation": "x"}, {"limit": 0}, {"cursor": "!!"}):
             with pytest.raises(InvalidInput):
-                jobs.list_jobs(session, account_id, **bad)
+                job_views.list_jobs(session, account_id, **bad)

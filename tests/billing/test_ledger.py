@@ -415,12 +415,12 @@ def test_list_transactions_pages_newest_first(db_url: str) -> None:
         for i in range(4):
             ledger.grant(session, acct.id, 10 + i, "topup", f"t{i}")
         session.flush()
-        page, before = ledger.list_transactions(session, acct.id, before_id=None, limit=3)
-        assert [t.amount for t in page] == [13, 12, 11]
-        assert before is not None
-        rest, after = ledger.list_transactions(session, acct.id, before_id=before, limit=3)
-        assert [t.amount for t in rest] == [10, 1]
-        assert after is None
+        first = ledger.list_transactions(session, acct.id, cursor=None, limit=3)
+        assert [t.amount for t in first.rows] == [13, 12, 11]
+        assert first.next_cursor is not None
+        rest = ledger.list_transactions(session, acct.id, cursor=first.next_cursor, limit=3)
+        assert [t.amount for t in rest.rows] == [10, 1]
+        assert rest.next_cursor is None
 
 
 # --- concurrency: the acceptance tests ------------------------------------------

@@ -33,16 +33,17 @@ from sqlalchemy import delete, select
 from billing import accounts, ledger
 from billing.audit import audit
 from billing.errors import AccountInactive, InsufficientCredits, ModelNotAllowed
-from billing.jobs import (
+from billing.job_views import get_job
+from billing.pricing import Usage
+from billing.runs import (
     JobRun,
     cancel_job,
     complete_job,
     fail_job,
     start_job,
-    submit_job,
     sweep_expired_holds,
 )
-from billing.pricing import Usage
+from billing.submission import submit_job
 from models import (
     Account,
     AIModelConfig,
@@ -285,7 +286,8 @@ class LedgerMachine(RuleBasedStateMachine):
     def cancel(self, data: st.DataObject) -> None:
         job = self.jobs[data.draw(st.sampled_from(self.queued()), label="job")]
         with transaction(self.url) as session:
-            assert cancel_job(session, self.account_id, job.job_id).status == "cancelled"
+            cancel_job(session, self.account_id, job.job_id)
+            assert get_job(session, self.account_id, job.job_id).status == "cancelled"
         job.state = "released"
 
     @precondition(lambda self: bool(self.resolved()))
@@ -318,7 +320,7 @@ class LedgerMachine(RuleBasedStateMachine):
         with transaction(self.url) as session:
             # Loop: the sweep works in batches, and other examples' holds may be due too.
             while batch := ledger.expired_hold_job_ids(session, now):
-                swept |= set(sweep_expired_holds(session, now))
+                swept |= set(sweep_expired_holds(session, now).job_ids)
                 assert set(batch) <= swept
         expected = {j for j in self.held() if self.jobs[j].expires_at < now}
         assert swept & set(self.jobs) == expected

@@ -21,9 +21,7 @@ from billing.pricing import (
     PROMPT_OVERHEAD_TOKENS,
     Usage,
     actual_charge,
-    estimate_hold,
     input_token_bound,
-    max_output_tokens,
     text_credits,
 )
 from models import AIModelConfig
@@ -33,6 +31,15 @@ from workers.simulated_provider import (
     prompt_tokens,
     truncate_tokens,
 )
+
+
+def max_output_tokens(operation: str, job_input: dict[str, Any]) -> int:
+    return OPERATIONS[operation].max_output_tokens(job_input)
+
+
+def estimate_hold(operation: str, model: AIModelConfig, job_input: dict[str, Any]) -> int:
+    return OPERATIONS[operation].hold(model, job_input)
+
 
 TEXT_OPERATIONS = [name for name, op in OPERATIONS.items() if op.model_type == "text"]
 MODELS = {

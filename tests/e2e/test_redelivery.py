@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 
 from billing import accounts
 from billing.audit import audit
-from billing.jobs import JobRequest, submit_job
+from billing.submission import JobRequest, submit_job
 from models import CreditTransaction, CreditUsageLog, Job
 from models.db import transaction
 from tests.support import Worker

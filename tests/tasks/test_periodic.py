@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 
 from billing import accounts, webhooks
 from billing.audit import audit
-from billing.jobs import JobRequest, submit_job
+from billing.submission import JobRequest, submit_job
 from billing.webhook_urls import UrlPolicy
 from models import (
     Account,

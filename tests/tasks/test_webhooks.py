@@ -11,8 +11,9 @@ import pytest
 from sqlalchemy import select
 
 from billing import accounts, webhooks
-from billing.jobs import JobRequest, cancel_job, complete_job, start_job, submit_job
 from billing.pricing import Usage
+from billing.runs import cancel_job, complete_job, start_job
+from billing.submission import JobRequest, submit_job
 from billing.webhook_urls import UrlPolicy
 from models import Account, Job, WebhookAttempt, WebhookDelivery, utcnow
 from models.db import transaction
@@ -57,8 +58,8 @@ def cancelled_job(account_id: str, url: str | None = None) -> tuple[str, str | N
             timedelta(minutes=15),
             url_policy=DEV_URLS,
         ).job
-        cancel_job(session, account_id, job.id)
-        return job.id, webhooks.queue_job_event(session, job.id, utcnow())
+        ending = cancel_job(session, account_id, job.id)
+        return job.id, next(iter(ending.deliveries), None)
 
 
 def delivery(delivery_id: str) -> tuple[WebhookDelivery, list[WebhookAttempt]]:
@@ -213,8 +214,9 @@ def test_large_results_are_referenced_not_inlined(env: dict[str, str]) -> None:
         run = start_job(session, job_id)
         assert run is not None
         result = {"clusters": [{"name": "x" * 100, "keywords": ["red shoes"]}] * 400}
-        assert complete_job(session, run, Usage(10, 10), result, [])
-        delivery_id = webhooks.queue_job_event(session, job_id, utcnow())
+        ending = complete_job(session, run, Usage(10, 10), result, [])
+        assert ending
+        delivery_id = next(iter(ending.deliveries), None)
         assert delivery_id is not None
 
     row, _ = delivery(delivery_id)

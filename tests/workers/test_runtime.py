@@ -3,6 +3,7 @@ simulated provider over HTTP through the openai SDK."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -12,12 +13,14 @@ from sqlalchemy import func, select
 
 from billing import accounts
 from billing.audit import audit
-from billing.jobs import JobRequest, JobRun, cancel_job, submit_job
+from billing.operations import OPERATIONS
+from billing.runs import JobRun, cancel_job
+from billing.submission import JobRequest, submit_job
 from models import CreditTransaction, CreditUsageLog, Job
 from models.db import transaction
 from tasks.clustering import clustering
 from tasks.content_generation import content_generation
-from workers.runtime import Outcome
+from workers.runtime import HandlerResult
 
 KEYWORDS = {"keywords": ["red shoes", "red boots", "blue hats"]}
 
@@ -72,7 +75,8 @@ def test_a_task_redelivered_while_running_runs_again_and_charges_once(env: Any) 
 
 
 def test_truncated_output_fails_the_job_and_releases(env: Any, monkeypatch: Any) -> None:
-    monkeypatch.setattr("workers.runtime.max_output_tokens", lambda op, inp: 5)
+    cut_short = replace(OPERATIONS["content_generation"], output_tokens=lambda inp: 5)
+    monkeypatch.setitem(OPERATIONS, "content_generation", cut_short)
     job_id = _submit("content_generation", {"title": "Cut short"})
 
     assert content_generation.run(job_id) == "failed"
@@ -90,7 +94,7 @@ def test_truncated_output_fails_the_job_and_releases(env: Any, monkeypatch: Any)
 def test_timeouts_and_bugs_fail_the_job_cleanly(
     env: Any, monkeypatch: Any, error: BaseException, code: str
 ) -> None:
-    def explode(self: Any, run: JobRun) -> Outcome:
+    def explode(self: Any, run: JobRun) -> HandlerResult:
         raise error
 
     monkeypatch.setattr("workers.runtime.TextHandler.execute", explode)

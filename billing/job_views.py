@@ -1,0 +1,81 @@
+"""Reading jobs: one job, a page of jobs, and the public shape both are shown in
+(the API and the webhooks use the same `job_view`)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, and_, or_, select
+from sqlalchemy.orm import Session
+
+from billing.errors import InvalidInput, NotFound
+from billing.operations import OPERATIONS
+from billing.paging import Page, decode_time_cursor, encode_cursor, page_of, page_size
+from models import JOB_STATUSES, Job, as_utc
+
+
+def get_job(session: Session, account_id: str, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None or job.account_id != account_id:
+        raise NotFound(f"Job {job_id!r} not found.")
+    return job
+
+
+def list_jobs(
+    session: Session,
+    account_id: str,
+    *,
+    status: str | None = None,
+    operation: str | None = None,
+    cursor: str | None = None,
+    limit: int = 20,
+) -> Page[Job]:
+    """Newest first."""
+    if status is not None and status not in JOB_STATUSES:
+        raise InvalidInput(
+            f"Unknown status {status!r}. Choose one of: {', '.join(JOB_STATUSES)}.",
+            fields={"status": f"one of {', '.join(JOB_STATUSES)}"},
+        )
+    if operation is not None and operation not in OPERATIONS:
+        raise InvalidInput(f"Unknown operation {operation!r}.", fields={"operation": "unknown"})
+    limit = page_size(limit)
+    query: Select[Job] = select(Job).where(Job.account_id == account_id)
+    if status:
+        query = query.where(Job.status == status)
+    if operation:
+        query = query.where(Job.operation == operation)
+    if cursor:
+        when, job_id = decode_time_cursor(cursor)
+        query = query.where(
+            or_(Job.created_at < when, and_(Job.created_at == when, Job.id < job_id))
+        )
+    rows = session.scalars(
+        query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+    ).all()
+    return page_of(rows, limit, lambda job: encode_cursor(_iso(job.created_at) or "", job.id))
+
+
+def job_view(job: Job) -> dict[str, Any]:
+    """The public shape of a job, shared by the API and the webhooks."""
+    return {
+        "id": job.id,
+        "status": job.status,
+        "operation": job.operation,
+        "model": job.model,
+        "site_id": job.site_id,
+        "input": job.input,
+        "reserved_credits": job.reserved_credits,
+        "credits_charged": job.credits_charged,
+        "result": job.result,
+        "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None,
+        "attempts": job.attempts,
+        "webhook_url": job.webhook_url,
+        "created_at": _iso(job.created_at),
+        "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at),
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return as_utc(value).isoformat() if value else None

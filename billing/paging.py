@@ -1,0 +1,79 @@
+"""Cursor pagination, one set of rules for every listing (jobs, credits, keywords, ...).
+
+A cursor is opaque to clients: base64 of the sort key of the last row served. Listings
+ordered by time carry (created_at, id); listings ordered by an integer id carry the id.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from billing.errors import InvalidInput
+
+MAX_PAGE_SIZE = 100
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    rows: list[T]
+    next_cursor: str | None
+
+    def body(self, view: Callable[[T], dict[str, Any]]) -> dict[str, Any]:
+        """The listing's response: `{"data": [...], "next_cursor": ...}`."""
+        return {"data": [view(row) for row in self.rows], "next_cursor": self.next_cursor}
+
+
+def page_size(limit: int) -> int:
+    """The one check of `limit` every listing applies."""
+    if not 1 <= limit <= MAX_PAGE_SIZE:
+        raise InvalidInput(
+            f"limit must be between 1 and {MAX_PAGE_SIZE}.",
+            fields={"limit": f"an integer from 1 to {MAX_PAGE_SIZE}"},
+        )
+    return limit
+
+
+def encode_cursor(*parts: str) -> str:
+    return base64.urlsafe_b64encode("|".join(parts).encode()).decode().rstrip("=")
+
+
+def _decode(cursor: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise _invalid() from None
+
+
+def _invalid() -> InvalidInput:
+    return InvalidInput("Invalid cursor.", fields={"cursor": "invalid"})
+
+
+def decode_time_cursor(cursor: str) -> tuple[datetime, str]:
+    """(created_at, id) of the last row served."""
+    first, _, second = _decode(cursor).partition("|")
+    try:
+        return datetime.fromisoformat(first), second
+    except ValueError:
+        raise _invalid() from None
+
+
+def decode_int_cursor(cursor: str) -> int:
+    try:
+        return int(_decode(cursor))
+    except ValueError:
+        raise _invalid() from None
+
+
+def page_of(rows: Sequence[T], limit: int, cursor_of: Callable[[T], str]) -> Page[T]:
+    """`rows` were fetched with `limit + 1`: keep `limit`, and if there were more, the
+    cursor of the last row kept."""
+    if len(rows) > limit:
+        kept = list(rows[:limit])
+        return Page(kept, cursor_of(kept[-1]))
+    return Page(list(rows), None)

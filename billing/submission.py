@@ -1,0 +1,136 @@
+"""Submitting a job: validate, choose the model, hold the credits and write the job row,
+all in the caller's transaction (the caller enqueues after commit)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from billing import ledger
+from billing.errors import IdempotencyConflict, InvalidInput, NotFound
+from billing.operations import get_operation, validate_input
+from billing.policy import resolve_model
+from billing.webhook_urls import STRICT_URLS, UrlPolicy
+from models import Account, Job, Site, new_id
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    operation: object
+    input: object
+    site_id: str | None = None
+    model: str | None = None
+    webhook_url: str | None = None
+    idempotency_key: str | None = None
+
+    def fingerprint(self) -> str:
+        body = {
+            "operation": self.operation,
+            "input": self.input,
+            "site_id": self.site_id,
+            "model": self.model,
+            "webhook_url": self.webhook_url,
+        }
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Submission:
+    job: Job
+    created: bool
+
+
+def submit_job(
+    session: Session,
+    account: Account,
+    request: JobRequest,
+    hold_ttl: timedelta,
+    url_policy: UrlPolicy = STRICT_URLS,
+) -> Submission:
+    operation = get_operation(request.operation)
+    job_input = validate_input(operation, request.input)
+    if request.idempotency_key is not None:
+        _check_key(request.idempotency_key)
+        existing = _job_for_key(session, account.id, request.idempotency_key)
+        if existing is not None:
+            return Submission(_same_request(existing, request), created=False)
+    if request.site_id is not None:
+        _own_site(session, account.id, request.site_id)
+    if request.webhook_url is not None:
+        url_policy.check(request.webhook_url, must_resolve=False)
+    job_input = operation.expand_input(session, account.id, request.site_id, job_input)
+    model = resolve_model(session, account, operation, request.model)
+    hold = operation.hold(model, job_input)
+    job = Job(
+        id=new_id("job"),
+        account_id=account.id,
+        site_id=request.site_id,
+        operation=operation.name,
+        input=job_input,
+        model=model.name,
+        status="queued",
+        reserved_credits=hold,
+        webhook_url=request.webhook_url,
+        idempotency_key=request.idempotency_key,
+        request_hash=request.fingerprint(),
+    )
+    if request.idempotency_key is None:
+        session.add(job)
+        session.flush()
+    else:
+        earlier = _insert_once(session, job, request)
+        if earlier is not None:
+            return Submission(earlier, created=False)
+    ledger.reserve(session, account.id, job.id, hold, hold_ttl)
+    return Submission(job, created=True)
+
+
+def _insert_once(session: Session, job: Job, request: JobRequest) -> Job | None:
+    """Insert a keyed job, or return the job a concurrent request with that key made."""
+    try:
+        with session.begin_nested():
+            session.add(job)
+            session.flush()
+    except IntegrityError:
+        existing = _job_for_key(session, job.account_id, request.idempotency_key or "")
+        if existing is None:
+            raise
+        return _same_request(existing, request)
+    return None
+
+
+def _check_key(key: str) -> None:
+    if not 1 <= len(key) <= 255 or not key.isprintable():
+        raise InvalidInput(
+            "Idempotency-Key must be 1 to 255 printable characters.",
+            fields={"Idempotency-Key": "1-255 printable characters"},
+        )
+
+
+def _job_for_key(session: Session, account_id: str, key: str) -> Job | None:
+    return session.scalar(
+        select(Job).where(Job.account_id == account_id, Job.idempotency_key == key)
+    )
+
+
+def _same_request(existing: Job, request: JobRequest) -> Job:
+    if existing.request_hash != request.fingerprint():
+        raise IdempotencyConflict(
+            "This Idempotency-Key was already used with a different request body.",
+            job_id=existing.id,
+        )
+    return existing
+
+
+def _own_site(session: Session, account_id: str, site_id: str) -> Site:
+    site = session.get(Site, site_id)
+    if site is None or site.account_id != account_id:
+        raise NotFound(f"Site {site_id!r} not found.")
+    return site
