@@ -97,7 +97,7 @@ def simulated_provider() -> Iterator[str]:
     """The shipped simulated provider in its own process on a free port, zero latency."""
     env = {**os.environ, "SIM_LATENCY_MS": "0"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "workers.simulated_provider", "--host", "127.0.0.1", "--port", "0"],
+        [sys.executable, "-m", "simulator", "--host", "127.0.0.1", "--port", "0"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         start_new_session=True,
     )  # fmt: skip

@@ -222,7 +222,7 @@ class Stack:
             sim_port = _env_port(env, "SIM_PORT", None) or free_port(HOST)
             if not port_is_free(HOST, sim_port):
                 raise StackError(f"SIM_PORT {sim_port} is already in use")
-            self.spawn("provider", [sys.executable, "-m", "workers.simulated_provider",
+            self.spawn("provider", [sys.executable, "-m", "simulator",
                                     "--host", HOST, "--port", str(sim_port)])  # fmt: skip
             self.wait_http(f"http://{HOST}:{sim_port}/healthz", "simulated provider", 30)
             env["OPENAI_BASE_URL"] = f"http://{HOST}:{sim_port}/v1"

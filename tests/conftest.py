@@ -25,8 +25,8 @@ from models.db import dispose_engines, get_engine, transaction
 from ops.cli import migrate
 from ops.postgres_server import PostgresServer
 from ops.redis_server import RedisServer
+from simulator.server import make_server
 from tests.support import Worker
-from workers.simulated_provider import make_server
 
 ROOT = Path(__file__).resolve().parent.parent
 BACKENDS = [b.strip() for b in os.environ.get("TEST_DATABASES", "sqlite,postgresql").split(",")]

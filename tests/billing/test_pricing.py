@@ -25,7 +25,7 @@ from billing.pricing import (
     text_credits,
 )
 from models import AIModelConfig
-from workers.simulated_provider import (
+from simulator.answers import (
     count_tokens,
     generate_content_for,
     prompt_tokens,

@@ -7,6 +7,7 @@ import http.client
 import json
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -20,12 +21,8 @@ from typing import Any
 import openai
 import pytest
 
-from workers.simulated_provider import (
-    PNG_SIGNATURE,
-    SimulatedProviderServer,
-    count_tokens,
-    make_server,
-)
+from simulator.answers import PNG_SIGNATURE, count_tokens
+from simulator.server import SimulatedProviderServer, make_server
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "gpt-4o-mini"
@@ -99,6 +96,14 @@ def chat(client: openai.OpenAI, operation: str | None, job_input: Any, **kwargs:
 
 def content_of(completion: Any) -> dict[str, Any]:
     return json.loads(completion.choices[0].message.content)
+
+
+def content_of_raw(data: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(data["choices"][0]["message"]["content"])
+
+
+def prompt_usage(sent: list[dict[str, str]]) -> int:
+    return sum(count_tokens(m["content"]) + 4 for m in sent) + 2
 
 
 def add_fault(server: SimulatedProviderServer, **rule: Any) -> int:
@@ -600,6 +605,38 @@ def test_keep_alive_connection_serves_several_requests(server):
         conn.close()
 
 
+def test_chunked_request_body_is_read_whole(server):
+    """httpx and the openai SDK send chunked bodies when they cannot size them up front."""
+    body = json.dumps({"model": MODEL, "messages": messages("clustering", {"keywords": ["a b"]})})
+    parts = [body[:7].encode(), body[7:40].encode(), body[40:].encode()]
+    host, port = server.server_address[:2]
+    conn = http.client.HTTPConnection(str(host), int(port), timeout=10)
+    try:
+        conn.request("POST", "/v1/chat/completions", body=iter(parts), encode_chunked=True)
+        response = conn.getresponse()
+        data = json.loads(response.read())
+    finally:
+        conn.close()
+
+    assert response.status == 200
+    assert content_of_raw(data) == {"clusters": [{"name": "A topics", "keywords": ["a b"]}]}
+    assert data["usage"]["prompt_tokens"] == prompt_usage(json.loads(body)["messages"])
+
+
+def test_malformed_chunked_body_is_400_json(server):
+    host, port = server.server_address[:2]
+    with socket.create_connection((str(host), int(port)), timeout=10) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n"
+        )
+        reply = sock.makefile("rb").read()
+
+    head, _, raw = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ")
+    assert json.loads(raw)["error"]["type"] == "invalid_request_error"
+
+
 # --- Ahrefs stand-in ------------------------------------------------------------------------
 
 
@@ -649,7 +686,7 @@ def test_ahrefs_validation(server, body):
 
 def test_cli_serves_and_stops_on_sigterm():
     proc = subprocess.Popen(
-        [sys.executable, "-m", "workers.simulated_provider", "--host", "127.0.0.1", "--port", "0"],
+        [sys.executable, "-m", "simulator", "--host", "127.0.0.1", "--port", "0"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
