@@ -13,11 +13,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from billing import ledger
-from billing.errors import IdempotencyConflict, InvalidInput, NotFound
+from billing.errors import IdempotencyConflict, InvalidInput
 from billing.operations import get_operation, validate_input
 from billing.policy import resolve_model
+from billing.sites import get_site
 from billing.webhook_urls import STRICT_URLS, UrlPolicy
-from models import Account, Job, Site, new_id
+from models import Account, Job, new_id
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ def submit_job(
         if existing is not None:
             return Submission(_same_request(existing, request), created=False)
     if request.site_id is not None:
-        _own_site(session, account.id, request.site_id)
+        get_site(session, account.id, request.site_id)
     if request.webhook_url is not None:
         url_policy.check(request.webhook_url, must_resolve=False)
     job_input = operation.expand_input(session, account.id, request.site_id, job_input)
@@ -127,10 +128,3 @@ def _same_request(existing: Job, request: JobRequest) -> Job:
             job_id=existing.id,
         )
     return existing
-
-
-def _own_site(session: Session, account_id: str, site_id: str) -> Site:
-    site = session.get(Site, site_id)
-    if site is None or site.account_id != account_id:
-        raise NotFound(f"Site {site_id!r} not found.")
-    return site
