@@ -5,13 +5,13 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from flask import Blueprint
+from flask import Blueprint, request
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.db import db
 from api.security import require_admin
-from api.validation import json_body
-from billing import accounts, credits, ledger, plans
+from api.validation import json_body, query_int
+from billing import accounts, backoffice, credits, ledger, plans
 from billing.errors import InvalidInput
 from models import utcnow
 
@@ -30,6 +30,42 @@ class AccountPatch(BaseModel):
 
     status: str | None = None
     plan: str | None = None
+
+
+@bp.get("/accounts")
+@require_admin
+def find_accounts() -> dict[str, Any]:
+    """Find accounts by a member's email (prefix, any case), status or plan slug."""
+    page = backoffice.find_accounts(
+        db(),
+        email=request.args.get("email"),
+        status=request.args.get("status"),
+        plan=request.args.get("plan"),
+        cursor=request.args.get("cursor"),
+        limit=query_int("limit", 20),
+    )
+    return page.body(lambda account: accounts.account_view(db(), account))
+
+
+@bp.get("/accounts/<account_id>")
+@require_admin
+def account_detail(account_id: str) -> dict[str, Any]:
+    return backoffice.account_detail(db(), account_id)
+
+
+@bp.get("/jobs")
+@require_admin
+def find_jobs() -> dict[str, Any]:
+    """Jobs across accounts, newest first: `?status=running` finds stuck work."""
+    page = backoffice.find_jobs(
+        db(),
+        status=request.args.get("status"),
+        account_id=request.args.get("account_id"),
+        operation=request.args.get("operation"),
+        cursor=request.args.get("cursor"),
+        limit=query_int("limit", 20),
+    )
+    return page.body(backoffice.admin_job_view)
 
 
 @bp.post("/accounts/<account_id>/credits")
