@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import logging
-
 from flask import Flask
 
+import logs
 from api import (
     accounts,
     admin,
@@ -18,6 +17,7 @@ from api import (
     keywords,
     openapi,
     plans,
+    request_ids,
     sites,
     team,
     webhooks,
@@ -31,7 +31,8 @@ def create_app() -> Flask:
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure()
+    request_ids.init_app(app)
     db.init_app(app)
     register_error_handlers(app)
     for blueprint in (

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
+import logs
 from billing import webhooks
 from models import utcnow
 from models.db import transaction
@@ -40,6 +41,7 @@ def deliver(delivery_id: str) -> str:
         )
     if outgoing is None:
         return "skipped"
+    logs.bind(account_id=outgoing.account_id, job_id=outgoing.job_id)
     result = send(outgoing, timeout=timeout, allow_private=settings.webhook_allow_private_urls)
     with transaction() as session:
         delay = webhooks.record_attempt(

@@ -141,6 +141,7 @@ def client(app: Any) -> Any:
 @pytest.fixture(scope="session")
 def worker_env(database_url: str, redis_server: RedisServer, sim: Any) -> dict[str, str]:
     return {
+        "LOG_FORMAT": "json",
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_server.url,
         "CELERY_BROKER_URL": redis_server.url,
