@@ -138,6 +138,8 @@ class Settings:
         default_factory=lambda: _env_bool("RATE_LIMITS_ENABLED", default=True)
     )
     secret_key: str = field(default_factory=lambda: os.environ.get("SECRET_KEY") or _local_secret())
+    # Bearer token for GET /metrics; unset leaves it open (scrape from a private network).
+    metrics_token: str = field(default_factory=lambda: os.environ.get("METRICS_TOKEN") or "")
     login_token_ttl_seconds: int = field(
         default_factory=lambda: _env_int("LOGIN_TOKEN_TTL_SECONDS", 12 * 3600)
     )

@@ -15,6 +15,7 @@ from api import (
     health,
     jobs,
     keywords,
+    metrics,
     openapi,
     plans,
     request_ids,
@@ -33,6 +34,7 @@ def create_app() -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     logs.configure()
     request_ids.init_app(app)
+    metrics.init_app(app)
     db.init_app(app)
     register_error_handlers(app)
     for blueprint in (
@@ -49,6 +51,7 @@ def create_app() -> Flask:
         ai_settings.bp,
         webhooks.bp,
         openapi.bp,
+        metrics.bp,
     ):
         app.register_blueprint(blueprint)
     return app

@@ -7,6 +7,7 @@ import logging
 from datetime import timedelta
 
 import logs
+import metrics
 from billing import webhooks
 from models import utcnow
 from models.db import transaction
@@ -48,6 +49,8 @@ def deliver(delivery_id: str) -> str:
             session, delivery_id, result, utcnow(), settings.webhook_retry_schedule
         )
     outcome = result.status_code if result.status_code is not None else result.error
+    counted = "delivered" if result.ok else "retrying" if delay is not None else "given_up"
+    metrics.WEBHOOK_DELIVERIES.labels(counted).inc()
     if delay is None:
         log.info("webhook %s: %s, done", delivery_id, outcome)
         return "done"

@@ -100,6 +100,6 @@ def test_the_api_returns_and_logs_its_request_id(client: Any, json_lines: io.Str
     assert submitted[0]["account_id"] == account["id"]
     assert submitted[0]["operation"] == "image_generation"
 
-    made_up = client.get("/healthz", headers={"X-Request-Id": "no spaces; no quotes\""})
-    assert made_up.headers["X-Request-Id"] != "no spaces; no quotes\""
+    made_up = client.get("/healthz", headers={"X-Request-Id": 'no spaces; no quotes"'})
+    assert made_up.headers["X-Request-Id"] != 'no spaces; no quotes"'
     assert len(made_up.headers["X-Request-Id"]) == 32

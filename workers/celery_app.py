@@ -10,6 +10,7 @@ from celery.signals import setup_logging, task_postrun, task_prerun, worker_proc
 import logs
 from billing.operations import OPERATIONS
 from models.db import dispose_engines
+from workers import task_metrics  # noqa: F401 - connects the metric signal handlers
 
 celery = Celery("aijobs")
 celery.config_from_object("celeryconfig")
