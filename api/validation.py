@@ -78,5 +78,10 @@ def query_int(name: str, default: int) -> int:
 
 
 def webhook_url_policy() -> UrlPolicy:
-    """The policy for webhook URLs a tenant gives us (private addresses only in dev)."""
-    return url_policy(allow_private=get_settings().webhook_allow_private_urls)
+    """The policy for webhook URLs a tenant gives us (private addresses only in dev,
+    never the stack's own ports)."""
+    settings = get_settings()
+    return url_policy(
+        allow_private=settings.webhook_allow_private_urls,
+        deny_ports=settings.webhook_deny_ports,
+    )
