@@ -20,6 +20,7 @@ from api import (
     plans,
     sites,
     team,
+    validation,
     webhooks,
 )
 from api.errors import register_error_handlers
@@ -30,7 +31,7 @@ def create_app() -> Flask:
     settings = get_settings()
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json = validation.JsonProvider(app)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     db.init_app(app)
     register_error_handlers(app)
