@@ -13,20 +13,12 @@ from sqlalchemy import func, select
 from api.validation import MAX_JSON_DEPTH
 from models import Account, Job, Site
 from models.db import transaction
-from tests.support import auth, register
+from tests.support import auth
 
 ADMIN = {"X-Admin-Token": "test-admin-token"}
 KEYWORDS = {"operation": "clustering", "input": {"keywords": ["running shoes", "trail shoes"]}}
 
-
-@pytest.fixture(autouse=True)
-def _no_enqueue(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("api.jobs.enqueue_job", lambda job_id, operation: None)
-
-
-@pytest.fixture
-def key(client: Any) -> str:
-    return register(client)[0]
+pytestmark = pytest.mark.usefixtures("no_enqueue")
 
 
 def post_raw(client: Any, path: str, body: str | bytes, headers: dict[str, str]) -> Any:

@@ -28,16 +28,7 @@ DEV_REFUSED = [
     "http://[fd00:ec2::254]/latest/meta-data/",
 ]
 
-
-@pytest.fixture(autouse=True)
-def _no_enqueue(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Jobs stay queued (cancellable) even while another module's worker is running."""
-    monkeypatch.setattr("api.jobs.enqueue_job", lambda job_id, operation: None)
-
-
-@pytest.fixture
-def key(client: Any) -> str:
-    return register(client)[0]
+pytestmark = pytest.mark.usefixtures("no_enqueue")
 
 
 def test_the_secret_is_created_once_and_signs_with_32_bytes(client: Any, key: str) -> None:
