@@ -491,7 +491,12 @@ done
 
 
 def main() -> int:
-    return Stack().run()
+    try:
+        stack = Stack()
+    except StackError as exc:
+        log("stack", f"ERROR: {exc}")
+        return 1
+    return stack.run()
 
 
 if __name__ == "__main__":
