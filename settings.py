@@ -33,6 +33,18 @@ def _env_bool(name: str, default: bool = False) -> bool:
     return raw.strip().lower() in {"1", "true", "yes", "on"}
 
 
+def _env_ports(name: str) -> frozenset[int]:
+    """A comma-separated list of TCP ports; a bad entry fails loudly at startup."""
+    ports = set()
+    for part in (os.environ.get(name) or "").split(","):
+        if not part.strip():
+            continue
+        if not part.strip().isdigit() or not 0 < int(part) < 65536:
+            raise ValueError(f"{name}: {part.strip()!r} is not a port number (1-65535)")
+        ports.add(int(part))
+    return frozenset(ports)
+
+
 def _default_database_url() -> str:
     return f"sqlite:///{ROOT / 'var' / 'aijobs.db'}"
 
@@ -88,6 +100,11 @@ class Settings:
     admin_token: str = field(default_factory=lambda: os.environ.get("ADMIN_TOKEN") or "")
     webhook_allow_private_urls: bool = field(
         default_factory=lambda: _env_bool("WEBHOOK_ALLOW_PRIVATE_URLS")
+    )
+    # Ports of the stack's own services (API, Flower, Redis, provider, database): never a
+    # webhook target on any host, even with private URLs allowed. `make run` fills it.
+    webhook_deny_ports: frozenset[int] = field(
+        default_factory=lambda: _env_ports("WEBHOOK_DENY_PORTS")
     )
     # Seconds to wait before each retry (about a day in all); tests shorten it.
     webhook_retry_schedule: tuple[float, ...] = field(

@@ -21,6 +21,7 @@ from api import (
     request_ids,
     sites,
     team,
+    validation,
     webhooks,
 )
 from api.errors import register_error_handlers
@@ -31,7 +32,7 @@ def create_app() -> Flask:
     settings = get_settings()
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json = validation.JsonProvider(app)
     logs.configure()
     request_ids.init_app(app)
     metrics.init_app(app)

@@ -59,3 +59,10 @@ def test_e2e_throughput_bench_runs_every_job_to_success(db: str) -> None:
     assert done is not None, out
     assert done.group(1) == done.group(2)
     assert "audit: []" in out
+
+
+def test_slow_clients_bench_measures_both_worker_classes() -> None:
+    out = run_bench("bench.slow_clients")
+    rows = re.findall(r"^(buffering \(repo\)|stock gthread)\s+(baseline|slow)\s+\d+", out, re.M)
+    assert len(rows) == 4, out
+    assert "median slow/baseline" in out
