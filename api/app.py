@@ -10,6 +10,7 @@ from api import (
     accounts,
     admin,
     ai_settings,
+    artifacts,
     auth,
     credits,
     db,
@@ -20,6 +21,7 @@ from api import (
     plans,
     sites,
     team,
+    usage,
     webhooks,
 )
 from api.errors import register_error_handlers
@@ -47,6 +49,8 @@ def create_app() -> Flask:
         team.bp,
         ai_settings.bp,
         webhooks.bp,
+        usage.bp,
+        artifacts.bp,
         openapi.bp,
     ):
         app.register_blueprint(blueprint)
