@@ -102,13 +102,14 @@ def copy_rows(conninfo: str, target: str, target_sites: list[str], args: argpars
         # Two passes over the same seeded stream: one COPY at a time per connection.
         with cur.copy(
             "COPY jobs (id, account_id, site_id, operation, input, model, status, "
-            "reserved_credits, credits_charged, attempts, created_at) FROM STDIN"
+            "reserved_credits, credits_charged, attempts, created_at, automation_id) FROM STDIN"
         ) as copy:
             for job, _ in _stream(now, target, target_sites, others, args):
                 copy.write_row(job)
         with cur.copy(
             "COPY credit_usage_logs (account_id, job_id, site_id, operation, model, tokens_in, "
-            "tokens_out, images, credits, cost_usd, items_created, created_at) FROM STDIN"
+            "tokens_out, images, credits, cost_usd, items_created, created_at, automation_id) "
+            "FROM STDIN"
         ) as copy:
             for _, row in _stream(now, target, target_sites, others, args):
                 copy.write_row(row)
@@ -144,11 +145,12 @@ def _stream(
         job_id = f"job_b{i:023d}"
         tokens_in, tokens_out = (0, 0) if image else (rng.randint(50, 900), credits * 90)
         cost = Decimal(rng.randint(1, 200_000)) / 1_000_000
+        automation = f"auto_{i // 50:06d}" if rng.random() < 0.3 else None
         yield (
             (job_id, account, site, operation, inputs[operation], model, "succeeded",
-             credits + 5, credits, 1, created),
+             credits + 5, credits, 1, created, automation),
             (account, job_id, site, operation, model, tokens_in, tokens_out, 2 if image else 0,
-             credits, cost, rng.randint(1, 5), created),
+             credits, cost, rng.randint(1, 5), created, automation),
         )  # fmt: skip
 
 
@@ -188,17 +190,17 @@ RAW_SUMMARY = (
     "SELECT coalesce(sum(credits), 0) FROM credit_usage_logs "
     "WHERE account_id = %(a)s AND created_at >= %(start)s"
 )
+# A plain GROUP BY of the same figures, as one would write it by hand.
 RAW_INSIGHTS = """
-SELECT (u.created_at AT TIME ZONE 'UTC')::date AS day, u.operation, u.site_id, u.model,
-       j.automation_id IS NOT NULL AS automated, count(*), sum(u.credits),
-       sum(u.items_created), sum(u.images), sum(u.cost_usd), sum(u.tokens_in),
-       sum(u.tokens_out)
-FROM credit_usage_logs u JOIN jobs j ON j.id = u.job_id
-WHERE u.account_id = %(a)s AND u.created_at >= %(start)s AND u.created_at < %(end)s
+SELECT (created_at AT TIME ZONE 'UTC')::date AS day, operation, site_id, model,
+       automation_id IS NOT NULL AS automated, count(*), sum(credits), sum(items_created),
+       sum(images), sum(cost_usd), sum(tokens_in), sum(tokens_out)
+FROM credit_usage_logs
+WHERE account_id = %(a)s AND created_at >= %(start)s AND created_at < %(end)s
 GROUP BY 1, 2, 3, 4, 5
 """
 RAW_LOGS = """
-SELECT u.*, j.automation_id, j.input FROM credit_usage_logs u JOIN jobs j ON j.id = u.job_id
+SELECT u.*, j.input FROM credit_usage_logs u JOIN jobs j ON j.id = u.job_id
 WHERE u.account_id = %(a)s AND u.operation = %(op)s AND u.site_id = %(site)s
 ORDER BY u.created_at DESC, u.id DESC LIMIT 51
 """
@@ -256,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"loaded in {load_seconds:.1f} s (COPY + VACUUM ANALYZE)", flush=True)
 
         raw_conn = stack.enter_context(psycopg.connect(server.conninfo, autocommit=True))
+        # The same allowance the app's insights transaction takes (hash, not sort).
+        raw_conn.execute(f"SET work_mem = '{usage.INSIGHTS_WORK_MEM}'")
         now = datetime.now(UTC)
         today = now.date()
         span_start = datetime.combine(today - timedelta(days=89), datetime.min.time(), UTC)
@@ -277,10 +281,17 @@ def main(argv: list[str] | None = None) -> int:
             return lambda: raw_conn.execute(sql, values).fetchall() and None
 
         logs_path = f"/v1/usage/logs?operation=content_generation&site_id={sites[1]}&limit=50"
+        statements = app_statements(usage, target, sites[1], now)
+        with get_engine(server.url).connect() as conn:
+            same = statements["insights (90 days)"].compile(dialect=conn.dialect)
         cases = {
             "summary": (get("/v1/usage/summary"), raw(RAW_SUMMARY, {**params,
                                                                     "start": period_start})),
             "insights 90d": (get("/v1/usage/insights?days=90"), raw(RAW_INSIGHTS, params)),
+            "insights 90d vs its own SQL": (
+                get("/v1/usage/insights?days=90"),
+                raw(str(same), same.params),
+            ),
             "logs page (filtered)": (
                 get(logs_path),
                 raw(RAW_LOGS, {"a": target, "op": "content_generation", "site": sites[1]}),
@@ -337,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{current_max:.1f} MiB"
         )
         print()
-        explain(get_engine(server.url), usage, target, sites[1], now)
+        explain(server.url, statements)
         (own_rows,) = raw_conn.execute(
             "SELECT count(*) FROM credit_usage_logs WHERE account_id = %s", (target,)
         ).fetchone()
@@ -347,15 +358,24 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if ok else 1
 
 
-def explain(engine: Any, usage: Any, target: str, site: str, now: datetime) -> None:
-    """The plans PostgreSQL chose for the app's own statements."""
+def app_statements(usage: Any, target: str, site: str, now: datetime) -> dict[str, Any]:
+    """The statements the app sends for the 90-day insights and the filtered logs page."""
     span = usage.window(UTC, now, days="90", start=None, end=None)
     where = usage.LogFilter(operation="content_generation", site_id=site)
-    statements = {
+    return {
         "insights (90 days)": usage.insight_query(target, span),
         "logs page (operation + site, 50 rows)": usage.log_query(target, where).limit(51),
     }
-    with engine.connect() as conn:
+
+
+def explain(url: str, statements: dict[str, Any]) -> None:
+    """The plans PostgreSQL chose for the app's own statements, in the app's settings."""
+    from billing.usage import allow_hash_aggregate
+    from models.db import transaction
+
+    with transaction(url) as session:
+        allow_hash_aggregate(session)
+        conn = session.connection()
         for title, statement in statements.items():
             compiled = statement.compile(dialect=conn.dialect)
             plan = conn.exec_driver_sql(

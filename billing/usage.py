@@ -39,6 +39,7 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
+    text,
 )
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
@@ -62,6 +63,7 @@ MAX_RANGE_DAYS = 366
 SOURCES = ("manual", "automation")
 IMAGE_TIERS = ("basic", "quality", "premium")
 LOG_PAGE_SIZE = 50
+INSIGHTS_WORK_MEM = "32MB"
 CSV_BATCH_ROWS = 1000
 _MICRO = Decimal("0.000001")
 _DAY_SECONDS = 86_400
@@ -233,7 +235,10 @@ class epoch_seconds(FunctionElement[int]):  # noqa: N801 - SQL function naming
 
 @compiles(epoch_seconds, "postgresql")
 def _epoch_postgresql(element: epoch_seconds, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"CAST(FLOOR(EXTRACT(EPOCH FROM {compiler.process(element.clauses, **kw)})) AS BIGINT)"
+    # date_part is double precision (EXTRACT is numeric, slower per row); a double holds
+    # a microsecond timestamp's whole seconds exactly, so FLOOR cannot cross a second.
+    column = compiler.process(element.clauses, **kw)
+    return f"CAST(FLOOR(DATE_PART('epoch', {column})) AS BIGINT)"
 
 
 @compiles(epoch_seconds, "sqlite")
@@ -263,6 +268,19 @@ def local_day(column: Any, zone: tzinfo, start: datetime, end: datetime) -> Colu
 
 def _day_of(number: int) -> date:
     return _EPOCH + timedelta(days=int(number))
+
+
+# 1970-01-01 was a Thursday: day number + 3 is a multiple of 7 on Mondays.
+_MONDAY_SHIFT = 3
+
+
+def _bucket(day: ColumnElement[int], weekly: bool) -> ColumnElement[int]:
+    """The timeline bucket of a day number: the day, or its Monday-to-Sunday week."""
+    return (day + _MONDAY_SHIFT) // 7 if weekly else day
+
+
+def _bucket_start(number: int, weekly: bool) -> date:
+    return _day_of(int(number) * 7 - _MONDAY_SHIFT) if weekly else _day_of(number)
 
 
 # --- money and tallies ----------------------------------------------------------------
@@ -298,8 +316,9 @@ class Tally:
         self.tokens_in += other.tokens_in
         self.tokens_out += other.tokens_out
 
-    def view(self) -> dict[str, Any]:
-        return {
+    def view(self, *fields: str) -> dict[str, Any]:
+        """The figures named in `fields` (all of them by default)."""
+        figures = {
             "credits": self.credits,
             "jobs": self.jobs,
             "items": self.items,
@@ -308,6 +327,7 @@ class Tally:
             "tokens_input": self.tokens_in,
             "tokens_output": self.tokens_out,
         }
+        return {name: figures[name] for name in fields} if fields else figures
 
 
 def _tally(row: Row[Any]) -> Tally:
@@ -351,10 +371,11 @@ class _Rollup:
 
 def insight_query(account_id: str, span: Window) -> Select[Any]:
     """One scan of the account's usage rows in the window, grouped finely enough that
-    every breakdown is a sum of groups."""
+    every breakdown is a sum of groups (by week for long windows: 7 times fewer groups)."""
+    day = local_day(U.created_at, span.zone, span.start, span.end)
     rows = (
         select(
-            local_day(U.created_at, span.zone, span.start, span.end).label("day"),
+            _bucket(day, span.weekly).label("day"),
             U.operation,
             U.site_id,
             U.model,
@@ -373,6 +394,14 @@ def insight_query(account_id: str, span: Window) -> Select[Any]:
     return select(*keys, *_sums(rows.c)).group_by(*keys)
 
 
+def allow_hash_aggregate(session: Session) -> None:
+    """PostgreSQL cannot estimate how many local days the rows fall on, assumes a group
+    per row and sorts them all (to disk past the default 4 MB of work_mem); the few
+    thousand real groups fit a hash table. Only this transaction gets the allowance."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text(f"SET LOCAL work_mem = '{INSIGHTS_WORK_MEM}'"))
+
+
 def _models(session: Session) -> dict[str, tuple[str, str]]:
     """name -> (model_type, quality_tier): the tier is the model's, as priced now."""
     query = select(AIModelConfig.name, AIModelConfig.model_type, AIModelConfig.quality_tier)
@@ -383,9 +412,7 @@ def _roll_up(rows: Iterable[Row[Any]], models: dict[str, tuple[str, str]], weekl
     rollup = _Rollup()
     for row in rows:
         tally = _tally(row)
-        day = _day_of(row.day)
-        if weekly:
-            day -= timedelta(days=day.weekday())
+        day = _bucket_start(row.day, weekly)
         rollup.totals.add(tally)
         rollup.operation[row.operation].add(tally)
         rollup.site[row.site_id].add(tally)
@@ -419,6 +446,10 @@ def _timeline(span: Window, days: dict[date, Tally]) -> list[dict[str, Any]]:
     return points
 
 
+_COUNTS = ("credits", "jobs", "cost_usd")
+_USE = (*_COUNTS, "images", "tokens_input", "tokens_output")
+
+
 def _ranked(tallies: dict[Any, Tally]) -> list[tuple[Any, Tally]]:
     return sorted(tallies.items(), key=lambda kv: (-kv[1].credits, str(kv[0])))
 
@@ -427,6 +458,7 @@ def insights(session: Session, account: Account, span: Window) -> dict[str, Any]
     """The Credit Insights page: per operation (with items created), site, model, image
     tier and source, a zero-filled timeline, and the totals they each add up to."""
     models = _models(session)
+    allow_hash_aggregate(session)
     rows = session.execute(insight_query(account.id, span))
     rollup = _roll_up(rows, models, span.weekly)
     sites = select(Site.id, Site.name).where(Site.account_id == account.id)
@@ -440,23 +472,25 @@ def insights(session: Session, account: Account, span: Window) -> dict[str, Any]
             {
                 "operation": name,
                 "label": OPERATIONS[name].artifact_label if name in OPERATIONS else "items",
-                **rollup.operation.get(name, Tally()).view(),
+                **rollup.operation.get(name, Tally()).view(*_COUNTS, "items"),
             }
             for name in operations
         ],
         "by_site": [
-            {"site_id": site_id, "site_name": names.get(site_id), **tally.view()}
+            {"site_id": site_id, "site_name": names.get(site_id), **tally.view(*_COUNTS, "items")}
             for site_id, tally in _ranked(rollup.site)
         ],
         "by_model": [
-            {"model": name, "tier": models.get(name, ("", "unknown"))[1], **tally.view()}
+            {"model": name, "tier": models.get(name, ("", "unknown"))[1], **tally.view(*_USE)}
             for name, tally in _ranked(rollup.model)
         ],
         "by_image_tier": [
-            {"tier": tier, **rollup.tier.get(tier, Tally()).view()} for tier in tiers
+            {"tier": tier, **rollup.tier.get(tier, Tally()).view(*_COUNTS, "images")}
+            for tier in tiers
         ],
         "by_source": [
-            {"source": source, **rollup.source.get(source, Tally()).view()} for source in SOURCES
+            {"source": source, **rollup.source.get(source, Tally()).view(*_COUNTS)}
+            for source in SOURCES
         ],
         "timeline": _timeline(span, rollup.day),
     }
@@ -608,48 +642,54 @@ def _iso(value: datetime) -> str:
     return as_utc(value).isoformat()
 
 
-def log_view(row: Row[Any]) -> dict[str, Any]:
-    operation = OPERATIONS.get(row.operation)
-    return {
-        "id": row.id,
-        "created_at": _iso(row.created_at),
-        "operation": row.operation,
-        "detail": operation.detail(row.input or {}) if operation else "",
-        "model": row.model,
-        "site_id": row.site_id,
-        "job_id": row.job_id,
-        "source": SOURCES[1] if row.automation_id else SOURCES[0],
-        "credits": row.credits,
-        "tokens_input": row.tokens_in,
-        "tokens_output": row.tokens_out,
-        "images": row.images,
-        "items_created": row.items_created,
-        "cost_usd": usd_of(row.cost_usd),
-    }
-
-
-CSV_COLUMNS = (
+LOG_FIELDS = (
     "id", "created_at", "operation", "detail", "model", "site_id", "job_id", "source",
     "credits", "tokens_input", "tokens_output", "images", "items_created", "cost_usd",
 )  # fmt: skip
+CSV_COLUMNS = LOG_FIELDS
+_DETAIL = LOG_FIELDS.index("detail")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
-def _cell(value: Any) -> Any:
-    """Text a spreadsheet would run as a formula gets a leading quote (CSV injection)."""
-    if isinstance(value, str) and value.startswith(_FORMULA_START):
-        return "'" + value
-    return "" if value is None else value
+def _log_values(row: Row[Any]) -> list[Any]:
+    """One usage row's public fields, in LOG_FIELDS order (JSON and CSV alike)."""
+    operation = OPERATIONS.get(row.operation)
+    return [
+        row.id,
+        _iso(row.created_at),
+        row.operation,
+        operation.detail(row.input or {}) if operation else "",
+        row.model,
+        row.site_id,
+        row.job_id,
+        SOURCES[1] if row.automation_id else SOURCES[0],
+        row.credits,
+        row.tokens_in,
+        row.tokens_out,
+        row.images,
+        row.items_created,
+        usd_of(row.cost_usd),
+    ]
+
+
+def log_view(row: Row[Any]) -> dict[str, Any]:
+    return dict(zip(LOG_FIELDS, _log_values(row), strict=True))
 
 
 def csv_chunks(rows: Iterable[Row[Any]]) -> Iterator[str]:
-    """The header, then the rows as CSV text, CSV_BATCH_ROWS lines per chunk."""
+    """The header, then the rows as CSV text, CSV_BATCH_ROWS lines per chunk.
+
+    The detail is the customer's own text (a title, a prompt): one starting like a
+    formula gets a leading quote, so a spreadsheet shows it instead of running it.
+    """
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
     writer.writerow(CSV_COLUMNS)
     for count, row in enumerate(rows, start=1):
-        view = log_view(row)
-        writer.writerow([_cell(view[name]) for name in CSV_COLUMNS])
+        values = _log_values(row)
+        if values[_DETAIL].startswith(_FORMULA_START):
+            values[_DETAIL] = "'" + values[_DETAIL]
+        writer.writerow(values)
         if count % CSV_BATCH_ROWS == 0:
             yield buffer.getvalue()
             buffer.seek(0)

@@ -59,3 +59,12 @@ def test_e2e_throughput_bench_runs_every_job_to_success(db: str) -> None:
     assert done is not None, out
     assert done.group(1) == done.group(2)
     assert "audit: []" in out
+
+
+def test_usage_bench_times_each_endpoint_against_raw_sql_and_streams_the_csv() -> None:
+    out = run_bench("bench.usage")
+    rows = re.findall(r"^(summary|insights 90d|logs page \(filtered\))\s+[\d.,]+\s", out, re.M)
+    assert sorted(set(rows)) == ["insights 90d", "logs page (filtered)", "summary"]
+    assert "insights totals agree with raw SQL: True" in out
+    assert re.search(r"csv export: [\d,]+ rows .* peak RSS before [\d.]+ MiB, after", out)
+    assert out.rstrip().endswith("checks: ok")
