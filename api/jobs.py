@@ -23,13 +23,16 @@ log = logging.getLogger(__name__)
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
 
-class SubmitBody(BaseModel):
+class EstimateBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     operation: str
     input: dict[str, Any]
     site_id: str | None = Field(default=None, max_length=40)
     model: str | None = Field(default=None, max_length=100)
+
+
+class SubmitBody(EstimateBody):
     webhook_url: str | None = Field(default=None, max_length=2000)
 
 
@@ -60,15 +63,6 @@ def submit(body: SubmitBody) -> tuple[dict[str, Any], int, dict[str, str]]:
     if not submission.created:
         headers["Idempotent-Replayed"] = "true"
     return job_views.job_view(job), 202, headers
-
-
-class EstimateBody(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    operation: str
-    input: dict[str, Any]
-    site_id: str | None = Field(default=None, max_length=40)
-    model: str | None = Field(default=None, max_length=100)
 
 
 @bp.post("/estimate")

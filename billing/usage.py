@@ -112,12 +112,12 @@ def parse_bound(value: str, zone: tzinfo, name: str, *, end: bool = False) -> da
             day = date.fromisoformat(value)
             return _midnight(day + timedelta(days=1) if end else day, zone)
         moment = datetime.fromisoformat(value)
-    except ValueError:
+        return (moment if moment.tzinfo else moment.replace(tzinfo=zone)).astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: 9999-12-31 has no day after it
         raise InvalidInput(
             f"{name} must be a date (YYYY-MM-DD) or an ISO 8601 time, not {value!r}.",
             fields={name: "a date (YYYY-MM-DD) or an ISO 8601 time"},
         ) from None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=zone)).astimezone(UTC)
 
 
 def _check_order(start: datetime, end: datetime) -> None:

@@ -15,7 +15,7 @@ from billing.pricing import Usage
 from billing.runs import complete_job, start_job
 from models import Cluster, CreditReservation, Job, utcnow
 from models.db import transaction
-from tests.support import auth, register
+from tests.support import all_pages, auth, paid_account, register
 
 ADMIN = {"X-Admin-Token": "test-admin-token"}
 CLUSTERING = {"operation": "clustering", "input": {"keywords": ["running shoes", "trail shoes"]}}
@@ -37,23 +37,14 @@ def settle(job_id: str, clusters: int = 2) -> None:
 @pytest.fixture
 def owner(client: Any) -> tuple[str, str, list[str]]:
     """A growth account with two sites and five settled clustering jobs."""
-    key, account = register(client)
-    client.patch(
-        f"/v1/admin/accounts/{account['id']}",
-        json={"plan": "growth", "status": "active"},
-        headers=ADMIN,
-    )
-    sites = [
-        client.post("/v1/sites", json={"name": f"s{n}"}, headers=auth(key)).get_json()["id"]
-        for n in range(2)
-    ]
+    key, account_id, sites = paid_account(client)
     jobs = []
     for n in range(5):
         body = {**CLUSTERING, "site_id": sites[n % 2]}
         job = client.post("/v1/jobs", json=body, headers=auth(key)).get_json()["id"]
         settle(job)
         jobs.append(job)
-    return key, account["id"], jobs
+    return key, account_id, jobs
 
 
 def test_summary_has_the_fields_api_md_fixes(
@@ -119,14 +110,7 @@ def test_bad_insight_ranges_are_422(client: Any, query: str) -> None:
 def test_logs_page_and_the_csv_agree(client: Any, owner: tuple[str, str, list[str]]) -> None:
     key, _, jobs = owner
 
-    rows, cursor = [], None
-    while True:
-        query = {"limit": 2, **({"cursor": cursor} if cursor else {})}
-        page = client.get("/v1/usage/logs", query_string=query, headers=auth(key)).get_json()
-        rows += page["data"]
-        cursor = page["next_cursor"]
-        if cursor is None:
-            break
+    rows = all_pages(client, key, "/v1/usage/logs", 2)
     as_csv = client.get("/v1/usage/logs?format=csv", headers=auth(key))
     by_accept = client.get("/v1/usage/logs", headers={**auth(key), "Accept": "text/csv"})
 
@@ -299,14 +283,7 @@ def test_artifact_listings_filter_by_site_and_job_and_page(
     key, _, jobs = owner
     site = client.get(f"/v1/jobs/{jobs[0]}", headers=auth(key)).get_json()["site_id"]
 
-    listed, cursor = [], None
-    while True:
-        query = {"limit": 3, **({"cursor": cursor} if cursor else {})}
-        page = client.get("/v1/clusters", query_string=query, headers=auth(key)).get_json()
-        listed += page["data"]
-        cursor = page["next_cursor"]
-        if not cursor:
-            break
+    listed = all_pages(client, key, "/v1/clusters", 3)
     by_site = client.get(f"/v1/clusters?site_id={site}", headers=auth(key)).get_json()["data"]
     by_job = client.get(f"/v1/clusters?job_id={jobs[2]}", headers=auth(key)).get_json()["data"]
 

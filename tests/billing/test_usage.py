@@ -430,6 +430,8 @@ def test_window_from_to_takes_dates_as_local_days_and_times_as_given() -> None:
         (None, "2026-13-01", None, "from"),
         (None, "yesterday", None, "from"),
         (None, "2025-01-01", "2026-06-01", "to"),
+        (None, "9999-12-25", "9999-12-31", "to"),
+        (None, "0001-01-01T00:00:00+05:00", None, "from"),
     ],
 )
 def test_window_refuses_bad_ranges_with_the_field_named(

@@ -12,21 +12,12 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from models import (
-    Cluster,
-    Content,
-    CreditTransaction,
-    CreditUsageLog,
-    Idea,
-    Image,
-    ImagePrompt,
-    Job,
-)
+from billing.artifacts import KINDS
+from models import CreditTransaction, CreditUsageLog, Job
 from models.db import transaction
-from tests.support import auth, register, wait_for_job
+from tests.support import all_pages, auth, paid_account, register, wait_for_job
 
 pytestmark = pytest.mark.e2e
-ADMIN = {"X-Admin-Token": "test-admin-token"}
 JOBS: dict[str, dict[str, Any]] = {
     "clustering": {"keywords": ["running shoes", "trail running", "yoga mats"]},
     "idea_generation": {"cluster": {"name": "Running", "keywords": ["running shoes"]}, "count": 2},
@@ -34,13 +25,7 @@ JOBS: dict[str, dict[str, Any]] = {
     "image_prompt_extraction": {"text": "A runner at dawn. Her shoes are muddy.", "count": 2},
     "image_generation": {"prompt": "a runner on a misty trail", "count": 2},
 }
-ARTIFACTS = {
-    "clustering": Cluster,
-    "idea_generation": Idea,
-    "content_generation": Content,
-    "image_prompt_extraction": ImagePrompt,
-    "image_generation": Image,
-}
+ARTIFACTS = {kind.operation: kind.model for kind in KINDS.values()}
 SECOND_MODEL = {"text": "gpt-4o", "image": "dall-e-3"}
 
 
@@ -62,34 +47,10 @@ def _by(entries: list[dict[str, Any]], key: str) -> dict[Any, list[int]]:
     return {e[key]: [e["credits"], e["jobs"]] for e in entries if e["jobs"]}
 
 
-def _pages(client: Any, key: str, query: dict[str, Any], limit: int) -> list[dict[str, Any]]:
-    rows, cursor = [], None
-    while True:
-        page = client.get(
-            "/v1/usage/logs",
-            query_string={**query, "limit": limit, **({"cursor": cursor} if cursor else {})},
-            headers=auth(key),
-        ).get_json()
-        assert len(page["data"]) == limit or page["next_cursor"] is None
-        rows += page["data"]
-        cursor = page["next_cursor"]
-        if cursor is None:
-            return rows
-
-
 def test_usage_of_every_operation_on_two_sites_and_two_models_equals_the_ledger(
     e2e: Any,
 ) -> None:
-    key, account = register(e2e)
-    e2e.patch(
-        f"/v1/admin/accounts/{account['id']}",
-        json={"plan": "growth", "status": "active"},
-        headers=ADMIN,
-    )
-    sites = [
-        e2e.post("/v1/sites", json={"name": f"blog {n}"}, headers=auth(key)).get_json()["id"]
-        for n in range(2)
-    ]
+    key, account_id, sites = paid_account(e2e)
     estimates, submitted = {}, []
     for site, second in ((sites[0], False), (sites[1], True)):
         for operation, job_input in JOBS.items():
@@ -122,9 +83,9 @@ def test_usage_of_every_operation_on_two_sites_and_two_models_equals_the_ledger(
     insights = e2e.get("/v1/usage/insights?days=7", headers=auth(key)).get_json()
 
     # every breakdown equals the ledger's deductions grouped the same way
-    assert _by(insights["by_operation"], "operation") == _ledger(account["id"], Job.operation)
-    assert _by(insights["by_site"], "site_id") == _ledger(account["id"], Job.site_id)
-    assert _by(insights["by_model"], "model") == _ledger(account["id"], Job.model)
+    assert _by(insights["by_operation"], "operation") == _ledger(account_id, Job.operation)
+    assert _by(insights["by_site"], "site_id") == _ledger(account_id, Job.site_id)
+    assert _by(insights["by_model"], "model") == _ledger(account_id, Job.model)
     charged = sum(job["credits_charged"] for job in jobs)
     assert insights["totals"]["credits"] == charged
     assert insights["totals"]["jobs"] == len(jobs) == 10
@@ -138,13 +99,11 @@ def test_usage_of_every_operation_on_two_sites_and_two_models_equals_the_ledger(
     # the usage logs' rows, and items created equal the stored artifacts
     with transaction() as session:
         logs = list(
-            session.scalars(
-                select(CreditUsageLog).where(CreditUsageLog.account_id == account["id"])
-            )
+            session.scalars(select(CreditUsageLog).where(CreditUsageLog.account_id == account_id))
         )
         stored = {
             operation: session.scalar(
-                select(func.count()).select_from(model).where(model.account_id == account["id"])
+                select(func.count()).select_from(model).where(model.account_id == account_id)
             )
             for operation, model in ARTIFACTS.items()
         }
@@ -156,16 +115,18 @@ def test_usage_of_every_operation_on_two_sites_and_two_models_equals_the_ledger(
     assert stored["content_generation"] == 2
 
     # log pages, filters at page boundaries, and the CSV agree
-    rows = _pages(e2e, key, {}, 3)
+    rows = all_pages(e2e, key, "/v1/usage/logs", 3)
     assert sorted(r["job_id"] for r in rows) == sorted(j["id"] for j in jobs)
     assert {r["job_id"]: r["credits"] for r in rows} == {
         j["id"]: j["credits_charged"] for j in jobs
     }
-    site_rows = _pages(e2e, key, {"site_id": sites[1]}, 5)  # exactly one full page
+    # five jobs on the second site: exactly one full page, then no cursor
+    site_rows = all_pages(e2e, key, "/v1/usage/logs", 5, site_id=sites[1])
     assert sorted(r["job_id"] for r in site_rows) == sorted(
         j["id"] for j in jobs if j["site_id"] == sites[1]
     )
-    assert [r["model"] for r in _pages(e2e, key, {"model": "dall-e-3"}, 1)] == ["dall-e-3"]
+    dall_e = all_pages(e2e, key, "/v1/usage/logs", 1, model="dall-e-3")
+    assert [r["model"] for r in dall_e] == ["dall-e-3"]
     exported = e2e.get("/v1/usage/logs?format=csv", headers=auth(key)).data.decode()
     lines = exported.splitlines()
     assert lines[0].startswith("id,created_at,operation,detail,model")
