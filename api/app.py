@@ -9,6 +9,7 @@ from api import (
     accounts,
     admin,
     ai_settings,
+    artifacts,
     auth,
     credits,
     db,
@@ -22,6 +23,7 @@ from api import (
     sites,
     team,
     validation,
+    usage,
     webhooks,
 )
 from api.errors import register_error_handlers
@@ -51,6 +53,8 @@ def create_app() -> Flask:
         team.bp,
         ai_settings.bp,
         webhooks.bp,
+        usage.bp,
+        artifacts.bp,
         openapi.bp,
         metrics.bp,
     ):

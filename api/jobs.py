@@ -16,7 +16,7 @@ from api.errors import error_response
 from api.security import current_account, require_key, require_role
 from api.validation import json_body, query_int, webhook_url_policy
 from billing import job_views, runs
-from billing.submission import JobRequest, submit_job
+from billing.submission import JobRequest, estimate_job, submit_job
 from models.db import transaction
 from settings import get_settings
 from workers.dispatch import enqueue_job, enqueue_webhooks
@@ -25,13 +25,16 @@ log = logging.getLogger(__name__)
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
 
-class SubmitBody(BaseModel):
+class EstimateBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     operation: str
     input: dict[str, Any]
     site_id: str | None = Field(default=None, max_length=40)
     model: str | None = Field(default=None, max_length=100)
+
+
+class SubmitBody(EstimateBody):
     webhook_url: str | None = Field(default=None, max_length=2000)
 
 
@@ -66,6 +69,17 @@ def submit(body: SubmitBody) -> tuple[dict[str, Any], int, dict[str, str]]:
     if not submission.created:
         headers["Idempotent-Replayed"] = "true"
     return job_views.job_view(job), 202, headers
+
+
+@bp.post("/estimate")
+@require_key
+@json_body(EstimateBody)
+def estimate(body: EstimateBody) -> dict[str, Any]:
+    """The model and the credits a submission would hold now, and if it is affordable."""
+    request_ = JobRequest(
+        operation=body.operation, input=body.input, site_id=body.site_id, model=body.model
+    )
+    return estimate_job(db(), current_account(), request_).view()
 
 
 def _hold_ttl() -> timedelta:

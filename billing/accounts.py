@@ -336,6 +336,7 @@ def account_view(session: Session, account: Account) -> dict[str, Any]:
         "period_start": as_utc(account.period_start).isoformat() if account.period_start else None,
         "period_end": as_utc(account.period_end).isoformat() if account.period_end else None,
         "paid_until": as_utc(account.paid_until).isoformat() if account.paid_until else None,
+        "timezone": account.timezone,
         "created_at": as_utc(account.created_at).isoformat(),
     }
 

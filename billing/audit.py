@@ -58,7 +58,21 @@ def audit(session: Session) -> list[str]:
             )
     violations += _balance_chain(session)
     violations += _job_holds(session)
+    violations += _usage_sources(session)
     return violations
+
+
+def _usage_sources(session: Session) -> list[str]:
+    """Each usage log carries its job's automation run (usage splits spending by it)."""
+    rows = session.execute(
+        select(CreditUsageLog.job_id, CreditUsageLog.automation_id, Job.automation_id)
+        .join(Job, Job.id == CreditUsageLog.job_id)
+        .where(CreditUsageLog.automation_id.is_distinct_from(Job.automation_id))
+    )
+    return [
+        f"job {job_id}: usage log automation {logged!r} != the job's {actual!r}"
+        for job_id, logged, actual in rows
+    ]
 
 
 def _balance_chain(session: Session) -> list[str]:

@@ -37,7 +37,15 @@ from billing.errors import (
 )
 from billing.paging import Page, decode_int_cursor, encode_cursor, page_of, page_size
 from billing.pricing import Charge
-from models import Account, CreditReservation, CreditTransaction, CreditUsageLog, as_utc, utcnow
+from models import (
+    Account,
+    CreditReservation,
+    CreditTransaction,
+    CreditUsageLog,
+    Job,
+    as_utc,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -155,17 +163,30 @@ _INSERT_DEDUCTION = insert(_transactions).values(
 )  # fmt: skip
 _USAGE_COLUMNS = (
     "account_id", "job_id", "site_id", "operation", "model", "tokens_in", "tokens_out",
-    "images", "credits", "cost_usd", "items_created", "created_at",
+    "images", "credits", "cost_usd", "items_created", "created_at", "automation_id",
 )  # fmt: skip
 _USAGE_FIELDS = ("site_id", "operation", "model", "tokens_in", "tokens_out", "images")
 _USAGE_VALUES = tuple(_param(f"p_{name}", _usage_logs.c[name]) for name in _USAGE_FIELDS)
 _p_cost_usd = _param("p_cost_usd", _usage_logs.c.cost_usd)
 _p_items = _param("p_items_created", _usage_logs.c.items_created)
+# The job's automation run (or NULL), copied onto its usage log in the same statement, so
+# usage analytics split manual from automated spending without joining jobs.
+_jobs = cast(Table, Job.__table__)
+_JOB_AUTOMATION = select(_jobs.c.automation_id).where(_jobs.c.id == _p_job).scalar_subquery()
 _INSERT_USAGE = insert(_usage_logs).values(
     dict(
         zip(
             _USAGE_COLUMNS,
-            (_p_account, _p_job, *_USAGE_VALUES, _p_charged, _p_cost_usd, _p_items, _p_now),
+            (
+                _p_account,
+                _p_job,
+                *_USAGE_VALUES,
+                _p_charged,
+                _p_cost_usd,
+                _p_items,
+                _p_now,
+                _JOB_AUTOMATION,
+            ),
             strict=True,
         )
     )
@@ -207,7 +228,7 @@ _pg_usage = insert(_usage_logs).from_select(
     _USAGE_COLUMNS,
     select(
         _posted.c.account_id, _p_job, *_USAGE_VALUES, _posted.c.charged, _p_cost_usd, _p_items,
-        _p_now,
+        _p_now, _JOB_AUTOMATION,
     ),
 ).cte("usage")  # fmt: skip
 _PG_SETTLE = select(

@@ -24,19 +24,28 @@ class Limit:
     noun: str
     plan_field: str
     advice: str
+    display_name: str
 
 
 LIMITS = {
     limit.name: limit
     for limit in (
-        Limit("sites", "Site Limit Reached", "sites", "max_sites", "Remove a site"),
-        Limit("users", "Team User Limit Reached", "team users", "max_users", "Remove a user"),
+        Limit("sites", "Site Limit Reached", "sites", "max_sites", "Remove a site", "Sites"),
+        Limit(
+            "users",
+            "Team User Limit Reached",
+            "team users",
+            "max_users",
+            "Remove a user",
+            "Team Users",
+        ),
         Limit(
             "keywords",
             "Keyword Limit Reached",
             "keywords",
             "max_keywords",
             "Delete unused keywords",
+            "Keywords",
         ),
         Limit(
             "ahrefs_queries",
@@ -44,6 +53,7 @@ LIMITS = {
             "keyword research queries this month",
             "max_ahrefs_queries",
             "Wait for the reset",
+            "Keyword Research Queries",
         ),
     )
 }
@@ -69,10 +79,18 @@ def used(session: Session, account: Account, name: str) -> int:
     return _count(session, _COUNTED[name], account.id)
 
 
-def limits_report(session: Session, account: Account) -> dict[str, dict[str, Any]]:
+def limits_report(
+    session: Session, account: Account, *, named: bool = False
+) -> dict[str, dict[str, Any]]:
+    """`used` and `limit` of the four limits (None: unlimited); `named` adds the
+    `display_name` the usage page shows ("Keyword Research Queries")."""
     return {
-        name: {"used": used(session, account, name), "limit": plan_limit(account.plan, name)}
-        for name in LIMITS
+        name: {
+            "used": used(session, account, name),
+            "limit": plan_limit(account.plan, name),
+            **({"display_name": spec.display_name} if named else {}),
+        }
+        for name, spec in LIMITS.items()
     }
 
 

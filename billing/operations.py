@@ -88,6 +88,8 @@ class Operation:
     # Text operations: the `max_tokens` the provider is told, which bounds the hold.
     output_tokens: Callable[[dict[str, Any]], int] | None = None
     expand: Expander | None = None
+    # The input field a usage log shows as the job's short detail (first item of a list).
+    detail_field: str = ""
 
     def max_output_tokens(self, job_input: dict[str, Any]) -> int:
         if self.output_tokens is None:
@@ -98,6 +100,17 @@ class Operation:
         """The credits a submission holds: the most this job can cost on `model`."""
         bound = self.max_output_tokens(job_input) if self.output_tokens else 0
         return pricing.estimate_hold(model, job_input, bound)
+
+    def detail(self, job_input: dict[str, Any], width: int = 100) -> str:
+        """A one-line description of a job: its title, first keyword or prompt."""
+        value = job_input.get(self.detail_field) if self.detail_field else None
+        if isinstance(value, dict):
+            value = value.get("name")
+        if isinstance(value, list):
+            more = f" (+{len(value) - 1} more)" if len(value) > 1 else ""
+            value = f"{value[0]}{more}" if value else None
+        text = " ".join(str(value).split()) if value is not None else ""
+        return text if len(text) <= width else text[: width - 1] + "…"
 
     def expand_input(
         self, session: Session, account_id: str, site_id: str | None, job_input: dict[str, Any]
@@ -112,21 +125,24 @@ OPERATIONS: dict[str, Operation] = {
     for op in (
         Operation(
             "clustering", "text", "text", ClusteringInput, "clusters",
-            pricing.clustering_output_tokens, expand_keyword_ids,
+            pricing.clustering_output_tokens, expand_keyword_ids, detail_field="keywords",
         ),
         Operation(
             "idea_generation", "text", "text", IdeaGenerationInput, "ideas",
-            pricing.idea_output_tokens,
+            pricing.idea_output_tokens, detail_field="cluster",
         ),
         Operation(
             "content_generation", "text", "text", ContentGenerationInput, "articles",
-            pricing.content_output_tokens,
+            pricing.content_output_tokens, detail_field="title",
         ),
         Operation(
             "image_prompt_extraction", "text", "text", ImagePromptExtractionInput, "prompts",
-            pricing.image_prompt_output_tokens,
+            pricing.image_prompt_output_tokens, detail_field="text",
         ),
-        Operation("image_generation", "image", "image", ImageGenerationInput, "images"),
+        Operation(
+            "image_generation", "image", "image", ImageGenerationInput, "images",
+            detail_field="prompt",
+        ),
     )
 }  # fmt: skip
 

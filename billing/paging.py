@@ -67,10 +67,14 @@ def decode_time_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 def decode_int_cursor(cursor: str) -> int:
+    """A positive id that fits a BIGINT (a larger one would not even bind on SQLite)."""
     try:
-        return int(_decode(cursor))
+        value = int(_decode(cursor))
     except ValueError:
         raise _invalid() from None
+    if not 0 < value < 2**63:
+        raise _invalid()
+    return value
 
 
 def page_of(rows: Sequence[T], limit: int, cursor_of: Callable[[T], str]) -> Page[T]:

@@ -19,6 +19,7 @@ ACTIONS = {
     "manage_team": "admin",
     "manage_billing": "admin",
     "manage_settings": "admin",
+    "manage_account": "owner",
 }
 
 

@@ -7,6 +7,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -14,11 +15,11 @@ from sqlalchemy.orm import Session
 
 from billing import ledger
 from billing.errors import IdempotencyConflict, InvalidInput
-from billing.operations import get_operation, validate_input
+from billing.operations import Operation, get_operation, validate_input
 from billing.policy import resolve_model
 from billing.sites import get_site
 from billing.webhook_urls import STRICT_URLS, UrlPolicy
-from models import Account, Job, new_id
+from models import Account, AIModelConfig, Job, new_id
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,65 @@ class Submission:
     created: bool
 
 
+@dataclass(frozen=True)
+class Quote:
+    """The model a job would run on and the credits its submission would hold."""
+
+    operation: Operation
+    input: dict[str, Any]
+    model: AIModelConfig
+    credits: int
+
+
+@dataclass(frozen=True)
+class Estimate:
+    quote: Quote
+    available: int
+    can_spend: bool
+
+    @property
+    def affordable(self) -> bool:
+        """Would the hold be taken right now (the reserve's own test)?"""
+        return self.can_spend and self.quote.credits <= self.available
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "operation": self.quote.operation.name,
+            "model": self.quote.model.name,
+            "credits": self.quote.credits,
+            "affordable": self.affordable,
+            "available": self.available,
+        }
+
+
+def quote_job(
+    session: Session,
+    account: Account,
+    operation: Operation,
+    job_input: dict[str, Any],
+    site_id: str | None,
+    requested_model: str | None,
+) -> Quote:
+    """Resolve the site, the input's references and the model, and price the hold.
+
+    Both `submit_job` and `estimate_job` call this, so an estimate is the hold the
+    submission then takes, to the credit.
+    """
+    if site_id is not None:
+        get_site(session, account.id, site_id)
+    job_input = operation.expand_input(session, account.id, site_id, job_input)
+    model = resolve_model(session, account, operation, requested_model)
+    return Quote(operation, job_input, model, operation.hold(model, job_input))
+
+
+def estimate_job(session: Session, account: Account, request: JobRequest) -> Estimate:
+    """What a submission of `request` would run on and hold now; writes nothing."""
+    operation = get_operation(request.operation)
+    job_input = validate_input(operation, request.input)
+    quote = quote_job(session, account, operation, job_input, request.site_id, request.model)
+    return Estimate(quote, account.available_credits, account.status in ledger.SPENDING_STATUSES)
+
+
 def submit_job(
     session: Session,
     account: Account,
@@ -62,20 +122,17 @@ def submit_job(
         existing = _job_for_key(session, account.id, request.idempotency_key)
         if existing is not None:
             return Submission(_same_request(existing, request), created=False)
-    if request.site_id is not None:
-        get_site(session, account.id, request.site_id)
     if request.webhook_url is not None:
         url_policy.check(request.webhook_url, must_resolve=False)
-    job_input = operation.expand_input(session, account.id, request.site_id, job_input)
-    model = resolve_model(session, account, operation, request.model)
-    hold = operation.hold(model, job_input)
+    quote = quote_job(session, account, operation, job_input, request.site_id, request.model)
+    hold = quote.credits
     job = Job(
         id=new_id("job"),
         account_id=account.id,
         site_id=request.site_id,
         operation=operation.name,
-        input=job_input,
-        model=model.name,
+        input=quote.input,
+        model=quote.model.name,
         status="queued",
         reserved_credits=hold,
         webhook_url=request.webhook_url,

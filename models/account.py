@@ -43,6 +43,8 @@ class Account(CreatedAt, Base):
     # After a rotation both secrets sign, until the grace period ends.
     webhook_secret_previous: Mapped[str | None] = mapped_column(String(100))
     webhook_secret_rotated_at: Mapped[datetime | None]
+    # IANA name ("Europe/Paris") the usage timeline is bucketed in; None means UTC.
+    timezone: Mapped[str | None] = mapped_column(String(64))
 
     plan: Mapped[Plan | None] = relationship(lazy="joined")
 

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
-from sqlalchemy import ForeignKey, String, Text
-from sqlalchemy.orm import Mapped, mapped_column
+from typing import Any
+
+from sqlalchemy import ForeignKey, Index, String, Text
+from sqlalchemy.orm import Mapped, declared_attr, mapped_column
 
 from models.base import Base, CreatedAt
 
 
 class _Artifact(CreatedAt):
+    __tablename__: str
+
+    @declared_attr.directive
+    @classmethod
+    def __table_args__(cls) -> tuple[Any, ...]:
+        # Listings page one account's items newest first (id desc) without a sort.
+        return (Index(f"ix_{cls.__tablename__}_account_id_id", "account_id", "id"),)
+
     id: Mapped[int] = mapped_column(primary_key=True)
-    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
     site_id: Mapped[str | None] = mapped_column(ForeignKey("sites.id"))
 

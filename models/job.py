@@ -20,6 +20,9 @@ class Job(CreatedAt, Base):
         UniqueConstraint("account_id", "idempotency_key"),
         CheckConstraint(one_of("status", JOB_STATUSES), name="status"),
         Index("ix_jobs_account_created", "account_id", "created_at", "id"),
+        # Platform totals per day scan jobs by time only; BRIN stays tiny on an append-only
+        # table and costs the insert almost nothing (a btree on SQLite).
+        Index("ix_jobs_created_at", "created_at", postgresql_using="brin"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("job"))
@@ -40,3 +43,6 @@ class Job(CreatedAt, Base):
     attempts: Mapped[int] = mapped_column(default=0)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # The automation run that made this job (runs are not built yet, hence no foreign key):
+    # usage counts a job's spending as `automation` when it is set, else `manual`.
+    automation_id: Mapped[str | None] = mapped_column(String(40), index=True)

@@ -76,9 +76,29 @@ class CreditTransaction(CreatedAt, Base):
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
 
 
+# What usage insights group and sum, beside (account_id, created_at).
+USAGE_INSIGHT_COLUMNS = (
+    "operation", "site_id", "model", "automation_id", "credits", "items_created", "images",
+    "cost_usd", "tokens_in", "tokens_out",
+)  # fmt: skip
+
+
 class CreditUsageLog(CreatedAt, Base):
     __tablename__ = "credit_usage_logs"
-    __table_args__ = (Index("ix_credit_usage_logs_account_created", "account_id", "created_at"),)
+    __table_args__ = (
+        # One account's insights and logs (newest first, keyset by (created_at, id)) read
+        # only that account's rows; on PostgreSQL the index also carries what insights sum,
+        # so they are an index-only scan of the account's own entries.
+        Index(
+            "ix_credit_usage_logs_account_created_id",
+            "account_id",
+            "created_at",
+            "id",
+            postgresql_include=list(USAGE_INSIGHT_COLUMNS),
+        ),
+        # Platform totals per day, across accounts (BRIN on PostgreSQL: see ix_jobs_created_at).
+        Index("ix_credit_usage_logs_created_at", "created_at", postgresql_using="brin"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
@@ -92,3 +112,5 @@ class CreditUsageLog(CreatedAt, Base):
     credits: Mapped[int]
     cost_usd: Mapped[Decimal] = mapped_column(Numeric(14, 6))
     items_created: Mapped[int] = mapped_column(default=0)
+    # The job's automation run, copied by settle: usage counts the row as `automation`.
+    automation_id: Mapped[str | None] = mapped_column(String(40))

@@ -22,6 +22,40 @@ def auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
+def paid_account(
+    client: Any, email: str = "owner@example.com", plan: str = "growth", sites: int = 2
+) -> tuple[str, str, list[str]]:
+    """A registered account moved to an active paid `plan`, with `sites` sites:
+    (API key, account id, site ids)."""
+    key, account = register(client, email)
+    moved = client.patch(
+        f"/v1/admin/accounts/{account['id']}",
+        json={"plan": plan, "status": "active"},
+        headers={"X-Admin-Token": "test-admin-token"},
+    )
+    assert moved.status_code == 200, moved.get_json()
+    made = [client.post("/v1/sites", json={"name": f"site {n}"}, headers=auth(key))
+            for n in range(sites)]  # fmt: skip
+    return key, account["id"], [site.get_json()["id"] for site in made]
+
+
+def all_pages(client: Any, key: str, path: str, limit: int, **query: str) -> list[dict[str, Any]]:
+    """Every row of a cursor-paged listing; every page but the last must be full."""
+    rows: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        page = client.get(
+            path,
+            query_string={**query, "limit": limit, **({"cursor": cursor} if cursor else {})},
+            headers=auth(key),
+        ).get_json()
+        assert len(page["data"]) == limit or page["next_cursor"] is None, page
+        rows += page["data"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return rows
+
+
 def wait_for_job(client: Any, key: str, job_id: str, timeout: float = 30) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:

@@ -119,6 +119,14 @@ def team(client: Any) -> dict[str, str]:
         ("put", "/v1/ai-settings", {"operation": "clustering", "model": "gpt-4o"}, "admin"),
         ("get", "/v1/jobs", None, "viewer"),
         ("get", "/v1/account", None, "viewer"),
+        ("get", "/v1/usage/logs", None, "viewer"),
+        (
+            "post",
+            "/v1/jobs/estimate",
+            {"operation": "image_generation", "input": {"prompt": "p"}},
+            "viewer",
+        ),
+        ("patch", "/v1/account", {"timezone": "Europe/Paris"}, "owner"),
     ],
 )
 def test_roles(
@@ -188,6 +196,9 @@ def test_tenant_isolation_for_every_id(client: Any) -> None:
             json={"operation": "image_generation", "site_id": site, "input": {"prompt": "p"}},
             headers=auth(b_key),
         ),
+        client.get(f"/v1/usage/logs?site_id={site}", headers=auth(b_key)),
+        client.get(f"/v1/usage/logs?job_id={job}", headers=auth(b_key)),
+        client.get(f"/v1/images?job_id={job}", headers=auth(b_key)),
     ]
 
     assert [r.status_code for r in attempts] == [404] * len(attempts)

@@ -66,3 +66,12 @@ def test_slow_clients_bench_measures_both_worker_classes() -> None:
     rows = re.findall(r"^(buffering \(repo\)|stock gthread)\s+(baseline|slow)\s+\d+", out, re.M)
     assert len(rows) == 4, out
     assert "median slow/baseline" in out
+
+
+def test_usage_bench_times_each_endpoint_against_raw_sql_and_streams_the_csv() -> None:
+    out = run_bench("bench.usage")
+    rows = re.findall(r"^(summary|insights 90d|logs page \(filtered\))\s+[\d.,]+\s", out, re.M)
+    assert sorted(set(rows)) == ["insights 90d", "logs page (filtered)", "summary"]
+    assert "insights totals agree with raw SQL: True" in out
+    assert re.search(r"csv export: [\d,]+ rows .* peak RSS before [\d.]+ MiB, after", out)
+    assert out.rstrip().endswith("checks: ok")

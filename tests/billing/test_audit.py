@@ -164,6 +164,13 @@ def test_a_usage_log_moved_to_another_job(db_url: str, books: Ledger) -> None:
     ])  # fmt: skip
 
 
+def test_a_usage_log_whose_automation_is_not_its_jobs(db_url: str, books: Ledger) -> None:
+    violations = broken(
+        db_url, "UPDATE jobs SET automation_id = 'auto_1' WHERE id = :j", j=books.settled
+    )
+    assert violations == [f"job {books.settled}: usage log automation None != the job's 'auto_1'"]
+
+
 def test_a_settled_job_with_two_deductions(db_url: str, books: Ledger) -> None:
     """The partial unique index forbids this; drop it inside a transaction we roll back."""
     with get_engine(db_url).connect() as connection:
