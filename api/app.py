@@ -22,8 +22,8 @@ from api import (
     request_ids,
     sites,
     team,
-    validation,
     usage,
+    validation,
     webhooks,
 )
 from api.errors import register_error_handlers
