@@ -59,6 +59,15 @@ KNOWN_KEYS = [
     "word_count",
     "slug",
     "price",
+    "override_reason",
+    "token",
+    "user_id",
+    "ids",
+    "domain",
+    "volume",
+    "difficulty",
+    "cpc",
+    "country",
 ]
 bodies = st.one_of(
     json_values,
@@ -119,6 +128,27 @@ ENDPOINTS: list[tuple[str, str, str | None, dict[str, Any]]] = [
     ("post", "/v1/admin/plans", "admin", {"slug": "p1", "name": "P", "price": "1.00"}),
     ("patch", "/v1/admin/plans/{id}", "admin", {"max_sites": 3}),
     ("put", "/v1/webhooks/endpoint", "key", {"url": "https://hooks.example.com/in"}),
+    (
+        "post",
+        "/v1/admin/accounts/{account}/bank-transfer",
+        "admin",
+        {"payment_reference": "o", "amount": "1.00", "payer_name": "p", "override_reason": "r"},
+    ),
+    ("patch", "/v1/team/{id}", "key", {"role": "viewer"}),
+    ("delete", "/v1/team/{id}", "key", {}),
+    ("post", "/v1/team/{id}/invitation", "key", {}),
+    ("post", "/v1/team/transfer-ownership", "key", {"user_id": "usr_x"}),
+    ("post", "/v1/auth/accept-invitation", None, {"token": "inv_x", "password": "long enough"}),
+    ("patch", "/v1/sites/{id}", "key", {"name": "renamed", "domain": None}),
+    ("delete", "/v1/sites/{id}", "key", {}),
+    ("post", "/v1/keyword-library/add", "key", {"site_id": "site_x", "ids": [1, 2]}),
+    (
+        "post",
+        "/v1/keywords",
+        "key",
+        {"site_id": "site_x", "keywords": [{"keyword": "k", "volume": 10, "cpc": "0.50"}]},
+    ),
+    ("post", "/v1/admin/keyword-library/import", "admin", {"keyword": "k", "country": "us"}),
 ]
 
 
@@ -165,7 +195,18 @@ def requests(draw: st.DrawFn) -> tuple[tuple[str, str, str | None], Any]:
     request=requests(),
     path_id=ids,
     query=st.dictionaries(
-        st.sampled_from(["limit", "cursor", "status", "operation"]),
+        st.sampled_from(
+            [
+                "limit",
+                "cursor",
+                "status",
+                "operation",
+                "q",
+                "country",
+                "volume_min",
+                "difficulty_max",
+            ]
+        ),
         st.text(max_size=10),
         max_size=3,
     ),
@@ -189,7 +230,7 @@ def test_no_input_makes_a_500(
         assert isinstance(error["code"], str)
         assert isinstance(error["message"], str)
         assert error["message"]
-    for listing in ("/v1/jobs", "/v1/credits/transactions", "/v1/keywords"):
+    for listing in ("/v1/jobs", "/v1/credits/transactions", "/v1/keywords", "/v1/keyword-library"):
         listed = client.get(listing, headers=auth(key), query_string=query)
         assert listed.status_code in (200, 422), listed.get_json()
     with transaction() as session:
