@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from billing.errors import InvalidInput
 from billing.keywords import COUNTRY_CODE, Import, KeywordEntry, add_keywords
 from billing.paging import Page, decode_int_pair_cursor, encode_cursor, page_of, page_size
+from billing.sites import get_site
 from models import KEYWORD_INTENTS, Account, LibraryKeyword, as_utc
 
 CSV_COLUMNS = ("keyword", "country", "volume", "difficulty", "cpc", "intent", "topic")
@@ -206,7 +207,9 @@ def _upsert(session: Session, rows: list[dict[str, Any]]) -> int:
         set_={**{name: excluded[name] for name in _METRICS}, "updated_at": excluded.updated_at},
         where=or_(*(_table.c[name].is_distinct_from(excluded[name]) for name in _METRICS)),
     )
-    return int(session.execute(statement).rowcount)  # type: ignore[attr-defined]
+    # Drivers report an INSERT's rowcount only when asked to keep it.
+    result = session.execute(statement.execution_options(preserve_rowcount=True))
+    return int(result.rowcount)  # type: ignore[attr-defined]
 
 
 def _count(session: Session) -> int:
@@ -279,6 +282,7 @@ def _after_prefix(prefix: str) -> str | None:
 
 def add_to_site(session: Session, account: Account, site_id: str, ids: Sequence[int]) -> Import:
     """Copy library rows (with their metrics) into a site: all or none, like a bulk import."""
+    get_site(session, account.id, site_id)
     wanted = list(dict.fromkeys(ids))
     rows = {
         row.id: row
