@@ -19,12 +19,13 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, cast
 
 from sqlalchemy import (
-    Boolean,
     ColumnElement,
     Row,
     Select,
+    String,
     Table,
     func,
+    literal,
     literal_column,
     or_,
     select,
@@ -34,6 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import BindParameter
 
 from billing.errors import InvalidInput
 from billing.keywords import COUNTRY_CODE, Import, KeywordEntry, add_keywords
@@ -258,10 +260,10 @@ def browse_query(
     query = select(*(c[name] for name in _VIEW_COLUMNS))
     if filters.q:
         prefix = normalize_keyword(filters.q)
-        terms = [c.keyword >= prefix]
+        terms = [c.keyword >= _planned(prefix)]
         upper = _after_prefix(prefix)
         if upper is not None:
-            terms.append(c.keyword < upper)
+            terms.append(c.keyword < _planned(upper))
         query = query.where(*(_narrow(term, dialect) for term in terms))
     for name in ("country", "topic", "intent"):
         value = getattr(filters, name)
@@ -279,13 +281,21 @@ def browse_query(
     return query.order_by(c.volume.desc(), c.id.desc()).limit(limit + 1)
 
 
+def _planned(value: str) -> BindParameter[str]:
+    """A prefix bound written into the SQL (safely quoted) rather than sent as a parameter:
+    PostgreSQL then plans each prefix with its own selectivity, never with a generic plan
+    cached for another (a rare prefix walking the whole volume index)."""
+    return literal(value, String(), literal_execute=True)
+
+
 def _narrow(term: ColumnElement[bool], dialect: str) -> ColumnElement[bool]:
     """Mark a prefix bound as selective. SQLite keeps no histograms (no STAT4), cannot
     tell that a prefix range is narrow, and would rather walk a volume index filtering
     every row; likelihood() tells its planner. PostgreSQL estimates the range itself."""
     if dialect != "sqlite":
         return term
-    return func.likelihood(term, literal_column("0.001"), type_=Boolean)
+    # Untyped: a Boolean would render as `likelihood(...) = 1`, which hides the range.
+    return cast(ColumnElement[bool], func.likelihood(term, literal_column("0.001")))
 
 
 def _after_prefix(prefix: str) -> str | None:

@@ -195,6 +195,7 @@ FILTERS: list[dict[str, Any]] = [
     {"q": "Running S", "country": "us"},
     {"q": "üb", "volume_max": 500},
     {"q": "zzz"},
+    {"q": "o'b\\ %_"},
 ]
 
 
