@@ -48,7 +48,8 @@ def browse() -> dict[str, Any]:
     """Browse the library (free): `q` (prefix), country, topic, intent, volume and
     difficulty ranges; most searched first, cursor-paged."""
     try:
-        query = BrowseQuery.model_validate(request.args.to_dict())
+        given = {name: value for name, value in request.args.items() if value.strip()}
+        query = BrowseQuery.model_validate(given)
     except ValidationError as exc:
         raise invalid(exc) from None
     values = query.model_dump()

@@ -89,6 +89,7 @@ SHAPES: list[tuple[str, LibraryFilter]] = [
                                                 difficulty_max=40)),
     ("prefix+country", LibraryFilter(q="best r", country="us")),
     ("1-letter prefix", LibraryFilter(q="b")),
+    ("1-letter prefix, no match", LibraryFilter(q="z")),
     ("topic+difficulty", LibraryFilter(topic="fitness", difficulty_min=20, difficulty_max=60)),
     ("intent+volume range", LibraryFilter(intent="transactional", volume_min=100, volume_max=300)),
     ("unfiltered", LibraryFilter()),
@@ -117,7 +118,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--db", default="sqlite,postgresql", help="comma list of backends")
     parser.add_argument("--rows", type=int, default=1_000_000, help="library rows to load")
-    parser.add_argument("--reps", type=int, default=200, help="timed calls per side and shape")
+    parser.add_argument("--reps", type=int, default=100, help="timed calls per side and shape")
     parser.add_argument("--warmup", type=int, default=20, help="untimed calls per side")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run")
     args = parser.parse_args(argv)

@@ -231,6 +231,7 @@ class Stack:
         env.setdefault("DATABASE_URL", f"sqlite:///{VAR / 'aijobs.db'}")
         env["ADMIN_TOKEN"] = env.get("ADMIN_TOKEN") or secrets.token_urlsafe(24)
         env.setdefault("WEBHOOK_ALLOW_PRIVATE_URLS", "1")  # dev stack: webhooks to localhost
+        env.setdefault("INVITE_TOKENS_IN_RESPONSE", "1")  # dev stack: invitation tokens shown
         env["FLOWER_UNAUTHENTICATED_API"] = "1"
         env["PYTHONUNBUFFERED"] = "1"  # children's lines arrive as they are written
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)

@@ -195,6 +195,7 @@ FILTERS: list[dict[str, Any]] = [
     {"q": "Running S", "country": "us"},
     {"q": "üb", "volume_max": 500},
     {"q": "zzz"},
+    {"q": "", "country": " "},  # empty search boxes filter nothing
     {"q": "o'b\\ %_"},
 ]
 
@@ -203,7 +204,7 @@ def expected_ids(rows: list[LibraryKeyword], filters: dict[str, Any]) -> list[in
     def keep(row: LibraryKeyword) -> bool:
         checks = [
             row.keyword.startswith(filters.get("q", "").lower()),
-            filters.get("country", row.country).lower() == row.country,
+            (filters.get("country", "").strip().lower() or row.country) == row.country,
             filters.get("topic", row.topic) == row.topic,
             filters.get("intent", row.intent) == row.intent,
             filters.get("volume_min", 0) <= row.volume <= filters.get("volume_max", 10**9),

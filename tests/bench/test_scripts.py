@@ -59,3 +59,14 @@ def test_e2e_throughput_bench_runs_every_job_to_success(db: str) -> None:
     assert done is not None, out
     assert done.group(1) == done.group(2)
     assert "audit: []" in out
+
+
+def test_keyword_library_bench_prints_plans_and_both_ratios() -> None:
+    out = run_bench("bench.keyword_library")
+    for db in ("sqlite", "postgresql"):
+        assert f"{db}: loaded 20,000 rows" in out
+        rows = re.findall(rf"^{db}\s+.*\s(\d\.\d{{3}})\s+(\d\.\d{{3}})$", out, re.M)
+        assert len(rows) == 14, out  # 7 shapes x (first page, page 10)
+    assert "USING INDEX" in out  # SQLite's plans
+    assert "Index Scan" in out  # PostgreSQL's plans
+    assert "All three returned the same ids" in out
