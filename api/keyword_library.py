@@ -72,10 +72,7 @@ def add_to_site(body: AddBody) -> tuple[dict[str, Any], int]:
     """Copy library keywords, with their metrics, into a site: all or none within
     max_keywords; ones the site already has are skipped."""
     result = keyword_library.add_to_site(db(), current_account(), body.site_id, body.ids)
-    return {
-        "added": [keywords.keyword_view(k) for k in result.added],
-        "skipped": result.skipped,
-    }, 201
+    return result.body(), 201
 
 
 @bp.post("/admin/keyword-library/import")

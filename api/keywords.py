@@ -72,10 +72,7 @@ def add_keywords(body: KeywordsBody) -> tuple[dict[str, Any], int]:
             fields={"keywords": "at least one keyword"},
         )
     result = keywords.add_keywords(db(), current_account(), body.site_id, wanted)
-    return {
-        "added": [keywords.keyword_view(k) for k in result.added],
-        "skipped": result.skipped,
-    }, 201
+    return result.body(), 201
 
 
 @bp.get("/keywords")

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -41,12 +40,11 @@ if __package__ in (None, ""):  # `python bench/keyword_library.py`
 
 from sqlalchemy import Connection, Engine, text
 
-from bench import print_table
+from bench import each_backend, print_table
 from billing.keyword_library import LibraryFilter, browse, browse_query, library_view
 from models import KEYWORD_INTENTS, utcnow
-from models.db import dispose_engines, get_engine, session_factory
+from models.db import get_engine, session_factory
 from ops.cli import migrate
-from ops.postgres_server import PostgresServer
 
 PAGE = 50
 DEEP_PAGE = 10
@@ -278,18 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     print(f"rows={args.rows:,} reps={args.reps} warmup={args.warmup} page={PAGE}", flush=True)
     timings: list[Timing] = []
-    with ExitStack() as stack:
-        stack.callback(dispose_engines)
-        for db in args.db:
-            if db == "sqlite":
-                tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="aijobs-bench-"))
-                timings += run_backend(db, f"sqlite:///{tmp}/library.db", args)
-            else:
-                with PostgresServer(dbname="aijobs_bench") as server:
-                    try:
-                        timings += run_backend(db, server.url, args)
-                    finally:
-                        dispose_engines()
+    for db, url in each_backend(args.db, "library"):
+        timings += run_backend(db, url, args)
     print()
     print_table(
         ["db", "shape", "page", "rows", "ours p50 ms", "ours p95 ms", "stmt p50 ms",

@@ -282,6 +282,11 @@ def get_account(session: Session, account_id: str) -> Account:
     return account
 
 
+def record_event(session: Session, account_id: str, type_: str, **data: Any) -> None:
+    """A change to the account that moves no credits, for the record (`account_events`)."""
+    session.add(AccountEvent(account_id=account_id, type=type_, data=data))
+
+
 def move_status(
     session: Session,
     account_id: str,

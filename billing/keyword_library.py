@@ -48,7 +48,6 @@ REQUIRED_COLUMNS = ("keyword", "country", "volume", "difficulty")
 MAX_TOPIC_LENGTH = 100
 IMPORT_BATCH = 1000
 MAX_REPORTED_ERRORS = 20
-NARROW_PREFIX = 2  # characters from which SQLite is told a prefix range is selective
 _METRICS = ("volume", "difficulty", "cpc", "intent", "topic")
 _VIEW_COLUMNS = ("id", "keyword", "country", *_METRICS, "updated_at")
 _table = cast(Table, LibraryKeyword.__table__)
@@ -265,7 +264,7 @@ def browse_query(
         upper = _after_prefix(prefix)
         if upper is not None:
             terms.append(c.keyword < _planned(upper))
-        query = query.where(*(_narrow(term, dialect, prefix) for term in terms))
+        query = query.where(*(_narrow(term, dialect) for term in terms))
     for name in ("country", "topic", "intent"):
         value = getattr(filters, name)
         if value is not None:
@@ -289,13 +288,11 @@ def _planned(value: str) -> BindParameter[str]:
     return literal(value, String(), literal_execute=True)
 
 
-def _narrow(term: ColumnElement[bool], dialect: str, prefix: str) -> ColumnElement[bool]:
+def _narrow(term: ColumnElement[bool], dialect: str) -> ColumnElement[bool]:
     """Mark a prefix bound as selective. SQLite keeps no histograms (no STAT4), cannot
-    tell that a prefix range is narrow, and would rather walk a volume index filtering
-    every row; likelihood() tells its planner. A one-character prefix is not narrow (it
-    matches a few percent of the library, and walking the volume index finds a page of
-    them soonest), so SQLite keeps its own choice there. PostgreSQL estimates it itself."""
-    if dialect != "sqlite" or len(prefix) < NARROW_PREFIX:
+    tell that a prefix range is narrow, and would rather walk a country or topic index
+    filtering every row; likelihood() tells its planner. PostgreSQL estimates it itself."""
+    if dialect != "sqlite":
         return term
     # Untyped: a Boolean would render as `likelihood(...) = 1`, which hides the range.
     return cast(ColumnElement[bool], func.likelihood(term, literal_column("0.001")))

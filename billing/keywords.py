@@ -75,6 +75,10 @@ class Import:
     added: list[Keyword]
     skipped: list[str]
 
+    def body(self) -> dict[str, Any]:
+        """The response to every way of adding keywords."""
+        return {"added": [keyword_view(k) for k in self.added], "skipped": self.skipped}
+
 
 def add_keywords(
     session: Session, account: Account, site_id: str, keywords: Sequence[str | KeywordEntry]

@@ -36,10 +36,13 @@ def rank(role: str | None) -> int:
 
 
 def require(role: str, action: str) -> None:
-    needed = ACTIONS[action]
+    _require_rank(role, ACTIONS[action], action.replace("_", " "))
+
+
+def _require_rank(role: str, needed: str, doing: str) -> None:
     if rank(role) < _RANK[needed]:
         raise Forbidden(
-            f"Your role ({role}) cannot {action.replace('_', ' ')}; it needs {needed} or above.",
+            f"Your role ({role}) cannot {doing}; it needs {needed} or above.",
             role=role,
             required_role=needed,
         )
@@ -65,10 +68,4 @@ def require_can_grant(role: str, new_role: str) -> None:
             "(POST /v1/team/transfer-ownership).",
             fields={"role": "admin|editor|viewer"},
         )
-    needed = GRANTABLE_BY[new_role]
-    if rank(role) < _RANK[needed]:
-        raise Forbidden(
-            f"Your role ({role}) cannot make a member {new_role}; only {needed} can.",
-            role=role,
-            required_role=needed,
-        )
+    _require_rank(role, GRANTABLE_BY[new_role], f"make a member {new_role}")

@@ -15,9 +15,10 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from billing.accounts import record_event
 from billing.errors import InvalidInput, NotFound
 from billing.limits import ensure_room, lock_account
-from models import Account, AccountEvent, Keyword, Site, as_utc
+from models import Account, Keyword, Site, as_utc
 
 
 @dataclass(frozen=True)
@@ -93,13 +94,10 @@ def delete_site(session: Session, account_id: str, site_id: str, now: datetime) 
         .where(Keyword.site_id == site.id)
         .execution_options(synchronize_session=False)
     ).rowcount  # type: ignore[attr-defined]
-    session.add(
-        AccountEvent(
-            account_id=account_id,
-            type="site_deleted",
-            data={"site_id": site.id, "name": site.name, "keywords_deleted": int(removed)},
-        )
-    )
+    record_event(
+        session, account_id, "site_deleted",
+        site_id=site.id, name=site.name, keywords_deleted=int(removed),
+    )  # fmt: skip
     session.refresh(site)
     return Deletion(site=site, keywords_deleted=int(removed))
 

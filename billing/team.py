@@ -18,7 +18,13 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from billing.accounts import acting_role, check_access, create_api_key, hash_password
+from billing.accounts import (
+    acting_role,
+    check_access,
+    create_api_key,
+    hash_password,
+    record_event,
+)
 from billing.errors import (
     Conflict,
     EmailTaken,
@@ -29,7 +35,7 @@ from billing.errors import (
 )
 from billing.limits import ensure_room, lock_account
 from billing.permissions import require, require_can_grant, require_outranks
-from models import Account, AccountEvent, ApiKey, Invitation, User, as_utc
+from models import Account, ApiKey, Invitation, User, as_utc
 
 INVITATION_PREFIX = "inv_"
 
@@ -131,9 +137,7 @@ def accept_invitation(
     if name:
         user.name = name
     session.flush()
-    session.add(
-        AccountEvent(account_id=user.account_id, type="member_joined", data={"user_id": user.id})
-    )
+    record_event(session, user.account_id, "member_joined", user_id=user.id)
     return user
 
 
@@ -265,10 +269,4 @@ def _hash(token: str) -> str:
 def _event(
     session: Session, account_id: str, type_: str, actor: User, user: User, **data: str
 ) -> None:
-    session.add(
-        AccountEvent(
-            account_id=account_id,
-            type=type_,
-            data={"by": actor.id, "user_id": user.id, **data},
-        )
-    )
+    record_event(session, account_id, type_, by=actor.id, user_id=user.id, **data)

@@ -7,19 +7,13 @@ from typing import Any
 
 import pytest
 
-from tests.support import auth, register
+from tests.support import auth, on_plan, register
 
 ADMIN = {"X-Admin-Token": "test-admin-token"}
 
 
 def on_growth(client: Any) -> tuple[str, str]:  # $149/month, 40,000 credits
-    key, account = register(client)
-    client.patch(
-        f"/v1/admin/accounts/{account['id']}",
-        json={"plan": "growth", "status": "pending_payment"},
-        headers=ADMIN,
-    )
-    return key, account["id"]
+    return on_plan(client, "growth", status="pending_payment")
 
 
 def transfer(client: Any, account_id: str, **fields: Any) -> Any:

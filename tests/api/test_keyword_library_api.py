@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from models import LibraryKeyword
 from models.db import transaction
-from tests.support import auth, register
+from tests.support import auth, on_plan
 
 ADMIN = {"X-Admin-Token": "test-admin-token"}
 HEADER = "keyword,country,volume,difficulty,cpc,intent,topic"
@@ -48,14 +48,8 @@ def library_size() -> int:
         return session.scalar(select(func.count()).select_from(LibraryKeyword)) or 0
 
 
-def on_plan(client: Any, plan: str = "starter", email: str = "lib@example.com") -> str:
-    key, account = register(client, email)
-    client.patch(
-        f"/v1/admin/accounts/{account['id']}",
-        json={"plan": plan, "status": "active"},
-        headers=ADMIN,
-    )
-    return key
+def on(client: Any, plan: str = "starter") -> str:
+    return on_plan(client, plan, "lib@example.com")[0]
 
 
 def browse_all(client: Any, key: str, limit: int, **filters: Any) -> list[int]:
@@ -223,7 +217,7 @@ def expected_ids(rows: list[LibraryKeyword], filters: dict[str, Any]) -> list[in
 def test_browse_filters_are_exact_across_pages(
     client: Any, library: list[LibraryKeyword], filters: dict[str, Any], limit: int
 ) -> None:
-    key = on_plan(client, "free")
+    key = on(client, "free")
 
     got = browse_all(client, key, limit, **filters)
 
@@ -231,7 +225,7 @@ def test_browse_filters_are_exact_across_pages(
 
 
 def test_browse_shows_the_metrics_and_is_free(client: Any, library: list[LibraryKeyword]) -> None:
-    key = on_plan(client, "free")
+    key = on(client, "free")
     before = client.get("/v1/account", headers=auth(key)).get_json()["credits"]
 
     page = client.get("/v1/keyword-library?limit=1", headers=auth(key)).get_json()
@@ -259,7 +253,7 @@ def test_browse_shows_the_metrics_and_is_free(client: Any, library: list[Library
     ],
 )
 def test_bad_browse_queries_are_422(client: Any, query: dict[str, Any]) -> None:
-    key = on_plan(client, "free")
+    key = on(client, "free")
     response = client.get("/v1/keyword-library", query_string=query, headers=auth(key))
     assert response.status_code == 422
     assert response.get_json()["error"]["code"] == "invalid_request"
@@ -271,7 +265,7 @@ def test_bad_browse_queries_are_422(client: Any, query: dict[str, Any]) -> None:
 def test_adding_across_the_keyword_limit_adds_nothing(
     client: Any, library: list[LibraryKeyword]
 ) -> None:
-    key = on_plan(client)
+    key = on(client)
     client.patch("/v1/admin/plans/starter", json={"max_keywords": 5}, headers=ADMIN)
     site = client.post("/v1/sites", json={"name": "blog"}, headers=auth(key)).get_json()["id"]
     client.post(
@@ -312,7 +306,7 @@ def test_adding_across_the_keyword_limit_adds_nothing(
 
 
 def test_unknown_library_ids_add_nothing(client: Any, library: list[LibraryKeyword]) -> None:
-    key = on_plan(client)
+    key = on(client)
     site = client.post("/v1/sites", json={"name": "blog"}, headers=auth(key)).get_json()["id"]
     ids = [library[0].id, 999_999]
 
@@ -326,7 +320,7 @@ def test_unknown_library_ids_add_nothing(client: Any, library: list[LibraryKeywo
 
 
 def test_viewers_browse_but_do_not_add(client: Any, library: list[LibraryKeyword]) -> None:
-    owner = on_plan(client)
+    owner = on(client)
     site = client.post("/v1/sites", json={"name": "blog"}, headers=auth(owner)).get_json()["id"]
     viewer = client.post(
         "/v1/team/invite", json={"email": "v@example.com", "role": "viewer"}, headers=auth(owner)
@@ -345,7 +339,7 @@ def test_viewers_browse_but_do_not_add(client: Any, library: list[LibraryKeyword
 
 
 def test_research_results_carry_metrics_and_save_to_a_site(client: Any) -> None:
-    key = on_plan(client)
+    key = on(client)
     site = client.post("/v1/sites", json={"name": "blog"}, headers=auth(key)).get_json()["id"]
 
     research = client.post(
@@ -387,7 +381,7 @@ def test_research_results_carry_metrics_and_save_to_a_site(client: Any) -> None:
     ],
 )
 def test_bad_keyword_metrics_are_422(client: Any, item: dict[str, Any]) -> None:
-    key = on_plan(client)
+    key = on(client)
     site = client.post("/v1/sites", json={"name": "blog"}, headers=auth(key)).get_json()["id"]
     response = client.post(
         "/v1/keywords", json={"site_id": site, "keywords": ["ok", item]}, headers=auth(key)

@@ -7,20 +7,14 @@ from typing import Any
 
 import pytest
 
-from tests.support import auth, register
+from tests.support import auth, on_plan
 
 ADMIN = {"X-Admin-Token": "test-admin-token"}
 IMAGE_JOB = {"operation": "image_generation", "input": {"prompt": "a lighthouse"}}
 
 
 def on_starter(client: Any, email: str = "sites@example.com") -> str:
-    key, account = register(client, email)
-    client.patch(
-        f"/v1/admin/accounts/{account['id']}",
-        json={"plan": "starter", "status": "active"},
-        headers=ADMIN,
-    )
-    return key
+    return on_plan(client, "starter", email)[0]
 
 
 def site(client: Any, key: str, name: str) -> str:

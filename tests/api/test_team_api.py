@@ -11,7 +11,7 @@ from sqlalchemy import select, update
 
 from models import AccountEvent, Invitation, utcnow
 from models.db import transaction
-from tests.support import auth, register
+from tests.support import auth, on_plan
 
 ADMIN = {"X-Admin-Token": "test-admin-token"}
 PASSWORD = "a long password"
@@ -22,17 +22,6 @@ ORDER = ["viewer", "editor", "admin", "owner"]
 def _dev_invitations(monkeypatch: pytest.MonkeyPatch) -> None:
     """Development mode: invitation tokens come back to the inviter (and the log)."""
     monkeypatch.setenv("INVITE_TOKENS_IN_RESPONSE", "1")
-
-
-def on_plan(client: Any, plan: str, email: str = "owner@example.com") -> tuple[str, str]:
-    key, account = register(client, email)
-    response = client.patch(
-        f"/v1/admin/accounts/{account['id']}",
-        json={"plan": plan, "status": "active"},
-        headers=ADMIN,
-    )
-    assert response.status_code == 200
-    return key, account["id"]
 
 
 def invite(client: Any, key: str, email: str, role: str) -> dict[str, Any]:
@@ -221,7 +210,7 @@ def test_only_the_owner_makes_admins(client: Any, team: dict[str, dict[str, str]
     promoted = client.patch(f"/v1/team/{editor}", json={"role": "admin"}, headers=auth(admin))
 
     assert invited.status_code == promoted.status_code == 403
-    assert "only owner" in promoted.get_json()["error"]["message"]
+    assert "needs owner" in promoted.get_json()["error"]["message"]
     assert (
         client.patch(f"/v1/team/{editor}", json={"role": "admin"}, headers=auth(owner)).status_code
         == 200

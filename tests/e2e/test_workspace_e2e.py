@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from models import Cluster, CreditUsageLog
 from models.db import transaction
-from tests.support import auth, register, wait_for_job
+from tests.support import auth, on_plan, wait_for_job
 
 pytestmark = pytest.mark.e2e
 ADMIN = {"X-Admin-Token": "test-admin-token"}
@@ -21,13 +21,7 @@ SLOW_CALL = {"latency_ms": 1500, "times": 1}  # the provider holds the next call
 
 
 def on_starter(client: Any) -> str:
-    key, account = register(client)
-    client.patch(
-        f"/v1/admin/accounts/{account['id']}",
-        json={"plan": "starter", "status": "active"},
-        headers=ADMIN,
-    )
-    return key
+    return on_plan(client, "starter")[0]
 
 
 def wait_until_running(client: Any, key: str, job_id: str, timeout: float = 20) -> None:
