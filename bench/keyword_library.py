@@ -6,7 +6,7 @@ raw indexed query, same database, same run, with each query's plan.
         row: the listing's body.
   stmt  the statement `browse_query()` builds, bound parameters, executed by SQLAlchemy
         on a connection held open: what the query costs through the library, without
-        the per-request session.
+        the per-request session (nor, on SQLite, the prefix probe `browse()` runs first).
   raw   the same SQL, literal-bound, on a bare DBAPI cursor, rows fetched as tuples: the
         floor for that index walk.
 
@@ -41,7 +41,13 @@ if __package__ in (None, ""):  # `python bench/keyword_library.py`
 from sqlalchemy import Connection, Engine, text
 
 from bench import each_backend, print_table
-from billing.keyword_library import LibraryFilter, browse, browse_query, library_view
+from billing.keyword_library import (
+    LibraryFilter,
+    browse,
+    browse_query,
+    library_view,
+    prefix_is_narrow,
+)
 from models import KEYWORD_INTENTS, utcnow
 from models.db import get_engine, session_factory
 from ops.cli import migrate
@@ -188,8 +194,14 @@ def ours(url: str, filters: LibraryFilter, cursor: str | None) -> tuple[list[int
     return [row["id"] for row in body["data"]], body["next_cursor"]
 
 
-def raw_sql(engine: Engine, filters: LibraryFilter, cursor: str | None) -> str:
-    query = browse_query(filters, cursor, PAGE, engine.dialect.name)
+def statement(url: str, filters: LibraryFilter, cursor: str | None) -> Any:
+    """The statement `browse()` runs for these filters (on SQLite after its prefix probe)."""
+    with session_factory(url, read_only=True)() as session:
+        narrow = prefix_is_narrow(session, filters)
+    return browse_query(filters, cursor, PAGE, narrow)
+
+
+def raw_sql(engine: Engine, query: Any) -> str:
     return str(query.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True}))
 
 
@@ -232,8 +244,8 @@ def time_shape(
     db: str, url: str, engine: Engine, name: str, filters: LibraryFilter, page: int, args: Any
 ) -> Timing:
     cursor = cursor_at(url, filters, page) if page > 1 else None
-    sql = raw_sql(engine, filters, cursor)
-    query = browse_query(filters, cursor, PAGE, engine.dialect.name)
+    query = statement(url, filters, cursor)
+    sql = raw_sql(engine, query)
     sides: dict[str, Callable[[], list[int]]] = {}
     with ExitStack() as stack:
         dbapi = engine.raw_connection()
@@ -265,7 +277,7 @@ def run_backend(db: str, url: str, args: argparse.Namespace) -> list[Timing]:
     timings: list[Timing] = []
     for name, filters in SHAPES:
         print(f"\n{db} plan, {name}, first page:")
-        for line in plan(engine, raw_sql(engine, filters, None)):
+        for line in plan(engine, raw_sql(engine, statement(url, filters, None))):
             print("   ", line)
         for page in (1, DEEP_PAGE):
             timings.append(time_shape(db, url, engine, name, filters, page, args))

@@ -48,6 +48,8 @@ REQUIRED_COLUMNS = ("keyword", "country", "volume", "difficulty")
 MAX_TOPIC_LENGTH = 100
 IMPORT_BATCH = 1000
 MAX_REPORTED_ERRORS = 20
+# SQLite: a text prefix matching fewer library rows than this is searched by its range.
+PREFIX_PROBE = 2000
 _METRICS = ("volume", "difficulty", "cpc", "intent", "topic")
 _VIEW_COLUMNS = ("id", "keyword", "country", *_METRICS, "updated_at")
 _table = cast(Table, LibraryKeyword.__table__)
@@ -247,24 +249,38 @@ def browse(
     """A page of library rows, as plain rows: browsing reads many and changes none, so it
     skips the ORM's identity map (the bench measures what is left above the bare query)."""
     limit = page_size(limit)
-    dialect = session.get_bind().dialect.name
-    rows = session.execute(browse_query(filters, cursor, limit, dialect)).all()
+    narrow = prefix_is_narrow(session, filters)
+    rows = session.execute(browse_query(filters, cursor, limit, narrow)).all()
     return page_of(rows, limit, lambda row: encode_cursor(str(row.volume), str(row.id)))
 
 
+def prefix_is_narrow(session: Session, filters: LibraryFilter) -> bool | None:
+    """On SQLite, whether the text prefix matches few rows (None elsewhere, or without one).
+
+    SQLite keeps no histograms (no STAT4), so it cannot tell a narrow prefix range from a
+    wide one by itself: walking a narrow range and sorting it is quick, a wide one (a single
+    letter: a few percent of the library) is quicker found by walking the volume index. A
+    count of the range, capped at PREFIX_PROBE entries of the covering (keyword, country)
+    index, tells them apart in well under a millisecond; PostgreSQL estimates it itself.
+    """
+    if not filters.q or session.get_bind().dialect.name != "sqlite":
+        return None
+    probe: Select[Any] = (
+        select(literal_column("1")).where(*_prefix_terms(filters.q)).limit(PREFIX_PROBE)
+    )
+    found = session.scalar(select(func.count()).select_from(probe.subquery()))
+    return (found or 0) < PREFIX_PROBE
+
+
 def browse_query(
-    filters: LibraryFilter, cursor: str | None, limit: int, dialect: str
+    filters: LibraryFilter, cursor: str | None, limit: int, narrow: bool | None = None
 ) -> Select[Any]:
-    """The one statement a browse runs (the bench times it raw, next to `browse`)."""
+    """The one statement a browse runs (the bench times it raw, next to `browse`);
+    `narrow` is `prefix_is_narrow`'s answer, told to SQLite's planner."""
     c = _table.c
     query = select(*(c[name] for name in _VIEW_COLUMNS))
     if filters.q:
-        prefix = normalize_keyword(filters.q)
-        terms = [c.keyword >= _planned(prefix)]
-        upper = _after_prefix(prefix)
-        if upper is not None:
-            terms.append(c.keyword < _planned(upper))
-        query = query.where(*(_narrow(term, dialect) for term in terms))
+        query = query.where(*(_hinted(term, narrow) for term in _prefix_terms(filters.q)))
     for name in ("country", "topic", "intent"):
         value = getattr(filters, name)
         if value is not None:
@@ -281,6 +297,16 @@ def browse_query(
     return query.order_by(c.volume.desc(), c.id.desc()).limit(limit + 1)
 
 
+def _prefix_terms(q: str) -> list[ColumnElement[bool]]:
+    """`keyword` starts with the prefix: one range of the (keyword, country) index."""
+    prefix = normalize_keyword(q)
+    terms = [_table.c.keyword >= _planned(prefix)]
+    upper = _after_prefix(prefix)
+    if upper is not None:
+        terms.append(_table.c.keyword < _planned(upper))
+    return terms
+
+
 def _planned(value: str) -> BindParameter[str]:
     """A prefix bound written into the SQL (safely quoted) rather than sent as a parameter:
     PostgreSQL then plans each prefix with its own selectivity, never with a generic plan
@@ -288,14 +314,14 @@ def _planned(value: str) -> BindParameter[str]:
     return literal(value, String(), literal_execute=True)
 
 
-def _narrow(term: ColumnElement[bool], dialect: str) -> ColumnElement[bool]:
-    """Mark a prefix bound as selective. SQLite keeps no histograms (no STAT4), cannot
-    tell that a prefix range is narrow, and would rather walk a country or topic index
-    filtering every row; likelihood() tells its planner. PostgreSQL estimates it itself."""
-    if dialect != "sqlite":
+def _hinted(term: ColumnElement[bool], narrow: bool | None) -> ColumnElement[bool]:
+    """The prefix term with SQLite's likelihood(): a narrow range is searched by the
+    keyword index, a wide one left to the volume-ordered walk."""
+    if narrow is None:
         return term
+    chance = "0.001" if narrow else "0.9"
     # Untyped: a Boolean would render as `likelihood(...) = 1`, which hides the range.
-    return cast(ColumnElement[bool], func.likelihood(term, literal_column("0.001")))
+    return cast(ColumnElement[bool], func.likelihood(term, literal_column(chance)))
 
 
 def _after_prefix(prefix: str) -> str | None:

@@ -4,7 +4,9 @@ one range of the keyword index."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import func, select
@@ -68,3 +70,39 @@ def test_a_duplicate_line_in_one_file_keeps_the_last(db_url: str) -> None:
         page = browse(session, LibraryFilter(q="a"), None, 10)
     assert (result.rows, result.inserted) == (2, 1)
     assert [(row.volume, row.difficulty) for row in page.rows] == [(2, 2)]
+
+
+def _all_ids(session: Any, filters: LibraryFilter) -> list[int]:
+    ids: list[int] = []
+    cursor = None
+    while True:
+        page = browse(session, filters, cursor, 7)
+        ids += [row.id for row in page.rows]
+        cursor = page.next_cursor
+        if cursor is None:
+            return ids
+
+
+def test_wide_and_narrow_prefixes_find_the_same_rows(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite searches a prefix by its range or by the volume walk depending on the probe;
+    both plans return the same pages (PostgreSQL plans it itself: the probe is skipped)."""
+    lines = ["keyword,country,volume,difficulty\n"] + [
+        f"{word} {i},{('us', 'gb')[i % 2]},{(i * 37) % 500},{i % 101}\n"
+        for i, word in enumerate(["best shoes", "best hats", "buy shoes", "cheap hats"] * 40)
+    ]
+    with transaction() as session:
+        keyword_library.import_csv(session, lines, utcnow())
+    searches = [LibraryFilter(q="b"), LibraryFilter(q="best", country="us"), LibraryFilter(q="c")]
+    with transaction() as session:
+        narrow = [_all_ids(session, f) for f in searches]
+        monkeypatch.setattr(keyword_library, "PREFIX_PROBE", 5)
+        wide = [_all_ids(session, f) for f in searches]
+        probed = [keyword_library.prefix_is_narrow(session, f) for f in searches]
+    assert wide == narrow
+    assert [len(ids) for ids in narrow] == [120, 40, 40]
+    if db_url.startswith("sqlite"):
+        assert probed == [False, False, False]
+    else:
+        assert probed == [None, None, None]
