@@ -42,7 +42,14 @@ def research(seed: str, limit: int, country: str | None = None) -> ResearchResul
         response.raise_for_status()
         payload = response.json()
         found = [_metrics(row, country) for row in payload.get("keywords", [])]
-    except (httpx.HTTPError, ValueError, TypeError, KeyError, ArithmeticError) as exc:
+    except (
+        httpx.HTTPError,
+        ValueError,
+        TypeError,
+        KeyError,
+        AttributeError,
+        ArithmeticError,
+    ) as exc:
         raise ResearchUnavailable(f"keyword research failed: {exc.__class__.__name__}") from exc
     return ResearchResult(seed=seed, keywords=found)
 
