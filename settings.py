@@ -160,6 +160,17 @@ class Settings:
     login_token_ttl_seconds: int = field(
         default_factory=lambda: _env_int("LOGIN_TOKEN_TTL_SECONDS", 12 * 3600)
     )
+    # Team invitations: how long a token is good for, and (development only) whether it
+    # is logged and returned to the inviter instead of being delivered some other way.
+    invitation_ttl_hours: int = field(default_factory=lambda: _env_int("INVITATION_TTL_HOURS", 72))
+    invite_tokens_in_response: bool = field(
+        default_factory=lambda: _env_bool("INVITE_TOKENS_IN_RESPONSE")
+    )
+    # The keyword library's CSV import streams its body; this bounds it (other bodies:
+    # MAX_REQUEST_BYTES).
+    keyword_import_max_bytes: int = field(
+        default_factory=lambda: _env_int("KEYWORD_IMPORT_MAX_BYTES", 200 * 1024 * 1024)
+    )
 
 
 def get_settings() -> Settings:

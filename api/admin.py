@@ -98,13 +98,17 @@ class BankTransferBody(BaseModel):
     payer_name: str = Field(min_length=1, max_length=200)
     proof_url: str | None = Field(default=None, max_length=2000)
     period_months: int = Field(default=1, ge=1, le=24)
+    # Accept an amount other than the plan's price x months; kept in the transaction.
+    override_reason: str | None = Field(default=None, min_length=1, max_length=500)
 
 
 @bp.post("/accounts/<account_id>/bank-transfer")
 @require_admin
 @json_body(BankTransferBody)
 def confirm_bank_transfer(account_id: str, body: BankTransferBody) -> dict[str, Any]:
-    """Confirm a bank transfer: the plan's credits for each month paid (tenancy plan, phase 5)."""
+    """Confirm a bank transfer: the plan's credits for each month paid (tenancy plan, phase 5).
+
+    The amount must be the plan's price x months unless `override_reason` says why not."""
     session = db()
     txn = credits.confirm_bank_transfer(
         session, account_id, credits.BankTransfer(**body.model_dump()), utcnow()

@@ -10,8 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from api.db import db
 from api.errors import ApiError
 from api.validation import json_body
-from billing import accounts
+from billing import accounts, team
 from billing.errors import NotFound
+from models import utcnow
 from settings import get_settings
 
 bp = Blueprint("auth", __name__, url_prefix="/v1/auth")
@@ -61,6 +62,27 @@ def login(body: LoginBody) -> dict[str, Any]:
         raise ApiError(401, "invalid_credentials", exc.message) from None
     return {
         "token": token,
+        "expires_in": settings.login_token_ttl_seconds,
+        "user": accounts.user_view(user),
+    }
+
+
+class AcceptBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    token: str = Field(min_length=1, max_length=200)
+    password: str = Field(min_length=8, max_length=200)
+    name: str | None = Field(default=None, max_length=200)
+
+
+@bp.post("/accept-invitation")
+@json_body(AcceptBody)
+def accept_invitation(body: AcceptBody) -> dict[str, Any]:
+    """Set a password with the invitation's one-time token; answers with a login token."""
+    settings = get_settings()
+    user = team.accept_invitation(db(), body.token, body.password, body.name, utcnow())
+    return {
+        "token": accounts.issue_login_token(user, settings.secret_key),
         "expires_in": settings.login_token_ttl_seconds,
         "user": accounts.user_view(user),
     }

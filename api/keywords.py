@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Annotated, Any
 
 from flask import Blueprint, request
@@ -20,14 +21,32 @@ bp = Blueprint("keywords", __name__, url_prefix="/v1")
 KeywordText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=300)]
 
 
+class KeywordItem(BaseModel):
+    """A keyword with its metrics, as keyword research answers them (billing checks the
+    ranges)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    keyword: KeywordText
+    volume: int | None = None
+    difficulty: int | None = None
+    cpc: Decimal | None = Field(default=None, strict=False, allow_inf_nan=False)
+    country: str | None = Field(default=None, max_length=2)
+    intent: str | None = Field(default=None, max_length=20)
+
+    def entry(self) -> keywords.KeywordEntry:
+        return keywords.KeywordEntry(**self.model_dump())
+
+
 class KeywordsBody(BaseModel):
-    """One keyword (`keyword`) or a bulk import (`keywords`), into one site."""
+    """One keyword (`keyword`) or a bulk import (`keywords`: texts, or objects carrying
+    their metrics), into one site."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
     site_id: str = Field(max_length=40)
     keyword: KeywordText | None = None
-    keywords: list[KeywordText] = Field(default_factory=list, max_length=5000)
+    keywords: list[KeywordText | KeywordItem] = Field(default_factory=list, max_length=5000)
 
 
 class ResearchBody(BaseModel):
@@ -43,7 +62,8 @@ class ResearchBody(BaseModel):
 @require_role("manage_keywords")
 @json_body(KeywordsBody)
 def add_keywords(body: KeywordsBody) -> tuple[dict[str, Any], int]:
-    wanted = ([body.keyword] if body.keyword else []) + body.keywords
+    wanted: list[str | keywords.KeywordEntry] = [body.keyword] if body.keyword else []
+    wanted += [k if isinstance(k, str) else k.entry() for k in body.keywords]
     if not wanted:
         raise ApiError(
             422,
@@ -52,10 +72,7 @@ def add_keywords(body: KeywordsBody) -> tuple[dict[str, Any], int]:
             fields={"keywords": "at least one keyword"},
         )
     result = keywords.add_keywords(db(), current_account(), body.site_id, wanted)
-    return {
-        "added": [keywords.keyword_view(k) for k in result.added],
-        "skipped": result.skipped,
-    }, 201
+    return result.body(), 201
 
 
 @bp.get("/keywords")
@@ -84,7 +101,9 @@ def delete_keyword(keyword_id: int) -> tuple[str, int]:
 @require_role("research_keywords")
 @json_body(ResearchBody)
 def keyword_research(body: ResearchBody) -> dict[str, Any]:
-    """One live query counted against the month; given back if the service fails."""
+    """One live query counted against the month; given back if the service fails.
+
+    Each result carries its metrics; POST them to /v1/keywords to save them in a site."""
     account = current_account()
     used = limits.consume_ahrefs_query(db(), account)
     commit_now()

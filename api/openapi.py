@@ -91,7 +91,7 @@ def build_document(app: Flask) -> dict[str, Any]:
 def _operation(rule: Any, view: Any, schemas: dict[str, Any]) -> dict[str, Any]:
     auth: str | None = getattr(view, "openapi_auth", None)
     action: str | None = getattr(view, "openapi_action", None)
-    body: type[BaseModel] | type[dict[str, Any]] | None = getattr(view, "openapi_body", None)
+    body: type[BaseModel] | type[dict[str, Any]] | str | None = getattr(view, "openapi_body", None)
     doc = (view.__doc__ or "").strip()
     operation: dict[str, Any] = {
         "operationId": rule.endpoint.replace(".", "_"),
@@ -119,7 +119,12 @@ def _operation(rule: Any, view: Any, schemas: dict[str, Any]) -> dict[str, Any]:
     ]
     if parameters:
         operation["parameters"] = parameters
-    if body is not None:
+    if isinstance(body, str):  # a media type read as a stream (api.validation.csv_body)
+        operation["requestBody"] = {
+            "required": True,
+            "content": {body: {"schema": {"type": "string"}}},
+        }
+    elif body is not None:
         operation["requestBody"] = {
             "required": True,
             "content": {"application/json": {"schema": _body_schema(body, schemas)}},

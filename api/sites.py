@@ -1,16 +1,18 @@
-"""Sites (limit: the plan's max_sites)."""
+"""Sites (limit: the plan's max_sites): create, rename, delete (billing/sites.py says what
+deletion keeps)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint
+from flask import Blueprint, request
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.db import db
 from api.security import current_account, require_key, require_role
 from api.validation import json_body
 from billing import sites
+from models import utcnow
 
 bp = Blueprint("sites", __name__, url_prefix="/v1/sites")
 
@@ -19,6 +21,13 @@ class SiteBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str = Field(min_length=1, max_length=200)
+    domain: str | None = Field(default=None, max_length=300)
+
+
+class SitePatch(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
     domain: str | None = Field(default=None, max_length=300)
 
 
@@ -33,10 +42,37 @@ def create_site(body: SiteBody) -> tuple[dict[str, Any], int]:
 @bp.get("")
 @require_key
 def list_sites() -> dict[str, Any]:
-    return {"data": [sites.site_view(s) for s in sites.list_sites(db(), current_account().id)]}
+    """Live sites; `?include_deleted=true` adds the deleted ones (for job history)."""
+    include_deleted = request.args.get("include_deleted", "").lower() in ("1", "true")
+    found = sites.list_sites(db(), current_account().id, include_deleted=include_deleted)
+    return {"data": [sites.site_view(s) for s in found]}
 
 
 @bp.get("/<site_id>")
 @require_key
 def get_site(site_id: str) -> dict[str, Any]:
-    return sites.site_view(sites.get_site(db(), current_account().id, site_id))
+    """A site, deleted ones included (`status`, `deleted_at`), so job history resolves."""
+    site = sites.get_site(db(), current_account().id, site_id, include_deleted=True)
+    return sites.site_view(site)
+
+
+@bp.patch("/<site_id>")
+@require_key
+@require_role("manage_sites")
+@json_body(SitePatch)
+def update_site(site_id: str, body: SitePatch) -> dict[str, Any]:
+    """Rename a site or change its domain (`"domain": null` clears it)."""
+    site = sites.update_site(
+        db(), current_account().id, site_id, name=body.name, domain=body.domain,
+        clear_domain="domain" in body.model_fields_set and body.domain is None,
+    )  # fmt: skip
+    return sites.site_view(site)
+
+
+@bp.delete("/<site_id>")
+@require_key
+@require_role("manage_sites")
+def delete_site(site_id: str) -> dict[str, Any]:
+    """Delete a site: its keywords go (the keyword count frees), jobs and usage stay."""
+    deletion = sites.delete_site(db(), current_account().id, site_id, utcnow())
+    return {"site": sites.site_view(deletion.site), "keywords_deleted": deletion.keywords_deleted}

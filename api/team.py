@@ -1,7 +1,9 @@
-"""Team members and API keys: owners and admins manage them."""
+"""Team members and API keys: owners and admins manage them, each only below their role."""
 
 from __future__ import annotations
 
+import logging
+from datetime import timedelta
 from typing import Any
 
 from flask import Blueprint
@@ -11,17 +13,32 @@ from api.auth import Email
 from api.db import db
 from api.security import current_account, current_user, require_key, require_role
 from api.validation import json_body
-from billing import accounts
+from billing import accounts, team
+from models import Invitation, utcnow
+from settings import get_settings
 
 bp = Blueprint("team", __name__, url_prefix="/v1")
+log = logging.getLogger(__name__)
 
 
 class InviteBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     email: Email
-    role: str = "editor"
+    role: str = Field(default="editor", max_length=20)
     name: str = Field(default="", max_length=200)
+
+
+class RoleBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    role: str = Field(max_length=20)
+
+
+class TransferBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    user_id: str = Field(min_length=1, max_length=40)
 
 
 class KeyBody(BaseModel):
@@ -42,8 +59,69 @@ def list_team() -> dict[str, Any]:
 @require_role("manage_team")
 @json_body(InviteBody)
 def invite(body: InviteBody) -> tuple[dict[str, Any], int]:
-    user, key = accounts.invite_user(db(), current_account(), body.email, body.role, body.name)
-    return {"user": accounts.user_view(user), "api_key": key}, 201
+    """Invite a member: their API key now, and a one-time token to set a password."""
+    settings = get_settings()
+    made = team.invite_member(
+        db(), current_account(), current_user(), body.email, body.role, body.name,
+        now=utcnow(), ttl=timedelta(hours=settings.invitation_ttl_hours),
+    )  # fmt: skip
+    return {
+        "user": accounts.user_view(made.user),
+        "api_key": made.api_key,
+        "invitation": _shown(made.invitation, made.token),
+    }, 201
+
+
+@bp.post("/team/<user_id>/invitation")
+@require_key
+@require_role("manage_team")
+def reissue_invitation(user_id: str) -> tuple[dict[str, Any], int]:
+    """A new invitation for a member who has not joined; older tokens stop working."""
+    settings = get_settings()
+    invitation, token = team.reissue_invitation(
+        db(), current_account().id, current_user(), user_id,
+        now=utcnow(), ttl=timedelta(hours=settings.invitation_ttl_hours),
+    )  # fmt: skip
+    return {"invitation": _shown(invitation, token)}, 201
+
+
+@bp.patch("/team/<user_id>")
+@require_key
+@require_role("manage_team")
+@json_body(RoleBody)
+def change_role(user_id: str, body: RoleBody) -> dict[str, Any]:
+    """Change a member's role (below yours; only the owner makes admins)."""
+    user = team.change_role(db(), current_account().id, current_user(), user_id, body.role)
+    return accounts.user_view(user)
+
+
+@bp.delete("/team/<user_id>")
+@require_key
+@require_role("manage_team")
+def remove_member(user_id: str) -> dict[str, Any]:
+    """Remove a member: their keys and login tokens stop working now; the seat frees."""
+    removal = team.remove_member(db(), current_account().id, current_user(), user_id, utcnow())
+    return {"removed": accounts.user_view(removal.user), "keys_revoked": removal.keys_revoked}
+
+
+@bp.post("/team/transfer-ownership")
+@require_key
+@require_role("transfer_ownership")
+@json_body(TransferBody)
+def transfer_ownership(body: TransferBody) -> dict[str, Any]:
+    """Hand the account to a member who has joined; you become an admin."""
+    owner, previous = team.transfer_ownership(
+        db(), current_account().id, current_user(), body.user_id
+    )
+    return {"owner": accounts.user_view(owner), "previous_owner": accounts.user_view(previous)}
+
+
+def _shown(invitation: Invitation, token: str) -> dict[str, Any]:
+    """The token leaves the server only in development (INVITE_TOKENS_IN_RESPONSE=1)."""
+    if not get_settings().invite_tokens_in_response:
+        return team.invitation_view(invitation)
+    log.info("development: invitation token for user %s: %s", invitation.user_id, token)
+    return team.invitation_view(invitation, token)
 
 
 @bp.get("/keys")
@@ -67,4 +145,6 @@ def create_key(body: KeyBody) -> tuple[dict[str, Any], int]:
 @require_key
 @require_role("manage_keys")
 def revoke_key(key_id: str) -> dict[str, Any]:
-    return accounts.api_key_view(accounts.revoke_api_key(db(), current_account().id, key_id))
+    """Revoke one of your keys, or a key of a member below your role."""
+    api_key = accounts.revoke_api_key(db(), current_account().id, current_user(), key_id)
+    return accounts.api_key_view(api_key)

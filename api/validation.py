@@ -10,6 +10,7 @@ Infinity (not JSON), and bodies that are not UTF-8.
 from __future__ import annotations
 
 import functools
+import io
 import json
 import re
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from typing import Any, TypeVar
 from flask import request
 from flask.json.provider import DefaultJSONProvider
 from pydantic import BaseModel, ValidationError
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from api.errors import ApiError, invalid
 from billing.webhook_urls import UrlPolicy, url_policy
@@ -158,6 +160,47 @@ def json_body(
             return view(*args, **kwargs)
 
         wrapper.__dict__["openapi_body"] = model
+        return wrapper
+
+    return decorate
+
+
+def csv_body(max_bytes: Callable[[], int]) -> Callable[[Callable[..., R]], Callable[..., R]]:
+    """Hand the view its `text/csv` body as `lines=`, a stream of text lines read as the
+    view consumes them (nothing is buffered whole), up to `max_bytes()` bytes.
+
+    A body that is not UTF-8 or is too large is a 422 even mid-stream: the request's
+    transaction then rolls back, so nothing of it is written.
+    """
+
+    def decorate(view: Callable[..., R]) -> Callable[..., R]:
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> R:
+            if request.mimetype != "text/csv":
+                raise ApiError(
+                    422,
+                    "invalid_request",
+                    "Send the CSV as the request body with 'Content-Type: text/csv'.",
+                    fields={"body": "text/csv"},
+                )
+            limit = max_bytes()
+            request.max_content_length = limit
+            try:
+                stream = request.stream
+                kwargs["lines"] = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")  # type: ignore[arg-type]
+                return view(*args, **kwargs)
+            except UnicodeDecodeError as exc:
+                raise ApiError(
+                    422, "invalid_request", f"The CSV is not valid UTF-8 (byte {exc.start}).",
+                    fields={"body": "UTF-8 text"},
+                ) from None  # fmt: skip
+            except RequestEntityTooLarge:
+                raise ApiError(
+                    422, "invalid_request", f"The CSV is too large (limit {limit} bytes).",
+                    fields={"body": f"at most {limit} bytes"},
+                ) from None  # fmt: skip
+
+        wrapper.__dict__["openapi_body"] = "text/csv"
         return wrapper
 
     return decorate

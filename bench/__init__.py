@@ -6,7 +6,8 @@ See bench/README.md for what each one measures.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]], left: int = 1) -> None:
@@ -28,3 +29,24 @@ def _fmt(value: object) -> str:
     if isinstance(value, float):
         return f"{value:,.2f}" if abs(value) < 10 else f"{value:,.1f}"
     return str(value)
+
+
+def each_backend(dbs: Sequence[str], name: str) -> Iterator[tuple[str, str]]:
+    """(db, url) for each backend asked for, one at a time: a SQLite file in a fresh temp
+    dir, or a throwaway PostgreSQL server; engines disposed and the server stopped after."""
+    from models.db import dispose_engines
+    from ops.postgres_server import PostgresServer
+
+    for db in dbs:
+        if db == "sqlite":
+            with tempfile.TemporaryDirectory(prefix="aijobs-bench-") as tmp:
+                try:
+                    yield db, f"sqlite:///{tmp}/{name}.db"
+                finally:
+                    dispose_engines()
+        else:
+            with PostgresServer(dbname="aijobs_bench") as server:
+                try:
+                    yield db, server.url
+                finally:
+                    dispose_engines()

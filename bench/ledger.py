@@ -29,11 +29,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -45,15 +43,14 @@ if __package__ in (None, ""):  # `python bench/ledger.py` (make bench)
 
 from sqlalchemy import Engine, bindparam, insert, select, text, update
 
-from bench import print_table
+from bench import each_backend, print_table
 from billing import catalog, ledger
 from billing.audit import audit
 from billing.ledger import UsageRecord
 from billing.pricing import Charge
 from models import Account, Job, new_id, utcnow
-from models.db import dispose_engines, get_engine, transaction
+from models.db import get_engine, transaction
 from ops.cli import migrate
-from ops.postgres_server import PostgresServer
 
 HOLD = 10
 CHARGE = Charge(credits=7, cost_usd=Decimal("0.001"), estimate_miss=False)
@@ -324,18 +321,8 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     results: list[Result] = []
-    with ExitStack() as stack:
-        stack.callback(dispose_engines)
-        for db in args.db:
-            if db == "sqlite":
-                tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="aijobs-bench-"))
-                results += run_backend(db, f"sqlite:///{tmp}/ledger.db", args)
-            else:
-                with PostgresServer(dbname="aijobs_bench") as server:
-                    try:
-                        results += run_backend(db, server.url, args)
-                    finally:
-                        dispose_engines()
+    for db, url in each_backend(args.db, "ledger"):
+        results += run_backend(db, url, args)
     print()
     print_table(
         ["db", "shape", "threads", "pairs", "raw/s", "ledger/s", "ledger/raw", "job/s",

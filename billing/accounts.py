@@ -21,13 +21,14 @@ from billing import ledger
 from billing.errors import (
     AccountInactive,
     EmailTaken,
+    Forbidden,
     InvalidInput,
     NotFound,
     SubscriptionRequired,
 )
-from billing.limits import ensure_room, limits_report
+from billing.limits import limits_report, lock_account
 from billing.periods import add_months
-from billing.permissions import ROLES
+from billing.permissions import require_outranks
 from models import (
     ACCOUNT_STATUSES,
     Account,
@@ -99,6 +100,7 @@ def register(
         name=name,
         password_hash=hash_password(password),
         role="owner",
+        joined_at=now,
     )
     session.add(user)
     session.flush()
@@ -172,9 +174,22 @@ def _user_for_token(session: Session, token: str, secret: str, max_age: int) -> 
     except BadSignature:
         raise NotFound("Invalid or expired login token.") from None
     user = session.get(User, payload.get("user")) if isinstance(payload, dict) else None
-    if user is None or payload.get("pw") != user.password_hash[-16:]:
+    if user is None or payload != _token_claims(user):
         raise NotFound("Invalid or expired login token.")
     return user
+
+
+def _token_claims(user: User) -> dict[str, Any]:
+    """What a login token asserts; it stays valid only while all of it still holds.
+
+    The password hash tail revokes tokens when the password changes, the token version
+    when the member's role changes (and removal deletes the user outright).
+    """
+    return {"user": user.id, "pw": user.password_hash[-16:], "v": user.token_version}
+
+
+def issue_login_token(user: User, secret: str) -> str:
+    return LOGIN_TOKEN_PREFIX + _serializer(secret).dumps(_token_claims(user))
 
 
 def login(session: Session, email: str, password: str, secret: str) -> tuple[User, str]:
@@ -186,34 +201,7 @@ def login(session: Session, email: str, password: str, secret: str) -> tuple[Use
     if account is None:
         raise NotFound("Wrong email or password.")
     check_access(account)
-    # The password hash tail in the token: changing the password revokes old tokens.
-    token = _serializer(secret).dumps({"user": user.id, "pw": user.password_hash[-16:]})
-    return user, LOGIN_TOKEN_PREFIX + token
-
-
-def invite_user(
-    session: Session, account: Account, email: str, role: str, name: str
-) -> tuple[User, str]:
-    """A new team member (limit: max_users) with an API key of their own, shown once."""
-    if role not in ROLES or role == "owner":
-        raise InvalidInput(
-            "role must be admin, editor or viewer.", fields={"role": "admin|editor|viewer"}
-        )
-    email = email.strip().lower()
-    if session.scalar(select(User.id).where(User.email == email)):
-        raise EmailTaken("A user with this email already exists.", field="email")
-    ensure_room(session, account, "users")
-    user = User(
-        account_id=account.id,
-        email=email,
-        name=name,
-        role=role,
-        password_hash=hash_password(secrets.token_urlsafe(32)),
-    )
-    session.add(user)
-    session.flush()
-    _, key = create_api_key(session, account.id, user.id, f"{email} (invited)")
-    return user, key
+    return user, issue_login_token(user, secret)
 
 
 def list_users(session: Session, account_id: str) -> list[User]:
@@ -226,14 +214,32 @@ def list_api_keys(session: Session, account_id: str) -> list[ApiKey]:
     return list(session.scalars(query))
 
 
-def revoke_api_key(session: Session, account_id: str, key_id: str) -> ApiKey:
+def revoke_api_key(session: Session, account_id: str, actor: User, key_id: str) -> ApiKey:
+    """Your own keys, or those of members below your role (never the owner's, for an
+    admin)."""
+    role = acting_role(session, account_id, actor)
     api_key = session.get(ApiKey, key_id)
     if api_key is None or api_key.account_id != account_id:
         raise NotFound(f"API key {key_id!r} not found.")
+    if api_key.user_id != actor.id:
+        holder = session.scalar(select(User.role).where(User.id == api_key.user_id))
+        require_outranks(role, holder, "the API keys")
     if api_key.revoked_at is None:
         api_key.revoked_at = utcnow()
     session.flush()
     return api_key
+
+
+def acting_role(session: Session, account_id: str, actor: User) -> str:
+    """The actor's role as it is now, read under the account lock that serialises every
+    team change: a demotion or removal committed a moment ago counts."""
+    lock_account(session, account_id)
+    role = session.scalar(
+        select(User.role).where(User.id == actor.id, User.account_id == account_id)
+    )
+    if role is None:
+        raise Forbidden("You are no longer a member of this account.")
+    return role
 
 
 def user_view(user: User) -> dict[str, Any]:
@@ -242,6 +248,8 @@ def user_view(user: User) -> dict[str, Any]:
         "email": user.email,
         "name": user.name,
         "role": user.role,
+        "status": "active" if user.joined_at else "invited",
+        "joined_at": as_utc(user.joined_at).isoformat() if user.joined_at else None,
         "created_at": as_utc(user.created_at).isoformat(),
     }
 
@@ -272,6 +280,11 @@ def get_account(session: Session, account_id: str) -> Account:
     if account is None:
         raise NotFound(f"Account {account_id!r} not found.")
     return account
+
+
+def record_event(session: Session, account_id: str, type_: str, **data: Any) -> None:
+    """A change to the account that moves no credits, for the record (`account_events`)."""
+    session.add(AccountEvent(account_id=account_id, type=type_, data=data))
 
 
 def move_status(

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from billing import ledger
 from billing.accounts import get_account, move_status
-from billing.errors import Forbidden, InvalidInput
+from billing.errors import AmountMismatch, Forbidden, InvalidInput
 from billing.periods import add_months
 from models import Account, CreditTransaction, as_utc
 
@@ -26,6 +26,8 @@ class BankTransfer:
     payer_name: str
     proof_url: str | None = None
     period_months: int = 1
+    # An admin's explicit reason to accept an amount that is not price x months.
+    override_reason: str | None = None
 
 
 def topup(session: Session, account: Account, credits: int, reference: str) -> CreditTransaction:
@@ -57,6 +59,9 @@ def confirm_bank_transfer(
     skips the periods that start before `paid_until`, and the rollover that reaches it
     moves the account to `pending_payment` (billing/lifecycle.py). A transfer arriving
     while the account is still prepaid extends `paid_until` and leaves the period alone.
+    The amount must be the plan's price x months (plans without a list price, such as
+    enterprise at 0, always need it): anything else is refused unless the admin gives an
+    `override_reason`, which the transaction's metadata keeps.
     """
     account = get_account(session, account_id)
     plan = account.plan
@@ -67,6 +72,16 @@ def confirm_bank_transfer(
         raise InvalidInput("period_months must be 1 to 24.", fields={"period_months": "1-24"})
     if plan.included_credits <= 0:
         raise InvalidInput(f"The {plan.name} plan includes no credits to pay for.")
+    expected = (plan.price * months).quantize(Decimal("0.01"))
+    if transfer.amount != expected and not transfer.override_reason:
+        raise AmountMismatch(
+            f"The transfer of {transfer.amount} does not match the {plan.name} plan's price "
+            f"for {months} month{'s' if months > 1 else ''} ({plan.price} x {months} = "
+            f"{expected}). Check the amount, or confirm it anyway with an 'override_reason'.",
+            amount=str(transfer.amount),
+            expected_amount=str(expected),
+            difference=str(transfer.amount - expected),
+        )
     prepaid_until = as_utc(account.paid_until) if account.paid_until else None
     extending = account.status == "active" and prepaid_until is not None and prepaid_until > now
     paid_until = add_months(prepaid_until if extending and prepaid_until else now, months)
@@ -84,6 +99,8 @@ def confirm_bank_transfer(
             "payer_name": transfer.payer_name,
             "proof_url": transfer.proof_url,
             "period_months": months,
+            "expected_amount": str(expected),
+            "override_reason": transfer.override_reason if transfer.amount != expected else None,
             "credits_per_month": plan.included_credits,
             "paid_until": paid_until.isoformat(),
         },

@@ -46,6 +46,22 @@ class EmailTaken(Conflict):
     code = "email_taken"
 
 
+class InvitationUsed(Conflict):
+    code = "invitation_used"
+
+
+class InvitationGone(BillingError):
+    """Expired, or replaced by a newer invitation: the inviter must send a new one."""
+
+    code = "invitation_expired"
+
+
+class AmountMismatch(BillingError):
+    """A payment that does not match what it pays for (needs an explicit override)."""
+
+    code = "amount_mismatch"
+
+
 class InsufficientCredits(BillingError):
     code = "insufficient_credits"
 

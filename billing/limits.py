@@ -58,10 +58,15 @@ LIMITS = {
     )
 }
 _COUNTED = {"sites": Site, "users": User, "keywords": Keyword}
+# Which rows take a seat: deleted sites stay for history only.
+_LIVE = {"sites": Site.deleted_at.is_(None)}
 
 
-def _count(session: Session, model: Any, account_id: str) -> int:
+def _count(session: Session, name: str, account_id: str) -> int:
+    model: Any = _COUNTED[name]
     query = select(func.count()).select_from(model).where(model.account_id == account_id)
+    if name in _LIVE:
+        query = query.where(_LIVE[name])
     return session.scalar(query) or 0
 
 
@@ -76,7 +81,7 @@ def plan_limit(plan: Plan | None, name: str) -> int | None:
 def used(session: Session, account: Account, name: str) -> int:
     if name == "ahrefs_queries":
         return account.usage_ahrefs_queries
-    return _count(session, _COUNTED[name], account.id)
+    return _count(session, name, account.id)
 
 
 def limits_report(

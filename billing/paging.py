@@ -77,6 +77,15 @@ def decode_int_cursor(cursor: str) -> int:
     return value
 
 
+def decode_int_pair_cursor(cursor: str) -> tuple[int, int]:
+    """(sort value, id) of the last row served, for listings ordered by an integer column."""
+    first, _, second = _decode(cursor).partition("|")
+    try:
+        return int(first), int(second)
+    except ValueError:
+        raise _invalid() from None
+
+
 def page_of(rows: Sequence[T], limit: int, cursor_of: Callable[[T], str]) -> Page[T]:
     """`rows` were fetched with `limit + 1`: keep `limit`, and if there were more, the
     cursor of the last row kept."""

@@ -6,6 +6,7 @@ from models.account import (
     Account,
     AISettings,
     ApiKey,
+    Invitation,
     Keyword,
     Site,
     User,
@@ -14,6 +15,7 @@ from models.ai_model import AIModelConfig
 from models.artifacts import Cluster, Content, Idea, Image, ImagePrompt
 from models.base import Base, as_utc, new_id, utcnow
 from models.job import FINAL_JOB_STATUSES, JOB_STATUSES, Job
+from models.keyword_library import KEYWORD_INTENTS, LibraryKeyword
 from models.ledger import CreditReservation, CreditTransaction, CreditUsageLog
 from models.lifecycle import AccountEvent, PeriodRun
 from models.plan import Plan
@@ -24,6 +26,7 @@ __all__ = [
     "DELIVERY_STATUSES",
     "FINAL_JOB_STATUSES",
     "JOB_STATUSES",
+    "KEYWORD_INTENTS",
     "USER_ROLES",
     "AIModelConfig",
     "AISettings",
@@ -39,8 +42,10 @@ __all__ = [
     "Idea",
     "Image",
     "ImagePrompt",
+    "Invitation",
     "Job",
     "Keyword",
+    "LibraryKeyword",
     "PeriodRun",
     "Plan",
     "Site",

@@ -1,10 +1,11 @@
-"""The account aggregate: the tenant, its users, API keys, sites and AI settings."""
+"""The account aggregate: the tenant, its users and invitations, API keys, sites, AI settings."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 
-from sqlalchemy import CheckConstraint, ForeignKey, String, UniqueConstraint
+from sqlalchemy import CheckConstraint, ForeignKey, Numeric, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from models.base import Base, CreatedAt, new_id, one_of
@@ -63,6 +64,28 @@ class User(CreatedAt, Base):
     name: Mapped[str] = mapped_column(String(200), default="")
     password_hash: Mapped[str] = mapped_column(String(300))
     role: Mapped[str] = mapped_column(String(20), default="owner")
+    # Login tokens carry it: a role change or a new password bumps it, so the tokens
+    # issued before stop working at once.
+    token_version: Mapped[int] = mapped_column(default=0)
+    # When the member set a password (the owner: at registration); None while invited.
+    joined_at: Mapped[datetime | None]
+
+
+class Invitation(CreatedAt, Base):
+    """A one-time, expiring token an invited member exchanges for a password.
+
+    Only the SHA-256 of the token is stored; the token is shown once."""
+
+    __tablename__ = "invitations"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("inv"))
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    expires_at: Mapped[datetime]
+    accepted_at: Mapped[datetime | None]
+    # A newer invitation for the same member replaces this one.
+    revoked_at: Mapped[datetime | None]
 
 
 class ApiKey(CreatedAt, Base):
@@ -87,6 +110,8 @@ class Site(CreatedAt, Base):
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
     name: Mapped[str] = mapped_column(String(200))
     domain: Mapped[str | None] = mapped_column(String(300))
+    # Deleted sites stay for the history of their jobs, usage and artifacts.
+    deleted_at: Mapped[datetime | None]
 
 
 class AISettings(Base):
@@ -111,3 +136,6 @@ class Keyword(CreatedAt, Base):
     keyword: Mapped[str] = mapped_column(String(300))
     volume: Mapped[int | None]
     difficulty: Mapped[int | None]
+    cpc: Mapped[Decimal | None] = mapped_column(Numeric(10, 2))
+    country: Mapped[str | None] = mapped_column(String(2))
+    intent: Mapped[str | None] = mapped_column(String(20))

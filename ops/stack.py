@@ -368,6 +368,7 @@ class Stack:
         # ... but never to the stack's own services (Flower's API can stop the worker).
         denied = {p for p in env.get("WEBHOOK_DENY_PORTS", "").split(",") if p.strip()}
         env["WEBHOOK_DENY_PORTS"] = ",".join(sorted(denied | {str(p) for p in stack_ports}))
+        env.setdefault("INVITE_TOKENS_IN_RESPONSE", "1")  # dev stack: invitation tokens shown
         env.pop("FLOWER_UNAUTHENTICATED_API", None)  # Flower's API is never open
         env["FLOWER_USER"] = env.get("FLOWER_USER") or "admin"
         env["FLOWER_PASSWORD"] = env.get("FLOWER_PASSWORD") or secrets.token_urlsafe(18)

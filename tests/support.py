@@ -18,6 +18,20 @@ def register(client: Any, email: str = "owner@example.com") -> tuple[str, dict[s
     return body["api_key"], body["account"]
 
 
+def on_plan(
+    client: Any, plan: str, email: str = "owner@example.com", status: str = "active"
+) -> tuple[str, str]:
+    """A new account moved to `plan` and `status` through the admin API: (key, account id)."""
+    key, account = register(client, email)
+    response = client.patch(
+        f"/v1/admin/accounts/{account['id']}",
+        json={"plan": plan, "status": status},
+        headers={"X-Admin-Token": "test-admin-token"},
+    )
+    assert response.status_code == 200, response.get_json()
+    return key, account["id"]
+
+
 def auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 

@@ -60,6 +60,15 @@ KNOWN_KEYS = [
     "slug",
     "price",
     "timezone",
+    "override_reason",
+    "token",
+    "user_id",
+    "ids",
+    "domain",
+    "volume",
+    "difficulty",
+    "cpc",
+    "country",
 ]
 bodies = st.one_of(
     json_values,
@@ -122,6 +131,27 @@ ENDPOINTS: list[tuple[str, str, str | None, dict[str, Any]]] = [
     ("put", "/v1/webhooks/endpoint", "key", {"url": "https://hooks.example.com/in"}),
     ("post", "/v1/jobs/estimate", "key", {"operation": "clustering", "input": {"keywords": ["a"]}}),
     ("patch", "/v1/account", "key", {"timezone": "Europe/Paris"}),
+    (
+        "post",
+        "/v1/admin/accounts/{account}/bank-transfer",
+        "admin",
+        {"payment_reference": "o", "amount": "1.00", "payer_name": "p", "override_reason": "r"},
+    ),
+    ("patch", "/v1/team/{id}", "key", {"role": "viewer"}),
+    ("delete", "/v1/team/{id}", "key", {}),
+    ("post", "/v1/team/{id}/invitation", "key", {}),
+    ("post", "/v1/team/transfer-ownership", "key", {"user_id": "usr_x"}),
+    ("post", "/v1/auth/accept-invitation", None, {"token": "inv_x", "password": "long enough"}),
+    ("patch", "/v1/sites/{id}", "key", {"name": "renamed", "domain": None}),
+    ("delete", "/v1/sites/{id}", "key", {}),
+    ("post", "/v1/keyword-library/add", "key", {"site_id": "site_x", "ids": [1, 2]}),
+    (
+        "post",
+        "/v1/keywords",
+        "key",
+        {"site_id": "site_x", "keywords": [{"keyword": "k", "volume": 10, "cpc": "0.50"}]},
+    ),
+    ("post", "/v1/admin/keyword-library/import", "admin", {"keyword": "k", "country": "us"}),
 ]
 
 
@@ -141,7 +171,7 @@ def test_every_endpoint_that_takes_a_body_is_fuzzed(client: Any) -> None:
 # GET endpoints the fuzzed query strings also go to, after each request.
 LISTINGS = (
     "/v1/jobs", "/v1/credits/transactions", "/v1/keywords", "/v1/usage/logs",
-    "/v1/usage/insights", "/v1/clusters",
+    "/v1/usage/insights", "/v1/clusters", "/v1/keyword-library",
 )  # fmt: skip
 
 
@@ -176,7 +206,21 @@ def requests(draw: st.DrawFn) -> tuple[tuple[str, str, str | None], Any]:
     path_id=ids,
     query=st.dictionaries(
         st.sampled_from(
-            ["limit", "cursor", "status", "operation", "days", "from", "to", "format", "site_id"]
+            [
+                "limit",
+                "cursor",
+                "status",
+                "operation",
+                "days",
+                "from",
+                "to",
+                "format",
+                "site_id",
+                "q",
+                "country",
+                "volume_min",
+                "difficulty_max",
+            ]
         ),
         st.text(max_size=10),
         max_size=3,

@@ -75,3 +75,14 @@ def test_usage_bench_times_each_endpoint_against_raw_sql_and_streams_the_csv() -
     assert "insights totals agree with raw SQL: True" in out
     assert re.search(r"csv export: [\d,]+ rows .* peak RSS before [\d.]+ MiB, after", out)
     assert out.rstrip().endswith("checks: ok")
+
+
+def test_keyword_library_bench_prints_plans_and_both_ratios() -> None:
+    out = run_bench("bench.keyword_library")
+    for db in ("sqlite", "postgresql"):
+        assert f"{db}: loaded 20,000 rows" in out
+        rows = re.findall(rf"^{db}\s+.*\s(\d\.\d{{3}})\s+(\d\.\d{{3}})$", out, re.M)
+        assert len(rows) == 14, out  # 7 shapes x (first page, page 10)
+    assert "USING INDEX" in out  # SQLite's plans
+    assert "Index Scan" in out  # PostgreSQL's plans
+    assert "All three returned the same ids" in out

@@ -158,7 +158,7 @@ def test_a_revoked_key_is_refused_and_other_keys_still_work(db_url: str) -> None
         owner = session.scalar(select(User).where(User.account_id == account_id))
         _, second = accounts.create_api_key(session, account_id, owner.id, "ci")
         first = session.scalar(select(ApiKey).where(ApiKey.key_hash == accounts.hash_api_key(key)))
-        accounts.revoke_api_key(session, account_id, first.id)
+        accounts.revoke_api_key(session, account_id, owner, first.id)
     with transaction(db_url) as session:
         with pytest.raises(NotFound):
             authenticate(session, key)

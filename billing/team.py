@@ -1,0 +1,272 @@
+"""The team: invitations, role changes, removal and the transfer of ownership.
+
+The rules (billing/permissions.py): nobody acts on a member of their own role or a
+higher one; only the owner makes admins; the owner is never removed or demoted except
+by handing ownership to a member who has joined. Every change starts with
+`acting_role`, which locks the account row and re-reads the actor's role, so team
+changes of one account happen one at a time and a demotion committed a moment ago
+counts. Each change is written to `account_events` with who did it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from billing.accounts import (
+    acting_role,
+    check_access,
+    create_api_key,
+    hash_password,
+    record_event,
+)
+from billing.errors import (
+    Conflict,
+    EmailTaken,
+    InvalidInput,
+    InvitationGone,
+    InvitationUsed,
+    NotFound,
+)
+from billing.limits import ensure_room, lock_account
+from billing.permissions import require, require_can_grant, require_outranks
+from models import Account, ApiKey, Invitation, User, as_utc
+
+INVITATION_PREFIX = "inv_"
+
+
+@dataclass(frozen=True)
+class Invite:
+    """A new member: their API key and invitation token, each shown once."""
+
+    user: User
+    api_key: str
+    invitation: Invitation
+    token: str
+
+
+@dataclass(frozen=True)
+class Removal:
+    user: User
+    keys_revoked: int
+
+
+def invite_member(
+    session: Session,
+    account: Account,
+    actor: User,
+    email: str,
+    role: str,
+    name: str,
+    *,
+    now: datetime,
+    ttl: timedelta,
+) -> Invite:
+    """A new member (limit: max_users) with an API key and an invitation to set a
+    password; the seat is taken from the invitation on."""
+    require_can_grant(acting_role(session, account.id, actor), role)
+    email = email.strip().lower()
+    if session.scalar(select(User.id).where(User.email == email)):
+        raise EmailTaken("A user with this email already exists.", field="email")
+    ensure_room(session, account, "users")
+    user = User(
+        account_id=account.id,
+        email=email,
+        name=name,
+        role=role,
+        password_hash=hash_password(secrets.token_urlsafe(32)),
+    )
+    session.add(user)
+    session.flush()
+    _, key = create_api_key(session, account.id, user.id, f"{email} (invited)")
+    invitation, token = _new_invitation(session, user, now, ttl)
+    _event(session, account.id, "member_invited", actor, user, role=role)
+    return Invite(user=user, api_key=key, invitation=invitation, token=token)
+
+
+def reissue_invitation(
+    session: Session, account_id: str, actor: User, user_id: str, *, now: datetime, ttl: timedelta
+) -> tuple[Invitation, str]:
+    """A fresh token for a member who has not joined yet; earlier ones stop working."""
+    role = acting_role(session, account_id, actor)
+    user = _member(session, account_id, user_id)
+    require_outranks(role, user.role, "the invitation")
+    if user.joined_at is not None:
+        raise Conflict(f"{user.email} has already joined.", reason="already_joined")
+    return _new_invitation(session, user, now, ttl)
+
+
+def accept_invitation(
+    session: Session, token: str, password: str, name: str | None, now: datetime
+) -> User:
+    """Exchange the token for a password, once, before it expires; then login works."""
+    token_hash = _hash(token)
+    invitation = session.scalar(select(Invitation).where(Invitation.token_hash == token_hash))
+    if invitation is None:
+        raise NotFound("Invitation not found: check the link, or ask for a new invitation.")
+    account = session.get(Account, invitation.account_id)
+    if account is None:
+        raise NotFound("Invitation not found.")
+    check_access(account)
+    lock_account(session, account.id)  # team changes of one account go one at a time
+    claimed = session.execute(
+        update(Invitation)
+        .where(
+            Invitation.id == invitation.id,
+            Invitation.accepted_at.is_(None),
+            Invitation.revoked_at.is_(None),
+            Invitation.expires_at > now,
+        )
+        .values(accepted_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
+    if not claimed:
+        session.refresh(invitation)
+        raise _why_not(invitation)
+    user = session.get(User, invitation.user_id)
+    if user is None:  # pragma: no cover - removal deletes the member's invitations
+        raise NotFound("Invitation not found.")
+    user.password_hash = hash_password(password)
+    user.joined_at = user.joined_at or now
+    user.token_version += 1
+    if name:
+        user.name = name
+    session.flush()
+    record_event(session, user.account_id, "member_joined", user_id=user.id)
+    return user
+
+
+def change_role(session: Session, account_id: str, actor: User, user_id: str, role: str) -> User:
+    """Only over members below you, only to roles you may grant; their login tokens end."""
+    acting = acting_role(session, account_id, actor)
+    user = _member(session, account_id, user_id)
+    require_outranks(acting, user.role, "the role")
+    require_can_grant(acting, role)
+    if user.role == role:
+        return user
+    previous = user.role
+    user.role = role
+    user.token_version += 1
+    session.flush()
+    _event(session, account_id, "role_changed", actor, user, previous=previous, role=role)
+    return user
+
+
+def remove_member(
+    session: Session, account_id: str, actor: User, user_id: str, now: datetime
+) -> Removal:
+    """The member goes: their keys are revoked and their login tokens stop at once (the
+    user row is deleted), and the seat is free. Jobs and usage stay with the account."""
+    role = acting_role(session, account_id, actor)
+    user = _member(session, account_id, user_id)
+    require_outranks(role, user.role, "the membership")
+    revoked = session.execute(
+        update(ApiKey)
+        .where(ApiKey.user_id == user.id, ApiKey.revoked_at.is_(None))
+        .values(revoked_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
+    # Revoked keys stay listed for the record, no longer tied to the deleted user.
+    session.execute(
+        update(ApiKey)
+        .where(ApiKey.user_id == user.id)
+        .values(user_id=None)
+        .execution_options(synchronize_session=False)
+    )
+    session.execute(delete(Invitation).where(Invitation.user_id == user.id))
+    _event(session, account_id, "member_removed", actor, user, role=user.role, email=user.email)
+    session.delete(user)
+    session.flush()
+    return Removal(user=user, keys_revoked=int(revoked))
+
+
+def transfer_ownership(
+    session: Session, account_id: str, actor: User, user_id: str
+) -> tuple[User, User]:
+    """The owner hands the account to a member who has joined (so the new owner can log
+    in); the old owner becomes an admin. Returns (new owner, old owner)."""
+    require(acting_role(session, account_id, actor), "transfer_ownership")
+    user = _member(session, account_id, user_id)
+    if user.id == actor.id:
+        raise InvalidInput("You already own this account.", fields={"user_id": "another member"})
+    if user.joined_at is None:
+        raise Conflict(
+            f"{user.email} has not accepted the invitation yet; ownership goes only to a "
+            "member who can log in.",
+            reason="not_joined",
+        )
+    for member, role in ((actor, "admin"), (user, "owner")):
+        member.role = role
+        member.token_version += 1
+    session.flush()
+    _event(session, account_id, "ownership_transferred", actor, user)
+    return user, actor
+
+
+def invitation_view(invitation: Invitation, token: str | None = None) -> dict[str, object]:
+    view: dict[str, object] = {
+        "id": invitation.id,
+        "user_id": invitation.user_id,
+        "expires_at": as_utc(invitation.expires_at).isoformat(),
+    }
+    if token is not None:
+        view["token"] = token
+    return view
+
+
+def _new_invitation(
+    session: Session, user: User, now: datetime, ttl: timedelta
+) -> tuple[Invitation, str]:
+    session.execute(
+        update(Invitation)
+        .where(
+            Invitation.user_id == user.id,
+            Invitation.accepted_at.is_(None),
+            Invitation.revoked_at.is_(None),
+        )
+        .values(revoked_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    token = INVITATION_PREFIX + secrets.token_urlsafe(32)
+    invitation = Invitation(
+        account_id=user.account_id,
+        user_id=user.id,
+        token_hash=_hash(token),
+        expires_at=now + ttl,
+    )
+    session.add(invitation)
+    session.flush()
+    return invitation, token
+
+
+def _why_not(invitation: Invitation) -> Exception:
+    if invitation.accepted_at is not None:
+        return InvitationUsed("This invitation was already used; log in with your password.")
+    if invitation.revoked_at is not None:
+        return InvitationGone("This invitation was replaced by a newer one; use the latest.")
+    return InvitationGone(
+        "This invitation has expired; ask the account's admin to send a new one.",
+        expired_at=as_utc(invitation.expires_at).isoformat(),
+    )
+
+
+def _member(session: Session, account_id: str, user_id: str) -> User:
+    user = session.get(User, user_id)
+    if user is None or user.account_id != account_id:
+        raise NotFound(f"Team member {user_id!r} not found.")
+    return user
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _event(
+    session: Session, account_id: str, type_: str, actor: User, user: User, **data: str
+) -> None:
+    record_event(session, account_id, type_, by=actor.id, user_id=user.id, **data)
