@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from api import (
     accounts,
     admin,
     ai_settings,
     auth,
+    billing,
     credits,
     db,
     health,
@@ -31,6 +33,9 @@ def create_app() -> Flask:
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    if settings.trusted_proxies:  # the client address comes from X-Forwarded-For
+        hops = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     db.init_app(app)
     register_error_handlers(app)
@@ -48,6 +53,7 @@ def create_app() -> Flask:
         ai_settings.bp,
         webhooks.bp,
         openapi.bp,
+        billing.bp,
     ):
         app.register_blueprint(blueprint)
     return app

@@ -7,6 +7,9 @@ the claim, and its unique key turns a second run of the same period, whether fro
 same beat, a second beat or a person at the CLI, into a no-op. Each function takes an
 explicit `now`, so tests freeze the clock by passing it.
 
+A downgrade the owner asked for (billing/subscriptions.py) takes effect at the rollover
+that ends the period it was asked in.
+
 Renewal policy (README "Scheduled jobs"): accounts with status `active` on a paid
 plan (price > 0, or an internal plan such as enterprise) receive the plan's included
 credits once for each usage period that began by rolling over. Unused credits roll
@@ -29,6 +32,7 @@ from sqlalchemy.orm import Session
 from billing import ledger
 from billing.accounts import move_status
 from billing.periods import next_period_end
+from billing.plans import is_renewable
 from billing.webhooks import queue_account_event
 from models import Account, AccountEvent, PeriodRun, Plan, as_utc
 
@@ -165,11 +169,26 @@ def roll_over_periods(session: Session, now: datetime) -> RunReport:
         }
         session.add(AccountEvent(account_id=account.id, type="period_started", data=data))
         report.accounts.append(account.id)
+        _apply_scheduled_plan(session, account)
         paid_until = as_utc(account.paid_until) if account.paid_until else None
         if paid_until is not None and as_utc(account.period_start) < paid_until <= start:
             _ask_for_payment(session, account, paid_until, now, report)
     session.flush()
     return report
+
+
+def _apply_scheduled_plan(session: Session, account: Account) -> None:
+    """A downgrade waiting for the period end takes effect now. A plan that is not paid
+    for (free) ends the prepaid time too, so nothing asks for a payment."""
+    later = account.scheduled_plan
+    if later is None:
+        return
+    data = {"from": account.plan.slug if account.plan else None, "to": later.slug}
+    account.plan, account.scheduled_plan = later, None
+    if not is_renewable(later):
+        account.paid_until = None
+    session.add(AccountEvent(account_id=account.id, type="plan_changed", data=data))
+    session.flush()
 
 
 def _ask_for_payment(

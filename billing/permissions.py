@@ -19,6 +19,8 @@ ACTIONS = {
     "manage_team": "admin",
     "manage_billing": "admin",
     "manage_settings": "admin",
+    "manage_plan": "owner",
+    "manage_budget": "owner",
 }
 
 

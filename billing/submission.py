@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from billing import ledger
+from billing import budgets, ledger
 from billing.errors import IdempotencyConflict, InvalidInput
 from billing.operations import get_operation, validate_input
 from billing.policy import resolve_model
@@ -69,6 +69,7 @@ def submit_job(
     job_input = operation.expand_input(session, account.id, request.site_id, job_input)
     model = resolve_model(session, account, operation, request.model)
     hold = operation.hold(model, job_input)
+    budgets.check(session, account, operation.name, hold)
     job = Job(
         id=new_id("job"),
         account_id=account.id,

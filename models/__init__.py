@@ -2,6 +2,7 @@
 
 from models.account import (
     ACCOUNT_STATUSES,
+    PAYMENT_METHODS,
     USER_ROLES,
     Account,
     AISettings,
@@ -17,6 +18,7 @@ from models.job import FINAL_JOB_STATUSES, JOB_STATUSES, Job
 from models.ledger import CreditReservation, CreditTransaction, CreditUsageLog
 from models.lifecycle import AccountEvent, PeriodRun
 from models.plan import Plan
+from models.purchase import PURCHASE_KINDS, PURCHASE_STATUSES, Purchase
 from models.webhook import DELIVERY_STATUSES, WebhookAttempt, WebhookDelivery
 
 __all__ = [
@@ -24,6 +26,9 @@ __all__ = [
     "DELIVERY_STATUSES",
     "FINAL_JOB_STATUSES",
     "JOB_STATUSES",
+    "PAYMENT_METHODS",
+    "PURCHASE_KINDS",
+    "PURCHASE_STATUSES",
     "USER_ROLES",
     "AIModelConfig",
     "AISettings",
@@ -43,6 +48,7 @@ __all__ = [
     "Keyword",
     "PeriodRun",
     "Plan",
+    "Purchase",
     "Site",
     "User",
     "WebhookAttempt",
