@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from billing import ledger
 from billing.accounts import get_account, move_status
 from billing.errors import InvalidInput
-from billing.lifecycle import RENEWAL, claim_period
+from billing.lifecycle import grant_period
 from billing.periods import add_months
 from billing.plans import is_renewable
 from models import Account, CreditTransaction, Plan, Purchase, as_utc
@@ -160,7 +160,7 @@ def confirm_bank_transfer(
 def grant_period_credits(session: Session, account: Account, now: datetime) -> bool:
     """The plan's credits for the account's current period, once (an admin activation).
 
-    It claims the period's renewal (and carries the renewal's reference), so neither a
+    It is the renewal's grant for that period (`lifecycle.grant_period`), so neither a
     second activation nor the renewal task can credit the same period again. False when
     the plan is not a paid one or the period was already credited.
     """
@@ -169,17 +169,4 @@ def grant_period_credits(session: Session, account: Account, now: datetime) -> b
         return False
     if account.period_start is None or account.period_end is None:
         account.period_start, account.period_end = now, add_months(now, 1)
-    key = as_utc(account.period_start).isoformat()
-    if not claim_period(session, RENEWAL, account.id, key):
-        return False
-    ledger.grant(
-        session,
-        account.id,
-        plan.included_credits,
-        "renewal",
-        f"{plan.name} plan: {plan.included_credits:,} credits for the period from "
-        f"{as_utc(account.period_start):%Y-%m-%d} (activated by an admin)",
-        reference=f"renewal:{key}",
-        metadata={"period_start": key, "plan": plan.slug, "activated": True},
-    )
-    return True
+    return grant_period(session, account, plan, " (activated by an admin)")

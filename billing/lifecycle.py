@@ -229,23 +229,32 @@ def renew_credits(session: Session, now: datetime) -> RunReport:
     ).all()
     for account, plan in rows:
         assert account.period_start is not None
-        key = _key(account.period_start)
-        if not _opened_by_rollover(session, account.id, key):
+        if not _opened_by_rollover(session, account.id, _key(account.period_start)):
             continue
-        if not claim_period(session, RENEWAL, account.id, key):
-            continue
-        ledger.grant(
-            session,
-            account.id,
-            plan.included_credits,
-            "renewal",
-            f"{plan.name} plan: {plan.included_credits:,} credits for the period from "
-            f"{as_utc(account.period_start):%Y-%m-%d}",
-            reference=f"renewal:{key}",
-            metadata={"period_start": key, "plan": plan.slug},
-        )
-        report.accounts.append(account.id)
+        if grant_period(session, account, plan):
+            report.accounts.append(account.id)
     return report
+
+
+def grant_period(session: Session, account: Account, plan: Plan, note: str = "") -> bool:
+    """The plan's credits for the account's current period, once: the period's renewal
+    claim is the gate, and the grant's reference (`renewal:<period start>`) backs it.
+    False when the period was already credited."""
+    assert account.period_start is not None
+    key = _key(account.period_start)
+    if not claim_period(session, RENEWAL, account.id, key):
+        return False
+    ledger.grant(
+        session,
+        account.id,
+        plan.included_credits,
+        "renewal",
+        f"{plan.name} plan: {plan.included_credits:,} credits for the period from "
+        f"{as_utc(account.period_start):%Y-%m-%d}{note}",
+        reference=f"renewal:{key}",
+        metadata={"period_start": key, "plan": plan.slug},
+    )
+    return True
 
 
 def _opened_by_rollover(session: Session, account_id: str, period_key: str) -> bool:

@@ -168,7 +168,9 @@ def test_admin_activation_grants_the_period_credits_once(client: Any) -> None:
     again = client.patch(path, json={"status": "active"}, headers=ADMIN).get_json()
 
     assert again["credits"]["balance"] == 42000  # the same period: not granted twice
-    types = [t["type"] for t in client.get("/v1/credits/transactions", headers=auth(key)).json["data"]]
+    types = [
+        t["type"] for t in client.get("/v1/credits/transactions", headers=auth(key)).json["data"]
+    ]
     assert types == ["renewal", "registration"]
 
 

@@ -86,8 +86,7 @@ def test_a_paid_plan_signs_up_after_the_free_trials_run_out(
 
 def test_one_email_cannot_be_tried_over_and_over(client: Any, throttles_on: None) -> None:
     codes = [
-        register(client, "Same.Person+n@gmail.com", f"198.51.100.{n}").status_code
-        for n in range(7)
+        register(client, "Same.Person+n@gmail.com", f"198.51.100.{n}").status_code for n in range(7)
     ]
     assert codes == [201, 409, 409, 409, 409, 429, 429]  # 5 attempts an hour per mailbox
 

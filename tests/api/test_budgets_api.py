@@ -69,7 +69,9 @@ def test_thirty_concurrent_submissions_against_a_budget_for_five_holds(app: Any)
     assert {e["used"] for e in refusals} == {5 * hold}
     seen = client.get("/v1/account/budget", headers=auth(key)).get_json()
     assert seen["used"]["monthly"] == 5 * hold
-    assert client.get("/v1/account", headers=auth(key)).get_json()["credits"]["reserved"] == 5 * hold
+    assert (
+        client.get("/v1/account", headers=auth(key)).get_json()["credits"]["reserved"] == 5 * hold
+    )
     assert_audit_clean()
 
 

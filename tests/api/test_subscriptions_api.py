@@ -171,9 +171,7 @@ def test_a_downgrade_is_refused_while_over_a_limit_then_waits_for_the_period_end
 
 def test_staying_calls_off_a_waiting_downgrade(client: Any) -> None:
     key, account = register(client)
-    client.patch(
-        f"/v1/admin/accounts/{account['id']}", json={"plan": "growth"}, headers=ADMIN
-    )
+    client.patch(f"/v1/admin/accounts/{account['id']}", json={"plan": "growth"}, headers=ADMIN)
     client.post("/v1/account/plan", json={"plan": "starter"}, headers=auth(key))
 
     kept = client.post("/v1/account/plan", json={"plan": "growth"}, headers=auth(key))
