@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import re
 import secrets
 import threading
@@ -184,17 +185,29 @@ def expire_session(session_id: str) -> Response:
     return json_response(200, sessions().move(session_id, "checkout.session.expired"))
 
 
+@stripe.get("/stripe/checkout/<session_id>")
+def checkout_page(session_id: str) -> Response:
+    """Where a session's `url` leads: the session, and how to play the customer."""
+    session = sessions().get(session_id)
+    how = (
+        f"POST /_sim/stripe/checkout/sessions/{session_id}/events "
+        '{"type": "checkout.session.completed", "deliver_to": "<your webhook URL>"}'
+    )
+    return json_response(200, {"session": session, "pay": how})
+
+
 @stripe.post("/_sim/stripe/checkout/sessions/<session_id>/events")
 def customer_event(session_id: str) -> Response:
-    """Play the customer: `{"type", "webhook_secret", "deliver_to"?, "timestamp"?}`.
+    """Play the customer: `{"type", "webhook_secret"?, "deliver_to"?, "timestamp"?}`.
 
+    The secret defaults to `STRIPE_WEBHOOK_SECRET` (what `make run` gives both sides).
     Moves the session as that event says, signs the event with `webhook_secret` (at
     `timestamp`, default now: tests pass an old one to play a replay) and, with
     `deliver_to`, POSTs it there. Answers the event, its exact payload and signature.
     """
     body = json_object()
     event_type = body.get("type", "checkout.session.completed")
-    secret = body.get("webhook_secret")
+    secret = body.get("webhook_secret") or os.environ.get("STRIPE_WEBHOOK_SECRET")
     if event_type not in EVENT_TYPES or not isinstance(secret, str) or not secret:
         raise RequestError(
             400, f"'type' must be one of {EVENT_TYPES}; 'webhook_secret' is required."
