@@ -59,3 +59,11 @@ def test_e2e_throughput_bench_runs_every_job_to_success(db: str) -> None:
     assert done is not None, out
     assert done.group(1) == done.group(2)
     assert "audit: []" in out
+
+
+def test_budgets_bench_prints_each_loop_on_both_backends() -> None:
+    out = run_bench("bench.budgets")
+    rows = re.findall(r"^(sqlite|postgresql)\S*\s+(bare|no budget|budget)\s+20\s", out, re.M)
+    assert sorted(rows) == sorted(
+        (db, loop) for db in ("sqlite", "postgresql") for loop in ("bare", "no budget", "budget")
+    )
