@@ -207,3 +207,41 @@ def test_internal_or_unknown_plans_cannot_be_chosen(client: Any, plan: str) -> N
     key, _ = register(client)
     response = client.post("/v1/account/plan", json={"plan": plan}, headers=auth(key))
     assert response.status_code == 422
+
+
+def test_a_downgrade_to_a_free_plan_ends_the_prepaid_time(client: Any) -> None:
+    body = sign_up(client, "starter")
+    key = body["api_key"]
+    confirm(client, body["purchase"]["id"])
+    client.post("/v1/account/plan", json={"plan": "free"}, headers=auth(key))
+    period_end = client.get("/v1/account", headers=auth(key)).get_json()["period_end"]
+
+    with transaction() as session:
+        lifecycle.renew_credits(session, datetime.fromisoformat(period_end) + timedelta(hours=1))
+
+    account = client.get("/v1/account", headers=auth(key)).get_json()
+    assert (account["plan"]["slug"], account["status"], account["paid_until"]) == (
+        "free",
+        "active",
+        None,
+    )
+    assert account["credits"]["balance"] == 10000  # free plans are not renewed
+    assert_audit_clean()
+
+
+def test_an_admin_activation_and_the_renewal_credit_a_period_once(client: Any) -> None:
+    key, account = register(client)
+    start = datetime.fromisoformat(account["period_start"])
+    with transaction() as session:  # the trial's first period rolls over, nothing renewed
+        lifecycle.renew_credits(session, start + timedelta(days=32))
+    client.patch(
+        f"/v1/admin/accounts/{account['id']}",
+        json={"plan": "growth", "status": "active"},
+        headers=ADMIN,
+    )
+    with transaction() as session:  # the same period: the activation already credited it
+        lifecycle.renew_credits(session, start + timedelta(days=33))
+
+    txns = client.get("/v1/credits/transactions", headers=auth(key)).get_json()["data"]
+    assert [(t["type"], t["amount"]) for t in txns] == [("renewal", 40000), ("registration", 2000)]
+    assert_audit_clean()
