@@ -20,4 +20,5 @@ RUN pip install . \
 USER app
 EXPOSE 5000 5555
 
-CMD ["gunicorn", "--workers", "2", "--bind", "0.0.0.0:5000", "--access-logfile", "-", "api.app:create_app()"]
+# gunicorn.conf.py: the buffering gthread worker, timeouts and request limits.
+CMD ["gunicorn", "-c", "gunicorn.conf.py", "--bind", "0.0.0.0:5000", "api.app:create_app()"]

@@ -47,6 +47,7 @@ bench: $(STAMP) ## the benchmarks (bench/README.md); BENCH_ARGS=--quick for a sm
 	$(BIN)/python -m bench.ledger $(BENCH_ARGS)
 	$(BIN)/python -m bench.sqlite_floor $(BENCH_ARGS)
 	$(BIN)/python -m bench.budgets $(BENCH_ARGS)
+	$(BIN)/python -m bench.slow_clients $(BENCH_ARGS)
 
 clean: ## remove caches, build output and var/ (the dev database); keeps .venv
 	rm -rf var build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache .hypothesis

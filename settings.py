@@ -38,6 +38,18 @@ def _simulator_root() -> str:
     return (os.environ.get("OPENAI_BASE_URL") or "http://127.0.0.1:8900/v1").rsplit("/v1", 1)[0]
 
 
+def _env_ports(name: str) -> frozenset[int]:
+    """A comma-separated list of TCP ports; a bad entry fails loudly at startup."""
+    ports = set()
+    for part in (os.environ.get(name) or "").split(","):
+        if not part.strip():
+            continue
+        if not part.strip().isdigit() or not 0 < int(part) < 65536:
+            raise ValueError(f"{name}: {part.strip()!r} is not a port number (1-65535)")
+        ports.add(int(part))
+    return frozenset(ports)
+
+
 def _default_database_url() -> str:
     return f"sqlite:///{ROOT / 'var' / 'aijobs.db'}"
 
@@ -113,6 +125,11 @@ class Settings:
     )
     webhook_allow_private_urls: bool = field(
         default_factory=lambda: _env_bool("WEBHOOK_ALLOW_PRIVATE_URLS")
+    )
+    # Ports of the stack's own services (API, Flower, Redis, provider, database): never a
+    # webhook target on any host, even with private URLs allowed. `make run` fills it.
+    webhook_deny_ports: frozenset[int] = field(
+        default_factory=lambda: _env_ports("WEBHOOK_DENY_PORTS")
     )
     # Seconds to wait before each retry (about a day in all); tests shorten it.
     webhook_retry_schedule: tuple[float, ...] = field(
@@ -192,6 +209,8 @@ class Settings:
     # Proxies in front of the API whose X-Forwarded-For to trust (0: use the peer address).
     trusted_proxies: int = field(default_factory=lambda: _env_int("TRUSTED_PROXIES", 0))
     secret_key: str = field(default_factory=lambda: os.environ.get("SECRET_KEY") or _local_secret())
+    # Bearer token for GET /metrics; unset leaves it open (scrape from a private network).
+    metrics_token: str = field(default_factory=lambda: os.environ.get("METRICS_TOKEN") or "")
     login_token_ttl_seconds: int = field(
         default_factory=lambda: _env_int("LOGIN_TOKEN_TTL_SECONDS", 12 * 3600)
     )

@@ -13,7 +13,7 @@ from api.db import after_commit, db
 from api.payments import expire_checkout, retrieve_checkout
 from api.security import require_admin
 from api.validation import json_body, query_int
-from billing import accounts, credits, ledger, plans, purchases, subscriptions
+from billing import accounts, backoffice, credits, ledger, plans, purchases, subscriptions
 from billing.errors import InvalidInput
 from models import utcnow
 
@@ -32,6 +32,42 @@ class AccountPatch(BaseModel):
 
     status: str | None = None
     plan: str | None = None
+
+
+@bp.get("/accounts")
+@require_admin
+def find_accounts() -> dict[str, Any]:
+    """Find accounts by a member's email (prefix, any case), status or plan slug."""
+    page = backoffice.find_accounts(
+        db(),
+        email=request.args.get("email"),
+        status=request.args.get("status"),
+        plan=request.args.get("plan"),
+        cursor=request.args.get("cursor"),
+        limit=query_int("limit", 20),
+    )
+    return page.body(lambda account: accounts.account_view(db(), account))
+
+
+@bp.get("/accounts/<account_id>")
+@require_admin
+def account_detail(account_id: str) -> dict[str, Any]:
+    return backoffice.account_detail(db(), account_id)
+
+
+@bp.get("/jobs")
+@require_admin
+def find_jobs() -> dict[str, Any]:
+    """Jobs across accounts, newest first: `?status=running` finds stuck work."""
+    page = backoffice.find_jobs(
+        db(),
+        status=request.args.get("status"),
+        account_id=request.args.get("account_id"),
+        operation=request.args.get("operation"),
+        cursor=request.args.get("cursor"),
+        limit=query_int("limit", 20),
+    )
+    return page.body(backoffice.admin_job_view)
 
 
 @bp.post("/accounts/<account_id>/credits")

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import logging
-
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+import logs
 from api import (
     accounts,
     admin,
@@ -18,10 +17,13 @@ from api import (
     health,
     jobs,
     keywords,
+    metrics,
     openapi,
     plans,
+    request_ids,
     sites,
     team,
+    validation,
     webhooks,
 )
 from api.errors import register_error_handlers
@@ -32,11 +34,13 @@ def create_app() -> Flask:
     settings = get_settings()
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json = validation.JsonProvider(app)
     if settings.trusted_proxies:  # the client address comes from X-Forwarded-For
         hops = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure()
+    request_ids.init_app(app)
+    metrics.init_app(app)
     db.init_app(app)
     register_error_handlers(app)
     for blueprint in (
@@ -53,6 +57,7 @@ def create_app() -> Flask:
         ai_settings.bp,
         webhooks.bp,
         openapi.bp,
+        metrics.bp,
         billing.bp,
     ):
         app.register_blueprint(blueprint)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis
 from flask import Flask, Response, jsonify
+from kombu.exceptions import OperationalError as BrokerError
 from pydantic import ValidationError
 from sqlalchemy.exc import DataError, OperationalError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
@@ -104,6 +106,18 @@ def register_error_handlers(app: Flask) -> None:
             503, "database_unavailable", "The database is busy or unreachable; please retry."
         )
         response.headers["Retry-After"] = "1"
+        return response
+
+    @app.errorhandler(redis.ConnectionError)
+    @app.errorhandler(redis.TimeoutError)
+    @app.errorhandler(BrokerError)
+    def _broker_unavailable(exc: Exception) -> Response:
+        """Redis (broker, limits) unreachable where no view expected it: 503, not 500."""
+        log.warning("redis unavailable: %s", exc)
+        response = error_response(
+            503, "broker_unavailable", "The job queue is unavailable; please retry."
+        )
+        response.headers["Retry-After"] = "5"
         return response
 
     @app.errorhandler(Exception)

@@ -9,6 +9,8 @@ from typing import Any
 from flask import Blueprint, Response, request
 from pydantic import BaseModel, ConfigDict, Field
 
+import logs
+import metrics
 from api.db import after_commit, db
 from api.errors import error_response
 from api.security import current_account, require_key, require_role
@@ -54,7 +56,11 @@ def submit(body: SubmitBody) -> tuple[dict[str, Any], int, dict[str, str]]:
         url_policy=webhook_url_policy(),
     )
     job = submission.job
+    logs.bind(job_id=job.id, operation=job.operation, model=job.model)
     if submission.created:
+        log.info("job submitted, %s credits held", job.reserved_credits)
+        plan = account.plan.slug if account.plan else "none"
+        metrics.JOBS_SUBMITTED.labels(job.operation, plan).inc()
         after_commit(lambda: _enqueue(job.id, job.operation))
     headers = {"Location": f"/v1/jobs/{job.id}"}
     if not submission.created:

@@ -9,6 +9,7 @@ from typing import ParamSpec, TypeVar
 
 from flask import g, request
 
+import logs
 from api import ratelimit
 from api.db import db
 from api.errors import ApiError
@@ -48,6 +49,7 @@ def require_key(view: Callable[P, R]) -> Callable[P, R]:
             )
         except NotFound as exc:
             raise ApiError(401, "invalid_api_key", exc.message) from None
+        logs.bind(account_id=g.account.id)
         ratelimit.enforce(g.account)
         return view(*args, **kwargs)
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, or_, select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from billing.errors import InvalidInput, NotFound
 from billing.operations import OPERATIONS
-from billing.paging import Page, decode_time_cursor, encode_cursor, page_of, page_size
+from billing.paging import Page, newest_first, page_of, page_size, time_cursor
 from models import JOB_STATUSES, Job, as_utc
 
 
@@ -45,15 +45,8 @@ def list_jobs(
         query = query.where(Job.status == status)
     if operation:
         query = query.where(Job.operation == operation)
-    if cursor:
-        when, job_id = decode_time_cursor(cursor)
-        query = query.where(
-            or_(Job.created_at < when, and_(Job.created_at == when, Job.id < job_id))
-        )
-    rows = session.scalars(
-        query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
-    ).all()
-    return page_of(rows, limit, lambda job: encode_cursor(_iso(job.created_at) or "", job.id))
+    rows = session.scalars(newest_first(query, Job, cursor, limit)).all()
+    return page_of(rows, limit, time_cursor)
 
 
 def job_view(job: Job) -> dict[str, Any]:

@@ -13,7 +13,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
+from sqlalchemy import Select, and_, or_
+
 from billing.errors import InvalidInput
+from models import as_utc
 
 MAX_PAGE_SIZE = 100
 T = TypeVar("T")
@@ -77,3 +80,19 @@ def page_of(rows: Sequence[T], limit: int, cursor_of: Callable[[T], str]) -> Pag
         kept = list(rows[:limit])
         return Page(kept, cursor_of(kept[-1]))
     return Page(list(rows), None)
+
+
+def newest_first(query: Select[Any], entity: Any, cursor: str | None, limit: int) -> Select[Any]:
+    """Order `entity` rows (with `created_at` and a string `id`) newest first, after the
+    `cursor`'s row, fetching `limit + 1` for `page_of`."""
+    if cursor:
+        when, row_id = decode_time_cursor(cursor)
+        query = query.where(
+            or_(entity.created_at < when, and_(entity.created_at == when, entity.id < row_id))
+        )
+    return query.order_by(entity.created_at.desc(), entity.id.desc()).limit(limit + 1)
+
+
+def time_cursor(row: Any) -> str:
+    """The cursor after `row` in a `newest_first` listing."""
+    return encode_cursor(as_utc(row.created_at).isoformat(), row.id)

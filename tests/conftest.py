@@ -23,6 +23,7 @@ from celeryconfig import QUEUES
 from models import Base, Plan
 from models.db import dispose_engines, get_engine, transaction
 from ops.cli import migrate
+from ops.ports import free_port
 from ops.postgres_server import PostgresServer
 from ops.redis_server import RedisServer
 from simulator.server import make_server
@@ -142,6 +143,7 @@ def client(app: Any) -> Any:
 @pytest.fixture(scope="session")
 def worker_env(database_url: str, redis_server: RedisServer, sim: Any) -> dict[str, str]:
     return {
+        "LOG_FORMAT": "json",
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_server.url,
         "CELERY_BROKER_URL": redis_server.url,
@@ -152,8 +154,17 @@ def worker_env(database_url: str, redis_server: RedisServer, sim: Any) -> dict[s
 
 
 @pytest.fixture(scope="session")
-def worker(worker_env: dict[str, str]) -> Iterator[Worker]:
-    running = Worker(worker_env).start()
+def worker(
+    worker_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Worker]:
+    """The session's worker; it also serves its metrics on `metrics_port`."""
+    port = free_port()
+    samples = tmp_path_factory.mktemp("worker-metrics")
+    running = Worker(
+        {**worker_env, "WORKER_METRICS_PORT": str(port), "PROMETHEUS_MULTIPROC_DIR": str(samples)}
+    )
+    running.metrics_port = port
+    running.start()
     yield running
     running.stop()
 

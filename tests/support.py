@@ -35,3 +35,5 @@ def wait_for_job(client: Any, key: str, job_id: str, timeout: float = 30) -> dic
 
 class Worker(CeleryWorker):
     """A real `celery worker` process consuming our queues."""
+
+    metrics_port: int | None = None

@@ -1,17 +1,22 @@
-"""docker-compose.yml and the Dockerfile are never run here (no Docker engine), so check
-their shape statically: every role exists, is wired to this repo's real modules, and the
-Celery workers together consume every queue the API routes to."""
+"""docker-compose.yml, the Dockerfile and deploy/nginx.conf are never run here (no Docker
+engine), so check their shape statically: every role exists, is wired to this repo's real
+modules, the Celery workers together consume every queue the API routes to, the API sits
+behind the buffering proxy with the repository's gunicorn config, and Flower behind auth."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
+import runpy
 import shlex
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 CELERY_APP = "workers.celery_app:celery"
@@ -25,13 +30,20 @@ SERVICES = {
     "worker-webhooks",
     "beat",
     "flower",
+    "proxy",
 }
-APP_SERVICES = SERVICES - {"postgres", "redis"}
+APP_SERVICES = SERVICES - {"postgres", "redis", "proxy"}
+NGINX_CONF = ROOT / "deploy" / "nginx.conf"
 
 
 @pytest.fixture(scope="module")
-def compose() -> dict[str, Any]:
-    data: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+def compose_text() -> str:
+    return (ROOT / "docker-compose.yml").read_text()
+
+
+@pytest.fixture(scope="module")
+def compose(compose_text: str) -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(compose_text)
     return data
 
 
@@ -83,8 +95,11 @@ def test_app_services_share_the_environment(services: dict[str, dict[str, Any]])
 
 
 def test_published_ports(services: dict[str, dict[str, Any]]) -> None:
-    assert any(str(p).endswith("5000:5000") for p in services["api"]["ports"])
-    assert any(str(p).endswith("5555:5555") for p in services["flower"]["ports"])
+    """Clients reach the API through the proxy only; Flower on the host's loopback only."""
+    assert services["proxy"]["ports"] == ["5000:8080"]
+    assert "ports" not in services["api"]
+    assert services["api"]["expose"] == ["5000"]
+    assert services["flower"]["ports"] == ["127.0.0.1:5555:5555"]
     assert option(command_of(services["flower"]), "--port") == "5555"
 
 
@@ -156,3 +171,126 @@ def test_dockerfile_runs_the_api_as_non_root() -> None:
 def test_dockerignore_keeps_local_state_out() -> None:
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".venv", ".git", "var"} <= set(ignored)
+
+
+def test_the_api_runs_gunicorn_with_the_repository_config(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """The same gunicorn.conf.py (buffering gthread worker, timeouts, limits) as make run."""
+    api = command_of(services["api"])
+    assert api[:3] == ["gunicorn", "-c", "gunicorn.conf.py"]
+    assert option(api, "--bind") == "0.0.0.0:5000"
+    assert not {"--workers", "-w", "-k", "--worker-class"} & set(api)
+    cmd = re.findall(r"^CMD (.+)$", (ROOT / "Dockerfile").read_text(), re.MULTILINE)[-1]
+    assert json.loads(cmd)[:3] == ["gunicorn", "-c", "gunicorn.conf.py"]
+    config = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    module, _, worker_class = config["worker_class"].rpartition(".")
+    assert hasattr(importlib.import_module(module), worker_class)
+    assert config["threads"] > 1
+    assert config["timeout"] > config["graceful_timeout"] > config["keepalive"]
+    assert config["limit_request_line"] > 0
+    assert config["limit_request_fields"] > 0
+
+
+def _nginx_directives(text: str) -> list[tuple[str, list[str]]]:
+    """(directive, arguments) in order, comments stripped, quoted strings kept whole."""
+    text = re.sub(r"#[^\n]*", "", text)
+    tokens = re.findall(r"'[^']*'|[{};]|[^\s{};']+", text)
+    directives: list[tuple[str, list[str]]] = []
+    words: list[str] = []
+    depth = 0
+    for token in tokens:
+        if token in "{};":
+            if words:
+                directives.append((words[0], words[1:]))
+            words = []
+            depth += {"{": 1, "}": -1, ";": 0}[token]
+            assert depth >= 0, "unbalanced braces"
+        else:
+            words.append(token)
+    assert depth == 0, "unbalanced braces"
+    assert words == [], f"directive without ';': {words}"
+    return directives
+
+
+def test_the_proxy_buffers_requests_with_the_apis_limits_and_answers_json(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    proxy = services["proxy"]
+    assert proxy["image"].startswith("nginx:")
+    assert proxy["volumes"] == ["./deploy/nginx.conf:/etc/nginx/nginx.conf:ro"]
+    assert proxy["depends_on"]["api"]["condition"] == "service_healthy"
+    directives = _nginx_directives(NGINX_CONF.read_text())
+    values = {name: args for name, args in directives}
+    assert values["proxy_request_buffering"] == ["on"]
+    assert values["proxy_buffering"] == ["on"]
+    for timeout in ("client_header_timeout", "client_body_timeout", "send_timeout"):
+        assert re.fullmatch(r"\d+s", values[timeout][0]), timeout
+        assert int(values[timeout][0][:-1]) <= 15, timeout
+    size = values["client_max_body_size"][0]
+    assert int(size.removesuffix("k")) * 1024 == Settings().max_request_bytes
+    assert values["listen"] == ["8080"]  # the proxy's published container port
+    upstreams = [args for name, args in directives if name == "server" and args]
+    assert upstreams == [["api:5000"]]  # the api service and its bind
+    assert values["proxy_pass"] == ["http://api"]
+
+    # Every error nginx answers itself is the API's JSON error shape, from an internal
+    # location returning the status the error_page maps to.
+    locations: dict[str, tuple[int, dict[str, Any]]] = {}
+    for index, (name, args) in enumerate(directives):
+        if name == "location" and args[:1] == ["="]:
+            following = directives[index + 1 : index + 6]
+            body = dict(
+                following[: next((n for n, d in enumerate(following) if d[0] == "location"), 5)]
+            )
+            assert body["internal"] == []
+            assert body["default_type"] == ["application/json"]
+            status, text = body["return"]
+            locations[args[1]] = (int(status), json.loads(text.strip("'")))
+    mapped = [args for name, args in directives if name == "error_page"]
+    assert {code for args in mapped for code in args[:-1] if code.isdigit()} >= {
+        "400", "413", "414", "494", "502", "503", "504",
+    }  # fmt: skip
+    for args in mapped:
+        target = args[-1]
+        status, body = locations[target]
+        answered = next((int(a[1:]) for a in args if a.startswith("=")), None)
+        assert status == (answered or int(args[0])), args
+        assert set(body["error"]) >= {"code", "message"}, target
+
+
+def test_flower_is_behind_auth_persistent_and_starts_after_the_worker(
+    compose_text: str, services: dict[str, dict[str, Any]]
+) -> None:
+    flower = services["flower"]
+    assert flower["environment"]["FLOWER_BASIC_AUTH"] == (
+        "${FLOWER_USER:-admin}:${FLOWER_PASSWORD:?set FLOWER_PASSWORD}"
+    )
+    assert "FLOWER_UNAUTHENTICATED_API" not in compose_text
+    args = command_of(flower)
+    assert option(args, "--persistent") == "True"
+    assert option(args, "--db") == "/app/var/flower.db"
+    assert "flowerdata:/app/var" in flower["volumes"]
+    assert flower["depends_on"]["worker-text"]["condition"] == "service_healthy"
+    ping = " ".join(services["worker-text"]["healthcheck"]["test"])
+    assert "inspect ping -d text@$$HOSTNAME" in ping
+
+
+def test_webhooks_may_never_target_the_stacks_own_ports(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """Checked at submission (api) and at every send (worker-webhooks): the same list."""
+    ports = services["api"]["environment"]["WEBHOOK_DENY_PORTS"]
+    assert set(ports.split(",")) >= {"5000", "8080", "5555", "6379", "5432"}
+    assert services["worker-webhooks"]["environment"]["WEBHOOK_DENY_PORTS"] == ports
+    for name in APP_SERVICES:
+        assert "WEBHOOK_ALLOW_PRIVATE_URLS" not in services[name]["environment"], name
+
+
+def test_the_api_takes_client_addresses_from_the_one_proxy(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """Behind nginx every peer is the proxy: without this, one address for all clients
+    would share the sign-up and login throttles."""
+    assert services["api"]["environment"]["TRUSTED_PROXIES"] == "1"
+    assert "TRUSTED_PROXIES" not in services["worker-text"]["environment"]

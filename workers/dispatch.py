@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
+import logs
 from billing.operations import OPERATIONS
 from workers.celery_app import celery
 
@@ -16,7 +17,13 @@ def enqueue_job(job_id: str, operation: str) -> None:
     """Routing comes from `celeryconfig.task_routes` (one queue per operation kind)."""
     if operation not in OPERATIONS:
         raise ValueError(f"unknown operation {operation!r}")
-    celery.send_task(f"tasks.{operation}", args=[job_id])
+    celery.send_task(f"tasks.{operation}", args=[job_id], headers=_log_headers())
+
+
+def _log_headers() -> dict[str, str]:
+    """The request id travels with the task, so the worker's lines carry it too."""
+    request_id = logs.current().get("request_id")
+    return {"request_id": request_id} if request_id else {}
 
 
 def enqueue_webhooks(delivery_ids: Iterable[str | None], countdown: float | None = None) -> None:

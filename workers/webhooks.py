@@ -23,6 +23,7 @@ import httpx
 from billing.errors import InvalidInput
 from billing.webhook_urls import IPAddress, WebhookTarget, check_url, resolve_host
 from billing.webhooks import SECRET_PREFIX, AttemptResult, Outgoing
+from settings import get_settings
 
 USER_AGENT = "aijobs-webhooks/1"
 ERROR_BODY_BYTES = 300
@@ -52,13 +53,24 @@ def send(
     *,
     timeout: float,
     allow_private: bool,
+    deny_ports: frozenset[int] | None = None,
     resolve: Callable[[str, int], list[IPAddress]] = resolve_host,
     clock: Callable[[], float] = time.time,
 ) -> AttemptResult:
     """One attempt: check, sign, POST to the pinned address; never raises for the
-    receiver's or the network's failures, which become the attempt's result."""
+    receiver's or the network's failures, which become the attempt's result.
+
+    `deny_ports` defaults to WEBHOOK_DENY_PORTS, so every sender re-checks the stack's
+    own ports without having to pass them."""
+    if deny_ports is None:
+        deny_ports = get_settings().webhook_deny_ports
     try:
-        target = check_url(outgoing.url, allow_private=allow_private, resolve=_strict(resolve))
+        target = check_url(
+            outgoing.url,
+            allow_private=allow_private,
+            resolve=_strict(resolve),
+            deny_ports=deny_ports,
+        )
     except InvalidInput as exc:
         return AttemptResult(status_code=None, latency_ms=0, error=exc.message, refused=True)
     except LookupFailed as exc:

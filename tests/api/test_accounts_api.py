@@ -219,3 +219,24 @@ def test_a_database_outage_is_503_not_500(client: Any, monkeypatch: pytest.Monke
     assert response.status_code == 503
     assert response.get_json()["error"]["code"] == "database_unavailable"
     assert response.headers["Retry-After"] == "1"
+
+
+def test_a_redis_error_no_code_expected_is_503_not_500(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The safety net under every view: a Redis or broker error that escapes is a 503."""
+    import redis
+    from kombu.exceptions import OperationalError
+
+    key, _ = register(client)
+    for error in (redis.ConnectionError("refused"), OperationalError("broker down")):
+
+        def fail(_account: Any, error: Exception = error) -> None:
+            raise error
+
+        monkeypatch.setattr("api.ratelimit.enforce", fail)
+        response = client.get("/v1/account", headers=auth(key))
+
+        assert response.status_code == 503
+        assert response.get_json()["error"]["code"] == "broker_unavailable"
+        assert response.headers["Retry-After"] == "5"

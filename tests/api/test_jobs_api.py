@@ -11,11 +11,6 @@ from tests.support import auth, register
 CLUSTER = {"operation": "clustering", "input": {"keywords": ["a b", "a c"]}}
 
 
-@pytest.fixture
-def key(client: Any) -> str:
-    return register(client)[0]
-
-
 @pytest.mark.parametrize(
     ("body", "field"),
     [

@@ -3,10 +3,12 @@ Retry-After for that account only."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
 
+from ops.redis_server import RedisServer
 from tests.support import auth, register
 
 ADMIN = {"X-Admin-Token": "test-admin-token"}
@@ -53,3 +55,45 @@ def test_the_limit_follows_the_plan(limited: Any) -> None:
     limited.patch(f"/v1/admin/accounts/{account['id']}", json={"plan": "growth"}, headers=ADMIN)
     codes = [limited.get("/v1/account", headers=auth(key)).status_code for _ in range(20)]
     assert codes == [200] * 20
+
+
+def test_redis_down_reads_fail_open_writes_get_503_and_nothing_is_a_500(
+    limited: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A real Redis, stopped: the limiter's reads go through uncounted (one log line),
+    writes are 503 with Retry-After and write nothing, /healthz names the broker; the
+    same port back up and everything is counted again."""
+    monkeypatch.setattr("api.jobs.enqueue_job", lambda job_id, operation: None)
+    job = {"operation": "clustering", "input": {"keywords": ["a b", "a c"]}}
+    with RedisServer() as redis_server:
+        monkeypatch.setenv("REDIS_URL", redis_server.url)
+        monkeypatch.setenv("CELERY_BROKER_URL", redis_server.url)
+        key, _ = register(limited, "outage@example.com")
+        before = limited.get("/v1/account", headers=auth(key)).get_json()["credits"]
+        port = redis_server.port
+        redis_server.stop()
+        caplog.set_level(logging.WARNING, logger="api.ratelimit")
+
+        reads = [limited.get(path, headers=auth(key)) for path in ("/v1/account", "/v1/jobs")]
+        writes = [
+            limited.post("/v1/jobs", json=job, headers=auth(key)),
+            limited.post("/v1/sites", json={"name": "blog"}, headers=auth(key)),
+            limited.put("/v1/webhooks/endpoint", json={"url": None}, headers=auth(key)),
+        ]
+        health = limited.get("/healthz")
+
+        assert [r.status_code for r in reads] == [200, 200]
+        assert reads[0].get_json()["credits"] == before
+        assert [r.status_code for r in writes] == [503, 503, 503]
+        for response in writes:
+            assert response.get_json()["error"]["code"] == "rate_limiter_unavailable"
+            assert response.headers["Retry-After"] == "5"
+        assert "reads allowed uncounted" in caplog.text
+        assert health.status_code == 503
+        assert health.get_json()["broker"] == "unavailable"
+        assert health.get_json()["error"]["unavailable"] == ["broker"]
+        assert limited.get("/v1/jobs", headers=auth(key)).get_json()["data"] == []
+
+        with RedisServer(port=port):
+            assert limited.post("/v1/jobs", json=job, headers=auth(key)).status_code == 202
+            assert limited.get("/healthz").status_code == 200

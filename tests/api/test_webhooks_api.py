@@ -11,23 +11,24 @@ from sqlalchemy import select
 
 from models import WebhookDelivery
 from models.db import transaction
-from tests.billing.test_webhook_urls import MALFORMED, ODD_SPELLINGS, PRIVATE
+from tests.billing.test_webhook_urls import MALFORMED, NEVER, ODD_SPELLINGS, PRIVATE
 from tests.support import auth, register
 
 CLUSTER = {"operation": "clustering", "input": {"keywords": ["a b", "a c"]}}
 # The API resolves names with real DNS; these are refused from their text alone.
-REFUSED = MALFORMED + ODD_SPELLINGS + [url for url in PRIVATE if "example.com" not in url]
+REFUSED = MALFORMED + ODD_SPELLINGS + [u for u in PRIVATE + NEVER if "example.com" not in u]
+# With the dev allowance on, as `make run` sets it: Flower (5555) and Redis (6379) are the
+# stack's own ports there, and metadata stays out of reach.
+DEV_REFUSED = [
+    "http://127.0.0.1:5555/api/worker/shutdown/worker@localhost",
+    "http://localhost:5555/api/task/revoke/x?terminate=true",
+    "http://[::1]:6379/",
+    "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+    "http://metadata.google.internal/computeMetadata/v1/",
+    "http://[fd00:ec2::254]/latest/meta-data/",
+]
 
-
-@pytest.fixture(autouse=True)
-def _no_enqueue(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Jobs stay queued (cancellable) even while another module's worker is running."""
-    monkeypatch.setattr("api.jobs.enqueue_job", lambda job_id, operation: None)
-
-
-@pytest.fixture
-def key(client: Any) -> str:
-    return register(client)[0]
+pytestmark = pytest.mark.usefixtures("no_enqueue")
 
 
 def test_the_secret_is_created_once_and_signs_with_32_bytes(client: Any, key: str) -> None:
@@ -110,6 +111,27 @@ def test_development_mode_accepts_a_localhost_receiver(
 
     assert response.status_code == 202, response.get_json()
     assert response.get_json()["webhook_url"] == "http://127.0.0.1:9/hooks"
+
+
+def test_development_mode_still_refuses_the_stacks_ports_and_cloud_metadata(
+    client: Any, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WEBHOOK_ALLOW_PRIVATE_URLS", "1")
+    monkeypatch.setenv("WEBHOOK_DENY_PORTS", "5000,5555,6379")
+    before = client.get("/v1/account", headers=auth(key)).get_json()["credits"]
+    answers = {}
+
+    for url in DEV_REFUSED:
+        job = client.post("/v1/jobs", json={**CLUSTER, "webhook_url": url}, headers=auth(key))
+        endpoint = client.put("/v1/webhooks/endpoint", json={"url": url}, headers=auth(key))
+        answers[url] = (job.status_code, endpoint.status_code, job.get_json()["error"]["fields"])
+
+    assert answers == {
+        url: (422, 422, {"webhook_url": "not a public address"}) for url in DEV_REFUSED
+    }
+    assert client.get("/v1/account", headers=auth(key)).get_json()["credits"] == before
+    assert client.get("/v1/jobs", headers=auth(key)).get_json()["data"] == []
+    assert client.get("/v1/webhooks/endpoint", headers=auth(key)).get_json()["url"] is None
 
 
 def test_a_cancelled_job_lists_its_delivery_and_can_be_redelivered(client: Any, key: str) -> None:

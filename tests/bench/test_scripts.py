@@ -67,3 +67,10 @@ def test_budgets_bench_prints_each_loop_on_both_backends() -> None:
     assert sorted(rows) == sorted(
         (db, loop) for db in ("sqlite", "postgresql") for loop in ("bare", "no budget", "budget")
     )
+
+
+def test_slow_clients_bench_measures_both_worker_classes() -> None:
+    out = run_bench("bench.slow_clients")
+    rows = re.findall(r"^(buffering \(repo\)|stock gthread)\s+(baseline|slow)\s+\d+", out, re.M)
+    assert len(rows) == 4, out
+    assert "median slow/baseline" in out

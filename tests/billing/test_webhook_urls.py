@@ -16,6 +16,11 @@ DNS = {
     "rebind.example.com": [PUBLIC, ipaddress.ip_address("127.0.0.1")],
     "v6.example.com": [ipaddress.ip_address("2606:2800:220:1:248:1893:25c8:1946")],
     "mapped.example.com": [ipaddress.ip_address("::ffff:169.254.169.254")],
+    "rebind-metadata.example.com": [
+        ipaddress.ip_address("127.0.0.1"),
+        ipaddress.ip_address("169.254.169.254"),
+    ],
+    "linklocal.example.com": [ipaddress.ip_address("fe80::1")],
 }
 
 
@@ -63,12 +68,25 @@ PRIVATE = [
     "http://LOCALHOST.:5000/hook",
     "http://api.localhost/hook",
     "http://printer.local/hook",
-    "http://metadata.google.internal/computeMetadata/v1/",
     "http://10.0.0.1/hook",
     "http://172.16.5.4/hook",
     "http://192.168.1.1/hook",
     "http://100.64.0.1/hook",
+    "http://[::1]/hook",
+    "http://[fc00::1]/hook",
+    "http://internal.example.com/hook",
+]
+# Refused in every mode: cloud metadata, link-local, and the ranges that are neither
+# public nor the developer's own machine or LAN.
+NEVER = [
+    "http://metadata.google.internal/computeMetadata/v1/",
+    "http://METADATA.GOOGLE.INTERNAL./computeMetadata/v1/",
+    "http://metadata/computeMetadata/v1/",
+    "http://instance-data/latest/meta-data/",
     "http://169.254.169.254/latest/meta-data/",
+    "http://169.254.170.2/v2/credentials",
+    "http://100.100.100.200/latest/meta-data/",
+    "http://192.0.0.192/opc/v1/instance/",
     "http://169.254.1.1/hook",
     "http://0.0.0.0/hook",
     "http://224.0.0.1/hook",
@@ -76,26 +94,25 @@ PRIVATE = [
     "http://255.255.255.255/hook",
     "http://240.0.0.1/hook",
     "http://192.0.2.1/hook",
-    "http://[::1]/hook",
     "http://[::]/hook",
     "http://[fe80::1]/hook",
-    "http://[fc00::1]/hook",
     "http://[fd00:ec2::254]/latest/meta-data/",
     "http://[ff02::1]/hook",
     "http://[::ffff:127.0.0.1]/hook",
     "http://[::ffff:10.0.0.1]/hook",
     "http://[::ffff:8.8.8.8]/hook",
     "http://[::ffff:7f00:1]/hook",
+    "http://[::ffff:169.254.169.254]/hook",
     "http://[64:ff9b::7f00:1]/hook",
     "http://[2002:7f00:1::]/hook",
     "http://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/hook",
-    "http://internal.example.com/hook",
-    "http://rebind.example.com/hook",
+    "http://rebind-metadata.example.com/hook",
     "http://mapped.example.com/hook",
+    "http://linklocal.example.com/hook",
 ]
 
 
-@pytest.mark.parametrize("url", MALFORMED + ODD_SPELLINGS + PRIVATE)
+@pytest.mark.parametrize("url", MALFORMED + ODD_SPELLINGS + PRIVATE + NEVER)
 def test_refused_when_private_urls_are_not_allowed(url: str) -> None:
     with pytest.raises(InvalidInput) as refused:
         check_url(url, allow_private=False, resolve=resolve)
@@ -104,17 +121,55 @@ def test_refused_when_private_urls_are_not_allowed(url: str) -> None:
     assert list(refused.value.details["fields"]) == ["webhook_url"]
 
 
-@pytest.mark.parametrize("url", MALFORMED + ODD_SPELLINGS)
-def test_malformed_urls_and_odd_ip_spellings_are_refused_even_in_development(url: str) -> None:
+@pytest.mark.parametrize("url", MALFORMED + ODD_SPELLINGS + NEVER)
+def test_malformed_urls_odd_spellings_and_metadata_are_refused_even_in_development(
+    url: str,
+) -> None:
     with pytest.raises(InvalidInput):
         check_url(url, allow_private=True, resolve=resolve)
+    with pytest.raises(InvalidInput):
+        UrlPolicy(allow_private=True, resolve=resolve).check(url, must_resolve=False)
 
 
-@pytest.mark.parametrize("url", [u for u in PRIVATE if "example.com" not in u])
-def test_development_switch_allows_private_addresses(url: str) -> None:
-    target = check_url(url, allow_private=True, resolve=lambda host, port: [PUBLIC])
+@pytest.mark.parametrize("url", PRIVATE)
+def test_development_switch_allows_loopback_and_private_lan_addresses(url: str) -> None:
+    local = {"internal.example.com": [ipaddress.ip_address("10.1.2.3")]}
+
+    target = check_url(
+        url,
+        allow_private=True,
+        resolve=lambda host, _port: local.get(host) or [ipaddress.ip_address("127.0.0.1")],
+    )
 
     assert target.url == url
+
+
+STACK_PORTS = frozenset({5555, 6379, 5000})
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:5555/api/worker/shutdown/worker@host",
+        "http://localhost:5555/api/worker/shutdown/worker@host",
+        "http://[::1]:6379/",
+        "http://10.0.0.1:5000/v1/admin/accounts",
+        "https://hooks.example.com:5555/in",
+    ],
+)
+def test_the_stacks_own_ports_are_refused_on_any_host_even_in_development(url: str) -> None:
+    with pytest.raises(UnsafeWebhookUrl, match="belongs to this service's stack"):
+        check_url(url, allow_private=True, resolve=resolve, deny_ports=STACK_PORTS)
+    with pytest.raises(UnsafeWebhookUrl, match="belongs to this service's stack"):
+        UrlPolicy(resolve=resolve, deny_ports=STACK_PORTS).check(url, must_resolve=False)
+
+
+def test_other_ports_stay_open_with_a_deny_list() -> None:
+    target = check_url(
+        "http://127.0.0.1:8080/hook", allow_private=True, resolve=resolve, deny_ports=STACK_PORTS
+    )
+
+    assert target.port == 8080
 
 
 def test_a_refused_address_names_the_reason() -> None:

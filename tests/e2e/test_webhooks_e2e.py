@@ -4,6 +4,7 @@ verifier (the `standardwebhooks` package). Retries run on a shortened schedule."
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -198,3 +199,32 @@ def test_the_end_of_a_prepaid_bank_transfer_is_announced_and_stops_renewal(api: 
     job = api.post("/v1/jobs", json=IMAGE_JOB, headers=auth(key))
     assert job.status_code == 202  # what is left stays spendable
     assert wait_for_job(api, key, job.get_json()["id"])["status"] == "succeeded"
+
+
+def test_a_jobs_lines_share_its_ids_from_api_to_worker_to_webhook(
+    api: Any, worker: Worker, webhook_worker: Worker
+) -> None:
+    """With LOG_FORMAT=json (the test workers' setting), the job worker's and the webhook
+    worker's lines about a job parse as JSON and carry its job id and request id."""
+    key, account = register(api)
+    with Receiver() as receiver:
+        job = api.post(
+            "/v1/jobs",
+            json={**IMAGE_JOB, "webhook_url": receiver.url},
+            headers={**auth(key), "X-Request-Id": "req-e2e-1"},
+        ).get_json()
+        assert wait_for_job(api, key, job["id"])["status"] == "succeeded"
+        deliveries(api, key, job["id"])
+
+    def lines_about(output: list[str]) -> list[dict[str, Any]]:
+        parsed = [json.loads(line) for line in output if line.startswith("{")]
+        return [line for line in parsed if line.get("job_id") == job["id"]]
+
+    ran = lines_about(worker.output)
+    assert ran
+    assert {line["request_id"] for line in ran} == {"req-e2e-1"}
+    assert {line["operation"] for line in ran} == {"image_generation"}
+    delivered = lines_about(webhook_worker.output)
+    assert delivered
+    assert {line["account_id"] for line in delivered} == {account["id"]}
+    assert all(line["delivery_id"].startswith("msg_") for line in delivered)

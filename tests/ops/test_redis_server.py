@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
+import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
+from celery import Celery
 
 from ops.ports import free_port, port_is_open, wait_for_port
 from ops.redis_server import RedisServer, find_redis_server
@@ -72,3 +77,64 @@ def test_wait_for_port_times_out_with_a_clear_message() -> None:
     port = free_port()
     with pytest.raises(TimeoutError, match=f"127.0.0.1:{port}"):
         wait_for_port("127.0.0.1", port, timeout=0.2)
+
+
+def _celery(url: str) -> Any:
+    """The project's Celery settings (queues, routes) on the given broker."""
+    app = Celery("aijobs-test", set_as_current=False)
+    app.config_from_object("celeryconfig")
+    app.conf.broker_url = url
+    return app
+
+
+def _queued_job_ids(url: str, queue: str) -> list[str]:
+    client = redis.Redis.from_url(url)
+    try:
+        messages = [json.loads(raw) for raw in client.lrange(queue, 0, -1)]
+    finally:
+        client.close()
+    return sorted(json.loads(base64.b64decode(m["body"]))[0][0] for m in messages)
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGKILL])
+def test_a_persistent_redis_keeps_queued_jobs_across_a_restart(
+    tmp_path: Path, stop_signal: signal.Signals
+) -> None:
+    """`make run`'s broker: jobs queued through Celery are still queued after Redis
+    stops (cleanly, or killed outright) and starts again on the same port and dir."""
+    data_dir = tmp_path / "redis"
+    job_ids = [f"job_{n}" for n in range(10)]
+    server = RedisServer(data_dir=data_dir).start()
+    try:
+        client = redis.Redis.from_url(server.url)
+        assert client.config_get("appendonly") == {"appendonly": "yes"}
+        assert client.config_get("appendfsync") == {"appendfsync": "everysec"}
+        client.close()
+        app = _celery(server.url)
+        for job_id in job_ids:
+            app.send_task("tasks.clustering", args=[job_id])
+        app.close()
+        assert _queued_job_ids(server.url, "text") == job_ids
+        port = server.port
+
+        assert server.proc is not None
+        server.proc.send_signal(stop_signal)
+        server.proc.wait(10)
+        server.restart()
+
+        assert server.port == port
+        assert _queued_job_ids(server.url, "text") == job_ids
+    finally:
+        server.stop()
+    assert (data_dir / "appendonly.aof").exists() or (data_dir / "appendonlydir").is_dir()
+    assert (data_dir / "redis.log").exists()
+
+
+def test_a_new_server_on_the_same_data_dir_finds_the_queue(tmp_path: Path) -> None:
+    """What a restart of the whole stack does: a fresh RedisServer, same dir, any port."""
+    with RedisServer(data_dir=tmp_path) as first:
+        app = _celery(first.url)
+        app.send_task("tasks.image_generation", args=["job_img"])
+        app.close()
+    with RedisServer(data_dir=tmp_path) as second:
+        assert _queued_job_ids(second.url, "image") == ["job_img"]

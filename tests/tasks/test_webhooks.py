@@ -203,6 +203,25 @@ def test_a_url_refused_at_send_time_fails_without_a_connection(
     assert queued == []  # our own policy said no: retrying cannot help
 
 
+def test_the_stacks_own_port_is_refused_at_send_time_with_private_urls_allowed(
+    queued: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A URL accepted before the port was on WEBHOOK_DENY_PORTS (the receiver stands in
+    for Flower's API) is refused when sent, with no connection, and not retried."""
+    with Receiver() as flower:
+        _, delivery_id = cancelled_job(new_account(), f"{flower.url}/api/worker/shutdown/w")
+        assert delivery_id is not None
+        monkeypatch.setenv("WEBHOOK_DENY_PORTS", f"5000,{flower.port}")
+
+        assert deliver.run(delivery_id) == "done"
+
+    assert flower.connections == 0
+    row, attempts = delivery(delivery_id)
+    assert row.status == "failed"
+    assert "belongs to this service's stack" in (attempts[0].error or "")
+    assert queued == []
+
+
 def test_large_results_are_referenced_not_inlined(env: dict[str, str]) -> None:
     account_id = new_account(endpoint="https://hooks.example.com/in")
     with transaction() as session:

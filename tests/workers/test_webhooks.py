@@ -168,3 +168,33 @@ def test_a_dns_failure_is_retryable_not_refused() -> None:
 
     assert not result.refused
     assert "DNS lookup failed" in (result.error or "")
+
+
+def test_the_stacks_own_ports_are_refused_at_send_time_even_in_development(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A URL accepted before the deny list existed (or changed) is re-checked at send:
+    the receiver stands in for Flower on a port `make run` lists in WEBHOOK_DENY_PORTS."""
+    with Receiver() as flower:
+        monkeypatch.setenv("WEBHOOK_DENY_PORTS", f"6379,{flower.port}")
+        url = f"http://127.0.0.1:{flower.port}/api/worker/shutdown/worker@host"
+        result = send(outgoing(url), timeout=5, allow_private=True)
+
+    assert result.refused
+    assert "belongs to this service's stack" in (result.error or "")
+    assert flower.connections == 0
+
+
+def test_a_name_resolving_to_cloud_metadata_is_refused_at_send_time_even_in_development() -> None:
+    def resolve(_host: str, _port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        return [ipaddress.ip_address("169.254.169.254")]
+
+    result = send(
+        outgoing("http://looks-harmless.test/latest/meta-data/"),
+        timeout=5,
+        allow_private=True,
+        resolve=resolve,
+    )
+
+    assert result.refused
+    assert "cloud metadata" in (result.error or "")

@@ -1,0 +1,64 @@
+"""GET /metrics: Prometheus text with the job, HTTP and state families; a token when set."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support import auth, register
+
+JOB = {"operation": "image_generation", "input": {"prompt": "a red kite", "count": 2}}
+
+
+def scrape(client: Any, **headers: str) -> dict[str, Any]:
+    response = client.get("/metrics", headers=headers)
+    assert response.status_code == 200
+    assert response.content_type.startswith("text/plain")
+    return {family.name: family for family in text_string_to_metric_families(response.text)}
+
+
+def sample(families: dict[str, Any], name: str, **labels: str) -> float:
+    family_name = name.removesuffix("_total")
+    return sum(
+        s.value
+        for s in families[family_name].samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def test_metrics_count_submissions_and_show_holds(client: Any) -> None:
+    before = scrape(client)
+    key, _ = register(client)
+    job = client.post("/v1/jobs", json=JOB, headers=auth(key)).get_json()
+    client.get("/v1/jobs/missing", headers=auth(key))
+    after = scrape(client)
+
+    def submitted(families: dict[str, Any]) -> float:
+        if "aijobs_jobs_submitted" not in families:
+            return 0.0
+        return sample(
+            families, "aijobs_jobs_submitted_total", operation="image_generation", plan="free-trial"
+        )
+
+    assert submitted(after) == submitted(before) + 1
+    assert sample(after, "aijobs_credits_held") == job["reserved_credits"] == 2
+    assert sample(after, "aijobs_holds_open") == 1
+    assert sample(after, "aijobs_jobs", status="queued") == 1
+    assert sample(after, "aijobs_state_up") == 1
+    assert sample(after, "aijobs_http_responses_total", endpoint="/v1/jobs/<job_id>", status="404")
+    assert {s.labels["queue_name"] for s in after["celery_queue_length"].samples} >= {"text"}
+
+
+def test_state_gauges_fail_soft(client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CELERY_BROKER_URL", "redis://127.0.0.1:1/0")
+    families = scrape(client)
+    assert sample(families, "aijobs_state_up") == 0
+
+
+def test_a_metrics_token_is_required_when_set(client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("METRICS_TOKEN", "scrape-secret")
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert "aijobs_state_up" in scrape(client, Authorization="Bearer scrape-secret")
