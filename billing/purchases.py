@@ -15,13 +15,13 @@ from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from billing import ledger
 from billing.credits import PlanPayment, start_paid_period
 from billing.errors import Forbidden, InvalidInput, NotFound, PurchaseNotPending
-from billing.paging import Page, decode_time_cursor, encode_cursor, page_of, page_size
+from billing.paging import Page, newest_first, page_of, page_size, time_cursor
 from models import PURCHASE_STATUSES, Account, CreditTransaction, Plan, Purchase, as_utc
 
 log = logging.getLogger(__name__)
@@ -302,18 +302,8 @@ def list_purchases(
         query = query.where(Purchase.account_id == account_id)
     if status is not None:
         query = query.where(Purchase.status == status)
-    if cursor:
-        when, last_id = decode_time_cursor(cursor)
-        query = query.where(
-            or_(
-                Purchase.created_at < when,
-                and_(Purchase.created_at == when, Purchase.id < last_id),
-            )
-        )
-    rows = session.scalars(
-        query.order_by(Purchase.created_at.desc(), Purchase.id.desc()).limit(limit + 1)
-    ).all()
-    return page_of(rows, limit, lambda p: encode_cursor(as_utc(p.created_at).isoformat(), p.id))
+    rows = session.scalars(newest_first(query, Purchase, cursor, limit)).all()
+    return page_of(rows, limit, time_cursor)
 
 
 def purchase_view(purchase: Purchase) -> dict[str, Any]:
