@@ -21,7 +21,7 @@ LOOPBACK = ipaddress.ip_address("127.0.0.1")
 
 
 def outgoing(url: str, *secrets: str) -> Outgoing:
-    return Outgoing("msg_test1", url, BODY, list(secrets) or [new_secret()])
+    return Outgoing("msg_test1", url, BODY, list(secrets) or [new_secret()], "acc_test1")
 
 
 def test_secrets_are_whsec_and_32_random_bytes() -> None:
