@@ -46,6 +46,7 @@ bench: $(STAMP) ## the benchmarks (bench/README.md); BENCH_ARGS=--quick for a sm
 	$(BIN)/python -m bench.e2e_throughput --db postgresql $(BENCH_ARGS)
 	$(BIN)/python -m bench.ledger $(BENCH_ARGS)
 	$(BIN)/python -m bench.sqlite_floor $(BENCH_ARGS)
+	$(BIN)/python -m bench.budgets $(BENCH_ARGS)
 	$(BIN)/python -m bench.slow_clients $(BENCH_ARGS)
 	$(BIN)/python -m bench.usage $(BENCH_ARGS)
 	$(BIN)/python -m bench.keyword_library $(BENCH_ARGS)

@@ -33,6 +33,11 @@ def _env_bool(name: str, default: bool = False) -> bool:
     return raw.strip().lower() in {"1", "true", "yes", "on"}
 
 
+def _simulator_root() -> str:
+    """The simulated provider's base URL (it also stands in for Ahrefs and Stripe)."""
+    return (os.environ.get("OPENAI_BASE_URL") or "http://127.0.0.1:8900/v1").rsplit("/v1", 1)[0]
+
+
 def _env_ports(name: str) -> frozenset[int]:
     """A comma-separated list of TCP ports; a bad entry fails loudly at startup."""
     ports = set()
@@ -90,14 +95,34 @@ class Settings:
     )
     # Keyword research API; by default the simulated provider's /ahrefs stand-in.
     ahrefs_api_url: str = field(
-        default_factory=lambda: (
-            os.environ.get("AHREFS_API_URL")
-            or (os.environ.get("OPENAI_BASE_URL") or "http://127.0.0.1:8900/v1").rsplit("/v1", 1)[0]
-            + "/ahrefs"
-        )
+        default_factory=lambda: os.environ.get("AHREFS_API_URL") or _simulator_root() + "/ahrefs"
     )
     ahrefs_api_key: str = field(default_factory=lambda: os.environ.get("AHREFS_API_KEY") or "")
     admin_token: str = field(default_factory=lambda: os.environ.get("ADMIN_TOKEN") or "")
+    # Stripe Checkout for purchases; without a key, purchases are confirmed by an admin.
+    stripe_api_key: str = field(default_factory=lambda: os.environ.get("STRIPE_API_KEY") or "")
+    stripe_webhook_secret: str = field(
+        default_factory=lambda: os.environ.get("STRIPE_WEBHOOK_SECRET") or ""
+    )
+    # The Stripe API; by default the simulated provider's stand-in (a real key needs
+    # STRIPE_API_BASE=https://api.stripe.com).
+    stripe_api_base: str = field(
+        default_factory=lambda: os.environ.get("STRIPE_API_BASE") or _simulator_root() + "/stripe"
+    )
+    stripe_success_url: str = field(
+        default_factory=lambda: (
+            os.environ.get("STRIPE_SUCCESS_URL") or "http://localhost:5000/v1/billing/payments"
+        )
+    )
+    stripe_cancel_url: str = field(
+        default_factory=lambda: (
+            os.environ.get("STRIPE_CANCEL_URL") or "http://localhost:5000/v1/billing/payments"
+        )
+    )
+    # Seconds a Stripe-Signature timestamp stays acceptable (older: a replay, refused).
+    stripe_webhook_tolerance: int = field(
+        default_factory=lambda: _env_int("STRIPE_WEBHOOK_TOLERANCE", 300)
+    )
     webhook_allow_private_urls: bool = field(
         default_factory=lambda: _env_bool("WEBHOOK_ALLOW_PRIVATE_URLS")
     )
@@ -154,6 +179,35 @@ class Settings:
     rate_limits_enabled: bool = field(
         default_factory=lambda: _env_bool("RATE_LIMITS_ENABLED", default=True)
     )
+    # Sign-up and login throttles (api/auth_throttle.py); test rigs that register freely
+    # switch them off. Rates are `limits` strings ("20/hour", "50 per 15 minutes").
+    auth_throttle_enabled: bool = field(
+        default_factory=lambda: _env_bool("AUTH_THROTTLE_ENABLED", default=True)
+    )
+    register_rate_per_address: str = field(
+        default_factory=lambda: os.environ.get("REGISTER_RATE_PER_ADDRESS") or "20/hour"
+    )
+    register_rate_per_email: str = field(
+        default_factory=lambda: os.environ.get("REGISTER_RATE_PER_EMAIL") or "5/hour"
+    )
+    trials_per_address_per_day: int = field(
+        default_factory=lambda: _env_int("TRIALS_PER_ADDRESS_PER_DAY", 10)
+    )
+    login_rate_per_address: str = field(
+        default_factory=lambda: os.environ.get("LOGIN_RATE_PER_ADDRESS") or "60/minute"
+    )
+    login_failures_per_email: str = field(
+        default_factory=lambda: os.environ.get("LOGIN_FAILURES_PER_EMAIL") or "50 per 15 minutes"
+    )
+    login_lockout_after: int = field(default_factory=lambda: _env_int("LOGIN_LOCKOUT_AFTER", 5))
+    login_lockout_seconds: int = field(
+        default_factory=lambda: _env_int("LOGIN_LOCKOUT_SECONDS", 30)
+    )
+    login_lockout_max_seconds: int = field(
+        default_factory=lambda: _env_int("LOGIN_LOCKOUT_MAX_SECONDS", 900)
+    )
+    # Proxies in front of the API whose X-Forwarded-For to trust (0: use the peer address).
+    trusted_proxies: int = field(default_factory=lambda: _env_int("TRUSTED_PROXIES", 0))
     secret_key: str = field(default_factory=lambda: os.environ.get("SECRET_KEY") or _local_secret())
     # Bearer token for GET /metrics; unset leaves it open (scrape from a private network).
     metrics_token: str = field(default_factory=lambda: os.environ.get("METRICS_TOKEN") or "")

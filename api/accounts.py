@@ -1,4 +1,5 @@
-"""The caller's own account: status, plan, credits and the four limits; its settings."""
+"""The caller's own account: status, plan, credits and the four limits; its settings, the
+owner's plan changes and spending budgets."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ from flask import Blueprint
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.db import db
+from api.payments import with_checkout
 from api.security import current_account, require_key, require_role
 from api.validation import json_body
-from billing import accounts, usage
+from billing import accounts, budgets, subscriptions, usage
+from billing.budgets import MAX_BUDGET
+from models import utcnow
 
 bp = Blueprint("accounts", __name__, url_prefix="/v1")
 
@@ -37,3 +41,52 @@ def update_account(body: AccountSettings) -> dict[str, Any]:
     if "timezone" in body.model_fields_set:
         usage.set_timezone(db(), account, body.timezone)
     return accounts.account_view(db(), account)
+
+
+class PlanChangeBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    plan: str = Field(min_length=1, max_length=50)
+
+
+@bp.post("/account/plan")
+@require_key
+@require_role("manage_plan")
+@json_body(PlanChangeBody)
+def change_plan(body: PlanChangeBody) -> dict[str, Any]:
+    """Upgrade (pay the purchase it returns), or downgrade at the period end."""
+    session = db()
+    account = current_account()
+    change = subscriptions.request_change(session, account, body.plan, utcnow())
+    answer = subscriptions.plan_change_view(change)
+    if change.purchase is not None:
+        answer["purchase"] = with_checkout(change.purchase)
+    return {"change": answer, "account": accounts.account_view(session, account)}
+
+
+class BudgetBody(BaseModel):
+    """Credits per usage period; null removes a budget."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    monthly_credits: int | None = Field(ge=1, le=MAX_BUDGET)
+    per_operation: dict[str, int] | None = None
+
+
+@bp.get("/account/budget")
+@require_key
+def get_budget() -> dict[str, Any]:
+    return budgets.budget_view(db(), current_account())
+
+
+@bp.put("/account/budget")
+@require_key
+@require_role("manage_budget")
+@json_body(BudgetBody)
+def set_budget(body: BudgetBody) -> dict[str, Any]:
+    """Cap what a period may spend; submissions past it get 402 `budget_exceeded`."""
+    session = db()
+    account = budgets.set_budget(
+        session, current_account(), body.monthly_credits, body.per_operation
+    )
+    return budgets.budget_view(session, account)

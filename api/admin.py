@@ -1,17 +1,19 @@
-"""Admin endpoints (X-Admin-Token): credit adjustments, status and plan changes."""
+"""Admin endpoints (X-Admin-Token): credit adjustments, status and plan changes, bank
+transfers, and confirming (or failing) purchases paid outside Stripe."""
 
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 from flask import Blueprint, request
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.db import db
+from api.db import after_commit, db
+from api.payments import expire_checkout, retrieve_checkout
 from api.security import require_admin
 from api.validation import json_body, query_int
-from billing import accounts, backoffice, credits, ledger, plans
+from billing import accounts, backoffice, credits, ledger, plans, purchases, subscriptions
 from billing.errors import InvalidInput
 from models import utcnow
 
@@ -85,8 +87,9 @@ def adjust_credits(account_id: str, body: AdjustBody) -> dict[str, Any]:
 @require_admin
 @json_body(AccountPatch)
 def update_account(account_id: str, body: AccountPatch) -> dict[str, Any]:
+    """Status or plan; activating a paid plan grants this period's credits once."""
     session = db()
-    account = accounts.admin_update(session, account_id, body.status, body.plan)
+    account = subscriptions.admin_change(session, account_id, body.status, body.plan, utcnow())
     return accounts.account_view(session, account)
 
 
@@ -115,6 +118,71 @@ def confirm_bank_transfer(account_id: str, body: BankTransferBody) -> dict[str, 
     )
     account = accounts.get_account(session, account_id)
     return {**accounts.account_view(session, account), "transaction": ledger.transaction_view(txn)}
+
+
+class ConfirmBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    payment_reference: str = Field(min_length=1, max_length=200)
+    method: Literal["manual", "bank_transfer"] = "manual"
+
+
+class FailBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    reason: str = Field(min_length=1, max_length=200)
+
+
+@bp.get("/purchases")
+@require_admin
+def list_purchases() -> dict[str, Any]:
+    """Every account's purchases, newest first (`status=pending`: what awaits payment)."""
+    page = purchases.list_purchases(
+        db(),
+        request.args.get("account_id"),
+        status=request.args.get("status"),
+        cursor=request.args.get("cursor"),
+        limit=query_int("limit", 20),
+    )
+    return page.body(purchases.purchase_view)
+
+
+@bp.post("/purchases/<purchase_id>/confirm")
+@require_admin
+@json_body(ConfirmBody)
+def confirm_purchase(purchase_id: str, body: ConfirmBody) -> dict[str, Any]:
+    """The payment arrived (manual or bank): grant the purchase, once."""
+    confirmation = purchases.confirm(
+        db(), purchase_id, body.method, body.payment_reference, utcnow()
+    )
+    purchase = confirmation.purchase
+    if confirmation.granted:
+        after_commit(lambda: expire_checkout(purchase.stripe_session_id))
+    return {"purchase": purchases.purchase_view(purchase), "granted": confirmation.granted}
+
+
+@bp.post("/purchases/<purchase_id>/fail")
+@require_admin
+@json_body(FailBody)
+def fail_purchase(purchase_id: str, body: FailBody) -> dict[str, Any]:
+    """The payment will not come (declined, bounced): the purchase fails, nothing granted."""
+    purchase = purchases.cancel(db(), purchase_id, utcnow(), reason=body.reason)
+    after_commit(lambda: expire_checkout(purchase.stripe_session_id))
+    return {"purchase": purchases.purchase_view(purchase)}
+
+
+@bp.post("/purchases/<purchase_id>/sync")
+@require_admin
+def sync_purchase(purchase_id: str) -> dict[str, Any]:
+    """Ask Stripe how the purchase's checkout ended and apply it (a missed webhook)."""
+    session = db()
+    purchase = purchases.get_purchase(session, purchase_id)
+    if not purchase.stripe_session_id:
+        raise InvalidInput("This purchase has no Stripe checkout to ask about.")
+    checkout = retrieve_checkout(purchase.stripe_session_id)
+    outcome = purchases.apply_stripe_event(session, purchases.event_for(checkout), utcnow())
+    purchase = purchases.get_purchase(session, purchase_id)
+    return {"purchase": purchases.purchase_view(purchase), "outcome": outcome}
 
 
 @bp.post("/plans")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 import logs
 from api import (
@@ -11,6 +12,7 @@ from api import (
     ai_settings,
     artifacts,
     auth,
+    billing,
     credits,
     db,
     health,
@@ -36,6 +38,9 @@ def create_app() -> Flask:
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json = validation.JsonProvider(app)
+    if settings.trusted_proxies:  # the client address comes from X-Forwarded-For
+        hops = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
     logs.configure()
     request_ids.init_app(app)
     metrics.init_app(app)
@@ -59,6 +64,7 @@ def create_app() -> Flask:
         artifacts.bp,
         openapi.bp,
         metrics.bp,
+        billing.bp,
     ):
         app.register_blueprint(blueprint)
     return app

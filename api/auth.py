@@ -1,4 +1,5 @@
-"""Registration: a free-trial account, its owner, its first API key (shown once)."""
+"""Registration (a free trial, or a paid plan waiting for its first payment) and login,
+both throttled per client address and per email (api/auth_throttle.py)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ from typing import Annotated, Any
 from flask import Blueprint
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from api import auth_throttle
 from api.db import db
 from api.errors import ApiError
+from api.payments import with_checkout
 from api.validation import json_body
-from billing import accounts, team
+from billing import accounts, subscriptions, team
 from billing.errors import NotFound
 from models import utcnow
 from settings import get_settings
@@ -29,19 +32,28 @@ class RegisterBody(BaseModel):
     email: Email
     password: str = Field(min_length=8, max_length=200)
     name: str = Field(default="", max_length=200)
+    plan: str | None = Field(default=None, min_length=1, max_length=50)
 
 
 @bp.post("/register")
 @json_body(RegisterBody)
 def register(body: RegisterBody) -> tuple[dict[str, Any], int]:
+    """A free plan: a trial with its credits. A paid plan: `pending_payment` and the
+    first payment to make (`purchase`, with a Stripe Checkout URL when configured)."""
+    auth_throttle.check_register(body.email)
     session = db()
-    registration = accounts.register(
-        session, body.email, body.password, body.name, get_settings().trial_days
+    signup = subscriptions.sign_up(
+        session, body.email, body.password, body.name, get_settings().trial_days, body.plan
     )
-    return {
-        "account": accounts.account_view(session, registration.account),
-        "api_key": registration.api_key,
-    }, 201
+    if signup.registration.account.status == "trial":
+        auth_throttle.claim_trial()
+    answer: dict[str, Any] = {
+        "account": accounts.account_view(session, signup.registration.account),
+        "api_key": signup.registration.api_key,
+    }
+    if signup.purchase is not None:
+        answer["purchase"] = with_checkout(signup.purchase, must_succeed=False)
+    return answer, 201
 
 
 class LoginBody(BaseModel):
@@ -56,10 +68,13 @@ class LoginBody(BaseModel):
 def login(body: LoginBody) -> dict[str, Any]:
     """Email + password -> a login token usable as `Authorization: Bearer tok_...`."""
     settings = get_settings()
+    auth_throttle.check_login(body.email)
     try:
         user, token = accounts.login(db(), body.email, body.password, settings.secret_key)
     except NotFound as exc:
+        auth_throttle.login_failed(body.email)
         raise ApiError(401, "invalid_credentials", exc.message) from None
+    auth_throttle.login_succeeded(body.email)
     return {
         "token": token,
         "expires_in": settings.login_token_ttl_seconds,

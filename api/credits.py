@@ -1,4 +1,4 @@
-"""The caller's credit history: every posted movement, newest first."""
+"""The caller's credits: every posted movement (newest first), and buying more."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from flask import Blueprint, request
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.db import db
+from api.payments import with_checkout
 from api.security import current_account, require_key, require_role
 from api.validation import json_body, query_int
-from billing import credits, ledger
+from billing import ledger, purchases
 
 bp = Blueprint("credits", __name__, url_prefix="/v1/credits")
 
@@ -25,10 +26,11 @@ def transactions() -> dict[str, Any]:
 
 
 class TopupBody(BaseModel):
+    """Only how many credits: the price comes from the plan, and a payment grants them."""
+
     model_config = ConfigDict(extra="forbid", strict=True)
 
     credits: int = Field(ge=1, le=10_000_000)
-    payment_reference: str = Field(min_length=1, max_length=200)
 
 
 @bp.post("/topup")
@@ -36,6 +38,6 @@ class TopupBody(BaseModel):
 @require_role("manage_billing")
 @json_body(TopupBody)
 def topup(body: TopupBody) -> tuple[dict[str, Any], int]:
-    """Buy credits (plans with allow_credit_topup); the payment reference is once-only."""
-    txn = credits.topup(db(), current_account(), body.credits, body.payment_reference)
-    return ledger.transaction_view(txn), 201
+    """Buy credits: a pending purchase, granted when its payment is confirmed."""
+    purchase = purchases.create_topup(db(), current_account(), body.credits)
+    return {"purchase": with_checkout(purchase)}, 201

@@ -273,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             "OPENAI_BASE_URL": sim_url + "/v1",
             "ADMIN_TOKEN": ADMIN_TOKEN,
             "RATE_LIMITS_ENABLED": "0" if args.no_rate_limits else "1",
+            "AUTH_THROTTLE_ENABLED": "0",  # it signs up many accounts from one address
         }
         # Before anything reads settings: celeryconfig takes the broker URL at import.
         os.environ.update(env)

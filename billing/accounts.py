@@ -10,14 +10,16 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from billing import ledger
+from billing.emails import normalize_email
 from billing.errors import (
     AccountInactive,
     EmailTaken,
@@ -70,41 +72,32 @@ def hash_api_key(key: str) -> str:
 
 
 def register(
-    session: Session, email: str, password: str, name: str, trial_days: int
+    session: Session,
+    email: str,
+    password: str,
+    name: str,
+    trial_days: int,
+    plan: Plan | None = None,
 ) -> Registration:
-    """Free-trial (else free) plan, status trial, credits seeded by one grant."""
+    """A new account and its owner. A free plan (default: free-trial, else free) starts a
+    trial with the plan's credits in one grant; a paid plan starts `pending_payment` with
+    no credits (billing/subscriptions.py asks for its first payment)."""
     email = email.strip().lower()
-    if session.scalar(select(User.id).where(User.email == email)):
-        raise EmailTaken("An account with this email already exists.", field="email")
-    plan = None
-    for slug in REGISTRATION_PLANS:
-        plan = session.scalar(select(Plan).where(Plan.slug == slug, Plan.is_active))
-        if plan is not None:
-            break
-    if plan is None:
-        raise LookupError("neither the free-trial nor the free plan exists (run `seed`)")
+    plan = plan or _registration_plan(session)
+    paid = plan.price > 0
     now = utcnow()
     account = Account(
         name=name or email.split("@")[0],
         plan=plan,
-        status="trial",
-        trial_ends_at=now + timedelta(days=trial_days),
+        status="pending_payment" if paid else "trial",
+        trial_ends_at=None if paid else now + timedelta(days=trial_days),
         period_start=now,
         period_end=add_months(now, 1),
     )
     session.add(account)
     session.flush()
-    user = User(
-        account_id=account.id,
-        email=email,
-        name=name,
-        password_hash=hash_password(password),
-        role="owner",
-        joined_at=now,
-    )
-    session.add(user)
-    session.flush()
-    if plan.included_credits:
+    user = new_user(session, account.id, email, name, password, "owner", joined_at=now)
+    if plan.included_credits and not paid:
         ledger.grant(
             session,
             account.id,
@@ -115,6 +108,54 @@ def register(
     _, key = create_api_key(session, account.id, user.id, "default")
     session.refresh(account)
     return Registration(account=account, user=user, api_key=key)
+
+
+def _registration_plan(session: Session) -> Plan:
+    for slug in REGISTRATION_PLANS:
+        plan = session.scalar(select(Plan).where(Plan.slug == slug, Plan.is_active))
+        if plan is not None:
+            return plan
+    raise LookupError("neither the free-trial nor the free plan exists (run `seed`)")
+
+
+def new_user(
+    session: Session,
+    account_id: str,
+    email: str,
+    name: str,
+    password: str,
+    role: str,
+    *,
+    joined_at: datetime | None,
+) -> User:
+    """One user per mailbox: the normalised email is unique (a unique index backs the
+    check against a concurrent registration)."""
+    normalized = normalize_email(email)
+    taken = EmailTaken(
+        "An account with this email already exists (addresses that differ only in case, "
+        "or for providers that ignore them in dots or a +tag, are the same mailbox).",
+        field="email",
+    )
+    if session.scalar(
+        select(User.id).where(or_(User.email == email, User.email_normalized == normalized))
+    ):
+        raise taken
+    user = User(
+        account_id=account_id,
+        email=email,
+        email_normalized=normalized,
+        name=name,
+        password_hash=hash_password(password),
+        role=role,
+        joined_at=joined_at,
+    )
+    try:
+        with session.begin_nested():
+            session.add(user)
+            session.flush()
+    except IntegrityError:
+        raise taken from None
+    return user
 
 
 def create_api_key(
@@ -350,6 +391,8 @@ def account_view(session: Session, account: Account) -> dict[str, Any]:
         "period_end": as_utc(account.period_end).isoformat() if account.period_end else None,
         "paid_until": as_utc(account.paid_until).isoformat() if account.paid_until else None,
         "timezone": account.timezone,
+        "payment_method": account.payment_method,
+        "scheduled_plan": account.scheduled_plan.slug if account.scheduled_plan else None,
         "created_at": as_utc(account.created_at).isoformat(),
     }
 
@@ -374,6 +417,9 @@ def plan_view(plan: Plan) -> dict[str, Any]:
         "max_keywords": plan.max_keywords,
         "max_ahrefs_queries": plan.max_ahrefs_queries,
         "allow_credit_topup": plan.allow_credit_topup,
+        "extra_credit_price": str(plan.extra_credit_price)
+        if plan.extra_credit_price is not None
+        else None,
         "features": plan.features,
         "force_default_models": plan.force_default_models,
         "allowed_text_models": plan.allowed_text_models,

@@ -19,6 +19,7 @@ from models import (
     CreditTransaction,
     CreditUsageLog,
     Job,
+    Purchase,
 )
 
 
@@ -59,6 +60,41 @@ def audit(session: Session) -> list[str]:
     violations += _balance_chain(session)
     violations += _job_holds(session)
     violations += _usage_sources(session)
+    violations += _purchases(session)
+    return violations
+
+
+def _purchases(session: Session) -> list[str]:
+    """A paid purchase has exactly its grant (its credits, its account); any other has
+    none, and no grant names it."""
+    violations = []
+    granted = _pairs(
+        session.execute(
+            select(CreditTransaction.reference, func.count())
+            .join(Purchase, Purchase.id == CreditTransaction.reference)
+            .group_by(CreditTransaction.reference)
+        ).all()
+    )
+    rows = session.execute(
+        select(
+            Purchase.id,
+            Purchase.status,
+            Purchase.account_id,
+            Purchase.credits,
+            CreditTransaction.account_id,
+            CreditTransaction.amount,
+        ).outerjoin(CreditTransaction, CreditTransaction.id == Purchase.transaction_id)
+    )
+    for purchase_id, status, account_id, credits, txn_account, txn_amount in rows:
+        if status == "paid" and (txn_account, txn_amount) != (account_id, credits):
+            violations.append(
+                f"purchase {purchase_id}: paid, but its grant is {txn_amount} credits to "
+                f"{txn_account} (want {credits} to {account_id})"
+            )
+        if status != "paid" and (txn_amount is not None or granted.get(purchase_id)):
+            violations.append(f"purchase {purchase_id}: {status}, but credits were granted")
+        if granted.get(purchase_id, 0) > 1:
+            violations.append(f"purchase {purchase_id}: granted {granted[purchase_id]} times")
     return violations
 
 

@@ -3,6 +3,9 @@
 Values: `credits-limits-summary.md` "Suggested Plan Values", plus `free-trial` with
 2,000 credits (tenancy plan); enterprise from the current database state, internal.
 Image credits follow the seeds' usage table: basic 1, quality 5, premium 15.
+`extra_credit_price` (USD per top-up credit): the seeds name the field without values;
+each paid plan's is its own price per included credit rounded up to the next half cent
+per thousand credits, so buying on top never undercuts the plan.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ PLANS: list[dict[str, Any]] = [
         "max_keywords": 1000,
         "max_ahrefs_queries": 50,
         "allow_credit_topup": True,
+        "extra_credit_price": Decimal("0.005"),
         "features": ["ai_writer", "image_gen"],
         "requests_per_minute": 120,
     },
@@ -74,6 +78,7 @@ PLANS: list[dict[str, Any]] = [
         "max_keywords": 5000,
         "max_ahrefs_queries": 200,
         "allow_credit_topup": True,
+        "extra_credit_price": Decimal("0.004"),
         "features": ["ai_writer", "image_gen", "auto_publish"],
         "requests_per_minute": 300,
     },
@@ -87,6 +92,7 @@ PLANS: list[dict[str, Any]] = [
         "max_keywords": 20000,
         "max_ahrefs_queries": 500,
         "allow_credit_topup": True,
+        "extra_credit_price": Decimal("0.0035"),
         "features": ["ai_writer", "image_gen", "auto_publish", "custom_prompts"],
         "requests_per_minute": 600,
     },
@@ -100,6 +106,7 @@ PLANS: list[dict[str, Any]] = [
         "max_keywords": None,
         "max_ahrefs_queries": 2000,
         "allow_credit_topup": True,
+        "extra_credit_price": Decimal("0.003"),
         "is_internal": True,
         "features": ["ai_writer", "image_gen", "auto_publish", "custom_prompts", "unlimited"],
         "requests_per_minute": 1200,
@@ -193,6 +200,7 @@ def seed(session: Session) -> None:
             "force_default_models": False,
             "allowed_text_models": [],
             "allowed_image_models": [],
+            "extra_credit_price": None,
         }
         _upsert(session, Plan, Plan.slug, values["slug"], {**defaults, **values})
 

@@ -1,22 +1,26 @@
-"""Credits in: top-ups where the plan allows them, and confirmed bank transfers.
+"""Paid periods: what a confirmed plan payment (a bank transfer, or a paid subscription
+purchase) does to an account, and the plan's credits an admin activation grants.
 
-Both post through `ledger.grant` with the payment reference as the once-only key, so
-the same payment can never be credited twice.
+Every grant goes through `ledger.grant` with a once-only reference, so the same payment
+(or the same period) can never be credited twice.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy.orm import Session
 
 from billing import ledger
 from billing.accounts import get_account, move_status
-from billing.errors import AmountMismatch, Forbidden, InvalidInput
+from billing.errors import AmountMismatch, InvalidInput
+from billing.lifecycle import grant_period
 from billing.periods import add_months
-from models import Account, CreditTransaction, as_utc
+from billing.plans import is_renewable
+from models import Account, CreditTransaction, Plan, Purchase, as_utc
 
 
 @dataclass(frozen=True)
@@ -30,35 +34,92 @@ class BankTransfer:
     override_reason: str | None = None
 
 
-def topup(session: Session, account: Account, credits: int, reference: str) -> CreditTransaction:
-    plan = account.plan
-    if plan is None or not plan.allow_credit_topup:
-        plan_name = plan.name if plan else "your"
-        raise Forbidden(
-            f"Credit top-ups are not available on the {plan_name} plan. Upgrade to buy credits.",
-            reason="topup_not_allowed",
-        )
-    return ledger.grant(
+@dataclass(frozen=True)
+class PlanPayment:
+    """A confirmed payment for `months` of `plan`: how its grant is written."""
+
+    plan: Plan
+    months: int
+    type_: str
+    reference: str
+    method: str
+    description: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def _check_payable(plan: Plan, months: int) -> None:
+    if not 1 <= months <= 24:
+        raise InvalidInput("period_months must be 1 to 24.", fields={"period_months": "1-24"})
+    if plan.included_credits <= 0:
+        raise InvalidInput(f"The {plan.name} plan includes no credits to pay for.")
+
+
+def start_paid_period(
+    session: Session, account: Account, payment: PlanPayment, now: datetime
+) -> CreditTransaction:
+    """Grant `months` of the plan's credits at once, switch to the plan, and activate.
+
+    The months' credits are posted in one grant keyed on the payment's reference, so a
+    payment is credited exactly once and a 3-month payment never yields 1 month of
+    credits. Usage periods stay monthly (the Ahrefs count resets each month); renewal
+    skips the periods that start before `paid_until`, and the rollover that reaches it
+    moves the account to `pending_payment` (billing/lifecycle.py). A payment for the plan
+    the account is active on, while it is still prepaid, extends `paid_until` and leaves
+    the period alone; anything else starts a new period now. A payment for a plan also
+    cancels a downgrade that was waiting for the period end.
+    """
+    plan, months = payment.plan, payment.months
+    _check_payable(plan, months)
+    prepaid_until = as_utc(account.paid_until) if account.paid_until else None
+    extending = (
+        account.status == "active"
+        and account.plan_id == plan.id
+        and prepaid_until is not None
+        and prepaid_until > now
+    )
+    paid_until = add_months(prepaid_until if extending and prepaid_until else now, months)
+    txn = ledger.grant(
         session,
         account.id,
-        credits,
-        "topup",
-        f"Top-up of {credits:,} credits",
-        reference=reference,
+        plan.included_credits * months,
+        payment.type_,
+        payment.description,
+        reference=payment.reference,
+        metadata={
+            **payment.metadata,
+            "plan": plan.slug,
+            "period_months": months,
+            "credits_per_month": plan.included_credits,
+            "paid_until": paid_until.isoformat(),
+        },
     )
+    account.plan = plan
+    account.scheduled_plan = None
+    account.paid_until = paid_until
+    account.payment_method = payment.method
+    if not extending:
+        if move_status(
+            session,
+            account.id,
+            "active",
+            payment.type_,
+            plan=plan.slug,
+            reference=payment.reference,
+        ):
+            session.refresh(account, ["status"])
+        account.period_start = now
+        account.period_end = add_months(now, 1)
+        account.usage_ahrefs_queries = 0
+    session.flush()
+    return txn
 
 
 def confirm_bank_transfer(
     session: Session, account_id: str, transfer: BankTransfer, now: datetime
 ) -> CreditTransaction:
-    """Grant the plan's credits for every month paid, and activate the account.
+    """A bank transfer for the account's plan: the months it pays for, recorded as a paid
+    purchase (billing history) and granted under the transfer's reference.
 
-    The months' credits are posted at once, in one grant keyed on the payment reference,
-    so a transfer is credited exactly once and a 3-month payment never yields 1 month of
-    credits. Usage periods stay monthly (the Ahrefs count resets each month); renewal
-    skips the periods that start before `paid_until`, and the rollover that reaches it
-    moves the account to `pending_payment` (billing/lifecycle.py). A transfer arriving
-    while the account is still prepaid extends `paid_until` and leaves the period alone.
     The amount must be the plan's price x months (plans without a list price, such as
     enterprise at 0, always need it): anything else is refused unless the admin gives an
     `override_reason`, which the transaction's metadata keeps.
@@ -68,10 +129,7 @@ def confirm_bank_transfer(
     if plan is None:
         raise InvalidInput("The account has no plan to pay for; set its plan first.")
     months = transfer.period_months
-    if not 1 <= months <= 24:
-        raise InvalidInput("period_months must be 1 to 24.", fields={"period_months": "1-24"})
-    if plan.included_credits <= 0:
-        raise InvalidInput(f"The {plan.name} plan includes no credits to pay for.")
+    _check_payable(plan, months)
     expected = (plan.price * months).quantize(Decimal("0.01"))
     if transfer.amount != expected and not transfer.override_reason:
         raise AmountMismatch(
@@ -82,38 +140,59 @@ def confirm_bank_transfer(
             expected_amount=str(expected),
             difference=str(transfer.amount - expected),
         )
-    prepaid_until = as_utc(account.paid_until) if account.paid_until else None
-    extending = account.status == "active" and prepaid_until is not None and prepaid_until > now
-    paid_until = add_months(prepaid_until if extending and prepaid_until else now, months)
-    txn = ledger.grant(
+    txn = start_paid_period(
         session,
-        account.id,
-        plan.included_credits * months,
-        "bank_transfer",
-        f"Bank transfer {transfer.payment_reference} confirmed: {plan.name} plan, "
-        f"{months} month{'s' if months > 1 else ''}",
-        reference=transfer.payment_reference,
-        metadata={
-            "payment_reference": transfer.payment_reference,
-            "amount": str(transfer.amount),
-            "payer_name": transfer.payer_name,
-            "proof_url": transfer.proof_url,
-            "period_months": months,
-            "expected_amount": str(expected),
-            "override_reason": transfer.override_reason if transfer.amount != expected else None,
-            "credits_per_month": plan.included_credits,
-            "paid_until": paid_until.isoformat(),
-        },
+        account,
+        PlanPayment(
+            plan=plan,
+            months=months,
+            type_="bank_transfer",
+            reference=transfer.payment_reference,
+            method="bank_transfer",
+            description=f"Bank transfer {transfer.payment_reference} confirmed: {plan.name} "
+            f"plan, {months} month{'s' if months > 1 else ''}",
+            metadata={
+                "payment_reference": transfer.payment_reference,
+                "amount": str(transfer.amount),
+                "payer_name": transfer.payer_name,
+                "proof_url": transfer.proof_url,
+                "expected_amount": str(expected),
+                "override_reason": (
+                    transfer.override_reason if transfer.amount != expected else None
+                ),
+            },
+        ),
+        now,
     )
-    account.paid_until = paid_until
-    if not extending:
-        if move_status(
-            session, account.id, "active", "bank_transfer",
+    session.add(
+        Purchase(
+            account_id=account.id,
+            kind="subscription",
+            status="paid",
+            credits=txn.amount,
+            amount=transfer.amount,
+            plan_id=plan.id,
+            period_months=months,
+            method="bank_transfer",
             payment_reference=transfer.payment_reference,
-        ):  # fmt: skip
-            session.refresh(account, ["status"])
-        account.period_start = now
-        account.period_end = add_months(now, 1)
-        account.usage_ahrefs_queries = 0
+            transaction_id=txn.id,
+            confirmed_at=now,
+        )
+    )
     session.flush()
     return txn
+
+
+def grant_period_credits(session: Session, account: Account, now: datetime) -> bool:
+    """The plan's credits for the account's current period, once (an admin activation).
+
+    It is the renewal's grant for that period (`lifecycle.grant_period`), so neither a
+    second activation nor the renewal task can credit the same period again. False when
+    the plan is not a paid one or the period was already credited.
+    """
+    plan = account.plan
+    if plan is None or not is_renewable(plan) or plan.included_credits <= 0:
+        return False
+    if account.period_start is None or account.period_end is None:
+        account.period_start, account.period_end = now, add_months(now, 1)
+    return grant_period(session, account, plan, " (activated by an admin)")

@@ -95,3 +95,19 @@ class LimitReached(BillingError):
 
 class Forbidden(BillingError):
     code = "forbidden"
+
+
+class BudgetExceeded(BillingError):
+    """The hold would push this period's spending past a budget the owner set."""
+
+    code = "budget_exceeded"
+
+
+class PlanTooSmall(BillingError):
+    """A downgrade the account's sites, users or keywords do not fit in."""
+
+    code = "plan_limits_exceeded"
+
+
+class PurchaseNotPending(Conflict):
+    code = "purchase_not_pending"

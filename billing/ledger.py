@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 
 # Statuses that may spend credits (DESIGN.md: the reserve UPDATE's WHERE clause).
 SPENDING_STATUSES = ("trial", "active", "pending_payment")
-GRANT_TYPES = ("registration", "renewal", "topup", "bank_transfer", "adjustment")
+GRANT_TYPES = ("registration", "renewal", "topup", "bank_transfer", "subscription", "adjustment")
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,9 @@ the claim, and its unique key turns a second run of the same period, whether fro
 same beat, a second beat or a person at the CLI, into a no-op. Each function takes an
 explicit `now`, so tests freeze the clock by passing it.
 
+A downgrade the owner asked for (billing/subscriptions.py) takes effect at the rollover
+that ends the period it was asked in.
+
 Renewal policy (README "Scheduled jobs"): accounts with status `active` on a paid
 plan (price > 0, or an internal plan such as enterprise) receive the plan's included
 credits once for each usage period that began by rolling over. Unused credits roll
@@ -29,6 +32,7 @@ from sqlalchemy.orm import Session
 from billing import ledger
 from billing.accounts import move_status
 from billing.periods import next_period_end
+from billing.plans import is_renewable
 from billing.webhooks import queue_account_event
 from models import Account, AccountEvent, PeriodRun, Plan, as_utc
 
@@ -165,11 +169,26 @@ def roll_over_periods(session: Session, now: datetime) -> RunReport:
         }
         session.add(AccountEvent(account_id=account.id, type="period_started", data=data))
         report.accounts.append(account.id)
+        _apply_scheduled_plan(session, account)
         paid_until = as_utc(account.paid_until) if account.paid_until else None
         if paid_until is not None and as_utc(account.period_start) < paid_until <= start:
             _ask_for_payment(session, account, paid_until, now, report)
     session.flush()
     return report
+
+
+def _apply_scheduled_plan(session: Session, account: Account) -> None:
+    """A downgrade waiting for the period end takes effect now. A plan that is not paid
+    for (free) ends the prepaid time too, so nothing asks for a payment."""
+    later = account.scheduled_plan
+    if later is None:
+        return
+    data = {"from": account.plan.slug if account.plan else None, "to": later.slug}
+    account.plan, account.scheduled_plan = later, None
+    if not is_renewable(later):
+        account.paid_until = None
+    session.add(AccountEvent(account_id=account.id, type="plan_changed", data=data))
+    session.flush()
 
 
 def _ask_for_payment(
@@ -210,23 +229,32 @@ def renew_credits(session: Session, now: datetime) -> RunReport:
     ).all()
     for account, plan in rows:
         assert account.period_start is not None
-        key = _key(account.period_start)
-        if not _opened_by_rollover(session, account.id, key):
+        if not _opened_by_rollover(session, account.id, _key(account.period_start)):
             continue
-        if not claim_period(session, RENEWAL, account.id, key):
-            continue
-        ledger.grant(
-            session,
-            account.id,
-            plan.included_credits,
-            "renewal",
-            f"{plan.name} plan: {plan.included_credits:,} credits for the period from "
-            f"{as_utc(account.period_start):%Y-%m-%d}",
-            reference=f"renewal:{key}",
-            metadata={"period_start": key, "plan": plan.slug},
-        )
-        report.accounts.append(account.id)
+        if grant_period(session, account, plan):
+            report.accounts.append(account.id)
     return report
+
+
+def grant_period(session: Session, account: Account, plan: Plan, note: str = "") -> bool:
+    """The plan's credits for the account's current period, once: the period's renewal
+    claim is the gate, and the grant's reference (`renewal:<period start>`) backs it.
+    False when the period was already credited."""
+    assert account.period_start is not None
+    key = _key(account.period_start)
+    if not claim_period(session, RENEWAL, account.id, key):
+        return False
+    ledger.grant(
+        session,
+        account.id,
+        plan.included_credits,
+        "renewal",
+        f"{plan.name} plan: {plan.included_credits:,} credits for the period from "
+        f"{as_utc(account.period_start):%Y-%m-%d}{note}",
+        reference=f"renewal:{key}",
+        metadata={"period_start": key, "plan": plan.slug},
+    )
+    return True
 
 
 def _opened_by_rollover(session: Session, account_id: str, period_key: str) -> bool:

@@ -104,14 +104,31 @@ def lock_account(session: Session, account_id: str) -> None:
 
 
 def ensure_room(session: Session, account: Account, name: str, adding: int = 1) -> None:
-    """Raise the friendly LimitReached unless `adding` more items still fit."""
+    """Raise the friendly LimitReached unless `adding` more items still fit, in the plan
+    and in a downgrade waiting for the period end (which was accepted because it fit)."""
     lock_account(session, account.id)
-    limit = plan_limit(account.plan, name)
+    limit, extra = plan_limit(account.plan, name), ""
+    later = plan_limit(account.scheduled_plan, name) if account.scheduled_plan else None
+    if later is not None and (limit is None or later < limit):
+        assert account.scheduled_plan is not None
+        limit = later
+        extra = f" (The {account.scheduled_plan.name} plan you move to at the period end.)"
     if limit is None:
         return
     current = used(session, account, name)
     if current + adding > limit:
-        raise _reached(account, name, current, limit, adding)
+        raise _reached(account, name, current, limit, adding, extra)
+
+
+def excess(session: Session, account: Account, plan: Plan) -> dict[str, dict[str, int]]:
+    """What the account holds beyond `plan`'s sites, users and keywords limits."""
+    over = {}
+    for name in _COUNTED:
+        limit = plan_limit(plan, name)
+        current = used(session, account, name)
+        if limit is not None and current > limit:
+            over[name] = {"used": current, "limit": limit, "remove": current - limit}
+    return over
 
 
 def _reached(

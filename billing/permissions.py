@@ -26,6 +26,8 @@ ACTIONS = {
     "manage_settings": "admin",
     "manage_account": "owner",
     "transfer_ownership": "owner",
+    "manage_plan": "owner",
+    "manage_budget": "owner",
 }
 # The least role that may give a member each role; `owner` only moves by a transfer.
 GRANTABLE_BY = {"viewer": "admin", "editor": "admin", "admin": "owner"}

@@ -31,6 +31,8 @@ class PlanFields(BaseModel):
     max_keywords: Limit | None = 100
     max_ahrefs_queries: Limit = 0
     allow_credit_topup: bool = False
+    # USD per top-up credit (a purchase's price); None: top-ups cannot be priced.
+    extra_credit_price: Decimal | None = Field(default=None, gt=0, max_digits=10, decimal_places=6)
     is_internal: bool = False
     is_active: bool = True
     features: list[str] = Field(default_factory=list)
@@ -61,6 +63,12 @@ def _check_models(session: Session, values: dict[str, Any]) -> None:
                 raise InvalidInput(
                     f"{field}: {name!r} is not a {model_type} model.", fields={field: name}
                 )
+
+
+def is_renewable(plan: Plan) -> bool:
+    """Plans whose periods are paid for, and renewed: priced, or internal (enterprise).
+    (`lifecycle.renew_credits` selects the same plans in SQL.)"""
+    return plan.price > 0 or plan.is_internal
 
 
 def list_public(session: Session) -> list[Plan]:

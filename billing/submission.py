@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from billing import ledger
+from billing import budgets, ledger
 from billing.errors import IdempotencyConflict, InvalidInput
 from billing.operations import Operation, get_operation, validate_input
 from billing.policy import resolve_model
@@ -126,6 +126,7 @@ def submit_job(
         url_policy.check(request.webhook_url, must_resolve=False)
     quote = quote_job(session, account, operation, job_input, request.site_id, request.model)
     hold = quote.credits
+    budgets.check(session, account, operation.name, hold)
     job = Job(
         id=new_id("job"),
         account_id=account.id,

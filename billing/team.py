@@ -23,11 +23,11 @@ from billing.accounts import (
     check_access,
     create_api_key,
     hash_password,
+    new_user,
     record_event,
 )
 from billing.errors import (
     Conflict,
-    EmailTaken,
     InvalidInput,
     InvitationGone,
     InvitationUsed,
@@ -71,18 +71,10 @@ def invite_member(
     password; the seat is taken from the invitation on."""
     require_can_grant(acting_role(session, account.id, actor), role)
     email = email.strip().lower()
-    if session.scalar(select(User.id).where(User.email == email)):
-        raise EmailTaken("A user with this email already exists.", field="email")
     ensure_room(session, account, "users")
-    user = User(
-        account_id=account.id,
-        email=email,
-        name=name,
-        role=role,
-        password_hash=hash_password(secrets.token_urlsafe(32)),
+    user = new_user(
+        session, account.id, email, name, secrets.token_urlsafe(32), role, joined_at=None
     )
-    session.add(user)
-    session.flush()
     _, key = create_api_key(session, account.id, user.id, f"{email} (invited)")
     invitation, token = _new_invitation(session, user, now, ttl)
     _event(session, account.id, "member_invited", actor, user, role=role)

@@ -2,6 +2,7 @@
 
 from models.account import (
     ACCOUNT_STATUSES,
+    PAYMENT_METHODS,
     USER_ROLES,
     Account,
     AISettings,
@@ -19,6 +20,7 @@ from models.keyword_library import KEYWORD_INTENTS, LibraryKeyword
 from models.ledger import CreditReservation, CreditTransaction, CreditUsageLog
 from models.lifecycle import AccountEvent, PeriodRun
 from models.plan import Plan
+from models.purchase import PURCHASE_KINDS, PURCHASE_STATUSES, Purchase
 from models.webhook import DELIVERY_STATUSES, WebhookAttempt, WebhookDelivery
 
 __all__ = [
@@ -27,6 +29,9 @@ __all__ = [
     "FINAL_JOB_STATUSES",
     "JOB_STATUSES",
     "KEYWORD_INTENTS",
+    "PAYMENT_METHODS",
+    "PURCHASE_KINDS",
+    "PURCHASE_STATUSES",
     "USER_ROLES",
     "AIModelConfig",
     "AISettings",
@@ -48,6 +53,7 @@ __all__ = [
     "LibraryKeyword",
     "PeriodRun",
     "Plan",
+    "Purchase",
     "Site",
     "User",
     "WebhookAttempt",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import CheckConstraint, ForeignKey, Numeric, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -13,6 +14,8 @@ from models.plan import Plan
 
 USER_ROLES = ("owner", "admin", "editor", "viewer")
 ACCOUNT_STATUSES = ("trial", "active", "suspended", "pending_payment", "cancelled")
+# How the account pays (tenancy plan, phase 1): set by the payment that last confirmed.
+PAYMENT_METHODS = ("stripe", "bank_transfer", "manual")
 
 
 class Account(CreatedAt, Base):
@@ -37,6 +40,12 @@ class Account(CreatedAt, Base):
     # starting before it are not renewed, and the rollover that reaches it asks for payment.
     paid_until: Mapped[datetime | None]
     usage_ahrefs_queries: Mapped[int] = mapped_column(default=0)
+    payment_method: Mapped[str | None] = mapped_column(String(30))
+    # A downgrade the owner asked for: the period rollover switches to it (billing/lifecycle).
+    scheduled_plan_id: Mapped[int | None] = mapped_column(ForeignKey("plans.id"))
+    # Spending budgets (credits per usage period): the whole account, and per operation.
+    budget_monthly_credits: Mapped[int | None]
+    budget_per_operation: Mapped[dict[str, Any] | None]
     webhook_url: Mapped[str | None] = mapped_column(String(2000))
     # Set when the default endpoint answered 410 Gone; setting a URL again clears it.
     webhook_url_disabled_at: Mapped[datetime | None]
@@ -47,7 +56,8 @@ class Account(CreatedAt, Base):
     # IANA name ("Europe/Paris") the usage timeline is bucketed in; None means UTC.
     timezone: Mapped[str | None] = mapped_column(String(64))
 
-    plan: Mapped[Plan | None] = relationship(lazy="joined")
+    plan: Mapped[Plan | None] = relationship(lazy="joined", foreign_keys=[plan_id])
+    scheduled_plan: Mapped[Plan | None] = relationship(foreign_keys=[scheduled_plan_id])
 
     @property
     def available_credits(self) -> int:
@@ -61,6 +71,9 @@ class User(CreatedAt, Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("usr"))
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
     email: Mapped[str] = mapped_column(String(320), unique=True)
+    # One account per mailbox: case, and for providers that ignore them dots and +tags,
+    # removed (billing/emails.py). NULL only for rows older than the column that collided.
+    email_normalized: Mapped[str | None] = mapped_column(String(320), unique=True, index=True)
     name: Mapped[str] = mapped_column(String(200), default="")
     password_hash: Mapped[str] = mapped_column(String(300))
     role: Mapped[str] = mapped_column(String(20), default="owner")

@@ -17,6 +17,7 @@ TRANSACTION_TYPES = (
     "renewal",
     "topup",
     "bank_transfer",
+    "subscription",
     "adjustment",
     "deduction",
 )

@@ -19,12 +19,16 @@ class Plan(CreatedAt, Base):
     price: Mapped[Decimal] = mapped_column(Numeric(10, 2), default=Decimal("0"))
     billing_cycle: Mapped[str] = mapped_column(String(20), default="monthly")
     included_credits: Mapped[int] = mapped_column(default=0)
-    # None means unlimited for the four limits.
-    max_sites: Mapped[int | None] = mapped_column(default=1)
-    max_users: Mapped[int | None] = mapped_column(default=1)
-    max_keywords: Mapped[int | None] = mapped_column(default=100)
+    # None means unlimited for the four limits. No column defaults: SQLAlchemy would
+    # write a default in place of an explicit None (the seeding bug of issue 10), so
+    # every plan states its limits (billing/catalog.py, billing/plans.PlanFields).
+    max_sites: Mapped[int | None]
+    max_users: Mapped[int | None]
+    max_keywords: Mapped[int | None]
     max_ahrefs_queries: Mapped[int] = mapped_column(default=0)
     allow_credit_topup: Mapped[bool] = mapped_column(default=False)
+    # USD per credit bought on top of the plan (a top-up purchase's price); None: no price.
+    extra_credit_price: Mapped[Decimal | None] = mapped_column(Numeric(10, 6))
     is_internal: Mapped[bool] = mapped_column(default=False)
     is_active: Mapped[bool] = mapped_column(default=True)
     features: Mapped[list[str]] = mapped_column(default=list)

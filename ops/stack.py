@@ -349,6 +349,9 @@ class Stack:
             env.setdefault("OPENAI_BASE_URL", "https://api.openai.com/v1")
             log("stack", "OPENAI_API_KEY is set: using the real provider, no simulator")
         else:
+            if not env.get("STRIPE_API_KEY"):  # the simulator stands in for Stripe too
+                env["STRIPE_API_KEY"] = "sk_test_simulated"
+                env.setdefault("STRIPE_WEBHOOK_SECRET", "whsec_" + secrets.token_urlsafe(24))
             sim_port = _env_port(env, "SIM_PORT", None) or free_port(HOST)
             if not port_is_free(HOST, sim_port):
                 raise StackError(f"SIM_PORT {sim_port} is already in use")
@@ -421,6 +424,7 @@ class Stack:
    Provider:    {env["OPENAI_BASE_URL"]}
    Database:    {env["DATABASE_URL"]}
    Admin token: {env["ADMIN_TOKEN"]}
+   Stripe:      {env.get("STRIPE_API_BASE") or "the simulator (README: Buying credits)"}
 
  Try it:
 API={api}; EMAIL="dev$(date +%s)@example.com"

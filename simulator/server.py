@@ -24,18 +24,20 @@ from simulator.ahrefs import ahrefs
 from simulator.errors import RequestError, error_response, json_response
 from simulator.faults import FaultInjector, control
 from simulator.openai_api import openai
+from simulator.stripe_api import CheckoutSessions, stripe
 
 logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
-COUNTED_KINDS = ("chat", "images", "ahrefs")
+COUNTED_KINDS = ("chat", "images", "ahrefs", "stripe")
 
 
 def create_app(faults: FaultInjector) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.extensions["simulator.faults"] = faults
-    for blueprint in (openai, ahrefs, control):
+    app.extensions["simulator.stripe"] = CheckoutSessions()
+    for blueprint in (openai, ahrefs, stripe, control):
         app.register_blueprint(blueprint)
     app.add_url_rule("/healthz", "healthz", lambda: json_response(200, {"status": "ok"}))
     app.register_error_handler(RequestError, RequestError.response)

@@ -117,6 +117,7 @@ def env(
         "ADMIN_TOKEN": "test-admin-token",
         # Tests poll hard; the throttling tests switch limits back on.
         "RATE_LIMITS_ENABLED": "0",
+        "AUTH_THROTTLE_ENABLED": "0",
         "PROVIDER_RETRY_MAX_WAIT": "0.2",
         "PROVIDER_MAX_ATTEMPTS": "3",
     }

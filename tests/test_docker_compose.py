@@ -285,3 +285,12 @@ def test_webhooks_may_never_target_the_stacks_own_ports(
     assert services["worker-webhooks"]["environment"]["WEBHOOK_DENY_PORTS"] == ports
     for name in APP_SERVICES:
         assert "WEBHOOK_ALLOW_PRIVATE_URLS" not in services[name]["environment"], name
+
+
+def test_the_api_takes_client_addresses_from_the_one_proxy(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """Behind nginx every peer is the proxy: without this, one address for all clients
+    would share the sign-up and login throttles."""
+    assert services["api"]["environment"]["TRUSTED_PROXIES"] == "1"
+    assert "TRUSTED_PROXIES" not in services["worker-text"]["environment"]

@@ -30,7 +30,8 @@ def test_register_seeds_free_trial_credits_with_one_grant(client: Any) -> None:
         {"email": "not-an-email", "password": "long enough"},
         {"email": "a@b.co", "password": "short"},
         {"email": "a@b.co"},
-        {"email": "a@b.co", "password": "long enough", "plan": "scale"},
+        {"email": "a@b.co", "password": "long enough", "plan": "enterprise"},
+        {"email": "a@b.co", "password": "long enough", "plan": "no-such-plan"},
         {"email": ["a@b.co"], "password": "long enough"},
     ],
 )
@@ -152,17 +153,32 @@ def test_bad_adjustment_is_refused(client: Any, body: dict[str, Any], status: in
     assert client.get("/v1/account", headers=auth(key)).get_json()["credits"]["balance"] == 2000
 
 
-def test_admin_plan_change_keeps_balance(client: Any) -> None:
-    _, account = register(client)
-    response = client.patch(
-        f"/v1/admin/accounts/{account['id']}",
-        json={"status": "active", "plan": "growth"},
-        headers=ADMIN,
-    )
+def test_admin_activation_grants_the_period_credits_once(client: Any) -> None:
+    key, account = register(client)
+    path = f"/v1/admin/accounts/{account['id']}"
+    response = client.patch(path, json={"status": "active", "plan": "growth"}, headers=ADMIN)
     assert response.status_code == 200
     body = response.get_json()
     assert (body["status"], body["plan"]["slug"]) == ("active", "growth")
-    assert body["credits"]["balance"] == 2000
+    # The trial's balance is kept, and activating a paid plan adds its period's credits.
+    assert body["credits"]["balance"] == 2000 + 40000
+
+    client.patch(path, json={"status": "active"}, headers=ADMIN)  # already active
+    client.patch(path, json={"status": "suspended"}, headers=ADMIN)
+    again = client.patch(path, json={"status": "active"}, headers=ADMIN).get_json()
+
+    assert again["credits"]["balance"] == 42000  # the same period: not granted twice
+    types = [
+        t["type"] for t in client.get("/v1/credits/transactions", headers=auth(key)).json["data"]
+    ]
+    assert types == ["renewal", "registration"]
+
+
+def test_admin_plan_change_alone_grants_nothing(client: Any) -> None:
+    _, account = register(client)
+    path = f"/v1/admin/accounts/{account['id']}"
+    body = client.patch(path, json={"plan": "growth"}, headers=ADMIN).get_json()
+    assert (body["status"], body["credits"]["balance"]) == ("trial", 2000)
 
 
 @pytest.mark.parametrize("body", [{"status": "frozen"}, {"plan": "platinum"}, {"status": 3}])

@@ -69,6 +69,9 @@ KNOWN_KEYS = [
     "difficulty",
     "cpc",
     "country",
+    "monthly_credits",
+    "per_operation",
+    "method",
 ]
 bodies = st.one_of(
     json_values,
@@ -94,6 +97,12 @@ ids = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size
 # A valid body per endpoint: the fuzzer keeps, drops or garbles each field.
 ENDPOINTS: list[tuple[str, str, str | None, dict[str, Any]]] = [
     ("post", "/v1/auth/register", None, {"email": "n@example.com", "password": "long enough"}),
+    (
+        "post",
+        "/v1/auth/register",
+        None,
+        {"email": "p@example.com", "password": "long enough", "plan": "starter"},
+    ),
     ("post", "/v1/auth/login", None, {"email": "fuzz@example.com", "password": "correct horse"}),
     ("post", "/v1/jobs", "key", {"operation": "image_generation", "input": {"prompt": "p"}}),
     (
@@ -117,7 +126,17 @@ ENDPOINTS: list[tuple[str, str, str | None, dict[str, Any]]] = [
     ("post", "/v1/keys", "key", {"name": "ci"}),
     ("delete", "/v1/keys/{id}", "key", {}),
     ("put", "/v1/ai-settings", "key", {"operation": "clustering", "model": "gpt-4o"}),
-    ("post", "/v1/credits/topup", "key", {"credits": 10, "payment_reference": "r"}),
+    ("post", "/v1/credits/topup", "key", {"credits": 1000}),
+    ("post", "/v1/account/plan", "key", {"plan": "growth"}),
+    (
+        "put",
+        "/v1/account/budget",
+        "key",
+        {"monthly_credits": 500, "per_operation": {"clustering": 9}},
+    ),
+    ("post", "/v1/billing/stripe/webhook", None, {"type": "checkout.session.completed"}),
+    ("post", "/v1/admin/purchases/{id}/confirm", "admin", {"payment_reference": "r"}),
+    ("post", "/v1/admin/purchases/{id}/fail", "admin", {"reason": "bounced"}),
     ("post", "/v1/admin/accounts/{account}/credits", "admin", {"amount": 5, "reason": "r"}),
     ("patch", "/v1/admin/accounts/{account}", "admin", {"status": "active", "plan": "growth"}),
     (

@@ -61,6 +61,14 @@ def test_e2e_throughput_bench_runs_every_job_to_success(db: str) -> None:
     assert "audit: []" in out
 
 
+def test_budgets_bench_prints_each_loop_on_both_backends() -> None:
+    out = run_bench("bench.budgets")
+    rows = re.findall(r"^(sqlite|postgresql)\S*\s+(bare|no budget|budget)\s+20\s", out, re.M)
+    assert sorted(rows) == sorted(
+        (db, loop) for db in ("sqlite", "postgresql") for loop in ("bare", "no budget", "budget")
+    )
+
+
 def test_slow_clients_bench_measures_both_worker_classes() -> None:
     out = run_bench("bench.slow_clients")
     rows = re.findall(r"^(buffering \(repo\)|stock gthread)\s+(baseline|slow)\s+\d+", out, re.M)

@@ -10,6 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from billing import ledger
 from billing.audit import audit
 from billing.pricing import Usage
 from billing.runs import complete_job, fail_job, start_job
@@ -218,3 +219,37 @@ def test_a_job_without_a_hold(db_url: str, books: Ledger) -> None:
         job_id = make_job(session, session.get(Account, books.bystander)).id
         violations = audit(session)
     assert violations == [f"job {job_id}: has no credit hold"]
+
+
+@pytest.fixture
+def purchases_made(db_url: str, books: Ledger) -> tuple[str, str]:
+    """A paid top-up (granted through `purchases.confirm`) and a pending one."""
+    from billing import purchases
+    from models import utcnow
+
+    with transaction(db_url) as session:
+        account = session.get(Account, books.account)
+        assert account is not None
+        paid = purchases.create_topup(session, account, 1000).id
+        pending = purchases.create_topup(session, account, 2000).id
+        purchases.confirm(session, paid, "manual", "BANK-1", utcnow())
+    with transaction(db_url) as session:
+        assert audit(session) == []
+    return paid, pending
+
+
+def test_a_paid_purchase_without_its_grant(db_url: str, purchases_made: tuple[str, str]) -> None:
+    paid, _ = purchases_made
+    violations = broken(db_url, "UPDATE purchases SET transaction_id = NULL WHERE id = :p", p=paid)
+    assert any(v.startswith(f"purchase {paid}: paid, but its grant is None") for v in violations)
+
+
+def test_a_pending_purchase_with_credits_granted(
+    db_url: str, books: Ledger, purchases_made: tuple[str, str]
+) -> None:
+    _, pending = purchases_made
+    with transaction(db_url) as session:
+        ledger.grant(session, books.account, 2000, "topup", "minted", reference=pending)
+    with transaction(db_url) as session:
+        violations = audit(session)
+    assert violations == [f"purchase {pending}: pending, but credits were granted"]

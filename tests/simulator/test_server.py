@@ -462,7 +462,7 @@ def test_stats_count_and_reset(client, server):
     rule_id = add_fault(server, status=500, times=4, match="zzz", retry_after=1.5)
 
     counters = stats(server)
-    assert counters["requests"] == {"chat": 2, "images": 1, "ahrefs": 1}
+    assert counters["requests"] == {"chat": 2, "images": 1, "ahrefs": 1, "stripe": 0}
     assert counters["failed"] == 1
     assert counters["pending_faults"] == [
         {
@@ -477,7 +477,7 @@ def test_stats_count_and_reset(client, server):
 
     assert request(server, "DELETE", "/_sim/stats")[0] == 204
     counters = stats(server)
-    assert counters["requests"] == {"chat": 0, "images": 0, "ahrefs": 0}
+    assert counters["requests"] == {"chat": 0, "images": 0, "ahrefs": 0, "stripe": 0}
     assert counters["failed"] == 0
     assert len(counters["pending_faults"]) == 1
 

@@ -1,0 +1,129 @@
+"""Spending budgets: an owner's cap on the credits spent in a usage period, for the whole
+account and optionally per operation (the seeds' AISettings `cost_limits`).
+
+"Spent" is what this period charged plus what open holds may still charge, so a
+submission whose hold would cross a budget is refused before anything is held. The check
+runs only for accounts with a budget: it locks the account row first (PostgreSQL
+`SELECT ... FOR UPDATE`; SQLite's `BEGIN IMMEDIATE` already serialises writers), so
+concurrent submissions are counted one after another and cannot overshoot together.
+Accounts without a budget pay nothing for it: the budget columns ride on the account
+row the request has already loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, func, select
+from sqlalchemy.orm import Session
+
+from billing.errors import BudgetExceeded, InvalidInput
+from billing.limits import lock_account
+from billing.operations import OPERATIONS
+from models import Account, CreditReservation, CreditTransaction, Job, as_utc
+
+MAX_BUDGET = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class Budget:
+    name: str  # "monthly" or the operation
+    credits: int
+
+
+def set_budget(
+    session: Session,
+    account: Account,
+    monthly_credits: int | None,
+    per_operation: dict[str, int] | None,
+) -> Account:
+    """Replace the account's budgets (None clears one)."""
+    for name, value in (per_operation or {}).items():
+        if name not in OPERATIONS:
+            raise InvalidInput(
+                f"Unknown operation {name!r} in per_operation.",
+                fields={"per_operation": f"keys among {', '.join(OPERATIONS)}"},
+            )
+        if not 1 <= value <= MAX_BUDGET:
+            raise InvalidInput(
+                f"per_operation.{name} must be 1 to {MAX_BUDGET:,} credits.",
+                fields={f"per_operation.{name}": f"1-{MAX_BUDGET}"},
+            )
+    account.budget_monthly_credits = monthly_credits
+    account.budget_per_operation = dict(per_operation) if per_operation else None
+    session.flush()
+    return account
+
+
+def budgets_for(account: Account, operation: str) -> list[Budget]:
+    """The budgets a job of `operation` counts against (none: no check at all)."""
+    found = []
+    if account.budget_monthly_credits is not None:
+        found.append(Budget("monthly", account.budget_monthly_credits))
+    per_operation = (account.budget_per_operation or {}).get(operation)
+    if per_operation is not None:
+        found.append(Budget(operation, int(per_operation)))
+    return found
+
+
+def check(session: Session, account: Account, operation: str, hold: int) -> None:
+    """Refuse (402 `budget_exceeded`) a hold that would take this period's charged + held
+    credits past a budget. Call it before `ledger.reserve`, in the same transaction."""
+    budgets = budgets_for(account, operation)
+    if not budgets:
+        return
+    lock_account(session, account.id)
+    for budget in budgets:
+        used = spent(session, account, None if budget.name == "monthly" else budget.name)
+        if used + hold > budget.credits:
+            scope = "monthly budget" if budget.name == "monthly" else f"{budget.name} budget"
+            raise BudgetExceeded(
+                f"This job needs up to {hold:,} credits, but {used:,} of your {scope} of "
+                f"{budget.credits:,} credits are already spent or held this period. Raise the "
+                "budget (PUT /v1/account/budget) or wait for the next period.",
+                budget=budget.name,
+                limit=budget.credits,
+                used=used,
+                required=hold,
+            )
+
+
+def spent(session: Session, account: Account, operation: str | None) -> int:
+    """Credits charged since the period started plus credits held now (of `operation`)."""
+    since = _period_start(account)
+    charged: Select[Any] = select(func.coalesce(func.sum(-CreditTransaction.amount), 0)).where(
+        CreditTransaction.account_id == account.id,
+        CreditTransaction.type == "deduction",
+        CreditTransaction.created_at >= since,
+    )
+    held: Select[Any] = select(func.coalesce(func.sum(CreditReservation.amount), 0)).where(
+        CreditReservation.account_id == account.id, CreditReservation.status == "held"
+    )
+    if operation is not None:
+        charged = charged.join(Job, Job.id == CreditTransaction.job_id).where(
+            Job.operation == operation
+        )
+        held = held.join(Job, Job.id == CreditReservation.job_id).where(Job.operation == operation)
+    return int(session.scalar(charged) or 0) + int(session.scalar(held) or 0)
+
+
+def _period_start(account: Account) -> datetime:
+    if account.period_start is not None:
+        return as_utc(account.period_start)
+    return as_utc(account.created_at)
+
+
+def budget_view(session: Session, account: Account) -> dict[str, Any]:
+    per_operation = account.budget_per_operation or {}
+    return {
+        "monthly_credits": account.budget_monthly_credits,
+        "per_operation": per_operation,
+        "period_start": as_utc(account.period_start).isoformat() if account.period_start else None,
+        "period_end": as_utc(account.period_end).isoformat() if account.period_end else None,
+        "used": {
+            "monthly": spent(session, account, None),
+            "per_operation": {name: spent(session, account, name) for name in per_operation},
+        },
+    }

@@ -1,0 +1,319 @@
+"""Credits are bought, never typed in: a top-up is a pending purchase until a payment is
+confirmed, by an admin or by a signed Stripe event (the real `stripe` SDK against the
+simulator's Stripe stand-in), and each purchase grants once whatever arrives twice."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import assert_audit_clean
+from tests.support import auth, register
+
+ADMIN = {"X-Admin-Token": "test-admin-token"}
+WEBHOOK_SECRET = "whsec_test_endpoint_secret"
+WEBHOOK = "/v1/billing/stripe/webhook"
+
+
+@pytest.fixture
+def stripe_on(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stripe configured; STRIPE_API_BASE defaults to the simulator's stand-in."""
+    monkeypatch.setenv("STRIPE_API_KEY", "sk_test_simulated")
+    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", WEBHOOK_SECRET)
+
+
+@pytest.fixture
+def buyer(client: Any) -> tuple[str, str]:
+    """An account on Starter (top-ups allowed, $0.005 a credit) with 2,000 trial credits."""
+    key, account = register(client)
+    client.patch(f"/v1/admin/accounts/{account['id']}", json={"plan": "starter"}, headers=ADMIN)
+    return key, account["id"]
+
+
+def balance(client: Any, key: str) -> int:
+    return int(client.get("/v1/account", headers=auth(key)).get_json()["credits"]["balance"])
+
+
+def topup(client: Any, key: str, credits: int = 1000) -> dict[str, Any]:
+    response = client.post("/v1/credits/topup", json={"credits": credits}, headers=auth(key))
+    assert response.status_code == 201, response.get_json()
+    purchase: dict[str, Any] = response.get_json()["purchase"]
+    return purchase
+
+
+def customer(sim: Any, purchase: dict[str, Any], **event: Any) -> dict[str, Any]:
+    """The simulator plays the customer at Stripe Checkout; returns the signed event."""
+    session_id = purchase["checkout_url"].rsplit("/", 1)[-1]
+    response = httpx.post(
+        f"{sim.url}/_sim/stripe/checkout/sessions/{session_id}/events",
+        json={"webhook_secret": WEBHOOK_SECRET, **event},
+    )
+    assert response.status_code == 200, response.text
+    signed: dict[str, Any] = response.json()
+    return signed
+
+
+def deliver(client: Any, signed: dict[str, Any], signature: str | None = None) -> Any:
+    return client.post(
+        WEBHOOK,
+        data=signed["payload"],
+        content_type="application/json",
+        headers={"Stripe-Signature": signature or signed["signature"]},
+    )
+
+
+def confirm(client: Any, purchase_id: str, reference: str = "BANK-001") -> Any:
+    return client.post(
+        f"/v1/admin/purchases/{purchase_id}/confirm",
+        json={"payment_reference": reference},
+        headers=ADMIN,
+    )
+
+
+def test_the_balance_moves_only_when_an_admin_confirms_and_only_once(
+    client: Any, buyer: tuple[str, str]
+) -> None:
+    key, _ = buyer
+    purchase = topup(client, key, 1000)
+
+    assert (purchase["status"], purchase["credits"]) == ("pending", 1000)
+    assert (purchase["amount"], purchase["currency"], purchase["checkout_url"]) == (
+        "5.00",
+        "usd",
+        None,
+    )
+    assert balance(client, key) == 2000
+
+    first = confirm(client, purchase["id"])
+    second = confirm(client, purchase["id"])
+
+    assert first.status_code == 200, first.get_json()
+    assert first.get_json()["purchase"]["status"] == "paid"
+    assert first.get_json()["granted"] is True
+    assert second.status_code == 200
+    assert second.get_json()["granted"] is False
+    assert balance(client, key) == 3000
+    txns = client.get("/v1/credits/transactions", headers=auth(key)).get_json()["data"]
+    assert [(t["type"], t["amount"], t["reference"]) for t in txns[:1]] == [
+        ("topup", 1000, purchase["id"])
+    ]
+    account = client.get("/v1/account", headers=auth(key)).get_json()
+    assert account["payment_method"] == "manual"
+    assert_audit_clean()
+
+
+def test_stripe_checkout_then_webhook_grants_once_and_a_replay_changes_nothing(
+    client: Any, buyer: tuple[str, str], stripe_on: None, sim: Any
+) -> None:
+    key, _ = buyer
+    purchase = topup(client, key, 1000)
+    assert purchase["checkout_url"].startswith(sim.url)
+    assert purchase["method"] == "stripe"
+    assert balance(client, key) == 2000
+
+    signed = customer(sim, purchase)
+    assert balance(client, key) == 2000  # paid at Stripe, not yet told
+
+    first = deliver(client, signed)
+    replay = deliver(client, signed)
+
+    assert (first.status_code, first.get_json()["outcome"]) == (200, "granted")
+    assert (replay.status_code, replay.get_json()["outcome"]) == (200, "already_paid")
+    assert balance(client, key) == 3000
+    paid = client.get(f"/v1/billing/payments/{purchase['id']}", headers=auth(key)).get_json()
+    assert (paid["purchase"]["status"], paid["purchase"]["method"]) == ("paid", "stripe")
+    assert paid["purchase"]["payment_reference"].startswith("pi_")
+    assert confirm(client, purchase["id"]).get_json()["granted"] is False
+    assert balance(client, key) == 3000
+    assert_audit_clean()
+
+
+def test_admin_confirmation_and_the_webhook_together_grant_once(
+    client: Any, buyer: tuple[str, str], stripe_on: None, sim: Any
+) -> None:
+    key, _ = buyer
+    purchase = topup(client, key, 1000)
+    signed = customer(sim, purchase)  # the card payment is on its way...
+
+    confirm(client, purchase["id"], "BANK-REF-7")  # ...when an admin confirms a transfer
+    late = deliver(client, signed)
+
+    assert (late.status_code, late.get_json()["outcome"]) == (200, "already_paid")
+    assert balance(client, key) == 3000
+    assert_audit_clean()
+
+
+def test_forged_altered_or_stale_signatures_are_400_and_grant_nothing(
+    client: Any, buyer: tuple[str, str], stripe_on: None, sim: Any
+) -> None:
+    key, _ = buyer
+    purchase = topup(client, key, 1000)
+    signed = customer(sim, purchase)
+    stale = customer(sim, topup(client, key, 2000), timestamp=int(time.time()) - 3600)
+    forged_signature = signed["signature"].replace("v1=", "v1=0")
+    other_secret = httpx.post(  # a well-formed event signed with a secret we never issued
+        f"{sim.url}/_sim/stripe/checkout/sessions/"
+        f"{topup(client, key, 3000)['checkout_url'].rsplit('/', 1)[-1]}/events",
+        json={"webhook_secret": "whsec_attacker"},
+    ).json()
+
+    answers = [
+        deliver(client, signed, forged_signature),
+        deliver(client, other_secret),
+        deliver(client, stale),
+        client.post(WEBHOOK, data=signed["payload"], content_type="application/json"),
+        client.post(
+            WEBHOOK,
+            data=signed["payload"].replace('"amount_total": 500', '"amount_total": 5'),
+            content_type="application/json",
+            headers={"Stripe-Signature": signed["signature"]},
+        ),
+    ]
+
+    assert [a.status_code for a in answers] == [400] * 5
+    assert {a.get_json()["error"]["code"] for a in answers} == {"invalid_signature"}
+    assert balance(client, key) == 2000
+    history = client.get("/v1/billing/payments", headers=auth(key)).get_json()["data"]
+    assert {p["status"] for p in history} == {"pending"}
+    assert_audit_clean()
+
+
+def test_an_expired_checkout_fails_the_purchase_and_grants_nothing(
+    client: Any, buyer: tuple[str, str], stripe_on: None, sim: Any
+) -> None:
+    key, _ = buyer
+    purchase = topup(client, key, 1000)
+
+    answer = deliver(client, customer(sim, purchase, type="checkout.session.expired"))
+    late_confirm = confirm(client, purchase["id"])
+
+    assert answer.get_json()["outcome"] == "failed"
+    assert late_confirm.status_code == 409
+    assert late_confirm.get_json()["error"]["code"] == "purchase_not_pending"
+    seen = client.get(f"/v1/billing/payments/{purchase['id']}", headers=auth(key)).get_json()
+    assert (seen["purchase"]["status"], seen["purchase"]["failure_reason"]) == ("failed", "expired")
+    assert balance(client, key) == 2000
+    assert_audit_clean()
+
+
+def test_a_declined_async_payment_fails_the_purchase(
+    client: Any, buyer: tuple[str, str], stripe_on: None, sim: Any
+) -> None:
+    key, _ = buyer
+    purchase = topup(client, key, 1000)
+    signed = customer(sim, purchase, type="checkout.session.async_payment_failed")
+    assert deliver(client, signed).get_json()["outcome"] == "failed"
+    assert balance(client, key) == 2000
+    assert_audit_clean()
+
+
+def test_the_client_never_sets_amounts_or_references(client: Any, buyer: tuple[str, str]) -> None:
+    key, _ = buyer
+    bodies = [
+        {"credits": 9_000_000, "payment_reference": "anything"},
+        {"credits": 1000, "amount": "0.01"},
+        {"credits": 1000, "status": "paid"},
+        {"credits": 0},
+        {"credits": 10},  # $0.05: under the $1.00 a purchase must cost
+    ]
+    answers = [client.post("/v1/credits/topup", json=b, headers=auth(key)) for b in bodies]
+    assert [a.status_code for a in answers] == [422] * 5
+    assert answers[-1].get_json()["error"]["fields"] == {"credits": "at least 200"}
+    assert balance(client, key) == 2000
+    assert client.get("/v1/billing/payments", headers=auth(key)).get_json()["data"] == []
+
+
+def test_stripe_down_fails_the_purchase_with_a_502(
+    client: Any, buyer: tuple[str, str], stripe_on: None, sim_control: httpx.Client
+) -> None:
+    key, _ = buyer
+    sim_control.post("/_sim/faults", json={"status": 500, "times": 3, "match": "line_items"})
+
+    response = client.post("/v1/credits/topup", json={"credits": 1000}, headers=auth(key))
+
+    assert response.status_code == 502
+    assert response.get_json()["error"]["code"] == "payment_provider_unavailable"
+    history = client.get("/v1/billing/payments", headers=auth(key)).get_json()["data"]
+    assert [(p["status"], p["failure_reason"]) for p in history] == [
+        ("failed", "payment_provider_error")
+    ]
+    assert balance(client, key) == 2000
+
+
+def test_admin_sync_applies_a_payment_whose_webhook_was_lost(
+    client: Any, buyer: tuple[str, str], stripe_on: None, sim: Any
+) -> None:
+    key, _ = buyer
+    purchase = topup(client, key, 1000)
+    customer(sim, purchase)  # paid at Stripe; the event never reaches us
+
+    pending = client.get("/v1/admin/purchases?status=pending", headers=ADMIN).get_json()["data"]
+    synced = client.post(f"/v1/admin/purchases/{purchase['id']}/sync", headers=ADMIN)
+    again = client.post(f"/v1/admin/purchases/{purchase['id']}/sync", headers=ADMIN)
+
+    assert [p["id"] for p in pending] == [purchase["id"]]
+    assert synced.get_json()["outcome"] == "granted"
+    assert again.get_json()["outcome"] == "already_paid"
+    assert balance(client, key) == 3000
+    assert_audit_clean()
+
+
+def test_cancelling_a_pending_purchase_expires_its_checkout(
+    client: Any, buyer: tuple[str, str], stripe_on: None, sim: Any
+) -> None:
+    key, _ = buyer
+    purchase = topup(client, key, 1000)
+
+    cancelled = client.post(f"/v1/billing/payments/{purchase['id']}/cancel", headers=auth(key))
+    session_id = purchase["checkout_url"].rsplit("/", 1)[-1]
+    at_stripe = httpx.get(f"{sim.url}/stripe/v1/checkout/sessions/{session_id}").json()
+    admin_fail = client.post(
+        f"/v1/admin/purchases/{purchase['id']}/fail", json={"reason": "bounced"}, headers=ADMIN
+    )
+
+    assert cancelled.get_json()["purchase"]["status"] == "failed"
+    assert at_stripe["status"] == "expired"
+    assert admin_fail.get_json()["purchase"]["failure_reason"] == "cancelled"
+    assert confirm(client, purchase["id"]).status_code == 409
+    assert balance(client, key) == 2000
+
+
+def test_billing_history_pages_purchases_and_bank_transfers(client: Any) -> None:
+    key, account = register(client)
+    path = f"/v1/admin/accounts/{account['id']}"
+    client.patch(path, json={"plan": "growth"}, headers=ADMIN)
+    transfer = {"payment_reference": "BT-1", "amount": "149.00", "payer_name": "Jo Doe"}
+    assert client.post(f"{path}/bank-transfer", json=transfer, headers=ADMIN).status_code == 200
+    bought = [topup(client, key, 1000 * n)["id"] for n in (1, 2, 3)]
+    confirm(client, bought[0])
+
+    first = client.get("/v1/billing/payments?limit=2", headers=auth(key)).get_json()
+    rest = client.get(
+        f"/v1/billing/payments?limit=2&cursor={first['next_cursor']}", headers=auth(key)
+    ).get_json()
+    rows = first["data"] + rest["data"]
+
+    assert rest["next_cursor"] is None
+    assert [r["id"] for r in rows[:3]] == bought[::-1]
+    assert [(r["kind"], r["status"]) for r in rows] == [
+        ("credits", "pending"),
+        ("credits", "pending"),
+        ("credits", "paid"),
+        ("subscription", "paid"),
+    ]
+    bank = rows[-1]
+    assert (bank["method"], bank["payment_reference"], bank["amount"]) == (
+        "bank_transfer",
+        "BT-1",
+        "149.00",
+    )
+    assert (bank["plan"], bank["credits"], bank["confirmed_at"] is not None) == (
+        "growth",
+        40000,
+        True,
+    )
+    assert client.get("/v1/account", headers=auth(key)).get_json()["payment_method"] == "manual"
+    assert_audit_clean()

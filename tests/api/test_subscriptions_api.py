@@ -1,0 +1,247 @@
+"""Paid sign-up and plan changes: a paid plan waits for its first payment; upgrades take
+effect when paid, downgrades at the period end (frozen clock: the lifecycle functions take
+`now`), and a downgrade the account does not fit in is refused, naming what to remove."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+
+from billing import lifecycle
+from models.db import transaction
+from tests.api.test_purchases_api import (
+    ADMIN,
+    balance,
+    confirm,
+    customer,
+    deliver,
+    stripe_on,  # noqa: F401 - a fixture
+)
+from tests.conftest import assert_audit_clean
+from tests.support import auth, register
+
+CLUSTERING = {"operation": "clustering", "input": {"keywords": ["running shoes"]}}
+
+
+def sign_up(client: Any, plan: str, email: str = "paid@example.com") -> dict[str, Any]:
+    response = client.post(
+        "/v1/auth/register",
+        json={"email": email, "password": "correct horse", "plan": plan},
+    )
+    assert response.status_code == 201, response.get_json()
+    body: dict[str, Any] = response.get_json()
+    return body
+
+
+def test_paid_signup_waits_for_payment_then_starts_with_the_plans_credits(client: Any) -> None:
+    body = sign_up(client, "growth")
+    key, purchase = body["api_key"], body["purchase"]
+
+    assert (body["account"]["status"], body["account"]["plan"]["slug"]) == (
+        "pending_payment",
+        "growth",
+    )
+    assert body["account"]["credits"]["balance"] == 0
+    assert (purchase["kind"], purchase["status"], purchase["plan"]) == (
+        "subscription",
+        "pending",
+        "growth",
+    )
+    assert (purchase["amount"], purchase["credits"]) == ("149.00", 40000)
+    refused = client.post("/v1/jobs", json=CLUSTERING, headers=auth(key))
+    assert refused.status_code == 402
+    assert refused.get_json()["error"]["available"] == 0
+    assert client.get("/v1/account", headers=auth(key)).status_code == 200
+
+    assert confirm(client, purchase["id"], "BT-SIGNUP").get_json()["granted"] is True
+
+    account = client.get("/v1/account", headers=auth(key)).get_json()
+    assert (account["status"], account["plan"]["slug"]) == ("active", "growth")
+    assert account["credits"]["balance"] == 40000
+    assert account["paid_until"] is not None
+    assert client.post("/v1/jobs", json=CLUSTERING, headers=auth(key)).status_code == 202
+    assert confirm(client, purchase["id"], "BT-SIGNUP").get_json()["granted"] is False
+    assert balance(client, key) < 40000 + 1  # the job's hold aside, nothing more arrived
+    txns = client.get("/v1/credits/transactions", headers=auth(key)).get_json()["data"]
+    assert [(t["type"], t["amount"]) for t in txns] == [("subscription", 40000)]
+
+
+def test_paid_signup_through_stripe_checkout(
+    client: Any,
+    stripe_on: None,  # noqa: F811 - the fixture
+    sim: Any,
+) -> None:
+    body = sign_up(client, "starter")
+    key, purchase = body["api_key"], body["purchase"]
+    assert purchase["checkout_url"].startswith(sim.url)
+
+    assert deliver(client, customer(sim, purchase)).get_json()["outcome"] == "granted"
+
+    account = client.get("/v1/account", headers=auth(key)).get_json()
+    assert (account["status"], account["credits"]["balance"]) == ("active", 10000)
+    assert account["payment_method"] == "stripe"
+    assert_audit_clean()
+
+
+def test_free_plans_sign_up_as_before(client: Any) -> None:
+    body = sign_up(client, "free")
+    assert "purchase" not in body
+    assert (body["account"]["status"], body["account"]["credits"]["balance"]) == ("trial", 2000)
+
+
+def test_an_upgrade_takes_effect_when_paid(client: Any) -> None:
+    key, _ = register(client)
+
+    asked = client.post("/v1/account/plan", json={"plan": "starter"}, headers=auth(key))
+
+    assert asked.status_code == 200, asked.get_json()
+    change = asked.get_json()["change"]
+    assert (change["kind"], change["effective_at"]) == ("upgrade", None)
+    assert asked.get_json()["account"]["plan"]["slug"] == "free-trial"
+    assert balance(client, key) == 2000
+
+    confirm(client, change["purchase"]["id"])
+
+    account = client.get("/v1/account", headers=auth(key)).get_json()
+    assert (account["status"], account["plan"]["slug"]) == ("active", "starter")
+    assert account["credits"]["balance"] == 2000 + 10000
+    assert_audit_clean()
+
+
+def _on_growth(client: Any) -> tuple[str, str]:
+    key, account = register(client, "grower@example.com")
+    client.patch(
+        f"/v1/admin/accounts/{account['id']}",
+        json={"plan": "growth", "status": "active"},
+        headers=ADMIN,
+    )
+    site = client.post("/v1/sites", json={"name": "blog"}, headers=auth(key)).get_json()["id"]
+    words = [f"keyword {n}" for n in range(1001)]  # Starter allows 1,000
+    added = client.post(
+        "/v1/keywords", json={"site_id": site, "keywords": words}, headers=auth(key)
+    )
+    assert added.status_code == 201, added.get_json()
+    return key, site
+
+
+def test_a_downgrade_is_refused_while_over_a_limit_then_waits_for_the_period_end(
+    client: Any,
+) -> None:
+    key, site = _on_growth(client)
+
+    refused = client.post("/v1/account/plan", json={"plan": "starter"}, headers=auth(key))
+
+    assert refused.status_code == 409
+    error = refused.get_json()["error"]
+    assert error["code"] == "plan_limits_exceeded"
+    assert error["over"] == {"keywords": {"used": 1001, "limit": 1000, "remove": 1}}
+    assert "Remove 1 keywords" in error["message"]
+
+    listing = client.get(f"/v1/keywords?site_id={site}&limit=1", headers=auth(key)).get_json()
+    client.delete(f"/v1/keywords/{listing['data'][0]['id']}", headers=auth(key))
+    accepted = client.post("/v1/account/plan", json={"plan": "starter"}, headers=auth(key))
+
+    assert accepted.status_code == 200, accepted.get_json()
+    change, account = accepted.get_json()["change"], accepted.get_json()["account"]
+    assert (change["kind"], change["purchase"]) == ("downgrade", None)
+    assert change["effective_at"] == account["period_end"]
+    assert (account["plan"]["slug"], account["scheduled_plan"]) == ("growth", "starter")
+    # While it waits, the account cannot grow out of the plan it is moving to.
+    more = client.post("/v1/keywords", json={"site_id": site, "keyword": "x"}, headers=auth(key))
+    assert more.status_code == 403
+    assert "Starter plan you move to" in more.get_json()["error"]["message"]
+
+    period_end = datetime.fromisoformat(account["period_end"])
+    with transaction() as session:
+        lifecycle.renew_credits(session, period_end - timedelta(seconds=1))
+    before = client.get("/v1/account", headers=auth(key)).get_json()
+    with transaction() as session:
+        lifecycle.renew_credits(session, period_end + timedelta(minutes=1))
+    after = client.get("/v1/account", headers=auth(key)).get_json()
+
+    assert before["plan"]["slug"] == "growth"
+    assert (after["plan"]["slug"], after["scheduled_plan"]) == ("starter", None)
+    assert after["period_start"] == account["period_end"]
+    # The new period is renewed on the new plan: Starter's 10,000 credits.
+    assert after["credits"]["balance"] == before["credits"]["balance"] + 10000
+    assert_audit_clean()
+
+
+def test_staying_calls_off_a_waiting_downgrade(client: Any) -> None:
+    key, account = register(client)
+    client.patch(f"/v1/admin/accounts/{account['id']}", json={"plan": "growth"}, headers=ADMIN)
+    client.post("/v1/account/plan", json={"plan": "starter"}, headers=auth(key))
+
+    kept = client.post("/v1/account/plan", json={"plan": "growth"}, headers=auth(key))
+    again = client.post("/v1/account/plan", json={"plan": "growth"}, headers=auth(key))
+
+    assert kept.get_json()["change"]["kind"] == "kept"
+    assert kept.get_json()["account"]["scheduled_plan"] is None
+    assert again.status_code == 409  # nothing waits now: already on Growth
+
+
+def test_a_lapsed_prepaid_account_pays_for_its_plan_again(client: Any) -> None:
+    body = sign_up(client, "starter")
+    key = body["api_key"]
+    confirm(client, body["purchase"]["id"])
+    paid_until = datetime.fromisoformat(
+        client.get("/v1/account", headers=auth(key)).get_json()["paid_until"]
+    )
+    with transaction() as session:
+        lifecycle.renew_credits(session, paid_until + timedelta(minutes=1))
+    assert client.get("/v1/account", headers=auth(key)).get_json()["status"] == "pending_payment"
+
+    again = client.post("/v1/account/plan", json={"plan": "starter"}, headers=auth(key))
+    confirm(client, again.get_json()["change"]["purchase"]["id"], "BT-2")
+
+    account = client.get("/v1/account", headers=auth(key)).get_json()
+    assert again.get_json()["change"]["kind"] == "renewal"
+    assert (account["status"], account["credits"]["balance"]) == ("active", 20000)
+    assert_audit_clean()
+
+
+@pytest.mark.parametrize("plan", ["enterprise", "no-such-plan"])
+def test_internal_or_unknown_plans_cannot_be_chosen(client: Any, plan: str) -> None:
+    key, _ = register(client)
+    response = client.post("/v1/account/plan", json={"plan": plan}, headers=auth(key))
+    assert response.status_code == 422
+
+
+def test_a_downgrade_to_a_free_plan_ends_the_prepaid_time(client: Any) -> None:
+    body = sign_up(client, "starter")
+    key = body["api_key"]
+    confirm(client, body["purchase"]["id"])
+    client.post("/v1/account/plan", json={"plan": "free"}, headers=auth(key))
+    period_end = client.get("/v1/account", headers=auth(key)).get_json()["period_end"]
+
+    with transaction() as session:
+        lifecycle.renew_credits(session, datetime.fromisoformat(period_end) + timedelta(hours=1))
+
+    account = client.get("/v1/account", headers=auth(key)).get_json()
+    assert (account["plan"]["slug"], account["status"], account["paid_until"]) == (
+        "free",
+        "active",
+        None,
+    )
+    assert account["credits"]["balance"] == 10000  # free plans are not renewed
+    assert_audit_clean()
+
+
+def test_an_admin_activation_and_the_renewal_credit_a_period_once(client: Any) -> None:
+    key, account = register(client)
+    start = datetime.fromisoformat(account["period_start"])
+    with transaction() as session:  # the trial's first period rolls over, nothing renewed
+        lifecycle.renew_credits(session, start + timedelta(days=32))
+    client.patch(
+        f"/v1/admin/accounts/{account['id']}",
+        json={"plan": "growth", "status": "active"},
+        headers=ADMIN,
+    )
+    with transaction() as session:  # the same period: the activation already credited it
+        lifecycle.renew_credits(session, start + timedelta(days=33))
+
+    txns = client.get("/v1/credits/transactions", headers=auth(key)).get_json()["data"]
+    assert [(t["type"], t["amount"]) for t in txns] == [("renewal", 40000), ("registration", 2000)]
+    assert_audit_clean()
