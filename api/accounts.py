@@ -3,13 +3,14 @@ owner's plan changes and spending budgets."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from flask import Blueprint
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.db import db
 from api.payments import with_checkout
+from api.schemas import AccountOut, BudgetOut, OperationName, PlanChangeOut, responds
 from api.security import current_account, require_key, require_role
 from api.validation import json_body
 from billing import accounts, budgets, subscriptions, usage
@@ -20,8 +21,10 @@ bp = Blueprint("accounts", __name__, url_prefix="/v1")
 
 
 @bp.get("/account")
+@responds(AccountOut)
 @require_key
 def get_account() -> dict[str, Any]:
+    """Your account: status, plan, credits and the four limits."""
     return accounts.account_view(db(), current_account())
 
 
@@ -32,6 +35,7 @@ class AccountSettings(BaseModel):
 
 
 @bp.patch("/account")
+@responds(AccountOut)
 @require_key
 @require_role("manage_account")
 @json_body(AccountSettings)
@@ -44,12 +48,15 @@ def update_account(body: AccountSettings) -> dict[str, Any]:
 
 
 class PlanChangeBody(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(
+        extra="forbid", strict=True, json_schema_extra={"examples": [{"plan": "growth"}]}
+    )
 
-    plan: str = Field(min_length=1, max_length=50)
+    plan: str = Field(min_length=1, max_length=50, json_schema_extra={"x-choices": "public_plans"})
 
 
 @bp.post("/account/plan")
+@responds(PlanChangeOut, errors=(409, 502))
 @require_key
 @require_role("manage_plan")
 @json_body(PlanChangeBody)
@@ -70,16 +77,19 @@ class BudgetBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     monthly_credits: int | None = Field(ge=1, le=MAX_BUDGET)
-    per_operation: dict[str, int] | None = None
+    per_operation: dict[OperationName, Annotated[int, Field(ge=1, le=MAX_BUDGET)]] | None = None
 
 
 @bp.get("/account/budget")
+@responds(BudgetOut)
 @require_key
 def get_budget() -> dict[str, Any]:
+    """Your spending budgets and what this period used of them."""
     return budgets.budget_view(db(), current_account())
 
 
 @bp.put("/account/budget")
+@responds(BudgetOut)
 @require_key
 @require_role("manage_budget")
 @json_body(BudgetBody)

@@ -8,6 +8,7 @@ from flask import Blueprint
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.db import db
+from api.schemas import AISettingsOut, OperationName, responds
 from api.security import current_account, require_key, require_role
 from api.validation import json_body
 from billing import policy
@@ -17,19 +18,31 @@ bp = Blueprint("ai_settings", __name__, url_prefix="/v1/ai-settings")
 
 
 class PreferenceBody(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={"examples": [{"operation": "content_generation", "model": "gpt-4o"}]},
+    )
 
-    operation: str
-    model: str = Field(min_length=1, max_length=100)
+    operation: OperationName
+    model: str = Field(
+        min_length=1,
+        max_length=100,
+        description="A model of the operation's type that your plan allows.",
+        json_schema_extra={"x-choices": "models"},
+    )
 
 
 @bp.get("")
+@responds(AISettingsOut)
 @require_key
 def get_settings() -> dict[str, Any]:
+    """Per operation: the model jobs run on now, your preference and the choices."""
     return {"operations": policy.settings_view(db(), current_account())}
 
 
 @bp.put("")
+@responds(AISettingsOut)
 @require_key
 @require_role("manage_settings")
 @json_body(PreferenceBody)

@@ -5,15 +5,17 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated, Any
 
-from flask import Blueprint, request
+from flask import Blueprint
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from api import ahrefs
 from api.db import commit_now, db
 from api.errors import ApiError
+from api.schemas import KeywordOut, KeywordsAdded, Page, ResearchOut, responds
 from api.security import current_account, require_key, require_role
-from api.validation import json_body, query_int
+from api.validation import PageQuery, QueryInt, json_body, query_params
 from billing import keywords, limits
+from billing.paging import MAX_PAGE_SIZE
 from models.db import transaction
 
 bp = Blueprint("keywords", __name__, url_prefix="/v1")
@@ -58,10 +60,12 @@ class ResearchBody(BaseModel):
 
 
 @bp.post("/keywords")
+@responds(KeywordsAdded, 201)
 @require_key
 @require_role("manage_keywords")
 @json_body(KeywordsBody)
 def add_keywords(body: KeywordsBody) -> tuple[dict[str, Any], int]:
+    """Add keywords to a site: all or none within max_keywords (403 `limit_reached`)."""
     wanted: list[str | keywords.KeywordEntry] = [body.keyword] if body.keyword else []
     wanted += [k if isinstance(k, str) else k.entry() for k in body.keywords]
     if not wanted:
@@ -75,28 +79,35 @@ def add_keywords(body: KeywordsBody) -> tuple[dict[str, Any], int]:
     return result.body(), 201
 
 
+class KeywordsQuery(PageQuery):
+    limit: QueryInt = Field(default=50, ge=1, le=MAX_PAGE_SIZE, description="Rows per page.")
+    site_id: str | None = Field(default=None, max_length=40, description="One site's only.")
+
+
 @bp.get("/keywords")
+@responds(Page[KeywordOut])
 @require_key
-def list_keywords() -> dict[str, Any]:
+@query_params(KeywordsQuery)
+def list_keywords(query: KeywordsQuery) -> dict[str, Any]:
+    """Your saved keywords, oldest first."""
     page = keywords.list_keywords(
-        db(),
-        current_account().id,
-        request.args.get("site_id"),
-        request.args.get("cursor"),
-        query_int("limit", 50),
+        db(), current_account().id, query.site_id, query.cursor, query.limit
     )
     return page.body(keywords.keyword_view)
 
 
 @bp.delete("/keywords/<int:keyword_id>")
+@responds(None, 204)
 @require_key
 @require_role("manage_keywords")
 def delete_keyword(keyword_id: int) -> tuple[str, int]:
+    """Delete a keyword (the count frees)."""
     keywords.delete_keyword(db(), current_account().id, keyword_id)
     return "", 204
 
 
 @bp.post("/keyword-research")
+@responds(ResearchOut, errors=(502,))
 @require_key
 @require_role("research_keywords")
 @json_body(ResearchBody)

@@ -12,6 +12,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 import metrics
 from api.errors import ApiError
+from api.schemas import responds
 from billing.monitoring import platform_state
 from celeryconfig import QUEUES
 from models import utcnow
@@ -48,7 +49,9 @@ def _state() -> Iterable[GaugeMetricFamily]:
 
 
 @bp.get("/metrics")
+@responds(None, errors=(401,), media_types={"text/plain": {"type": "string"}})
 def scrape() -> Response:
+    """Prometheus text format (`Authorization: Bearer <METRICS_TOKEN>` when that is set)."""
     token = get_settings().metrics_token
     if token:
         offered = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()

@@ -14,18 +14,21 @@ import io
 import json
 import re
 from collections.abc import Callable
-from typing import Any, TypeVar
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any, TypeVar
 
 from flask import request
 from flask.json.provider import DefaultJSONProvider
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from api.errors import ApiError, invalid
+from billing.paging import MAX_PAGE_SIZE
 from billing.webhook_urls import UrlPolicy, url_policy
 from settings import get_settings
 
 M = TypeVar("M", bound=BaseModel)
+Q = TypeVar("Q", bound="Query")
 R = TypeVar("R")
 
 MAX_JSON_DEPTH = 64
@@ -50,8 +53,36 @@ def parse_json(data: str | bytes) -> Any:
             f"The request body is nested deeper than {MAX_JSON_DEPTH} levels.",
             f"at most {MAX_JSON_DEPTH} levels of nesting",
         )
-    value = json.loads(data, parse_constant=_no_constant)
+    value = json.loads(data, parse_constant=_no_constant, parse_float=_number)
     _check_strings(value, "")
+    return value
+
+
+def integral(value: Any) -> Any:
+    """A whole number however it is spelled (`98`, `98.0`, `"98.0"`, `1e2`) as an int:
+    JSON Schema counts 98.0 as an integer, so an integer field must take it. Anything
+    else is returned as it came, for the field's own validation to refuse."""
+    if isinstance(value, bool) or not isinstance(value, str | float | int):
+        return value
+    try:
+        number = Decimal(value.strip() if isinstance(value, str) else value)
+    except (InvalidOperation, ValueError):
+        return value
+    # Bounded first: int() of 1e999999999 would build a huge number.
+    if number.is_finite() and abs(number) < 2**64 and number == number.to_integral_value():
+        return int(number)
+    return value
+
+
+def _number(literal: str) -> int | float:
+    """A JSON number with a fraction or exponent: an int when it is whole (see
+    `integral`), else a float; one too large for a float is refused."""
+    whole = integral(literal)
+    if isinstance(whole, int):
+        return whole
+    value = float(literal)
+    if value in (float("inf"), float("-inf")):
+        raise _body_error(f"The number {literal[:40]} is too large.", "finite numbers")
     return value
 
 
@@ -206,19 +237,58 @@ def csv_body(max_bytes: Callable[[], int]) -> Callable[[Callable[..., R]], Calla
     return decorate
 
 
-def query_int(name: str, default: int) -> int:
-    raw = request.args.get(name)
-    if raw is None:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ApiError(
-            422,
-            "invalid_request",
-            f"Query parameter {name!r} must be an integer.",
-            fields={name: "an integer"},
-        ) from None
+QueryInt = Annotated[int, BeforeValidator(integral)]
+
+
+class Query(BaseModel):
+    """Base of the query-string models views declare with `query_params`. Values arrive
+    as text, so these models are not strict; unknown parameters are ignored."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+class PageQuery(Query):
+    """`limit` and `cursor`, which every paged listing takes (rules: billing/paging.py)."""
+
+    limit: QueryInt = Field(default=20, ge=1, le=MAX_PAGE_SIZE, description="Rows per page.")
+    cursor: str | None = Field(
+        default=None,
+        max_length=500,
+        description="`next_cursor` of the previous page (opaque; only one you were given).",
+    )
+
+
+def query_params(model: type[Q]) -> Callable[[Callable[..., R]], Callable[..., R]]:
+    """Hand the view its query string as `query=`, validated by `model`, or a 422 naming
+    each bad parameter. The OpenAPI document lists `model`'s fields as the operation's
+    query parameters, so what is documented is what is checked. Put it under the auth
+    decorators, like `json_body`."""
+
+    def decorate(view: Callable[..., R]) -> Callable[..., R]:
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> R:
+            try:
+                kwargs["query"] = model.model_validate(request.args.to_dict())
+            except ValidationError as exc:
+                raise invalid(exc) from None
+            return view(*args, **kwargs)
+
+        wrapper.__dict__["openapi_query"] = model
+        return wrapper
+
+    return decorate
+
+
+def request_headers(
+    *parameters: dict[str, Any],
+) -> Callable[[Callable[..., R]], Callable[..., R]]:
+    """Declare request headers the view reads (OpenAPI parameter objects, `in: header`)."""
+
+    def decorate(view: Callable[..., R]) -> Callable[..., R]:
+        view.__dict__["openapi_headers"] = parameters
+        return view
+
+    return decorate
 
 
 def webhook_url_policy() -> UrlPolicy:

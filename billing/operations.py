@@ -26,7 +26,12 @@ from billing.errors import InvalidInput
 from billing.keywords import expand_keyword_ids
 from models import AIModelConfig
 
-ShortText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=300)]
+# Stripped before the length checks: the schema's `pattern` says "not only blanks".
+NOT_BLANK = Field(json_schema_extra={"pattern": r"\S"})
+ShortText = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=300), NOT_BLANK
+]
+KeywordId = Annotated[int, Field(ge=1, le=2**31 - 1)]
 ModelType = Literal["text", "image"]
 
 
@@ -35,7 +40,19 @@ class _Input(BaseModel):
 
 
 class ClusteringInput(_Input):
-    keyword_ids: list[int] = Field(default_factory=list, max_length=1000)
+    """Keywords as text, or ids of the site's saved keywords, or both (at most 1000)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["keywords"], "properties": {"keywords": {"minItems": 1}}},
+                {"required": ["keyword_ids"], "properties": {"keyword_ids": {"minItems": 1}}},
+            ],
+            "examples": [{"keywords": ["running shoes", "trail running", "marathon training"]}],
+        }
+    )
+
+    keyword_ids: list[KeywordId] = Field(default_factory=list, max_length=1000)
     keywords: list[ShortText] = Field(default_factory=list, max_length=1000, validate_default=True)
 
     @field_validator("keywords")
@@ -52,23 +69,47 @@ class ClusterRef(_Input):
 
 
 class IdeaGenerationInput(_Input):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"cluster": {"name": "trail running", "keywords": ["trail shoes"]}, "count": 3}
+            ]
+        }
+    )
+
     cluster: ClusterRef
     count: int = Field(default=3, ge=1, le=20)
 
 
 class ContentGenerationInput(_Input):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"title": "How to choose trail shoes", "word_count": 800}]}
+    )
+
     title: ShortText
     word_count: int = Field(default=800, ge=100, le=5000)
     keywords: list[ShortText] = Field(default_factory=list, max_length=50)
 
 
 class ImagePromptExtractionInput(_Input):
-    text: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=50_000)]
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"text": "Trail shoes grip wet rock ...", "count": 3}]}
+    )
+
+    text: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=50_000), NOT_BLANK
+    ]
     count: int = Field(default=3, ge=1, le=10)
 
 
 class ImageGenerationInput(_Input):
-    prompt: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=4000)]
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"prompt": "a runner on a misty trail", "count": 1}]}
+    )
+
+    prompt: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=4000), NOT_BLANK
+    ]
     count: int = Field(default=1, ge=1, le=10)
 
 
@@ -151,7 +192,7 @@ def get_operation(name: object) -> Operation:
     if not isinstance(name, str) or name not in OPERATIONS:
         raise InvalidInput(
             f"Unknown operation {name!r}. Choose one of: {', '.join(OPERATIONS)}.",
-            fields={"operation": f"must be one of {sorted(OPERATIONS)}"},
+            fields={"operation": f"one of {', '.join(OPERATIONS)}"},
         )
     return OPERATIONS[name]
 
