@@ -4,6 +4,7 @@ owner's plan changes and spending budgets."""
 from __future__ import annotations
 
 from typing import Annotated, Any
+from zoneinfo import available_timezones
 
 from flask import Blueprint
 from pydantic import BaseModel, ConfigDict, Field
@@ -28,10 +29,19 @@ def get_account() -> dict[str, Any]:
     return accounts.account_view(db(), current_account())
 
 
-class AccountSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+TimeZone = Annotated[
+    str, Field(max_length=64, json_schema_extra={"enum": sorted(available_timezones())})
+]
 
-    timezone: str | None = Field(default=None, max_length=64)
+
+class AccountSettings(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", strict=True, json_schema_extra={"examples": [{"timezone": "Europe/Paris"}]}
+    )
+
+    timezone: TimeZone | None = Field(
+        default=None, description="IANA name; usage days are bucketed in it (null: UTC)."
+    )
 
 
 @bp.patch("/account")

@@ -3,8 +3,7 @@ transfers, and confirming (or failing) purchases paid outside Stripe."""
 
 from __future__ import annotations
 
-from decimal import Decimal
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from flask import Blueprint
 from pydantic import BaseModel, ConfigDict, Field
@@ -32,8 +31,12 @@ from api.schemas import (
 from api.security import require_admin
 from api.validation import PageQuery, json_body, query_params
 from billing import accounts, backoffice, credits, ledger, plans, purchases, subscriptions
+from billing.amounts import Payment
 from billing.errors import InvalidInput
 from models import utcnow
+
+if TYPE_CHECKING:
+    from api.openapi import DocumentBuilder
 
 bp = Blueprint("admin", __name__, url_prefix="/v1/admin")
 
@@ -45,7 +48,12 @@ class AdjustBody(BaseModel):
         json_schema_extra={"examples": [{"amount": 500, "reason": "goodwill"}]},
     )
 
-    amount: int = Field(ge=-10_000_000, le=10_000_000, description="Not 0; negative takes back.")
+    amount: int = Field(
+        ge=-10_000_000,
+        le=10_000_000,
+        description="Not 0; negative takes back.",
+        json_schema_extra={"not": {"const": 0}},
+    )
     reason: str = Field(min_length=1, max_length=500)
 
 
@@ -117,7 +125,7 @@ def find_jobs(query: AdminJobsQuery) -> dict[str, Any]:
 
 
 @bp.post("/accounts/<account_id>/credits")
-@responds(AccountOut, errors=(409,))
+@responds(AccountOut, errors=(402, 409))
 @require_admin
 @json_body(AdjustBody)
 def adjust_credits(account_id: str, body: AdjustBody) -> dict[str, Any]:
@@ -146,7 +154,7 @@ class BankTransferBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     payment_reference: str = Field(min_length=1, max_length=200)
-    amount: Decimal = Field(gt=0, max_digits=12, decimal_places=2, strict=False)
+    amount: Payment
     payer_name: str = Field(min_length=1, max_length=200)
     proof_url: str | None = Field(default=None, max_length=2000)
     period_months: int = Field(default=1, ge=1, le=24)
@@ -247,10 +255,22 @@ def sync_purchase(purchase_id: str) -> dict[str, Any]:
     return {"purchase": purchases.purchase_view(purchase), "outcome": outcome}
 
 
+class PlanPatch(plans.PlanFields):
+    """Any of a plan's fields; only those sent change (the plan must stay valid)."""
+
+    @classmethod
+    def openapi_schema(cls, builder: DocumentBuilder) -> dict[str, Any]:
+        schema = builder.plain(plans.PlanFields)
+        schema.pop("required", None)
+        for field in schema["properties"].values():
+            field.pop("default", None)
+        return {**schema, "title": cls.__name__, "description": cls.__doc__}
+
+
 @bp.post("/plans")
 @responds(PlanOut, 201, errors=(409,))
 @require_admin
-@json_body(dict)
+@json_body(dict, documented_as=plans.NewPlan)
 def create_plan(body: dict[str, Any]) -> tuple[dict[str, Any], int]:
     """A new plan (billing/plans.py checks its fields)."""
     return accounts.plan_view(plans.create_plan(db(), body)), 201
@@ -259,7 +279,7 @@ def create_plan(body: dict[str, Any]) -> tuple[dict[str, Any], int]:
 @bp.patch("/plans/<slug>")
 @responds(PlanOut)
 @require_admin
-@json_body(dict)
+@json_body(dict, documented_as=PlanPatch)
 def update_plan(slug: str, body: dict[str, Any]) -> dict[str, Any]:
     """Change a plan's fields."""
     return accounts.plan_view(plans.update_plan(db(), slug, body))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint
 from pydantic import BaseModel, ConfigDict, Field
@@ -13,6 +13,9 @@ from api.security import current_account, require_key, require_role
 from api.validation import json_body
 from billing import policy
 from billing.operations import get_operation
+
+if TYPE_CHECKING:
+    from api.openapi import DocumentBuilder
 
 bp = Blueprint("ai_settings", __name__, url_prefix="/v1/ai-settings")
 
@@ -29,8 +32,12 @@ class PreferenceBody(BaseModel):
         min_length=1,
         max_length=100,
         description="A model of the operation's type that your plan allows.",
-        json_schema_extra={"x-choices": "models"},
     )
+
+    @classmethod
+    def openapi_schema(cls, builder: DocumentBuilder) -> dict[str, Any]:
+        """One variant per operation: `model` is one of that operation's type."""
+        return builder.per_operation(cls)
 
 
 @bp.get("")

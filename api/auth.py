@@ -21,9 +21,15 @@ from settings import get_settings
 
 bp = Blueprint("auth", __name__, url_prefix="/v1/auth")
 
+# The same characters under Python's and ECMAScript's `\s` (which differ on these).
+_PART = r"[^@\s\x1c-\x1f\x85\ufeff]+"
 Email = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, max_length=320, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$"),
+    StringConstraints(
+        strip_whitespace=True, max_length=320, pattern=rf"^{_PART}@{_PART}\.{_PART}$"
+    ),
+    # Blanks around the address are trimmed.
+    Field(json_schema_extra={"pattern": rf"^\s*{_PART}@{_PART}\.{_PART}\s*$"}),
 ]
 
 

@@ -13,6 +13,7 @@ from api.schemas import Page, PurchaseAnswer, TransactionOut, responds
 from api.security import current_account, require_key, require_role
 from api.validation import PageQuery, json_body, query_params
 from billing import ledger, purchases
+from billing.purchases import MIN_TOPUP_CREDITS
 
 bp = Blueprint("credits", __name__, url_prefix="/v1/credits")
 
@@ -36,7 +37,7 @@ class TopupBody(BaseModel):
         extra="forbid", strict=True, json_schema_extra={"examples": [{"credits": 5000}]}
     )
 
-    credits: int = Field(ge=1, le=10_000_000)
+    credits: int = Field(ge=MIN_TOPUP_CREDITS, le=10_000_000)
 
 
 @bp.post("/topup")

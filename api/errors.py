@@ -29,7 +29,7 @@ STATUS_BY_CODE = {
     "webhook_disabled": 409,
     "invitation_used": 409,
     "invitation_expired": 410,
-    "amount_mismatch": 422,
+    "amount_mismatch": 409,
     "purchase_not_pending": 409,
     "plan_limits_exceeded": 409,
     "insufficient_credits": 402,

@@ -16,6 +16,7 @@ from api.errors import error_response
 from api.schemas import EstimateOut, JobOut, Page, responds
 from api.security import current_account, require_key, require_role
 from api.validation import (
+    WEBHOOK_URL,
     PageQuery,
     json_body,
     query_params,
@@ -56,8 +57,8 @@ class EstimateBody(BaseModel):
 
 
 class SubmitBody(EstimateBody):
-    webhook_url: str | None = Field(
-        default=None, max_length=2000, description="Told when the job ends (signed)."
+    webhook_url: WEBHOOK_URL | None = Field(
+        default=None, description="Told when the job ends (signed); else the account's."
     )
 
 
@@ -155,7 +156,7 @@ def _enqueue(job_id: str, operation: str) -> Response | None:
     return None
 
 
-@bp.get("/<job_id>")
+@bp.get("/<id:job_id>")
 @responds(JobOut)
 @require_key
 def get_job(job_id: str) -> dict[str, Any]:
@@ -185,7 +186,7 @@ def list_jobs(query: JobsQuery) -> dict[str, Any]:
     return page.body(job_views.job_view)
 
 
-@bp.post("/<job_id>/cancel")
+@bp.post("/<id:job_id>/cancel")
 @responds(JobOut, errors=(409,))
 @require_key
 @require_role("submit_jobs")

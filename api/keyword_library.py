@@ -12,7 +12,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from api.db import db
 from api.schemas import ImportOut, KeywordsAdded, LibraryKeywordOut, Page, responds
 from api.security import current_account, require_admin, require_key, require_role
-from api.validation import PageQuery, QueryInt, csv_body, json_body, query_params
+from api.validation import PageQuery, QueryInt, csv_body, integral, json_body, query_params
 from billing import keyword_library, keywords
 from billing.paging import MAX_PAGE_SIZE
 from models import utcnow
@@ -30,6 +30,10 @@ def _blank_is_absent(value: Any) -> Any:
 SearchText = Annotated[str | None, BeforeValidator(_blank_is_absent)]
 
 
+Volume = Annotated[int, Field(ge=0, le=keywords.MAX_VOLUME), BeforeValidator(integral)]
+Difficulty = Annotated[int, Field(ge=0, le=100), BeforeValidator(integral)]
+
+
 class BrowseQuery(PageQuery):
     """A browse's filters; ranges are inclusive (a minimum above its maximum is a 422).
     Blank `q`, `country` and `topic` filter nothing."""
@@ -43,10 +47,10 @@ class BrowseQuery(PageQuery):
     )
     topic: SearchText = Field(default=None, max_length=100)
     intent: Literal[KEYWORD_INTENTS] | None = None  # type: ignore[valid-type]
-    volume_min: QueryInt | None = Field(default=None, ge=0, le=keywords.MAX_VOLUME)
-    volume_max: QueryInt | None = Field(default=None, ge=0, le=keywords.MAX_VOLUME)
-    difficulty_min: QueryInt | None = Field(default=None, ge=0, le=100)
-    difficulty_max: QueryInt | None = Field(default=None, ge=0, le=100)
+    volume_min: Volume | None = None
+    volume_max: Volume | None = None
+    difficulty_min: Difficulty | None = None
+    difficulty_max: Difficulty | None = None
 
 
 class AddBody(BaseModel):
@@ -84,10 +88,21 @@ def add_to_site(body: AddBody) -> tuple[dict[str, Any], int]:
     return result.body(), 201
 
 
+LIBRARY_CSV = {
+    "type": "string",
+    "description": "A header naming the columns (any order; keyword, country, volume and "
+    "difficulty required; cpc, intent, topic optional), then one row per keyword. The "
+    "pattern describes the simplest such file.",
+    "pattern": r"^keyword,country,volume,difficulty(\r?\n[a-z0-9]{1,30}( [a-z0-9]{1,30}){0,3}"
+    r",[a-z]{2},[0-9]{1,9},(100|[1-9]?[0-9]))*\r?\n?$",
+    "examples": ["keyword,country,volume,difficulty\nrunning shoes,us,12000,35\n"],
+}
+
+
 @bp.post("/admin/keyword-library/import")
 @responds(ImportOut)
 @require_admin
-@csv_body(lambda: get_settings().keyword_import_max_bytes)
+@csv_body(lambda: get_settings().keyword_import_max_bytes, LIBRARY_CSV)
 def import_csv(lines: Iterable[str]) -> dict[str, Any]:
     """Upsert the library from a CSV (keyword,country,volume,difficulty[,cpc,intent,topic]),
     keyed on keyword+country: importing the same file twice changes nothing."""

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from flask import Blueprint
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
@@ -15,12 +14,18 @@ from api.schemas import KeywordOut, KeywordsAdded, Page, ResearchOut, responds
 from api.security import current_account, require_key, require_role
 from api.validation import PageQuery, QueryInt, json_body, query_params
 from billing import keywords, limits
+from billing.amounts import Price
+from billing.operations import NOT_BLANK
 from billing.paging import MAX_PAGE_SIZE
+from models import KEYWORD_INTENTS
 from models.db import transaction
+from models.keyword_library import MAX_DIFFICULTY
 
 bp = Blueprint("keywords", __name__, url_prefix="/v1")
 
-KeywordText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=300)]
+KeywordText = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=300), NOT_BLANK
+]
 
 
 class KeywordItem(BaseModel):
@@ -30,11 +35,11 @@ class KeywordItem(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     keyword: KeywordText
-    volume: int | None = None
-    difficulty: int | None = None
-    cpc: Decimal | None = Field(default=None, strict=False, allow_inf_nan=False)
-    country: str | None = Field(default=None, max_length=2)
-    intent: str | None = Field(default=None, max_length=20)
+    volume: int | None = Field(default=None, ge=0, le=keywords.MAX_VOLUME)
+    difficulty: int | None = Field(default=None, ge=0, le=MAX_DIFFICULTY)
+    cpc: Price | None = None
+    country: str | None = Field(default=None, pattern=r"^[a-z]{2}$")
+    intent: Literal[KEYWORD_INTENTS] | None = None  # type: ignore[valid-type]
 
     def entry(self) -> keywords.KeywordEntry:
         return keywords.KeywordEntry(**self.model_dump())
@@ -44,7 +49,17 @@ class KeywordsBody(BaseModel):
     """One keyword (`keyword`) or a bulk import (`keywords`: texts, or objects carrying
     their metrics), into one site."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["keyword"], "properties": {"keyword": {"type": "string"}}},
+                {"required": ["keywords"], "properties": {"keywords": {"minItems": 1}}},
+            ],
+            "examples": [{"site_id": "site_b4fe77e8bdad986144fa35ba", "keywords": ["trail shoes"]}],
+        },
+    )
 
     site_id: str = Field(max_length=40)
     keyword: KeywordText | None = None
@@ -56,7 +71,7 @@ class ResearchBody(BaseModel):
 
     seed: KeywordText
     limit: int = Field(default=10, ge=1, le=100)
-    country: str | None = Field(default=None, min_length=2, max_length=2)
+    country: str | None = Field(default=None, pattern=r"^[A-Za-z]{2}$")
 
 
 @bp.post("/keywords")
@@ -96,7 +111,7 @@ def list_keywords(query: KeywordsQuery) -> dict[str, Any]:
     return page.body(keywords.keyword_view)
 
 
-@bp.delete("/keywords/<int:keyword_id>")
+@bp.delete("/keywords/<int(min=1, max=2147483647):keyword_id>")
 @responds(None, 204)
 @require_key
 @require_role("manage_keywords")

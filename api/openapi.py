@@ -19,10 +19,11 @@ from typing import Any
 
 from flask import Blueprint, Flask, current_app
 from pydantic import BaseModel
+from werkzeug.routing import IntegerConverter
 
 from api.db import db
 from api.schemas import ErrorOut, OpenApiOut, Responses, responds
-from api.validation import Query
+from api.validation import IdConverter, Query
 from billing import plans, policy
 from billing.operations import OPERATIONS
 
@@ -45,7 +46,7 @@ ERROR_RESPONSES = {
     502: "An outside service (Stripe, keyword research) did not answer; nothing was charged.",
     503: "Database, broker or rate limiter unavailable; nothing was charged.",
 }
-_PATH_PARAMETER = re.compile(r"<(?:(?P<converter>\w+):)?(?P<name>\w+)>")
+_PATH_PARAMETER = re.compile(r"<(?:(?P<converter>[^:>]+):)?(?P<name>\w+)>")
 REQUEST_ID = {
     "name": "X-Request-Id",
     "in": "header",
@@ -171,17 +172,20 @@ class DocumentBuilder:
         return {"$ref": REF.format(model=name)}
 
     def request_model(self, model: type[BaseModel]) -> dict[str, Any]:
+        """A `$ref` to the schema of a body the view validates with `model`."""
         name = model.__name__
         if name not in self.schemas:
             custom = getattr(model, "openapi_schema", None)
-            if custom is not None:
-                self.schemas[name] = custom(self)
-            else:
-                schema = model.model_json_schema(ref_template=REF, mode="validation")
-                for nested, definition in schema.pop("$defs", {}).items():
-                    self.schemas.setdefault(nested, definition)
-                self.schemas[name] = self.fill_choices(schema)
+            self.schemas[name] = custom(self) if custom is not None else self.plain(model)
         return {"$ref": REF.format(model=name)}
+
+    def plain(self, model: type[BaseModel]) -> dict[str, Any]:
+        """`model`'s own validation schema (what it uses registered in components)."""
+        schema = model.model_json_schema(ref_template=REF, mode="validation")
+        for nested, definition in schema.pop("$defs", {}).items():
+            self.schemas.setdefault(nested, self.fill_choices(definition))
+        filled: dict[str, Any] = self.fill_choices(schema)
+        return filled
 
     def fill_choices(self, schema: Any) -> Any:
         """`x-choices: "plans"` (or "public_plans", "text_models", "image_models",
@@ -216,14 +220,20 @@ class DocumentBuilder:
         for operation in OPERATIONS.values():
             properties = copy.deepcopy(base["properties"])
             properties["operation"] = {"type": "string", "const": operation.name}
-            properties["input"] = self.request_model(operation.input_model)
             models = self.choice(f"{operation.model_type}_models")
-            properties["model"] = {
-                "anyOf": [{"type": "string", "enum": models}, {"type": "null"}],
-                "default": None,
-                "description": "Default: your AI settings, else the plan's default.",
-            }
-            examples = operation.input_model.model_json_schema().get("examples", [])
+            examples = [{"operation": operation.name, "model": m} for m in models[:1]]
+            if "input" in properties:
+                properties["input"] = self.request_model(operation.input_model)
+                inputs = operation.input_model.model_json_schema().get("examples", [])
+                examples = [{"operation": operation.name, "input": e} for e in inputs]
+            if "anyOf" in properties["model"]:
+                properties["model"] = {
+                    "anyOf": [{"type": "string", "enum": models}, {"type": "null"}],
+                    "default": None,
+                    "description": "Default: your AI settings, else the plan's default.",
+                }
+            else:
+                properties["model"] = {"type": "string", "enum": models}
             name = prefix + "".join(part.title() for part in operation.name.split("_"))
             self.schemas[name] = {
                 "type": "object",
@@ -231,7 +241,7 @@ class DocumentBuilder:
                 "properties": properties,
                 "required": base["required"],
                 "additionalProperties": False,
-                "examples": [{"operation": operation.name, "input": e} for e in examples],
+                "examples": examples,
             }
             variants[operation.name] = REF.format(model=name)
         return {
@@ -262,16 +272,8 @@ class DocumentBuilder:
             notes.append(f"Needs a role allowed to `{action}` (billing/permissions.py).")
         if notes:
             operation["description"] = "\n\n".join(notes)
-        parameters: list[dict[str, Any]] = [
-            {
-                "name": match["name"],
-                "in": "path",
-                "required": True,
-                "schema": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}
-                if match["converter"] == "int"
-                else {"type": "string", "minLength": 1, "maxLength": 100},
-            }
-            for match in _PATH_PARAMETER.finditer(rule.rule)
+        parameters = [
+            _path_parameter(rule, match["name"]) for match in _PATH_PARAMETER.finditer(rule.rule)
         ]
         if query is not None:
             parameters += self.query_parameters(query)
@@ -279,10 +281,8 @@ class DocumentBuilder:
         parameters.append({"$ref": "#/components/parameters/RequestId"})
         operation["parameters"] = parameters
         if isinstance(body, str):  # a media type read as a stream (api.validation.csv_body)
-            operation["requestBody"] = {
-                "required": True,
-                "content": {body: {"schema": {"type": "string"}}},
-            }
+            text = getattr(view, "openapi_body_schema", {"type": "string"})
+            operation["requestBody"] = {"required": True, "content": {body: {"schema": text}}}
         elif isinstance(body, type) and issubclass(body, BaseModel):
             operation["requestBody"] = {
                 "required": True,
@@ -360,11 +360,32 @@ class DocumentBuilder:
             statuses |= {403}
         if body is not None or query is not None:
             statuses |= {422}
-        if "<" in rule.rule:
+        if "<" in rule.rule or _names_a_resource(body) or _names_a_resource(query):
             statuses |= {404}
         if declared is not None:
             statuses |= set(declared.errors)
         return {str(s): {"$ref": f"#/components/responses/{s}"} for s in sorted(statuses)}
+
+
+def _names_a_resource(model: object) -> bool:
+    """A body or query naming something by id (`site_id`, `ids` ...) is a 404 when it is
+    not there (or another account's)."""
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return False
+    return any(name.endswith(("_id", "_ids")) or name == "ids" for name in model.model_fields)
+
+
+def _path_parameter(rule: Any, name: str) -> dict[str, Any]:
+    """The schema of a URL variable, from its converter (`int(min=1, max=...)`, `id`)."""
+    converter = rule._converters[name]
+    schema: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 100}
+    if isinstance(converter, IntegerConverter):
+        schema = {"type": "integer", "minimum": converter.min or 0}
+        if converter.max is not None:
+            schema["maximum"] = converter.max
+    elif isinstance(converter, IdConverter):
+        schema["pattern"] = f"^{converter.regex}$"
+    return {"name": name, "in": "path", "required": True, "schema": schema}
 
 
 def _inline(schema: Any, definitions: dict[str, Any]) -> Any:

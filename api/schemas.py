@@ -33,6 +33,8 @@ JobStatus = Literal[JOB_STATUSES]  # type: ignore[valid-type]
 AccountStatus = Literal[ACCOUNT_STATUSES]  # type: ignore[valid-type]
 PurchaseStatus = Literal[PURCHASE_STATUSES]  # type: ignore[valid-type]
 Role = Literal[USER_ROLES]  # type: ignore[valid-type]
+# Nobody is made owner but by a transfer.
+AssignableRole = Literal[tuple(role for role in USER_ROLES if role != "owner")]  # type: ignore[valid-type]
 OperationName = Literal[tuple(OPERATIONS)]  # type: ignore[valid-type]
 
 

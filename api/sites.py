@@ -30,10 +30,18 @@ class SiteBody(BaseModel):
 
 
 class SitePatch(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    """At least one of `name` and `domain`."""
 
-    name: str | None = Field(default=None, min_length=1, max_length=200)
-    domain: str | None = Field(default=None, max_length=300)
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"minProperties": 1})
+
+    # Optional, yet never null: a site always has a name.
+    name: str = Field(  # type: ignore[assignment]
+        default=None,
+        min_length=1,
+        max_length=200,
+        json_schema_extra=lambda schema: schema.pop("default", None),  # type: ignore[arg-type,misc]
+    )
+    domain: str | None = Field(default=None, max_length=300, description="null clears it.")
 
 
 @bp.post("")

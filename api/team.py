@@ -13,12 +13,12 @@ from api.auth import Email
 from api.db import db
 from api.schemas import (
     ApiKeyOut,
+    AssignableRole,
     InvitationAnswer,
     InviteOut,
     ListOf,
     NewApiKeyOut,
     RemovalOut,
-    Role,
     TransferOut,
     UserOut,
     responds,
@@ -41,14 +41,14 @@ class InviteBody(BaseModel):
     )
 
     email: Email
-    role: Role = "editor"
+    role: AssignableRole = "editor"
     name: str = Field(default="", max_length=200)
 
 
 class RoleBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    role: Role
+    role: AssignableRole
 
 
 class TransferBody(BaseModel):
@@ -91,7 +91,7 @@ def invite(body: InviteBody) -> tuple[dict[str, Any], int]:
     }, 201
 
 
-@bp.post("/team/<user_id>/invitation")
+@bp.post("/team/<id:user_id>/invitation")
 @responds(InvitationAnswer, 201, errors=(409,))
 @require_key
 @require_role("manage_team")
@@ -105,7 +105,7 @@ def reissue_invitation(user_id: str) -> tuple[dict[str, Any], int]:
     return {"invitation": _shown(invitation, token)}, 201
 
 
-@bp.patch("/team/<user_id>")
+@bp.patch("/team/<id:user_id>")
 @responds(UserOut)
 @require_key
 @require_role("manage_team")
@@ -116,7 +116,7 @@ def change_role(user_id: str, body: RoleBody) -> dict[str, Any]:
     return accounts.user_view(user)
 
 
-@bp.delete("/team/<user_id>")
+@bp.delete("/team/<id:user_id>")
 @responds(RemovalOut)
 @require_key
 @require_role("manage_team")

@@ -32,8 +32,17 @@ bp = Blueprint("usage", __name__, url_prefix="/v1")
 
 
 DATE_OR_TIME = (
-    "A date (`2026-11-01`, a whole local day) or an ISO 8601 time (without an offset: local)."
+    "A date (`2026-11-01`, a whole local day) or an ISO 8601 time (without an offset: "
+    "local). `from`..`to` spans at most 366 days; `to` needs `from`; not with `days`."
 )
+DateOrTime = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=40,
+        json_schema_extra={"anyOf": [{"format": "date"}, {"format": "date-time"}]},
+    ),
+]
 CSV = {"text/csv": {"type": "string", "description": "A header row, one line per row."}}
 
 
@@ -43,12 +52,8 @@ class RangeQuery(Query):
     days: Annotated[Literal[7, 30, 90], BeforeValidator(integral)] | None = Field(
         default=None, description="The last N days, today included (default 30)."
     )
-    from_: str | None = Field(
-        default=None, alias="from", min_length=1, max_length=40, description=DATE_OR_TIME
-    )
-    to: str | None = Field(
-        default=None, min_length=1, max_length=40, description=DATE_OR_TIME + " Inclusive."
-    )
+    from_: DateOrTime | None = Field(default=None, alias="from", description=DATE_OR_TIME)
+    to: DateOrTime | None = Field(default=None, description=DATE_OR_TIME + " Inclusive.")
 
     def window(self, zone: Any) -> usage.Window:
         days = str(self.days) if self.days is not None else None
@@ -61,14 +66,12 @@ class LogsQuery(PageQuery):
     )
     operation: OperationName | None = None
     site_id: str | None = Field(default=None, max_length=40)
-    model: str | None = Field(default=None, max_length=100)
+    model: str | None = Field(
+        default=None, max_length=100, json_schema_extra={"x-choices": "models"}
+    )
     job_id: str | None = Field(default=None, max_length=40)
-    from_: str | None = Field(
-        default=None, alias="from", min_length=1, max_length=40, description=DATE_OR_TIME
-    )
-    to: str | None = Field(
-        default=None, min_length=1, max_length=40, description=DATE_OR_TIME + " Inclusive."
-    )
+    from_: DateOrTime | None = Field(default=None, alias="from", description=DATE_OR_TIME)
+    to: DateOrTime | None = Field(default=None, description=DATE_OR_TIME + " Inclusive.")
     format: Literal["json", "csv"] | None = Field(
         default=None,
         description="`csv`: every matching row as CSV (ignores limit and cursor). Default: "

@@ -21,6 +21,7 @@ from flask import request
 from flask.json.provider import DefaultJSONProvider
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.routing import BaseConverter
 
 from api.errors import ApiError, invalid
 from billing.paging import MAX_PAGE_SIZE
@@ -173,9 +174,12 @@ def parse_body(model: type[M]) -> M:
 
 def json_body(
     model: type[BaseModel] | type[dict[str, Any]],
+    *,
+    documented_as: type[BaseModel] | None = None,
 ) -> Callable[[Callable[..., R]], Callable[..., R]]:
     """Hand the view its JSON body as `body=`: validated by the pydantic `model`, or as
-    the plain object when `model` is `dict` (billing validates those fields itself).
+    the plain object when `model` is `dict` (billing validates those fields itself, with
+    the model given as `documented_as`).
 
     Put it under the auth decorators, so a caller without access gets 401/403 before any
     422. The OpenAPI document (api/openapi.py) reads `model` from the view.
@@ -190,15 +194,18 @@ def json_body(
                 kwargs["body"] = parse_body(model)  # type: ignore[arg-type]
             return view(*args, **kwargs)
 
-        wrapper.__dict__["openapi_body"] = model
+        wrapper.__dict__["openapi_body"] = documented_as or model
         return wrapper
 
     return decorate
 
 
-def csv_body(max_bytes: Callable[[], int]) -> Callable[[Callable[..., R]], Callable[..., R]]:
+def csv_body(
+    max_bytes: Callable[[], int], schema: dict[str, Any] | None = None
+) -> Callable[[Callable[..., R]], Callable[..., R]]:
     """Hand the view its `text/csv` body as `lines=`, a stream of text lines read as the
-    view consumes them (nothing is buffered whole), up to `max_bytes()` bytes.
+    view consumes them (nothing is buffered whole), up to `max_bytes()` bytes. `schema`
+    describes the text for the OpenAPI document.
 
     A body that is not UTF-8 or is too large is a 422 even mid-stream: the request's
     transaction then rolls back, so nothing of it is written.
@@ -232,9 +239,36 @@ def csv_body(max_bytes: Callable[[], int]) -> Callable[[Callable[..., R]], Calla
                 ) from None  # fmt: skip
 
         wrapper.__dict__["openapi_body"] = "text/csv"
+        wrapper.__dict__["openapi_body_schema"] = schema or {"type": "string"}
         return wrapper
 
     return decorate
+
+
+# What the SSRF policy (billing/webhook_urls.py) lets through, as far as a pattern can
+# say: http(s), a host name (not a local or metadata one), a port 1-65535. A public IP
+# address is accepted too; what a name resolves to is checked when it is used.
+_PORT = r"(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+WEBHOOK_URL = Annotated[
+    str,
+    Field(
+        max_length=2000,
+        json_schema_extra={
+            "pattern": r"^https?://(?!(?:[^/?#:]*\.)?(?:localhost|local|internal|localdomain|goog)"
+            r"(?:[:/?#]|$))(?!(?:metadata|instance-data)(?:[.:/?#]|$))"
+            r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}"
+            rf"(?::{_PORT})?(?:[/?#][!-\[\]-~]*)?$",
+            "examples": ["https://hooks.example.com/aijobs"],
+        },
+    ),
+]
+
+
+class IdConverter(BaseConverter):
+    """`<id:job_id>`: a public id (`job_3f9c...`), so a sibling route's literal segment
+    (`/v1/jobs/estimate`, `/v1/team/invite`) is never taken for one."""
+
+    regex = r"[a-z]+_[A-Za-z0-9]+"
 
 
 QueryInt = Annotated[int, BeforeValidator(integral)]

@@ -20,7 +20,7 @@ from api.schemas import (
     responds,
 )
 from api.security import current_account, require_key, require_role
-from api.validation import json_body, webhook_url_policy
+from api.validation import WEBHOOK_URL, json_body, webhook_url_policy
 from billing import webhooks
 from models import Account, utcnow
 from models.db import transaction
@@ -68,10 +68,8 @@ class EndpointBody(BaseModel):
         json_schema_extra={"examples": [{"url": "https://hooks.example.com/aijobs"}]},
     )
 
-    url: str | None = Field(
-        max_length=2000,
-        pattern=r"^https?://[^\s/?#@]+[^\s]*$",
-        description="http(s), a public address (SSRF policy: README, Webhooks); null clears.",
+    url: WEBHOOK_URL | None = Field(
+        description="http(s), a public address (SSRF policy: README, Webhooks); null clears."
     )
 
 
@@ -96,7 +94,7 @@ def set_endpoint(body: EndpointBody) -> dict[str, Any]:
     return webhooks.endpoint_view(account)
 
 
-@bp.get("/jobs/<job_id>/webhook-deliveries")
+@bp.get("/jobs/<id:job_id>/webhook-deliveries")
 @responds(ListOf[DeliveryOut])
 @require_key
 def job_deliveries(job_id: str) -> dict[str, Any]:
