@@ -32,7 +32,7 @@ from api.security import require_admin
 from api.validation import PageQuery, json_body, query_params
 from billing import accounts, backoffice, credits, ledger, plans, purchases, subscriptions
 from billing.amounts import Payment
-from billing.errors import InvalidInput
+from billing.errors import Conflict, InvalidInput
 from models import utcnow
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ class AccountPatch(BaseModel):
     )
 
     status: AccountStatus | None = None
-    plan: str | None = Field(default=None, json_schema_extra={"x-choices": "plans"})
+    plan: str | None = Field(default=None, max_length=50, description="A plan's slug.")
 
 
 class AccountsQuery(PageQuery):
@@ -73,7 +73,7 @@ class AccountsQuery(PageQuery):
         default=None, max_length=320, description="A member's email, or its start (any case)."
     )
     status: AccountStatus | None = None
-    plan: str | None = Field(default=None, max_length=50, json_schema_extra={"x-choices": "plans"})
+    plan: str | None = Field(default=None, max_length=50, description="A plan's slug.")
 
 
 @bp.get("/accounts")
@@ -248,7 +248,7 @@ def sync_purchase(purchase_id: str) -> dict[str, Any]:
     session = db()
     purchase = purchases.get_purchase(session, purchase_id)
     if not purchase.stripe_session_id:
-        raise InvalidInput("This purchase has no Stripe checkout to ask about.")
+        raise Conflict("This purchase has no Stripe checkout to ask about.")
     checkout = retrieve_checkout(purchase.stripe_session_id)
     outcome = purchases.apply_stripe_event(session, purchases.event_for(checkout), utcnow())
     purchase = purchases.get_purchase(session, purchase_id)

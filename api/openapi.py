@@ -71,7 +71,6 @@ class Choices:
     """Data-driven enums: model names per model type and plan slugs."""
 
     models: dict[str, list[str]] = field(default_factory=dict)
-    plans: list[str] = field(default_factory=list)
     public_plans: list[str] = field(default_factory=list)
 
 
@@ -82,7 +81,6 @@ def openapi_document() -> dict[str, Any]:
     session = db()
     choices = Choices(
         models=policy.active_model_names(session),
-        plans=[plan.slug for plan in plans.list_all(session)],
         public_plans=[plan.slug for plan in plans.list_public(session)],
     )
     return build_document(current_app, choices)
@@ -188,8 +186,7 @@ class DocumentBuilder:
         return filled
 
     def fill_choices(self, schema: Any) -> Any:
-        """`x-choices: "plans"` (or "public_plans", "text_models", "image_models",
-        "models") becomes the enum of what the database holds now."""
+        """`x-choices: "public_plans"` (or "text_models", "image_models", "models") becomes the enum of what the database holds now."""
         if isinstance(schema, list):
             return [self.fill_choices(item) for item in schema]
         if not isinstance(schema, dict):
