@@ -186,7 +186,8 @@ class DocumentBuilder:
         return filled
 
     def fill_choices(self, schema: Any) -> Any:
-        """`x-choices: "public_plans"` (or "text_models", "image_models", "models") becomes the enum of what the database holds now."""
+        """`x-choices: "public_plans"` (or "text_models", "image_models", "models")
+        becomes the enum of what the database holds now."""
         if isinstance(schema, list):
             return [self.fill_choices(item) for item in schema]
         if not isinstance(schema, dict):

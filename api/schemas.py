@@ -33,8 +33,11 @@ JobStatus = Literal[JOB_STATUSES]  # type: ignore[valid-type]
 AccountStatus = Literal[ACCOUNT_STATUSES]  # type: ignore[valid-type]
 PurchaseStatus = Literal[PURCHASE_STATUSES]  # type: ignore[valid-type]
 Role = Literal[USER_ROLES]  # type: ignore[valid-type]
-# Nobody is made owner but by a transfer.
-AssignableRole = Literal[tuple(role for role in USER_ROLES if role != "owner")]  # type: ignore[valid-type]
+# Nobody is made owner but by a transfer (billing/team.py says so when asked).
+AssignableRole = Annotated[
+    str,
+    Field(max_length=20, json_schema_extra={"enum": [r for r in USER_ROLES if r != "owner"]}),
+]
 OperationName = Literal[tuple(OPERATIONS)]  # type: ignore[valid-type]
 
 

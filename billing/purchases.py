@@ -32,7 +32,7 @@ CENT = Decimal("0.01")
 MIN_AMOUNT = Decimal("1.00")
 # The fewest credits a top-up buys, on every plan (so a client can know it up front; at
 # any plan's price they cost more than MIN_AMOUNT, which is checked as well).
-MIN_TOPUP_CREDITS = 1000
+MIN_TOPUP_CREDITS = 500
 
 
 @dataclass(frozen=True)
