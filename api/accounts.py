@@ -3,6 +3,7 @@ owner's plan changes and spending budgets."""
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 from zoneinfo import available_timezones
 
@@ -29,8 +30,20 @@ def get_account() -> dict[str, Any]:
     return accounts.account_view(db(), current_account())
 
 
+ZONES = sorted(available_timezones())
+
+
+def _constant(zone: str) -> str:
+    """A name for the zone in generated clients: `Etc/GMT+1` and `Etc/GMT-1` differ."""
+    return re.sub(r"\W", "_", zone.replace("+", "_PLUS_").replace("-", "_MINUS_")).upper()
+
+
 TimeZone = Annotated[
-    str, Field(max_length=64, json_schema_extra={"enum": sorted(available_timezones())})
+    str,
+    Field(
+        max_length=64,
+        json_schema_extra={"enum": ZONES, "x-enum-varnames": [_constant(z) for z in ZONES]},
+    ),
 ]
 
 

@@ -18,6 +18,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from sqlalchemy.orm import Session
 
@@ -44,16 +45,30 @@ class ClusteringInput(_Input):
 
     model_config = ConfigDict(
         json_schema_extra={
-            "anyOf": [
-                {"required": ["keywords"], "properties": {"keywords": {"minItems": 1}}},
-                {"required": ["keyword_ids"], "properties": {"keyword_ids": {"minItems": 1}}},
-            ],
+            "minProperties": 1,
             "examples": [{"keywords": ["running shoes", "trail running", "marathon training"]}],
         }
     )
 
-    keyword_ids: list[KeywordId] = Field(default_factory=list, max_length=1000)
-    keywords: list[ShortText] = Field(default_factory=list, max_length=1000, validate_default=True)
+    keyword_ids: list[KeywordId] = Field(
+        default_factory=list, max_length=1000, json_schema_extra={"minItems": 1}
+    )
+    keywords: list[ShortText] = Field(
+        default_factory=list,
+        max_length=1000,
+        validate_default=True,
+        json_schema_extra={"minItems": 1},
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_empty_list(cls, raw: Any) -> Any:
+        """A list that is sent is not empty (leave it out instead)."""
+        if isinstance(raw, dict):
+            for name in ("keywords", "keyword_ids"):
+                if raw.get(name) == []:
+                    raise ValueError(f"'{name}' is empty: leave it out, or send at least one")
+        return raw
 
     @field_validator("keywords")
     @classmethod

@@ -12,13 +12,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
-from werkzeug.serving import make_server
 
 from tests.conftest import assert_audit_clean
 from tests.support import auth, register
@@ -30,17 +25,6 @@ MAX_EXAMPLES = os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "8")
 # Called by Stripe with a signature made from a secret no client holds (tested in
 # tests/api/test_purchases_api.py with real signatures).
 STRIPE_WEBHOOK = "^/v1/billing/stripe/webhook$"
-
-
-@pytest.fixture
-def live(app: Any, no_enqueue: None) -> Iterator[str]:
-    """The app on a real socket, threaded like gunicorn's workers."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    server.server_close()
 
 
 def run_schemathesis(base: str, headers: dict[str, str], *filters: str) -> None:
@@ -94,7 +78,7 @@ def rich_account(client: Any) -> dict[str, str]:
     return {"Authorization": f"Bearer {login.get_json()['token']}"}
 
 
-def test_user_endpoints_pass_every_check(client: Any, live: str) -> None:
+def test_user_endpoints_pass_every_check(client: Any, live: str, no_enqueue: None) -> None:
     run_schemathesis(
         live,
         rich_account(client),
@@ -104,7 +88,7 @@ def test_user_endpoints_pass_every_check(client: Any, live: str) -> None:
     assert_audit_clean()
 
 
-def test_admin_endpoints_pass_every_check(client: Any, live: str) -> None:
+def test_admin_endpoints_pass_every_check(client: Any, live: str, no_enqueue: None) -> None:
     rich_account(client)  # something to find
     run_schemathesis(live, ADMIN, "--include-path-regex", "^/v1/admin/")
     assert_audit_clean()
