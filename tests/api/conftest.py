@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from werkzeug.serving import make_server
 
-from tests.support import register
+from tests.support import register, serving
 
 
 @pytest.fixture
@@ -25,10 +23,6 @@ def no_enqueue(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def live(app: Any) -> Iterator[str]:
-    """The app on a real socket (werkzeug, threaded like gunicorn's workers): its URL."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    server.server_close()
+    """The app on a real socket: its URL."""
+    with serving(app) as url:
+        yield url
