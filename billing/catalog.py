@@ -3,6 +3,8 @@
 Values: `credits-limits-summary.md` "Suggested Plan Values", plus `free-trial` with
 2,000 credits (tenancy plan); enterprise from the current database state, internal.
 Image credits follow the seeds' usage table: basic 1, quality 5, premium 15.
+`max_concurrent_jobs` (jobs of one account in flight at once) is ours: 2 on the free
+plans, then 5, 10, 25 and 100.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ PLANS: list[dict[str, Any]] = [
         "allowed_text_models": CHEAP_TEXT,
         "allowed_image_models": CHEAP_IMAGE,
         "requests_per_minute": 60,
+        "max_concurrent_jobs": 2,
     },
     {
         "slug": "free-trial",
@@ -50,6 +53,7 @@ PLANS: list[dict[str, Any]] = [
         "allowed_text_models": CHEAP_TEXT,
         "allowed_image_models": CHEAP_IMAGE,
         "requests_per_minute": 60,
+        "max_concurrent_jobs": 2,
     },
     {
         "slug": "starter",
@@ -63,6 +67,7 @@ PLANS: list[dict[str, Any]] = [
         "allow_credit_topup": True,
         "features": ["ai_writer", "image_gen"],
         "requests_per_minute": 120,
+        "max_concurrent_jobs": 5,
     },
     {
         "slug": "growth",
@@ -76,6 +81,7 @@ PLANS: list[dict[str, Any]] = [
         "allow_credit_topup": True,
         "features": ["ai_writer", "image_gen", "auto_publish"],
         "requests_per_minute": 300,
+        "max_concurrent_jobs": 10,
     },
     {
         "slug": "scale",
@@ -89,6 +95,7 @@ PLANS: list[dict[str, Any]] = [
         "allow_credit_topup": True,
         "features": ["ai_writer", "image_gen", "auto_publish", "custom_prompts"],
         "requests_per_minute": 600,
+        "max_concurrent_jobs": 25,
     },
     {
         "slug": "enterprise",
@@ -103,6 +110,7 @@ PLANS: list[dict[str, Any]] = [
         "is_internal": True,
         "features": ["ai_writer", "image_gen", "auto_publish", "custom_prompts", "unlimited"],
         "requests_per_minute": 1200,
+        "max_concurrent_jobs": 100,
     },
 ]
 

@@ -14,7 +14,13 @@ from models.ai_model import AIModelConfig
 from models.artifacts import Cluster, Content, Idea, Image, ImagePrompt
 from models.base import Base, as_utc, new_id, utcnow
 from models.job import FINAL_JOB_STATUSES, JOB_STATUSES, Job
-from models.ledger import CreditReservation, CreditTransaction, CreditUsageLog
+from models.ledger import (
+    UNBILLED_REASONS,
+    CreditReservation,
+    CreditTransaction,
+    CreditUsageLog,
+    UnbilledUsage,
+)
 from models.lifecycle import AccountEvent, PeriodRun
 from models.plan import Plan
 from models.webhook import DELIVERY_STATUSES, WebhookAttempt, WebhookDelivery
@@ -24,6 +30,7 @@ __all__ = [
     "DELIVERY_STATUSES",
     "FINAL_JOB_STATUSES",
     "JOB_STATUSES",
+    "UNBILLED_REASONS",
     "USER_ROLES",
     "AIModelConfig",
     "AISettings",
@@ -44,6 +51,7 @@ __all__ = [
     "PeriodRun",
     "Plan",
     "Site",
+    "UnbilledUsage",
     "User",
     "WebhookAttempt",
     "WebhookDelivery",

@@ -31,13 +31,16 @@ def stop_group(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, timeout: 
 
 
 class CeleryWorker:
-    """One `celery worker` process consuming `queues`; `output` keeps its log lines."""
+    """One `celery worker` process consuming `queues`; `output` keeps its log lines.
+
+    Pool and concurrency come from celeryconfig (WORKER_POOL, WORKER_CONCURRENCY) unless
+    `concurrency` is given."""
 
     def __init__(
         self,
         env: dict[str, str],
         queues: str = "text,image,default",
-        concurrency: int = 2,
+        concurrency: int | None = None,
         *,
         name: str = "test",
         extra_args: Sequence[str] = (),
@@ -52,10 +55,10 @@ class CeleryWorker:
 
     def command(self) -> list[str]:
         celery = Path(sys.executable).parent / "celery"
+        concurrency = [] if self.concurrency is None else ["-c", str(self.concurrency)]
         return [
-            str(celery), "-A", CELERY_APP, "worker", "-Q", self.queues,
-            "-c", str(self.concurrency), "--loglevel", "INFO",
-            "--without-gossip", "--without-mingle", "--without-heartbeat",
+            str(celery), "-A", CELERY_APP, "worker", "-Q", self.queues, *concurrency,
+            "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat",
             "-n", f"{self.name}-{os.getpid()}-{time.monotonic_ns()}@%h", *self.extra_args,
         ]  # fmt: skip
 

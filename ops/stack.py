@@ -241,7 +241,7 @@ class Stack:
         self.spawn("api", [gunicorn, "--workers", "2", "--bind", f"{HOST}:{api_port}",
                            "--access-logfile", "-", "api.app:create_app()"])  # fmt: skip
         self.spawn("worker", [celery, "-A", CELERY_APP, "worker", "-Q",
-                              "text,image,webhooks,default", "-c", "2", "--loglevel", "INFO",
+                              "text,image,webhooks,default", "--loglevel", "INFO",
                               "-n", "worker@%h"])  # fmt: skip
         self.spawn("beat", [celery, "-A", CELERY_APP, "beat", "--loglevel", "INFO",
                             "-s", str(VAR / "celerybeat-schedule")])  # fmt: skip

@@ -5,11 +5,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
+from billing.admission import Dispatch
 from billing.operations import OPERATIONS
+from billing.runs import Ending
 from workers.celery_app import celery
 
 log = logging.getLogger(__name__)
 DELIVER_WEBHOOK = "tasks.webhooks.deliver"
+JOB_QUEUES = tuple(dict.fromkeys(op.queue for op in OPERATIONS.values()))
 
 
 def enqueue_job(job_id: str, operation: str) -> None:
@@ -17,6 +20,16 @@ def enqueue_job(job_id: str, operation: str) -> None:
     if operation not in OPERATIONS:
         raise ValueError(f"unknown operation {operation!r}")
     celery.send_task(f"tasks.{operation}", args=[job_id])
+
+
+def enqueue_dispatches(dispatches: Iterable[Dispatch]) -> None:
+    """After commit: send admitted jobs to the broker. Never raises: the jobs hold their
+    slots in the database, and the reconciler re-sends any whose message was lost here."""
+    for dispatch in dispatches:
+        try:
+            enqueue_job(dispatch.job_id, dispatch.operation)
+        except Exception:
+            log.exception("could not enqueue job %s; the reconciler will", dispatch.job_id)
 
 
 def enqueue_webhooks(delivery_ids: Iterable[str | None], countdown: float | None = None) -> None:
@@ -30,3 +43,20 @@ def enqueue_webhooks(delivery_ids: Iterable[str | None], countdown: float | None
             celery.send_task(DELIVER_WEBHOOK, args=[delivery_id], countdown=countdown)
         except Exception:
             log.exception("could not enqueue webhook delivery %s; the sweep will", delivery_id)
+
+
+def send_ending(ending: Ending) -> None:
+    """After the commit of a job's ending: the jobs admitted into the freed slots, then
+    the webhook events."""
+    enqueue_dispatches(ending.dispatches)
+    enqueue_webhooks(ending.deliveries)
+
+
+def job_queue_lengths() -> dict[str, int]:
+    """Messages waiting in each AI queue (all priority levels), for the reconciler."""
+    with celery.connection_for_read() as connection:
+        channel = connection.default_channel
+        return {
+            queue: int(channel.queue_declare(queue=queue, passive=True).message_count)
+            for queue in JOB_QUEUES
+        }
