@@ -18,6 +18,7 @@ from api import (
     keywords,
     openapi,
     plans,
+    provider_limits,
     sites,
     team,
     webhooks,
@@ -48,6 +49,7 @@ def create_app() -> Flask:
         ai_settings.bp,
         webhooks.bp,
         openapi.bp,
+        provider_limits.bp,
     ):
         app.register_blueprint(blueprint)
     return app

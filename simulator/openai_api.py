@@ -26,6 +26,7 @@ from simulator.errors import (
     str_field,
 )
 from simulator.faults import counted
+from simulator.ratelimits import rate_limited
 
 MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-4.1", "hidream-full", "dall-e-3", "gpt-image-1")
 IMAGE_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
@@ -35,6 +36,7 @@ openai = Blueprint("openai", __name__)
 
 
 @openai.post("/v1/chat/completions")
+@rate_limited
 @counted("chat")
 def chat() -> Response:
     payload = json_object()
@@ -86,6 +88,7 @@ def chat() -> Response:
 
 
 @openai.post("/v1/images/generations")
+@rate_limited
 @counted("images")
 def images() -> Response:
     payload = json_object()

@@ -28,12 +28,11 @@ from tenacity import (
     RetryCallState,
     Retrying,
     retry_if_exception_type,
-    stop_after_attempt,
-    stop_after_delay,
     wait_random_exponential,
 )
 
 from settings import get_settings
+from workers import ratelimit
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +113,25 @@ def _retry_after(exc: BaseException | None) -> float:
         return 0.0
 
 
-def _retrying(guard: Guard) -> Retrying:
+class _Budget:
+    """What one call may spend: PROVIDER_MAX_ATTEMPTS failures (a 429 is not one: the
+    limiter paces the retry) and PROVIDER_DEADLINE_SECONDS (time spent waiting for the
+    rate limiter does not count: a job waits its turn rather than failing)."""
+
+    def __init__(self, max_attempts: int, deadline: float) -> None:
+        self.max_attempts, self.deadline = max_attempts, deadline
+        self.failures = 0
+        self.limiter_wait = 0.0
+
+    def stop(self, state: RetryCallState) -> bool:
+        exc = state.outcome.exception() if state.outcome else None
+        if not isinstance(exc, openai.RateLimitError):
+            self.failures += 1
+        spent = state.seconds_since_start - self.limiter_wait
+        return self.failures >= self.max_attempts or spent > self.deadline
+
+
+def _retrying(guard: Guard, budget: _Budget) -> Retrying:
     settings = get_settings()
     backoff = wait_random_exponential(multiplier=0.25, max=settings.provider_retry_max_wait)
 
@@ -128,10 +145,7 @@ def _retrying(guard: Guard) -> Retrying:
 
     return Retrying(
         retry=retry_if_exception_type(RETRYABLE),
-        stop=(
-            stop_after_attempt(settings.provider_max_attempts)
-            | stop_after_delay(settings.provider_deadline_seconds)
-        ),
+        stop=budget.stop,
         wait=wait,
         before_sleep=before_sleep,
         reraise=True,
@@ -139,18 +153,32 @@ def _retrying(guard: Guard) -> Retrying:
     )
 
 
-def _call(fn: Any, guard: Guard, **kwargs: Any) -> Any:
+def _call(fn: Any, guard: Guard, model: str, tokens: int = 0, **kwargs: Any) -> Any:
+    """One provider call with its retries; before each attempt, a safe point (cancel)
+    and the shared rate limiter. A 429 pauses `model` for every worker."""
+    settings = get_settings()
+    budget = _Budget(settings.provider_max_attempts, settings.provider_deadline_seconds)
+
     def attempt() -> Any:
         guard.check()
-        return fn(**kwargs)
+        try:
+            budget.limiter_wait += ratelimit.acquire(model, tokens, guard)
+        except ratelimit.RateLimitWaitExceeded as exc:
+            raise ProviderError(
+                "provider_rate_limited", f"Not sent to the AI provider: {exc}."
+            ) from exc
+        try:
+            return fn(model=model, **kwargs)
+        except openai.RateLimitError as exc:
+            ratelimit.pause(model, ratelimit.reset_seconds(exc.response.headers))
+            raise
 
     try:
-        return _retrying(guard)(attempt)
+        return _retrying(guard, budget)(attempt)
     except RETRYABLE as exc:
-        attempts = get_settings().provider_max_attempts
         raise ProviderError(
             "provider_unavailable",
-            f"The AI provider failed after {attempts} attempts: {_describe(exc)}",
+            f"The AI provider failed after {budget.failures} attempts: {_describe(exc)}",
         ) from exc
     except openai.APIStatusError as exc:
         raise ProviderError(
@@ -184,7 +212,8 @@ def chat(
     completion = _call(
         _client().chat.completions.create,
         guard,
-        model=model,
+        model,
+        tokens,
         messages=messages,
         max_tokens=max_tokens,
         response_format={"type": "json_object"},
@@ -200,7 +229,7 @@ def chat(
 
 
 def generate_images(model: str, prompt: str, count: int, guard: Guard = NO_GUARD) -> list[str]:
-    response = _call(_client().images.generate, guard, model=model, prompt=prompt, n=count)
+    response = _call(_client().images.generate, guard, model, prompt=prompt, n=count)
     urls = [item.url for item in response.data or [] if item.url]
     if not urls:
         raise ProviderError("invalid_output", "The AI provider returned no images.")

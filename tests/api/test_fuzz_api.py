@@ -119,6 +119,7 @@ ENDPOINTS: list[tuple[str, str, str | None, dict[str, Any]]] = [
     ("post", "/v1/admin/plans", "admin", {"slug": "p1", "name": "P", "price": "1.00"}),
     ("patch", "/v1/admin/plans/{id}", "admin", {"max_sites": 3}),
     ("put", "/v1/webhooks/endpoint", "key", {"url": "https://hooks.example.com/in"}),
+    ("put", "/v1/admin/provider-limits/{id}", "admin", {"rpm": 60, "tpm": 0}),
 ]
 
 

@@ -150,3 +150,32 @@ def test_a_plan_cap_of_3_is_never_exceeded_across_worker_processes(
         "limit": 3,
         "queued": 0,
     }
+
+
+@pytest.fixture
+def rpm_60(e2e: Any, sim_control: Any) -> Any:
+    """The provider allows 60 requests of gpt-4o-mini per 5 s window (the suite's short
+    stand-in for a minute), and so do our workers, through an admin override."""
+    sim_control.put("/_sim/ratelimit", json={"rpm": 60, "tpm": 0, "window_seconds": 5})
+    limited = e2e.put(
+        "/v1/admin/provider-limits/gpt-4o-mini", json={"rpm": 60, "tpm": 0}, headers=ADMIN
+    )
+    assert limited.status_code == 200, limited.get_json()
+    yield sim_control
+    assert e2e.delete("/v1/admin/provider-limits/gpt-4o-mini", headers=ADMIN).status_code == 204
+
+
+def test_a_provider_rpm_limit_of_60_is_kept_and_no_job_fails_for_it(e2e: Any, rpm_60: Any) -> None:
+    key, account_id = funded_account(e2e, "paced@example.com", "enterprise")
+    listed = e2e.get("/v1/admin/provider-limits", headers=ADMIN).get_json()
+    assert {"model": "gpt-4o-mini", "rpm": 60, "tpm": 0, "source": "override"} in listed["data"]
+
+    for _ in range(130):
+        submit(e2e, key)
+    final = wait_all_final(account_id, 130, timeout=90)
+
+    assert final == {"succeeded": 130}  # waiting for the limiter never fails a job
+    report = rpm_60.get("/_sim/ratelimit").json()
+    assert report["models"]["gpt-4o-mini"]["accepted"] == 130
+    assert report["models"]["gpt-4o-mini"]["max_requests_in_window"] <= 60
+    assert report["rejected"] == 0  # our limiter kept every call within the provider's
