@@ -8,7 +8,7 @@ import re
 import time
 from typing import Any
 
-from flask import Blueprint, Response, abort, current_app, request
+from flask import Blueprint, Response, abort, current_app, g, request
 
 from simulator.answers import (
     count_tokens,
@@ -57,7 +57,7 @@ def chat() -> Response:
         limit = int_field(payload, "max_tokens", None, 1, 1_000_000)
     n = int_field(payload, "n", 1, 1, 8) or 1
 
-    content, truncated = generate_content_for(messages), False
+    content, truncated = spoiled(generate_content_for(messages), limit), False
     if limit is not None:
         content, truncated = truncate_tokens(content, limit)
     message = {"role": "assistant", "content": content, "refusal": None}
@@ -85,6 +85,16 @@ def chat() -> Response:
         "system_fingerprint": "fp_simulated",
     }
     return json_response(200, body)
+
+
+def spoiled(content: str, limit: int | None) -> str:
+    """The answer a fault rule asked for instead: past `max_tokens`, or not JSON."""
+    answer = g.get("sim_answer")
+    if answer == "overlong":
+        return content + " more" * ((limit or 1000) + 1)
+    if answer == "not_json":
+        return "Here is what I came up with: " + content[:200]
+    return content
 
 
 @openai.post("/v1/images/generations")
