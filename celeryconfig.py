@@ -26,8 +26,17 @@ if _prefork and not (
         "time limits must nest: TASK_SOFT_TIME_LIMIT < TASK_TIME_LIMIT < "
         "BROKER_VISIBILITY_TIMEOUT < HOLD_TTL_SECONDS"
     )
-if not 2 * _settings.heartbeat_interval_seconds <= _settings.heartbeat_stale_seconds:
-    raise RuntimeError("HEARTBEAT_STALE_SECONDS must be at least 2 x HEARTBEAT_INTERVAL_SECONDS")
+# A live job must never look dead: several heartbeats fit in the stale threshold, which
+# itself is well inside a hold's lifetime (the sweeper expires only silent jobs).
+if not (
+    2 * _settings.heartbeat_interval_seconds
+    <= _settings.heartbeat_stale_seconds
+    < _settings.hold_ttl_seconds
+):
+    raise RuntimeError(
+        "heartbeats must nest: 2 x HEARTBEAT_INTERVAL_SECONDS <= HEARTBEAT_STALE_SECONDS "
+        "< HOLD_TTL_SECONDS"
+    )
 
 broker_url = _settings.broker_url
 broker_connection_retry_on_startup = True

@@ -153,6 +153,9 @@ def worker_env(database_url: str, redis_server: RedisServer, sim: Any) -> dict[s
         "PROVIDER_MAX_ATTEMPTS": "3",
         # No limits unless a test sets an admin override; a short window when it does.
         "PROVIDER_RATE_WINDOW_SECONDS": "5",
+        # Heartbeats often enough that tests may shorten the hold TTL to seconds.
+        "HEARTBEAT_INTERVAL_SECONDS": "1",
+        "HEARTBEAT_STALE_SECONDS": "5",
     }
 
 
