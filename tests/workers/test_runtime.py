@@ -128,3 +128,71 @@ def test_task_options_guard_delivery() -> None:
         assert task.acks_late is True
         assert task.reject_on_worker_lost is True
         assert task.ignore_result is True
+
+
+def _flaky_finish(monkeypatch: Any, failures: int, error: Exception) -> list[int]:
+    """Make the first `failures` endings raise `error`; the rest run for real."""
+    from workers import runtime
+
+    real, calls = runtime._finish, []
+
+    def finish(run: JobRun, outcome: Outcome) -> Any:
+        calls.append(1)
+        if len(calls) <= failures:
+            raise error
+        return real(run, outcome)
+
+    monkeypatch.setattr(runtime, "_finish", finish)
+    return calls
+
+
+def _locked() -> Exception:
+    from sqlalchemy.exc import OperationalError
+
+    return OperationalError("UPDATE ...", {}, Exception("database is locked"))
+
+
+def test_an_ending_the_database_refuses_for_a_while_is_retried(
+    env: Any, monkeypatch: Any, sim_control: Any
+) -> None:
+    calls = _flaky_finish(monkeypatch, 2, _locked())
+    job_id = _submit("clustering", KEYWORDS)
+
+    assert clustering.run(job_id) == "succeeded"
+
+    assert len(calls) == 3
+    assert _charges(job_id) == (1, 1)
+    assert sim_control.get("/_sim/stats").json()["requests"]["chat"] == 1
+
+
+def test_an_ending_that_cannot_be_recorded_is_not_acknowledged_as_done(
+    env: Any, monkeypatch: Any
+) -> None:
+    """Past SETTLE_RETRY_SECONDS the task asks Celery to retry it (here, called directly,
+    the error surfaces): the job stays running, uncharged, for a new run to finish."""
+    monkeypatch.setenv("SETTLE_RETRY_SECONDS", "0.3")
+    _flaky_finish(monkeypatch, 1000, _locked())
+    job_id = _submit("clustering", KEYWORDS)
+
+    with pytest.raises(Exception, match="database is locked"):
+        clustering.run(job_id)
+
+    assert _job(job_id).status == "running"
+    assert _charges(job_id) == (0, 0)
+
+
+def test_a_result_the_database_refuses_ends_failed_paying_its_usage(
+    env: Any, monkeypatch: Any
+) -> None:
+    from sqlalchemy.exc import DataError
+
+    _flaky_finish(monkeypatch, 1, DataError("INSERT ...", {}, Exception("NUL byte")))
+    job_id = _submit("clustering", KEYWORDS)
+
+    assert clustering.run(job_id) == "failed"
+
+    job = _job(job_id)
+    assert job.error_code == "result_rejected"
+    assert job.result is None
+    assert job.credits_charged > 0
+    assert _charges(job_id) == (1, 1)
