@@ -46,6 +46,9 @@ bench: $(STAMP) ## the benchmarks (bench/README.md); BENCH_ARGS=--quick for a sm
 	$(BIN)/python -m bench.e2e_throughput --db postgresql $(BENCH_ARGS)
 	$(BIN)/python -m bench.ledger $(BENCH_ARGS)
 	$(BIN)/python -m bench.sqlite_floor $(BENCH_ARGS)
+	$(BIN)/python -m bench.inflight $(BENCH_ARGS)
+	$(BIN)/python -m bench.inflight --db postgresql $(BENCH_ARGS)
+	$(BIN)/python -m bench.inflight --mode hold $(BENCH_ARGS)
 
 clean: ## remove caches, build output and var/ (the dev database); keeps .venv
 	rm -rf var build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache .hypothesis

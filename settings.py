@@ -6,6 +6,7 @@ overrides them with env vars (see README "Configuration").
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ def _default_database_url() -> str:
     return f"sqlite:///{ROOT / 'var' / 'aijobs.db'}"
 
 
+@functools.cache
 def _local_secret() -> str:
     """Without SECRET_KEY, one random key kept in var/ so every local process agrees."""
     path = ROOT / "var" / "secret_key"
@@ -150,7 +152,7 @@ class Settings:
     # --- jobs in flight (README "Concurrency" and "Nothing in flight is lost") ---
     # AI workers wait on the network: Celery's threads pool, hundreds of jobs per process.
     worker_pool: str = field(default_factory=lambda: os.environ.get("WORKER_POOL") or "threads")
-    worker_concurrency: int = field(default_factory=lambda: _env_int("WORKER_CONCURRENCY", 200))
+    worker_concurrency: int = field(default_factory=lambda: _env_int("WORKER_CONCURRENCY", 500))
     # PostgreSQL connections per process; threads hold one only for a short transaction.
     db_pool_size: int = field(default_factory=lambda: _env_int("DB_POOL_SIZE", 20))
     db_max_overflow: int = field(default_factory=lambda: _env_int("DB_MAX_OVERFLOW", 20))

@@ -5,13 +5,13 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from flask import Blueprint
+from flask import Blueprint, request
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.db import db
 from api.security import require_admin
-from api.validation import json_body
-from billing import accounts, credits, ledger, plans
+from api.validation import json_body, query_int
+from billing import accounts, credits, ledger, plans, unbilled
 from billing.errors import InvalidInput
 from models import utcnow
 
@@ -95,3 +95,18 @@ def update_plan(slug: str, body: dict[str, Any]) -> dict[str, Any]:
 @require_admin
 def list_plans() -> dict[str, Any]:
     return {"data": [accounts.plan_view(p) for p in plans.list_all(db())]}
+
+
+@bp.get("/unbilled-usage")
+@require_admin
+def list_unbilled_usage() -> dict[str, Any]:
+    """Provider usage nobody was charged for (billing/unbilled.py), newest first, with
+    the totals."""
+    session = db()
+    page = unbilled.list_unbilled(
+        session,
+        cursor=request.args.get("cursor"),
+        limit=query_int("limit", 20),
+        reason=request.args.get("reason"),
+    )
+    return {**page.body(unbilled.unbilled_view), "totals": unbilled.totals(session)}

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy import ColumnElement, Table, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from models import Account, Job, Plan
@@ -45,51 +46,78 @@ def waiting() -> ColumnElement[bool]:
     return (Job.status == "queued") & Job.dispatched_at.is_(None)
 
 
+# Admission runs on every submission and every ending: prebuilt Core statements with
+# bound parameters, as the ledger's hot path.
+_jobs = cast(Table, Job.__table__)
+_accounts = cast(Table, Account.__table__)
+_plans = cast(Table, Plan.__table__)
+_p_account = bindparam("p_account", type_=_accounts.c.id.type)
+_p_now = bindparam("p_now", type_=_jobs.c.dispatched_at.type)
+_p_free = bindparam("p_free", type_=_plans.c.max_concurrent_jobs.type)
+_slot = _jobs.c.status.in_(("queued", "running")) & _jobs.c.dispatched_at.is_not(None)
+_waiting = (_jobs.c.status == "queued") & _jobs.c.dispatched_at.is_(None)
+
+# FOR NO KEY UPDATE: serialises with the ledger's UPDATEs of the account row, but not
+# with the key-share locks that inserting a job (its foreign key) takes on it.
+_LOCK = select(_accounts.c.id).where(_accounts.c.id == _p_account).with_for_update(key_share=True)
+_LIMIT = (
+    select(func.coalesce(_plans.c.max_concurrent_jobs, NO_PLAN_LIMIT))
+    .select_from(_accounts.outerjoin(_plans, _plans.c.id == _accounts.c.plan_id))
+    .where(_accounts.c.id == _p_account)
+    .scalar_subquery()
+)
+_SLOTS = (
+    select(func.count())
+    .select_from(_jobs)
+    .where(_jobs.c.account_id == _p_account, _slot)
+    .scalar_subquery()
+)
+_FREE = select(_LIMIT - _SLOTS)
+# A CTE, not an IN (subquery): PostgreSQL may run a LIMITed subquery of an UPDATE more
+# than once and take more rows than free slots; a locking CTE runs once.
+_oldest_waiting = (
+    select(_jobs.c.id)
+    .where(_jobs.c.account_id == _p_account, _waiting)
+    .order_by(_jobs.c.created_at, _jobs.c.id)
+    .limit(_p_free)
+    .with_for_update(skip_locked=True, key_share=True)
+    .cte("oldest_waiting")
+)
+_ADMIT = (
+    update(_jobs)
+    .where(_jobs.c.id == _oldest_waiting.c.id, _waiting)
+    .values(dispatched_at=_p_now, sent_at=_p_now)
+    .returning(_jobs.c.id, _jobs.c.operation, _jobs.c.created_at)
+)
+
+
 def concurrency_limit(session: Session, account_id: str) -> int:
-    limit = session.scalar(
-        select(Plan.max_concurrent_jobs)
-        .join(Account, Account.plan_id == Plan.id)
-        .where(Account.id == account_id)
-    )
-    return int(limit) if limit is not None else NO_PLAN_LIMIT
-
-
-def _count(session: Session, account_id: str, condition: ColumnElement[bool]) -> int:
-    query = select(func.count()).select_from(Job).where(Job.account_id == account_id, condition)
-    return int(session.scalar(query) or 0)
+    return int(session.execute(select(_LIMIT), {"p_account": account_id}).scalar_one())
 
 
 def admit(session: Session, account_id: str, now: datetime) -> list[Dispatch]:
     """Give the account's free slots to its oldest waiting jobs; the jobs to send.
 
-    PostgreSQL: the account row lock serialises admissions of one account; waiting rows
-    another transaction has locked (a cancel) are skipped, never waited for. SQLite's
-    BEGIN IMMEDIATE serialises every writer.
+    PostgreSQL: the account row lock serialises admissions of one account, and each
+    statement after it (READ COMMITTED) sees what the previous holder committed; waiting
+    rows another transaction has locked (a cancel) are skipped, never waited for.
+    SQLite's BEGIN IMMEDIATE serialises every writer.
     """
-    # FOR NO KEY UPDATE: serialises with the ledger's UPDATEs of the account row, but not
-    # with the key-share locks that inserting a job (its foreign key) takes on it.
-    session.execute(
-        select(Account.id).where(Account.id == account_id).with_for_update(key_share=True)
-    )
-    free = concurrency_limit(session, account_id) - _count(session, account_id, holds_slot())
+    connection = session.connection()
+    params: dict[str, Any] = {"p_account": account_id}
+    connection.execute(_LOCK, params)
+    free = int(connection.execute(_FREE, params).scalar_one())
     if free <= 0:
         return []
-    rows = session.execute(
-        select(Job.id, Job.operation)
-        .where(Job.account_id == account_id, waiting())
-        .order_by(Job.created_at, Job.id)
-        .limit(free)
-        .with_for_update(skip_locked=True, key_share=True)
-    ).all()
-    if not rows:
-        return []
-    session.execute(
-        update(Job)
-        .where(Job.id.in_([row.id for row in rows]), waiting())
-        .values(dispatched_at=now, sent_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    return [Dispatch(row.id, row.operation) for row in rows]
+    rows = connection.execute(_ADMIT, params | {"p_free": free, "p_now": now}).all()
+    return [
+        Dispatch(row.id, row.operation) for row in sorted(rows, key=lambda r: (r.created_at, r.id))
+    ]
+
+
+def _count(session: Session, account_id: str, condition: ColumnElement[bool]) -> int:
+    query = select(func.count()).select_from(Job).where(Job.account_id == account_id, condition)
+    return int(session.scalar(query) or 0)
 
 
 def waiting_account_ids(session: Session, limit: int = 200) -> list[str]:

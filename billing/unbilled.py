@@ -15,9 +15,10 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from billing.errors import InvalidInput
 from billing.paging import Page, decode_int_cursor, encode_cursor, page_of, page_size
 from billing.pricing import Usage, actual_charge
-from models import AIModelConfig, UnbilledUsage, as_utc
+from models import UNBILLED_REASONS, AIModelConfig, UnbilledUsage, as_utc
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,11 @@ def list_unbilled(
     """Newest first."""
     limit = page_size(limit)
     query = select(UnbilledUsage)
+    if reason is not None and reason not in UNBILLED_REASONS:
+        raise InvalidInput(
+            f"Unknown reason {reason!r}.",
+            fields={"reason": f"one of {', '.join(UNBILLED_REASONS)}"},
+        )
     if reason is not None:
         query = query.where(UnbilledUsage.reason == reason)
     if cursor:

@@ -18,6 +18,7 @@ import functools
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -31,7 +32,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from settings import get_settings
+from settings import Settings, get_settings
 from workers import ratelimit
 
 log = logging.getLogger(__name__)
@@ -94,8 +95,8 @@ def client(base_url: str, api_key: str, timeout: float, connections: int) -> Ope
     )
 
 
-def _client() -> OpenAI:
-    settings = get_settings()
+def _client(settings: Settings | None = None) -> OpenAI:
+    settings = settings or get_settings()
     return client(
         settings.openai_base_url,
         settings.openai_api_key,
@@ -131,8 +132,7 @@ class _Budget:
         return self.failures >= self.max_attempts or spent > self.deadline
 
 
-def _retrying(guard: Guard, budget: _Budget) -> Retrying:
-    settings = get_settings()
+def _retrying(guard: Guard, budget: _Budget, settings: Settings) -> Retrying:
     backoff = wait_random_exponential(multiplier=0.25, max=settings.provider_retry_max_wait)
 
     def wait(state: RetryCallState) -> float:
@@ -153,16 +153,20 @@ def _retrying(guard: Guard, budget: _Budget) -> Retrying:
     )
 
 
-def _call(fn: Any, guard: Guard, model: str, tokens: int = 0, **kwargs: Any) -> Any:
-    """One provider call with its retries; before each attempt, a safe point (cancel)
-    and the shared rate limiter. A 429 pauses `model` for every worker."""
+def _call(
+    method: Callable[[OpenAI], Any], guard: Guard, model: str, tokens: int = 0, **kwargs: Any
+) -> Any:
+    """One provider call (`method` of the process's client) with its retries; before
+    each attempt, a safe point (cancel) and the shared rate limiter. A 429 pauses
+    `model` for every worker."""
     settings = get_settings()
+    fn = method(_client(settings))
     budget = _Budget(settings.provider_max_attempts, settings.provider_deadline_seconds)
 
     def attempt() -> Any:
         guard.check()
         try:
-            budget.limiter_wait += ratelimit.acquire(model, tokens, guard)
+            budget.limiter_wait += ratelimit.acquire(model, tokens, guard, settings)
         except ratelimit.RateLimitWaitExceeded as exc:
             raise ProviderError(
                 "provider_rate_limited", f"Not sent to the AI provider: {exc}."
@@ -174,7 +178,7 @@ def _call(fn: Any, guard: Guard, model: str, tokens: int = 0, **kwargs: Any) -> 
             raise
 
     try:
-        return _retrying(guard, budget)(attempt)
+        return _retrying(guard, budget, settings)(attempt)
     except RETRYABLE as exc:
         raise ProviderError(
             "provider_unavailable",
@@ -210,7 +214,7 @@ def chat(
 ) -> ChatResult:
     """`tokens`: the most this request can count against a tokens-per-minute limit."""
     completion = _call(
-        _client().chat.completions.create,
+        lambda sdk: sdk.chat.completions.create,
         guard,
         model,
         tokens,
@@ -229,7 +233,7 @@ def chat(
 
 
 def generate_images(model: str, prompt: str, count: int, guard: Guard = NO_GUARD) -> list[str]:
-    response = _call(_client().images.generate, guard, model, prompt=prompt, n=count)
+    response = _call(lambda sdk: sdk.images.generate, guard, model, prompt=prompt, n=count)
     urls = [item.url for item in response.data or [] if item.url]
     if not urls:
         raise ProviderError("invalid_output", "The AI provider returned no images.")

@@ -32,7 +32,7 @@ from typing import Protocol
 
 import redis
 
-from settings import get_settings
+from settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +131,8 @@ def parse_model_limits(raw: str) -> dict[str, Limits]:
     return limits
 
 
-def limits_for(model: str) -> Limits:
-    settings = get_settings()
+def limits_for(model: str, settings: Settings | None = None) -> Limits:
+    settings = settings or get_settings()
     overrides = parse_model_limits(settings.provider_model_limits)
     return overrides.get(model, Limits(settings.provider_rpm, settings.provider_tpm))
 
@@ -150,9 +150,11 @@ def _keys(model: str) -> list[str]:
     return [f"{base}:requests", f"{base}:tokens", f"{base}:tokens-total", f"{base}:pause"]
 
 
-def _try(model: str, tokens: int, limits: Limits, window_ms: int) -> float:
+def _try(
+    model: str, tokens: int, limits: Limits, window_ms: int, client: redis.Redis | None = None
+) -> float:
     """0 if admitted now, else the seconds to wait (a pause, or a full window)."""
-    client = _redis(get_settings().redis_url)
+    client = client or _redis(get_settings().redis_url)
     member = secrets.token_hex(8)
     args = (window_ms, limits.rpm, limits.tpm, tokens, member, model)
     wait_ms = client.eval(_ADMIT, 5, *_keys(model), OVERRIDES, *args)
@@ -179,15 +181,16 @@ def effective_limits(model: str) -> Limits:
     return overrides().get(model) or limits_for(model)
 
 
-def acquire(model: str, tokens: int, sleeper: Sleeper) -> float:
+def acquire(model: str, tokens: int, sleeper: Sleeper, settings: Settings | None = None) -> float:
     """Wait until `model` may take one more request of `tokens`; the seconds waited."""
-    settings = get_settings()
-    limits = limits_for(model)
+    settings = settings or get_settings()
+    limits = limits_for(model, settings)
     window_ms = math.ceil((settings.provider_rate_window_seconds + WINDOW_MARGIN_SECONDS) * 1000)
+    client = _redis(settings.redis_url)
     started = time.monotonic()
     while True:
         try:
-            wait = _try(model, tokens, limits, window_ms)
+            wait = _try(model, tokens, limits, window_ms, client)
         except redis.RedisError as exc:
             log.warning("rate limiter unavailable (%s); calling %s without it", exc, model)
             return time.monotonic() - started
