@@ -29,11 +29,9 @@ accounts' caps do not bound the figures: there are at least as many slots as job
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from contextlib import ExitStack
@@ -45,13 +43,11 @@ if __package__ in (None, ""):  # `python bench/inflight.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx
-from sqlalchemy import Engine, create_engine, func, select
+from sqlalchemy import Engine, func, select
 
 from bench import print_table
-from bench.e2e_throughput import ADMIN_TOKEN, outcome, simulated_provider, wait_until
-from ops.postgres_server import PostgresServer
+from bench.e2e_throughput import ADMIN_TOKEN, outcome, start_pipeline, wait_until
 from ops.processes import CeleryWorker
-from ops.redis_server import RedisServer
 
 SLOTS_PER_ACCOUNT = 100  # the enterprise plan's max_concurrent_jobs
 JOB = {
@@ -229,47 +225,15 @@ def report(runs: list[Run], accounts: int, args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.concurrency:
+        os.environ["WORKER_CONCURRENCY"] = str(args.concurrency)
     with ExitStack() as stack:
-        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="aijobs-inflight-"))
-        redis_server = stack.enter_context(RedisServer())
-        sim = stack.enter_context(simulated_provider())
-        if args.db == "postgresql":
-            url = stack.enter_context(PostgresServer(dbname="aijobs_inflight")).url
-        else:
-            url = f"sqlite:///{tmp}/bench.db"
-        env = {
-            "DATABASE_URL": url,
-            "REDIS_URL": redis_server.url,
-            "CELERY_BROKER_URL": redis_server.url,
-            "OPENAI_BASE_URL": sim + "/v1",
-            "ADMIN_TOKEN": ADMIN_TOKEN,
-            "RATE_LIMITS_ENABLED": "0",
-        }
-        if args.concurrency:
-            env["WORKER_CONCURRENCY"] = str(args.concurrency)
-        os.environ.update(env)  # before anything reads settings
+        servers = start_pipeline(stack, args.db, "inflight", rate_limits=False)
+        from settings import get_settings  # after start_pipeline set the env
 
-        from api.app import create_app
-        from billing import catalog
-        from models.db import dispose_engines, transaction
-        from ops.cli import migrate
-        from settings import get_settings
-        from workers.celery_app import celery
-
-        stack.callback(dispose_engines)
-        stack.callback(celery.close)
-        migrate(url)
-        with transaction(url) as session:
-            catalog.seed(session)
-        client = create_app().test_client()
-        logging.getLogger().setLevel(logging.WARNING)
+        client, reader, sim = servers.client, servers.reader, servers.sim_url
         keys = setup_accounts(client, args.jobs)
-        reader = create_engine(url)
-        stack.callback(reader.dispose)
-        workers = [
-            CeleryWorker({k: v for k, v in env.items() if k != "ADMIN_TOKEN"}, name=f"inflight{n}")
-            for n in range(args.workers)
-        ]
+        workers = [CeleryWorker(servers.env, name=f"inflight{n}") for n in range(args.workers)]
         for worker in workers:
             stack.callback(worker.stop)
             worker.start()
@@ -295,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{label}: {run.per_second:.1f} jobs/s, peak {max(run.in_flight or [0])} in flight",
                 flush=True,
             )
-        statuses, violations = outcome(url)
+        statuses, violations = outcome(servers.url)
         report(runs, len(keys), args)
 
     total = args.jobs * len(runs) + warmup

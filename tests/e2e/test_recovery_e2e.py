@@ -49,22 +49,12 @@ def content(title: str) -> dict[str, Any]:
 
 def charges(job_ids: list[str]) -> dict[str, tuple[int, int]]:
     """Per job: (deductions, usage logs)."""
+    counts = []
     with transaction() as session:
-        deductions = dict(
-            session.execute(
-                select(CreditTransaction.job_id, func.count())
-                .where(CreditTransaction.job_id.in_(job_ids))
-                .group_by(CreditTransaction.job_id)
-            ).all()
-        )
-        logs = dict(
-            session.execute(
-                select(CreditUsageLog.job_id, func.count())
-                .where(CreditUsageLog.job_id.in_(job_ids))
-                .group_by(CreditUsageLog.job_id)
-            ).all()
-        )
-    return {job_id: (deductions.get(job_id, 0), logs.get(job_id, 0)) for job_id in job_ids}
+        for model in (CreditTransaction, CreditUsageLog):
+            query = select(model.job_id, func.count()).where(model.job_id.in_(job_ids))
+            counts.append(dict(session.execute(query.group_by(model.job_id)).all()))
+    return {job_id: (counts[0].get(job_id, 0), counts[1].get(job_id, 0)) for job_id in job_ids}
 
 
 def jobs(job_ids: list[str]) -> list[Job]:
