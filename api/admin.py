@@ -13,7 +13,16 @@ from api.db import after_commit, db
 from api.payments import expire_checkout, retrieve_checkout
 from api.security import require_admin
 from api.validation import json_body, query_int
-from billing import accounts, backoffice, credits, ledger, plans, purchases, subscriptions
+from billing import (
+    accounts,
+    backoffice,
+    credits,
+    ledger,
+    plans,
+    purchases,
+    subscriptions,
+    unbilled,
+)
 from billing.errors import InvalidInput
 from models import utcnow
 
@@ -203,3 +212,18 @@ def update_plan(slug: str, body: dict[str, Any]) -> dict[str, Any]:
 @require_admin
 def list_plans() -> dict[str, Any]:
     return {"data": [accounts.plan_view(p) for p in plans.list_all(db())]}
+
+
+@bp.get("/unbilled-usage")
+@require_admin
+def list_unbilled_usage() -> dict[str, Any]:
+    """Provider usage nobody was charged for (billing/unbilled.py), newest first, with
+    the totals."""
+    session = db()
+    page = unbilled.list_unbilled(
+        session,
+        cursor=request.args.get("cursor"),
+        limit=query_int("limit", 20),
+        reason=request.args.get("reason"),
+    )
+    return {**page.body(unbilled.unbilled_view), "totals": unbilled.totals(session)}

@@ -40,6 +40,7 @@ class PlanFields(BaseModel):
     allowed_text_models: list[str] = Field(default_factory=list)
     allowed_image_models: list[str] = Field(default_factory=list)
     requests_per_minute: int = Field(default=120, ge=1, le=100_000)
+    max_concurrent_jobs: int = Field(default=2, ge=1, le=10_000)
 
 
 class NewPlan(PlanFields):

@@ -59,12 +59,16 @@ def sim() -> Iterator[Any]:
 
 @pytest.fixture
 def sim_control(sim: Any) -> Iterator[httpx.Client]:
-    """HTTP control of the simulated provider's faults; cleared around each test."""
+    """HTTP control of the simulated provider's faults and rate limits; cleared around
+    each test."""
+    no_limits = {"rpm": 0, "tpm": 0, "window_seconds": 60}
     with httpx.Client(base_url=sim.url) as client:
         client.delete("/_sim/faults")
         client.delete("/_sim/stats")
+        client.put("/_sim/ratelimit", json=no_limits)
         yield client
         client.delete("/_sim/faults")
+        client.put("/_sim/ratelimit", json=no_limits)
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
@@ -150,6 +154,11 @@ def worker_env(database_url: str, redis_server: RedisServer, sim: Any) -> dict[s
         "OPENAI_BASE_URL": sim.url + "/v1",
         "PROVIDER_RETRY_MAX_WAIT": "0.2",
         "PROVIDER_MAX_ATTEMPTS": "3",
+        # No limits unless a test sets an admin override; a short window when it does.
+        "PROVIDER_RATE_WINDOW_SECONDS": "5",
+        # Heartbeats often enough that tests may shorten the hold TTL to seconds.
+        "HEARTBEAT_INTERVAL_SECONDS": "1",
+        "HEARTBEAT_STALE_SECONDS": "5",
     }
 
 
