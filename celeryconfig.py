@@ -9,7 +9,14 @@ from settings import get_settings
 
 _settings = get_settings()
 
-if not (
+# AI jobs wait on the network: the threads pool keeps hundreds in flight per process
+# (WORKER_POOL, WORKER_CONCURRENCY). It has no task time limits; the provider call is
+# bounded by the openai client's timeout and tenacity's deadline (workers/provider.py).
+worker_pool = _settings.worker_pool
+worker_concurrency = _settings.worker_concurrency
+_prefork = worker_pool == "prefork"
+
+if _prefork and not (
     _settings.task_soft_time_limit
     < _settings.task_time_limit
     < _settings.visibility_timeout
@@ -18,6 +25,17 @@ if not (
     raise RuntimeError(
         "time limits must nest: TASK_SOFT_TIME_LIMIT < TASK_TIME_LIMIT < "
         "BROKER_VISIBILITY_TIMEOUT < HOLD_TTL_SECONDS"
+    )
+# A live job must never look dead: several heartbeats fit in the stale threshold, which
+# itself is well inside a hold's lifetime (the sweeper expires only silent jobs).
+if not (
+    2 * _settings.heartbeat_interval_seconds
+    <= _settings.heartbeat_stale_seconds
+    < _settings.hold_ttl_seconds
+):
+    raise RuntimeError(
+        "heartbeats must nest: 2 x HEARTBEAT_INTERVAL_SECONDS <= HEARTBEAT_STALE_SECONDS "
+        "< HOLD_TTL_SECONDS"
     )
 
 broker_url = _settings.broker_url
@@ -40,7 +58,8 @@ result_backend = None
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
-worker_cancel_long_running_tasks_on_connection_loss = True
+# Only a process pool can stop a task; running threads finish and settle in the database.
+worker_cancel_long_running_tasks_on_connection_loss = _prefork
 task_soft_time_limit = _settings.task_soft_time_limit
 task_time_limit = _settings.task_time_limit
 
@@ -77,6 +96,10 @@ beat_schedule = {
         "schedule": _sweep_every,
     },
     "requeue-webhooks": {"task": "tasks.periodic.requeue_webhooks", "schedule": _sweep_every},
+    "reconcile-jobs": {
+        "task": "tasks.periodic.reconcile_jobs",
+        "schedule": _settings.reconcile_interval_seconds,
+    },
     "expire-trials": {"task": "tasks.periodic.expire_trials", "schedule": _lifecycle_every},
     "reset-ahrefs-usage": {
         "task": "tasks.periodic.reset_ahrefs_usage",

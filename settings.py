@@ -6,6 +6,7 @@ overrides them with env vars (see README "Configuration").
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 from dataclasses import dataclass, field
@@ -17,6 +18,11 @@ ROOT = Path(__file__).resolve().parent
 def _env_int(name: str, default: int) -> int:
     raw = os.environ.get(name)
     return int(raw) if raw not in (None, "") else default
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    return float(raw) if raw not in (None, "") else default
 
 
 def _env_floats(name: str, default: tuple[float, ...]) -> tuple[float, ...]:
@@ -54,6 +60,7 @@ def _default_database_url() -> str:
     return f"sqlite:///{ROOT / 'var' / 'aijobs.db'}"
 
 
+@functools.cache
 def _local_secret() -> str:
     """Without SECRET_KEY, one random key kept in var/ so every local process agrees."""
     path = ROOT / "var" / "secret_key"
@@ -224,6 +231,51 @@ class Settings:
     # MAX_REQUEST_BYTES).
     keyword_import_max_bytes: int = field(
         default_factory=lambda: _env_int("KEYWORD_IMPORT_MAX_BYTES", 200 * 1024 * 1024)
+    )
+
+    # --- jobs in flight (README "Concurrency" and "Nothing in flight is lost") ---
+    # AI workers wait on the network: Celery's threads pool, hundreds of jobs per process.
+    worker_pool: str = field(default_factory=lambda: os.environ.get("WORKER_POOL") or "threads")
+    worker_concurrency: int = field(default_factory=lambda: _env_int("WORKER_CONCURRENCY", 500))
+    # PostgreSQL connections per process; threads hold one only for a short transaction.
+    db_pool_size: int = field(default_factory=lambda: _env_int("DB_POOL_SIZE", 20))
+    db_max_overflow: int = field(default_factory=lambda: _env_int("DB_MAX_OVERFLOW", 20))
+    # No new provider attempt after this long (the threads pool has no task time limits).
+    provider_deadline_seconds: float = field(
+        default_factory=lambda: _env_float("PROVIDER_DEADLINE_SECONDS", 300.0)
+    )
+    # Shared provider limits per model (0 = none): see workers/ratelimit.py.
+    provider_rpm: int = field(default_factory=lambda: _env_int("PROVIDER_RPM", 0))
+    provider_tpm: int = field(default_factory=lambda: _env_int("PROVIDER_TPM", 0))
+    provider_model_limits: str = field(
+        default_factory=lambda: os.environ.get("PROVIDER_MODEL_LIMITS") or ""
+    )
+    provider_rate_window_seconds: float = field(
+        default_factory=lambda: _env_float("PROVIDER_RATE_WINDOW_SECONDS", 60.0)
+    )
+    # A job waits at most this long for the limiter in all before it fails, uncharged.
+    provider_rate_max_wait_seconds: float = field(
+        default_factory=lambda: _env_float("PROVIDER_RATE_MAX_WAIT_SECONDS", 1800.0)
+    )
+    heartbeat_interval_seconds: float = field(
+        default_factory=lambda: _env_float("HEARTBEAT_INTERVAL_SECONDS", 10.0)
+    )
+    # A running job without a heartbeat this long is presumed dead: it may be run again.
+    heartbeat_stale_seconds: float = field(
+        default_factory=lambda: _env_float("HEARTBEAT_STALE_SECONDS", 45.0)
+    )
+    reconcile_interval_seconds: float = field(
+        default_factory=lambda: _env_float("RECONCILE_INTERVAL_SECONDS", 60.0)
+    )
+    # A dispatched job not started this long may have lost its message: send it again.
+    dispatch_stale_seconds: float = field(
+        default_factory=lambda: _env_float("DISPATCH_STALE_SECONDS", 45.0)
+    )
+    # Runs of one job that may die (worker killed) before it fails uncharged.
+    job_max_attempts: int = field(default_factory=lambda: _env_int("JOB_MAX_ATTEMPTS", 5))
+    # After the provider answered, keep retrying the settle this long (database down).
+    settle_retry_seconds: float = field(
+        default_factory=lambda: _env_float("SETTLE_RETRY_SECONDS", 300.0)
     )
 
 

@@ -26,11 +26,22 @@ from api.schemas import (
     PurchaseOut,
     PurchaseStatus,
     SyncOut,
+    UnbilledPage,
+    UnbilledReason,
     responds,
 )
 from api.security import require_admin
 from api.validation import PageQuery, json_body, query_params
-from billing import accounts, backoffice, credits, ledger, plans, purchases, subscriptions
+from billing import (
+    accounts,
+    backoffice,
+    credits,
+    ledger,
+    plans,
+    purchases,
+    subscriptions,
+    unbilled,
+)
 from billing.amounts import Payment
 from billing.errors import Conflict, InvalidInput
 from models import utcnow
@@ -291,3 +302,21 @@ def update_plan(slug: str, body: dict[str, Any]) -> dict[str, Any]:
 def list_plans() -> dict[str, Any]:
     """Every plan, internal and inactive ones too."""
     return {"data": [accounts.plan_view(p) for p in plans.list_all(db())]}
+
+
+class UnbilledQuery(PageQuery):
+    reason: UnbilledReason | None = None
+
+
+@bp.get("/unbilled-usage")
+@responds(UnbilledPage)
+@require_admin
+@query_params(UnbilledQuery)
+def list_unbilled_usage(query: UnbilledQuery) -> dict[str, Any]:
+    """Provider usage nobody was charged for (billing/unbilled.py), newest first, with
+    the totals."""
+    session = db()
+    page = unbilled.list_unbilled(
+        session, cursor=query.cursor, limit=query.limit, reason=query.reason
+    )
+    return {**page.body(unbilled.unbilled_view), "totals": unbilled.totals(session)}

@@ -22,6 +22,7 @@ from api import (
     metrics,
     openapi,
     plans,
+    provider_limits,
     request_ids,
     sites,
     team,
@@ -66,6 +67,7 @@ def create_app() -> Flask:
         openapi.bp,
         metrics.bp,
         billing.bp,
+        provider_limits.bp,
     ):
         app.register_blueprint(blueprint)
     return app

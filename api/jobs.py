@@ -24,12 +24,13 @@ from api.validation import (
     webhook_url_policy,
 )
 from billing import job_views, runs
+from billing.admission import Dispatch
 from billing.operations import OPERATIONS
 from billing.submission import JobRequest, estimate_job, submit_job
 from models import JOB_STATUSES
 from models.db import transaction
 from settings import get_settings
-from workers.dispatch import enqueue_job, enqueue_webhooks
+from workers.dispatch import enqueue_dispatches, enqueue_job, send_ending
 
 log = logging.getLogger(__name__)
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
@@ -115,7 +116,7 @@ def submit(body: SubmitBody) -> tuple[dict[str, Any], int, dict[str, str]]:
         log.info("job submitted, %s credits held", job.reserved_credits)
         plan = account.plan.slug if account.plan else "none"
         metrics.JOBS_SUBMITTED.labels(job.operation, plan).inc()
-        after_commit(lambda: _enqueue(job.id, job.operation))
+        after_commit(lambda: _enqueue(job.id, submission.dispatches))
     headers = {"Location": f"/v1/jobs/{job.id}"}
     if not submission.created:
         headers["Idempotent-Replayed"] = "true"
@@ -138,15 +139,23 @@ def _hold_ttl() -> timedelta:
     return timedelta(seconds=get_settings().hold_ttl_seconds)
 
 
-def _enqueue(job_id: str, operation: str) -> Response | None:
-    """After commit: hand the job to a worker, or undo the hold if the broker is down."""
+def _enqueue(job_id: str, dispatches: list[Dispatch]) -> Response | None:
+    """After commit: send the jobs that took a slot (usually this one; none when the
+    account's slots are full and it waits, queued). If the broker is down, this job's
+    hold is undone (503); other admitted jobs are re-sent by the reconciler."""
+    enqueue_dispatches(d for d in dispatches if d.job_id != job_id)
+    if not any(d.job_id == job_id for d in dispatches):
+        return None
     try:
-        enqueue_job(job_id, operation)
+        enqueue_job(job_id, next(d.operation for d in dispatches if d.job_id == job_id))
     except Exception:
         log.exception("could not enqueue job %s", job_id)
         with transaction() as session:
-            # Its webhook is sent by the periodic requeue once the broker is back.
-            runs.fail_job(session, job_id, "broker_unavailable", "The job could not be queued.")
+            ending = runs.fail_job(
+                session, job_id, "broker_unavailable", "The job could not be queued."
+            )
+        # Its webhook is sent by the periodic requeue once the broker is back.
+        send_ending(ending)
         return error_response(
             503,
             "broker_unavailable",
@@ -191,7 +200,10 @@ def list_jobs(query: JobsQuery) -> dict[str, Any]:
 @require_key
 @require_role("submit_jobs")
 def cancel(job_id: str) -> dict[str, Any]:
-    """Cancel a queued job: its hold is released (409 once it has started or ended)."""
+    """Cancel a job: queued, at once; running, at the worker's next safe point.
+
+    `cancel_requested_at` is set meanwhile; charged as README "What is charged" says. 409
+    once it has ended."""
     ending = runs.cancel_job(db(), current_account().id, job_id)
-    after_commit(lambda: enqueue_webhooks(ending.deliveries))
+    after_commit(lambda: send_ending(ending))
     return job_views.job_view(job_views.get_job(db(), current_account().id, job_id))

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from billing.operations import OPERATIONS
-from models import JOB_STATUSES
+from models import JOB_STATUSES, UNBILLED_REASONS
 from models.account import ACCOUNT_STATUSES, USER_ROLES
 from models.purchase import PURCHASE_STATUSES
 
@@ -39,6 +39,7 @@ AssignableRole = Annotated[
     Field(max_length=20, json_schema_extra={"enum": [r for r in USER_ROLES if r != "owner"]}),
 ]
 OperationName = Literal[tuple(OPERATIONS)]  # type: ignore[valid-type]
+UnbilledReason = Literal[UNBILLED_REASONS]  # type: ignore[valid-type]
 
 
 class Out(BaseModel):
@@ -106,6 +107,7 @@ class PlanOut(Out):
     allowed_text_models: list[str]
     allowed_image_models: list[str]
     requests_per_minute: int
+    max_concurrent_jobs: int = Field(description="Jobs of the account running at once.")
     is_internal: bool
     is_active: bool
 
@@ -129,8 +131,9 @@ class LimitsOut(Out):
 
 
 class ConcurrencyOut(Out):
-    running: int
-    limit: int | None
+    running: int = Field(description="Jobs holding a slot (dispatched or running).")
+    limit: int = Field(description="The plan's max_concurrent_jobs.")
+    queued: int = Field(description="Jobs waiting for a slot.")
 
 
 class AccountOut(Out):
@@ -148,9 +151,7 @@ class AccountOut(Out):
     payment_method: str | None
     scheduled_plan: str | None = Field(description="A downgrade waiting for the period end.")
     created_at: Timestamp
-    concurrency: ConcurrencyOut | None = Field(
-        default=None, description="Jobs running now and the plan's cap."
-    )
+    concurrency: ConcurrencyOut = Field(description="Jobs running now and the plan's cap.")
 
 
 class UserOut(Out):
@@ -289,6 +290,9 @@ class JobOut(Out):
     created_at: Timestamp
     started_at: Timestamp | None
     finished_at: Timestamp | None
+    cancel_requested_at: Timestamp | None = Field(
+        description="A running job asked to stop: it ends at the worker's next safe point."
+    )
 
 
 class AdminJobOut(JobOut):
@@ -299,8 +303,9 @@ class EstimateOut(Out):
     operation: OperationName
     model: str
     credits: int = Field(description="The hold a submission would take now.")
-    affordable: bool
+    affordable: bool = Field(description="A spending status, the credits and the budgets allow it.")
     available: int
+    within_budget: bool
 
 
 class TransactionOut(Out):
@@ -332,6 +337,48 @@ class ConfirmOut(PurchaseAnswer):
 
 class SyncOut(PurchaseAnswer):
     outcome: str
+
+
+class UnbilledOut(Out):
+    id: int
+    account_id: str
+    job_id: str | None
+    operation: str
+    model: str
+    tokens_input: int
+    tokens_output: int
+    images: int
+    credits: int
+    cost_usd: DecimalString
+    reason: UnbilledReason
+    created_at: Timestamp
+
+
+class UnbilledTotalsOut(Out):
+    count: int
+    credits: int
+    cost_usd: DecimalString
+    by_reason: dict[str, int]
+
+
+class UnbilledPage(Page[UnbilledOut]):
+    totals: UnbilledTotalsOut
+
+
+class RateOut(Out):
+    rpm: int = Field(description="Requests per window; 0: no limit.")
+    tpm: int = Field(description="Tokens per window; 0: no limit.")
+
+
+class ProviderLimitOut(RateOut):
+    model: str
+    source: Literal["env", "override"]
+
+
+class ProviderLimitsOut(Out):
+    window_seconds: int
+    default: RateOut
+    data: list[ProviderLimitOut]
 
 
 class StripeEventOut(Out):

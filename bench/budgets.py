@@ -1,6 +1,6 @@
 """What spending budgets cost a submission: `submit_job` per second, same database.
 
-Three loops, each submission its own transaction followed by `ledger.release` in a second
+Three loops, each submission its own transaction followed by `runs.cancel_job` in a second
 one (so open holds do not pile up), all timed alike:
 
   bare        `submit_job` with the budget check replaced by a no-op: the hot path as it
@@ -35,7 +35,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import print_table
-from billing import catalog, ledger
+from billing import catalog, ledger, runs
 from billing.audit import audit
 from billing.submission import JobRequest, submit_job
 from models import Account, CreditTransaction, Plan, new_id, utcnow
@@ -90,7 +90,7 @@ def submit_and_release(url: str, account_id: str) -> None:
         assert account is not None
         job_id = submit_job(session, account, REQUEST, TTL).job.id
     with transaction(url) as session:
-        ledger.release(session, job_id)
+        runs.cancel_job(session, account_id, job_id)  # releases the hold, frees the slot
 
 
 def timed(loop: Callable[[], None], jobs: int) -> float:

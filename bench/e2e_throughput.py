@@ -256,49 +256,69 @@ def outcome(url: str) -> tuple[dict[str, int], list[str]]:
     return {str(k): int(v) for k, v in statuses.items()}, violations
 
 
+@dataclass(frozen=True)
+class Pipeline:
+    """What `start_pipeline` brought up: the database, the worker env, an API client."""
+
+    url: str
+    env: dict[str, str]
+    sim_url: str
+    redis_url: str
+    client: Any
+    reader: Engine
+
+
+def start_pipeline(stack: ExitStack, db: str, name: str, rate_limits: bool) -> Pipeline:
+    """Redis, the simulated provider, the database (migrated, seeded), the API's test
+    client and a plain reader engine, all stopped when `stack` closes."""
+    tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix=f"aijobs-{name}-"))
+    redis_server = stack.enter_context(RedisServer())
+    sim_url = stack.enter_context(simulated_provider())
+    if db == "postgresql":
+        url = stack.enter_context(PostgresServer(dbname=f"aijobs_{name}")).url
+    else:
+        url = f"sqlite:///{tmp}/bench.db"
+    env = {
+        "DATABASE_URL": url,
+        "REDIS_URL": redis_server.url,
+        "CELERY_BROKER_URL": redis_server.url,
+        "OPENAI_BASE_URL": sim_url + "/v1",
+        "ADMIN_TOKEN": ADMIN_TOKEN,
+        "RATE_LIMITS_ENABLED": "1" if rate_limits else "0",
+        "AUTH_THROTTLE_ENABLED": "0",  # it signs up many accounts from one address
+    }
+    # Before anything reads settings: celeryconfig takes the broker URL at import.
+    os.environ.update(env)
+
+    from api.app import create_app
+    from billing import catalog
+    from models.db import dispose_engines, transaction
+    from ops.cli import migrate
+    from workers.celery_app import celery
+
+    stack.callback(dispose_engines)
+    stack.callback(celery.close)
+    migrate(url)
+    with transaction(url) as session:
+        catalog.seed(session)
+    app = create_app()
+    logging.getLogger().setLevel(logging.WARNING)  # no per-request INFO lines
+    # Polls read through a plain engine: on SQLite the app's engine opens every
+    # transaction with BEGIN IMMEDIATE, and a poll must not queue for the write lock.
+    reader = create_engine(url)
+    stack.callback(reader.dispose)
+    worker_env = {k: v for k, v in env.items() if k != "ADMIN_TOKEN"}
+    return Pipeline(url, worker_env, sim_url, redis_server.url, app.test_client(), reader)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     with ExitStack() as stack:
-        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="aijobs-bench-"))
-        redis_server = stack.enter_context(RedisServer())
-        sim_url = stack.enter_context(simulated_provider())
-        if args.db == "postgresql":
-            url = stack.enter_context(PostgresServer(dbname="aijobs_bench")).url
-        else:
-            url = f"sqlite:///{tmp}/bench.db"
-        env = {
-            "DATABASE_URL": url,
-            "REDIS_URL": redis_server.url,
-            "CELERY_BROKER_URL": redis_server.url,
-            "OPENAI_BASE_URL": sim_url + "/v1",
-            "ADMIN_TOKEN": ADMIN_TOKEN,
-            "RATE_LIMITS_ENABLED": "0" if args.no_rate_limits else "1",
-            "AUTH_THROTTLE_ENABLED": "0",  # it signs up many accounts from one address
-        }
-        # Before anything reads settings: celeryconfig takes the broker URL at import.
-        os.environ.update(env)
-
-        from api.app import create_app
-        from billing import catalog
-        from models.db import dispose_engines, transaction
-        from ops.cli import migrate
-        from workers.celery_app import celery
-
-        stack.callback(dispose_engines)
-        stack.callback(celery.close)
-        migrate(url)
-        with transaction(url) as session:
-            catalog.seed(session)
-        app = create_app()
-        logging.getLogger().setLevel(logging.WARNING)  # no per-request INFO lines
-        client = app.test_client()
+        servers = start_pipeline(stack, args.db, "bench", not args.no_rate_limits)
+        url, env, client, reader = servers.url, servers.env, servers.client, servers.reader
         keys = setup_accounts(client, args.warmup + args.rounds * args.jobs)
-        # Polls read through a plain engine: on SQLite the app's engine opens every
-        # transaction with BEGIN IMMEDIATE, and a poll must not queue for the write lock.
-        reader = create_engine(url)
-        stack.callback(reader.dispose)
         worker = CeleryWorker(
-            {k: v for k, v in env.items() if k != "ADMIN_TOKEN"},
+            env,
             "text,image,default,bench",
             args.concurrency,
             name="bench",
@@ -313,11 +333,11 @@ def main(argv: list[str] | None = None) -> int:
             f"rate limits={'off' if args.no_rate_limits else 'on'} accounts={len(keys)}"
         )
         if args.warmup:
-            run_baseline(args.warmup, redis_server.url, args.timeout)
+            run_baseline(args.warmup, servers.redis_url, args.timeout)
             run_pipeline(client, keys, args.warmup, 0, reader, args.timeout)
         rounds: list[tuple[Rate, Rate, Rate]] = []
         for r in range(args.rounds):
-            baseline = run_baseline(args.jobs, redis_server.url, args.timeout)
+            baseline = run_baseline(args.jobs, servers.redis_url, args.timeout)
             done = args.warmup + r * args.jobs
             pipeline, submit_only = run_pipeline(
                 client, keys, args.jobs, done, reader, args.timeout

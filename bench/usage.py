@@ -219,7 +219,12 @@ def main(argv: list[str] | None = None) -> int:
     with ExitStack() as stack:
         server = stack.enter_context(PostgresServer(dbname="aijobs_bench_usage"))
         os.environ.update(
-            {"DATABASE_URL": server.url, "ADMIN_TOKEN": ADMIN_TOKEN, "RATE_LIMITS_ENABLED": "0"}
+            {
+                "DATABASE_URL": server.url,
+                "ADMIN_TOKEN": ADMIN_TOKEN,
+                "RATE_LIMITS_ENABLED": "0",
+                "AUTH_THROTTLE_ENABLED": "0",
+            }
         )
         from api.app import create_app
         from billing import catalog, usage

@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from billing import ledger
+from billing.admission import concurrency_view
 from billing.emails import normalize_email
 from billing.errors import (
     AccountInactive,
@@ -384,6 +385,7 @@ def account_view(session: Session, account: Account) -> dict[str, Any]:
         "plan": plan_view(plan) if plan else None,
         "credits": credits_view(account),
         "limits": limits_report(session, account),
+        "concurrency": concurrency_view(session, account),
         "trial_ends_at": as_utc(account.trial_ends_at).isoformat()
         if account.trial_ends_at
         else None,
@@ -425,6 +427,7 @@ def plan_view(plan: Plan) -> dict[str, Any]:
         "allowed_text_models": plan.allowed_text_models,
         "allowed_image_models": plan.allowed_image_models,
         "requests_per_minute": plan.requests_per_minute,
+        "max_concurrent_jobs": plan.max_concurrent_jobs,
         "is_internal": plan.is_internal,
         "is_active": plan.is_active,
     }

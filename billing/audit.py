@@ -1,5 +1,9 @@
 """The ledger's invariants (DESIGN.md), checked over the whole database.
 
+Per job: its hold is open exactly while it is queued or running; a settled hold (a
+success, or a failure or cancel that paid for the provider's usage) has one deduction
+and one usage log equal to `credits_charged`; any other hold has neither and charged 0.
+
 Run by `python -m ops audit` / `make audit` and at the end of every end-to-end test.
 """
 
@@ -162,9 +166,14 @@ def _job_holds(session: Session) -> list[str]:
         if hold_status is None:
             violations.append(f"job {job_id}: has no credit hold")
             continue
-        if status in FINAL_JOB_STATUSES and hold_status == "held":
+        final = status in FINAL_JOB_STATUSES
+        if final and hold_status == "held":
             violations.append(f"job {job_id}: {status} but its hold is still open")
-        if (status == "succeeded") != (hold_status == "settled"):
+        if not final and hold_status != "held":
+            violations.append(f"job {job_id}: {status} but its hold is {hold_status}")
+        # Usage is billed whatever the outcome: a failed or cancelled job may have a
+        # settled hold too (its usage, capped at the hold), but a success always has.
+        if status == "succeeded" and hold_status not in ("settled", "held"):
             violations.append(f"job {job_id}: status {status} with hold {hold_status}")
         settled = hold_status == "settled"
         if settled and (deductions.get(job_id, 0) != 1 or logs.get(job_id, 0) != 1):
@@ -172,7 +181,7 @@ def _job_holds(session: Session) -> list[str]:
                 f"job {job_id}: settled with {deductions.get(job_id, 0)} deductions and "
                 f"{logs.get(job_id, 0)} usage logs (want 1 and 1)"
             )
-        if not settled and (deductions.get(job_id) or logs.get(job_id)):
+        if not settled and (deductions.get(job_id) or logs.get(job_id) or charged):
             violations.append(f"job {job_id}: charged although its hold is {hold_status}")
         deduction = -(deducted.get(job_id) or 0)
         if settled and deduction != charged:

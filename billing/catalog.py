@@ -6,6 +6,8 @@ Image credits follow the seeds' usage table: basic 1, quality 5, premium 15.
 `extra_credit_price` (USD per top-up credit): the seeds name the field without values;
 each paid plan's is its own price per included credit rounded up to the next half cent
 per thousand credits, so buying on top never undercuts the plan.
+`max_concurrent_jobs` (jobs of one account in flight at once) is ours: 2 on the free
+plans, then 5, 10, 25 and 100.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ PLANS: list[dict[str, Any]] = [
         "allowed_text_models": CHEAP_TEXT,
         "allowed_image_models": CHEAP_IMAGE,
         "requests_per_minute": 60,
+        "max_concurrent_jobs": 2,
     },
     {
         "slug": "free-trial",
@@ -53,6 +56,7 @@ PLANS: list[dict[str, Any]] = [
         "allowed_text_models": CHEAP_TEXT,
         "allowed_image_models": CHEAP_IMAGE,
         "requests_per_minute": 60,
+        "max_concurrent_jobs": 2,
     },
     {
         "slug": "starter",
@@ -67,6 +71,7 @@ PLANS: list[dict[str, Any]] = [
         "extra_credit_price": Decimal("0.005"),
         "features": ["ai_writer", "image_gen"],
         "requests_per_minute": 120,
+        "max_concurrent_jobs": 5,
     },
     {
         "slug": "growth",
@@ -81,6 +86,7 @@ PLANS: list[dict[str, Any]] = [
         "extra_credit_price": Decimal("0.004"),
         "features": ["ai_writer", "image_gen", "auto_publish"],
         "requests_per_minute": 300,
+        "max_concurrent_jobs": 10,
     },
     {
         "slug": "scale",
@@ -95,6 +101,7 @@ PLANS: list[dict[str, Any]] = [
         "extra_credit_price": Decimal("0.0035"),
         "features": ["ai_writer", "image_gen", "auto_publish", "custom_prompts"],
         "requests_per_minute": 600,
+        "max_concurrent_jobs": 25,
     },
     {
         "slug": "enterprise",
@@ -110,6 +117,7 @@ PLANS: list[dict[str, Any]] = [
         "is_internal": True,
         "features": ["ai_writer", "image_gen", "auto_publish", "custom_prompts", "unlimited"],
         "requests_per_minute": 1200,
+        "max_concurrent_jobs": 100,
     },
 ]
 

@@ -67,6 +67,7 @@ def job_view(job: Job) -> dict[str, Any]:
         "created_at": _iso(job.created_at),
         "started_at": _iso(job.started_at),
         "finished_at": _iso(job.finished_at),
+        "cancel_requested_at": _iso(job.cancel_requested_at),
     }
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -63,6 +63,8 @@ class UsageRecord:
     images: int
     site_id: str | None
     items_created: int
+    # The job's final status: usage is billed whatever it is.
+    outcome: str = "succeeded"
 
 
 @dataclass(frozen=True)
@@ -163,9 +165,9 @@ _INSERT_DEDUCTION = insert(_transactions).values(
 )  # fmt: skip
 _USAGE_COLUMNS = (
     "account_id", "job_id", "site_id", "operation", "model", "tokens_in", "tokens_out",
-    "images", "credits", "cost_usd", "items_created", "created_at", "automation_id",
+    "images", "outcome", "credits", "cost_usd", "items_created", "created_at", "automation_id",
 )  # fmt: skip
-_USAGE_FIELDS = ("site_id", "operation", "model", "tokens_in", "tokens_out", "images")
+_USAGE_FIELDS = ("site_id", "operation", "model", "tokens_in", "tokens_out", "images", "outcome")
 _USAGE_VALUES = tuple(_param(f"p_{name}", _usage_logs.c[name]) for name in _USAGE_FIELDS)
 _p_cost_usd = _param("p_cost_usd", _usage_logs.c.cost_usd)
 _p_items = _param("p_items_created", _usage_logs.c.items_created)
@@ -285,14 +287,8 @@ def _refusal(session: Session, account_id: str, amount: int) -> BillingError:
     )
 
 
-def settle(session: Session, job_id: str, charge: Charge, usage: UsageRecord) -> Posting | None:
-    """Post the actual cost of a held job; None if the hold was already resolved.
-
-    The held -> settled transition is the gate: a redelivered task finds it closed
-    and changes nothing. The unique indexes on the deduction and usage log back it.
-    """
-    connection = session.connection()
-    params: dict[str, Any] = {
+def _settle_params(job_id: str, charge: Charge, usage: UsageRecord) -> dict[str, Any]:
+    return {
         "p_job": job_id,
         "p_status": "settled",
         "p_now": utcnow(),
@@ -305,9 +301,29 @@ def settle(session: Session, job_id: str, charge: Charge, usage: UsageRecord) ->
         "p_tokens_in": usage.tokens_in,
         "p_tokens_out": usage.tokens_out,
         "p_images": usage.images,
+        "p_outcome": usage.outcome,
         "p_cost_usd": charge.cost_usd,
         "p_items_created": usage.items_created,
     }
+
+
+def _post(
+    connection: Connection, params: dict[str, Any], balance_after: int, metadata: dict[str, Any]
+) -> None:
+    """The deduction and the usage log of a charge already taken from the account."""
+    params |= {"p_balance_after": balance_after, "p_metadata": metadata}
+    connection.execute(_INSERT_DEDUCTION, params)
+    connection.execute(_INSERT_USAGE, params)
+
+
+def settle(session: Session, job_id: str, charge: Charge, usage: UsageRecord) -> Posting | None:
+    """Post the actual cost of a held job; None if the hold was already resolved.
+
+    The held -> settled transition is the gate: a redelivered task finds it closed
+    and changes nothing. The unique indexes on the deduction and usage log back it.
+    """
+    connection = session.connection()
+    params = _settle_params(job_id, charge, usage)
     if _on_postgresql(connection):
         posted = connection.execute(_PG_SETTLE, params).one_or_none()
         if posted is None:
@@ -320,12 +336,8 @@ def settle(session: Session, job_id: str, charge: Charge, usage: UsageRecord) ->
         hold, charged = closed.amount, min(charge.credits, closed.amount)
         params |= {"p_account": closed.account_id, "p_amount": hold, "p_charged": charged}
         balance_after = connection.execute(_POST_CHARGE, params).scalar_one()
-        params |= {
-            "p_balance_after": balance_after,
-            "p_metadata": {"hold": hold, "estimate_miss": charge.estimate_miss},
-        }
-        connection.execute(_INSERT_DEDUCTION, params)
-        connection.execute(_INSERT_USAGE, params)
+        metadata = {"hold": hold, "estimate_miss": charge.estimate_miss}
+        _post(connection, params, balance_after, metadata)
     if charge.estimate_miss:
         log.warning(
             "estimate miss on job %s: actual cost %s exceeded the hold of %s; charged the hold",
@@ -339,6 +351,49 @@ def settle(session: Session, job_id: str, charge: Charge, usage: UsageRecord) ->
         balance_after=balance_after,
         metadata={"hold": hold, "estimate_miss": charge.estimate_miss},
     )
+
+
+_SETTLE_EXPIRED = (
+    update(_holds)
+    .where(_holds.c.job_id == _p_job, _holds.c.status == "expired")
+    .values(status="settled", resolved_at=_p_now)
+    .returning(_holds.c.account_id, _holds.c.amount)
+)
+_LATE_CHARGE = (
+    update(_accounts)
+    .where(
+        _accounts.c.id == _p_account,
+        _accounts.c.credits - _accounts.c.reserved_credits >= _p_charged,
+    )
+    .values(credits=_accounts.c.credits - _p_charged)
+    .returning(_accounts.c.credits)
+)
+
+
+def settle_late(
+    session: Session, job_id: str, charge: Charge, usage: UsageRecord
+) -> Posting | None:
+    """Charge an answer that arrived after its job's hold expired: a charge without a
+    hold, only from credits still available (capped at the old hold). None, with nothing
+    written, when the hold was not expired or the account cannot cover it.
+
+    `expired -> settled` is the gate, as `held -> settled` is for `settle`.
+    """
+    params = _settle_params(job_id, charge, usage)
+    with session.begin_nested() as savepoint:
+        connection = session.connection()  # inside the savepoint, so it is emitted
+        closed = connection.execute(_SETTLE_EXPIRED, params).one_or_none()
+        if closed is None:
+            return None
+        hold, charged = closed.amount, min(charge.credits, closed.amount)
+        params |= {"p_account": closed.account_id, "p_charged": charged}
+        balance_after = connection.execute(_LATE_CHARGE, params).scalar_one_or_none()
+        if balance_after is None:
+            savepoint.rollback()
+            return None
+        metadata = {"hold": hold, "estimate_miss": charge.estimate_miss, "late": True}
+        _post(connection, params, balance_after, metadata)
+    return Posting(amount=-charged, balance_after=balance_after, metadata=metadata)
 
 
 def release(session: Session, job_id: str, *, expired: bool = False) -> int:
@@ -417,17 +472,6 @@ def grant(
     session.add(transaction)
     session.flush()
     return transaction
-
-
-def expired_hold_job_ids(session: Session, now: datetime, limit: int = 500) -> list[str]:
-    return list(
-        session.scalars(
-            select(CreditReservation.job_id)
-            .where(CreditReservation.status == "held", CreditReservation.expires_at < now)
-            .order_by(CreditReservation.expires_at)
-            .limit(limit)
-        )
-    )
 
 
 def list_transactions(

@@ -46,6 +46,7 @@ class PlanFields(BaseModel):
         default_factory=list, json_schema_extra={"items": {"x-choices": "image_models"}}
     )
     requests_per_minute: int = Field(default=120, ge=1, le=100_000)
+    max_concurrent_jobs: int = Field(default=2, ge=1, le=10_000)
 
 
 class NewPlan(PlanFields):

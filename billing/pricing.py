@@ -41,30 +41,47 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
 def dense_tokens(text: str) -> int:
-    """A generous token estimate for text a model may echo: word pieces, or one token per
-    three UTF-8 bytes for scripts and strings (Thai, URLs) that split into many tokens."""
-    return max(len(_TOKEN.findall(text)), math.ceil(len(text.encode()) / 3))
+    """A generous token estimate for text a model may echo inside its JSON answer: word
+    pieces of the text as JSON escapes it (a quote, backslash or control character costs
+    two), or one token per three UTF-8 bytes for scripts and strings (Thai, URLs) that
+    split into many tokens."""
+    escaped = json.dumps(text, ensure_ascii=False)[1:-1]
+    return max(len(_TOKEN.findall(escaped)), math.ceil(len(escaped.encode()) / 3))
 
 
 def input_token_bound(job_input: dict[str, Any]) -> int:
     return len(json.dumps(job_input, ensure_ascii=False).encode()) + PROMPT_OVERHEAD_TOKENS
 
 
+# The output bounds are the `max_tokens` each operation asks for: large enough that no
+# input the API accepts gets its answer cut off (tests at every input maximum), because
+# a cut-off answer still costs its tokens. Inputs that are dense in tokens (punctuation,
+# quotes) hold more; ordinary inputs hold what they did.
+
+
 def clustering_output_tokens(job_input: dict[str, Any]) -> int:
+    """Every keyword echoed once, and a named cluster per keyword at most."""
     keywords = job_input.get("keywords", [])
-    return len(json.dumps(keywords, ensure_ascii=False).encode()) + 16 * len(keywords) + 200
+    return len(json.dumps(keywords, ensure_ascii=False).encode()) + 18 * len(keywords) + 200
 
 
 def idea_output_tokens(job_input: dict[str, Any]) -> int:
-    return 150 * int(job_input.get("count", 3)) + 100
+    """A title, a paragraph and the target keywords per idea: each idea may echo the
+    cluster's longest keyword (or name) four times."""
+    cluster = job_input.get("cluster", {})
+    phrases = [str(cluster.get("name", "")), *cluster.get("keywords", [])]
+    longest = max(dense_tokens(p) for p in phrases)
+    return int(job_input.get("count", 3)) * (150 + 4 * longest) + 100
 
 
 def content_output_tokens(job_input: dict[str, Any]) -> int:
-    """1.6 tokens a word, plus room for a dense keyword phrase in every sentence."""
+    """1.6 tokens a word, the title echoed, plus room for a dense keyword phrase in every
+    sentence."""
     words = int(job_input.get("word_count", 800))
     phrases = job_input.get("keywords", [])
     extra = max((dense_tokens(p) - 1.6 * len(p.split()) for p in phrases), default=0.0)
-    return math.ceil(words * 1.6 + math.ceil(words / 8) * max(extra, 0.0)) + 300
+    title = dense_tokens(str(job_input.get("title", "")))
+    return math.ceil(words * 1.6 + math.ceil(words / 8) * max(extra, 0.0)) + title + 300
 
 
 def image_prompt_output_tokens(job_input: dict[str, Any]) -> int:

@@ -1,27 +1,48 @@
 """A job's run: start it, then end it exactly once (succeed, fail, cancel, expire).
 
-Status moves are conditional UPDATEs, so a redelivered task, a late cancel or the
-hold sweeper can race a worker and still only one of them wins. Every ending queues
-the job's webhook event in the same transaction and hands the delivery ids back for
-the caller to enqueue after commit.
+Status moves are conditional UPDATEs, so a redelivered task, a cancel, the reconciler
+or the hold sweeper can race a worker and still only one of them wins. Every ending
+closes the hold (settle or release) in the same transaction as the final status, frees
+the job's concurrency slot and admits the account's next waiting job, and queues the
+job's webhook event; it hands back the deliveries and dispatches to send after commit.
+
+What is charged (README "What is charged"): usage the provider reported is billed
+whatever the outcome (success, an answer cut off or not the expected JSON, a cancel
+that arrived while the provider answered), capped at the hold; a run where the provider
+billed nothing (5xx, timeouts, refusals, a cancel before the call) is charged nothing.
+Usage nobody can be charged for is recorded in `billing.unbilled`.
+
+Locks, in this order everywhere (PostgreSQL): the job row, its hold, the account row,
+then other job rows only with SKIP LOCKED (admission), so endings, cancels, the sweeper
+and the reconciler never wait on each other in a cycle.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from billing import ledger
+from billing import ledger, unbilled
+from billing.admission import Dispatch, admit, holds_slot
 from billing.errors import JobNotCancellable
 from billing.job_views import get_job
 from billing.ledger import UsageRecord
-from billing.pricing import Usage, actual_charge
+from billing.pricing import Charge, Usage, actual_charge
 from billing.webhooks import queue_job_event
-from models import FINAL_JOB_STATUSES, AIModelConfig, Base, CreditReservation, Job, utcnow
+from models import (
+    FINAL_JOB_STATUSES,
+    AIModelConfig,
+    Base,
+    CreditReservation,
+    Job,
+    as_utc,
+    utcnow,
+)
 
 
 @dataclass(frozen=True)
@@ -37,38 +58,88 @@ class JobRun:
     provider_model: str
     hold: int
     attempts: int
+    # When the job was submitted (its queue wait, for the metrics).
+    submitted_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a run ended, as the worker saw it.
+
+    `usage`: what the provider reported (None: not called, or it billed nothing).
+    `billable`: False for our own failure after the provider answered (recorded as
+    unbilled usage, not charged). `error`: (code, message) when the run failed.
+    """
+
+    usage: Usage | None = None
+    result: dict[str, Any] | None = None
+    artifacts: list[Base] = field(default_factory=list)
+    error: tuple[str, str] | None = None
+    billable: bool = True
 
 
 @dataclass(frozen=True)
 class Ending:
-    """Jobs that reached a final state in this transaction, and the webhook deliveries
-    to enqueue once it commits."""
+    """Jobs that reached a final state in this transaction, the webhook deliveries and
+    the jobs admitted into the slots they freed, to send once it commits."""
 
     job_ids: list[str] = field(default_factory=list)
     deliveries: list[str] = field(default_factory=list)
+    dispatches: list[Dispatch] = field(default_factory=list)
+    # A run's ending: the status its job ended in, and what it was charged.
+    status: str | None = None
+    credits_charged: int = 0
+    cost_usd: Decimal = Decimal(0)
 
     def __bool__(self) -> bool:
         return bool(self.job_ids)
 
 
-def _ended(session: Session, job_ids: list[str], now: datetime | None = None) -> Ending:
-    queued = [queue_job_event(session, job_id, now or utcnow()) for job_id in job_ids]
-    return Ending(job_ids, [d for d in queued if d is not None])
+def ended(session: Session, jobs: list[tuple[str, str]], now: datetime | None = None) -> Ending:
+    """After `jobs` ((job id, account id) pairs) reached their final state: queue their
+    events and give their accounts' free slots to the next waiting jobs."""
+    now = now or utcnow()
+    queued = [queue_job_event(session, job_id, now) for job_id, _ in jobs]
+    dispatches = [
+        dispatch
+        for account_id in dict.fromkeys(account for _, account in jobs)
+        for dispatch in admit(session, account_id, now)
+    ]
+    return Ending([job_id for job_id, _ in jobs], [d for d in queued if d is not None], dispatches)
 
 
-def start_job(session: Session, job_id: str) -> JobRun | None:
+def start_job(
+    session: Session,
+    job_id: str,
+    *,
+    now: datetime | None = None,
+    stale_after: timedelta | None = None,
+) -> JobRun | None:
     """Mark running and return what to run, or None when there is nothing to do.
 
-    `running` is accepted too: a task redelivered after its worker died runs again,
-    and the settle gate keeps the charge single.
+    Only a dispatched job starts (the broker carries admitted work only). A `running`
+    job starts again when its worker stopped heart-beating for `stale_after` (a task
+    redelivered after its worker died; None: whatever its heartbeat); one whose worker
+    is alive is left alone, and the settle gate keeps a duplicate's charge single. A job
+    whose cancel was requested does not start (the reconciler ends it).
     """
+    now = now or utcnow()
+    running_again = Job.status == "running"
+    if stale_after is not None:
+        running_again &= or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < now - stale_after)
     started = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status.in_(("queued", "running")))
+        .where(
+            Job.id == job_id,
+            or_(Job.status == "queued", running_again),
+            Job.dispatched_at.is_not(None),
+            Job.cancel_requested_at.is_(None),
+        )
         .values(
             status="running",
             attempts=Job.attempts + 1,
-            started_at=func.coalesce(Job.started_at, utcnow()),
+            started_at=func.coalesce(Job.started_at, now),
+            heartbeat_at=now,
         )
         .execution_options(synchronize_session=False)
     ).rowcount  # type: ignore[attr-defined]
@@ -93,106 +164,315 @@ def start_job(session: Session, job_id: str) -> JobRun | None:
         provider_model=provider_model,
         hold=hold,
         attempts=job.attempts,
+        submitted_at=as_utc(job.created_at),
     )
+
+
+def record_heartbeats(session: Session, job_ids: list[str], now: datetime) -> list[str]:
+    """One statement for every job a worker process is running; returns the ids whose
+    cancel was requested (or that are no longer running), so their threads stop."""
+    rows = session.execute(
+        update(Job)
+        .where(Job.id.in_(job_ids), Job.status == "running")
+        .values(heartbeat_at=now)
+        .returning(Job.id, Job.cancel_requested_at)
+        .execution_options(synchronize_session=False)
+    ).all()
+    alive = {row.id for row in rows if row.cancel_requested_at is None}
+    return [job_id for job_id in job_ids if job_id not in alive]
+
+
+def should_stop(session: Session, job_id: str) -> bool:
+    """A safe point's check: was the job's cancel requested, or did it end meanwhile?"""
+    row = session.execute(
+        select(Job.status, Job.cancel_requested_at).where(Job.id == job_id)
+    ).one_or_none()
+    return row is None or row.status != "running" or row.cancel_requested_at is not None
+
+
+def finish_run(session: Session, run: JobRun, outcome: Outcome) -> Ending:
+    """End a run exactly once and charge what the provider billed; see the module doc.
+
+    A cancel requested while the job ran wins over its result: the job ends `cancelled`
+    and pays only for usage the provider reported. If the job had already ended, the
+    answer is a late one (`_late_answer`).
+    """
+    job = session.execute(
+        select(Job.status, Job.cancel_requested_at)
+        .where(Job.id == run.job_id)
+        .with_for_update(key_share=True)
+    ).one()
+    if job.status in FINAL_JOB_STATUSES:
+        return _late_answer(session, run, outcome)
+    status = _final_status(outcome, cancelled=job.cancel_requested_at is not None)
+    posted = _charge(session, run, outcome, status)
+    if posted is None:  # the hold was closed although the job was not final
+        raise RuntimeError(f"job {run.job_id} is {job.status} but its hold is closed")
+    charged, cost_usd = posted
+    code, message = _error(outcome, status, charged)
+    succeeded = status == "succeeded"
+    session.execute(
+        update(Job)
+        .where(Job.id == run.job_id, Job.status.not_in(FINAL_JOB_STATUSES))
+        .values(
+            status=status,
+            credits_charged=charged,
+            result=outcome.result if succeeded else None,
+            error_code=code,
+            error_message=message,
+            finished_at=utcnow(),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if succeeded:
+        session.add_all(outcome.artifacts)
+    ending = ended(session, [(run.job_id, run.account_id)])
+    return replace(ending, status=status, credits_charged=charged, cost_usd=cost_usd)
 
 
 def complete_job(
     session: Session, run: JobRun, usage: Usage, result: dict[str, Any], artifacts: list[Base]
 ) -> Ending:
-    """Settle at the actual cost and store the result; empty if someone got there first."""
+    """A successful run: settle at the actual cost and store the result."""
+    return finish_run(session, run, Outcome(usage, result, artifacts))
+
+
+def _final_status(outcome: Outcome, *, cancelled: bool) -> str:
+    if cancelled:
+        return "cancelled"
+    return "failed" if outcome.error else "succeeded"
+
+
+def _charge(
+    session: Session, run: JobRun, outcome: Outcome, status: str
+) -> tuple[int, Decimal] | None:
+    """Settle the hold at the provider's billed usage, or release it; the credits
+    charged and their USD cost, or None if the hold was no longer open."""
+    if outcome.usage is None or not outcome.billable:
+        if outcome.usage is not None:
+            _unbilled(session, run, outcome.usage, "internal_error")
+        return (0, Decimal(0)) if ledger.release(session, run.job_id) else None
+    charge = _price(session, run, outcome.usage)
+    posted = ledger.settle(session, run.job_id, charge, _usage_record(run, outcome, status))
+    return None if posted is None else (-posted.amount, charge.cost_usd)
+
+
+def _price(session: Session, run: JobRun, usage: Usage) -> Charge:
     model = session.get(AIModelConfig, run.model)
     if model is None:
         raise LookupError(f"model {run.model!r} is no longer configured")
-    charge = actual_charge(model, usage, run.hold)
-    posted = ledger.settle(
-        session,
-        run.job_id,
-        charge,
-        UsageRecord(
-            operation=run.operation,
-            model=run.model,
-            tokens_in=usage.tokens_in,
-            tokens_out=usage.tokens_out,
-            images=usage.images,
-            site_id=run.site_id,
-            items_created=len(artifacts),
-        ),
+    return actual_charge(model, usage, run.hold)
+
+
+def _usage_record(run: JobRun, outcome: Outcome, status: str) -> UsageRecord:
+    usage = outcome.usage or Usage()
+    return UsageRecord(
+        operation=run.operation,
+        model=run.model,
+        tokens_in=usage.tokens_in,
+        tokens_out=usage.tokens_out,
+        images=usage.images,
+        site_id=run.site_id,
+        items_created=len(outcome.artifacts) if status == "succeeded" else 0,
+        outcome=status,
     )
-    if posted is None:
+
+
+def _error(outcome: Outcome, status: str, charged: int) -> tuple[str | None, str | None]:
+    paid = (
+        f" The provider's usage was charged: {charged} credits."
+        if charged
+        else " Nothing was charged."
+    )
+    if status == "cancelled":
+        when = "while the provider answered" if outcome.usage else "before the provider answered"
+        return "cancelled", f"Cancelled by the account {when}.{paid}"
+    if outcome.error is None:
+        return None, None
+    code, message = outcome.error
+    return code, (message[:1900] + paid)
+
+
+def _late_answer(session: Session, run: JobRun, outcome: Outcome) -> Ending:
+    """The job ended before this answer arrived. If its hold expired (the job looked
+    dead), charge the usage from what the account still has; otherwise (another run or
+    a cancel ended it) or if the account cannot cover it, record it as unbilled."""
+    if outcome.usage is None:
         return Ending()
+    if outcome.billable:
+        status = _final_status(outcome, cancelled=False)
+        posted = ledger.settle_late(
+            session,
+            run.job_id,
+            _price(session, run, outcome.usage),
+            _usage_record(run, outcome, status),
+        )
+        if posted is not None:
+            return _record_late_ending(session, run, outcome, status, -posted.amount)
+    hold = session.scalar(
+        select(CreditReservation.status).where(CreditReservation.job_id == run.job_id)
+    )
+    reason = "expired_uncovered" if hold == "expired" else "duplicate_run"
+    _unbilled(session, run, outcome.usage, reason if outcome.billable else "internal_error")
+    return Ending()
+
+
+def _record_late_ending(
+    session: Session, run: JobRun, outcome: Outcome, status: str, charged: int
+) -> Ending:
+    """A late answer that was charged replaces the `hold_expired` failure: the account
+    paid for it, so it gets the result (and the event for the new outcome)."""
+    code, message = _error(outcome, status, charged)
     session.execute(
         update(Job)
         .where(Job.id == run.job_id)
         .values(
-            status="succeeded",
-            credits_charged=-posted.amount,
-            result=result,
-            error_code=None,
-            error_message=None,
+            status=status,
+            credits_charged=charged,
+            result=outcome.result if status == "succeeded" else None,
+            error_code=code,
+            error_message=message,
             finished_at=utcnow(),
         )
         .execution_options(synchronize_session=False)
     )
-    session.add_all(artifacts)
-    return _ended(session, [run.job_id])
+    if status == "succeeded":
+        session.add_all(outcome.artifacts)
+    delivery = queue_job_event(session, run.job_id, utcnow())
+    return Ending([run.job_id], [delivery] if delivery else [], status=status)
+
+
+def _unbilled(session: Session, run: JobRun, usage: Usage, reason: str) -> None:
+    unbilled.record(
+        session,
+        account_id=run.account_id,
+        job_id=run.job_id,
+        operation=run.operation,
+        model_name=run.model,
+        usage=usage,
+        hold=run.hold,
+        reason=reason,
+    )
 
 
 def fail_job(
     session: Session, job_id: str, code: str, message: str, *, expired: bool = False
 ) -> Ending:
-    """Release the hold and mark the job failed; empty if it was already final."""
-    if not _fail(session, job_id, code, message, expired=expired):
-        return Ending()
-    return _ended(session, [job_id])
+    """Mark the job failed and release its hold; empty if it was already final."""
+    account_id = _end_uncharged(session, job_id, "failed", code, message, expired=expired)
+    return ended(session, [(job_id, account_id)]) if account_id else Ending()
 
 
-def _fail(session: Session, job_id: str, code: str, message: str, *, expired: bool) -> bool:
-    ledger.release(session, job_id, expired=expired)
-    failed = session.execute(
+def _end_uncharged(
+    session: Session,
+    job_id: str,
+    status: str,
+    code: str,
+    message: str,
+    *,
+    expired: bool = False,
+    queued_only: bool = False,
+) -> str | None:
+    """Final status first (locks the job row), then release; the job's account, or None
+    if it was already final (or, `queued_only`, not queued)."""
+    current = Job.status == "queued" if queued_only else Job.status.not_in(FINAL_JOB_STATUSES)
+    account_id = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status.not_in(FINAL_JOB_STATUSES))
-        .values(
-            status="failed", error_code=code, error_message=message[:2000], finished_at=utcnow()
-        )
+        .where(Job.id == job_id, current)
+        .values(status=status, error_code=code, error_message=message[:2000], finished_at=utcnow())
+        .returning(Job.account_id)
         .execution_options(synchronize_session=False)
-    ).rowcount  # type: ignore[attr-defined]
-    return bool(failed)
+    ).scalar_one_or_none()
+    if account_id is not None:
+        ledger.release(session, job_id, expired=expired)
+    return account_id
 
 
 def cancel_job(session: Session, account_id: str, job_id: str) -> Ending:
-    """Cancel a queued job and release its hold (another account's job: 404)."""
-    cancelled = session.execute(
+    """Cancel a job of the account (another account's job: 404).
+
+    Queued (waiting or dispatched): ends now, hold released. Running: the cancel is
+    recorded and the worker ends the job at its next safe point (`finish_run`). Final:
+    409.
+    """
+    job = get_job(session, account_id, job_id)
+    if _end_uncharged(
+        session,
+        job_id,
+        "cancelled",
+        "cancelled",
+        "Cancelled by the account before it started. Nothing was charged.",
+        queued_only=True,
+    ):
+        session.refresh(job)
+        return ended(session, [(job_id, account_id)])
+    requested = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.account_id == account_id, Job.status == "queued")
-        .values(
-            status="cancelled",
-            finished_at=utcnow(),
-            error_code="cancelled",
-            error_message="Cancelled by the account before it started.",
-        )
+        .where(Job.id == job_id, Job.status == "running")
+        .values(cancel_requested_at=func.coalesce(Job.cancel_requested_at, utcnow()))
         .execution_options(synchronize_session=False)
     ).rowcount  # type: ignore[attr-defined]
-    job = get_job(session, account_id, job_id)
-    if not cancelled:
-        raise JobNotCancellable(
-            f"Job is {job.status}; only queued jobs can be cancelled.", status=job.status
-        )
-    ledger.release(session, job_id)
     session.refresh(job)
-    return _ended(session, [job_id])
+    if not requested:
+        raise JobNotCancellable(f"Job is {job.status}; it has already ended.", status=job.status)
+    return Ending()
 
 
-def sweep_expired_holds(session: Session, now: datetime) -> Ending:
-    """Release holds past their expiry and fail their jobs."""
+def end_dead_job(session: Session, job_id: str, *, cancelled: bool, attempts: int) -> Ending:
+    """The reconciler's ending for a running job whose worker died: cancelled if the
+    account asked for it, else failed after too many lost runs. Nothing is charged (no
+    usage was reported back)."""
+    if cancelled:
+        status, code = "cancelled", "cancelled"
+        message = "Cancelled by the account while it ran. Nothing was charged."
+    else:
+        status, code = "failed", "worker_lost"
+        message = f"The job's worker stopped during {attempts} runs. Nothing was charged."
+    account_id = _end_uncharged(session, job_id, status, code, message)
+    return ended(session, [(job_id, account_id)]) if account_id else Ending()
+
+
+def sweep_expired_holds(session: Session, now: datetime, hold_ttl: timedelta) -> Ending:
+    """Release the holds of truly dead jobs and fail them.
+
+    A hold expires only for a job that holds a slot, is past its hold's `expires_at`, and
+    showed no sign of life (its dispatch, a heartbeat) for a whole `hold_ttl`: live work
+    keeps its hold, and a job waiting for a slot is live (its account's earlier jobs run).
+    """
+    rows = session.execute(
+        select(Job.id, Job.account_id)
+        .join(CreditReservation, CreditReservation.job_id == Job.id)
+        .where(
+            CreditReservation.status == "held",
+            CreditReservation.expires_at < now,
+            holds_slot(),
+            func.coalesce(Job.heartbeat_at, Job.dispatched_at) < now - hold_ttl,
+        )
+        .order_by(CreditReservation.expires_at)
+        .limit(500)
+        .with_for_update(of=Job, skip_locked=True, key_share=True)
+    ).all()
     swept = [
-        job_id
-        for job_id in ledger.expired_hold_job_ids(session, now)
-        if _fail(
+        (row.id, row.account_id)
+        for row in rows
+        if _end_uncharged(
             session,
-            job_id,
+            row.id,
+            "failed",
             "hold_expired",
-            "The job did not finish before its credit hold expired; nothing was charged.",
+            "The job showed no sign of life before its credit hold expired; nothing was charged.",
             expired=True,
         )
     ]
-    return _ended(session, swept, now)
+    return ended(session, swept, now)
+
+
+def stale_running(now: datetime, stale_after: timedelta) -> ColumnElement[bool]:
+    """SQL: a running job whose worker stopped heart-beating and that was not re-sent
+    since (the reconciler's and the start gate's notion of a dead run)."""
+    before = now - stale_after
+    return and_(
+        Job.status == "running",
+        or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < before),
+        or_(Job.sent_at.is_(None), Job.sent_at < before),
+    )

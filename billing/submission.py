@@ -1,11 +1,12 @@
-"""Submitting a job: validate, choose the model, hold the credits and write the job row,
-all in the caller's transaction (the caller enqueues after commit)."""
+"""Submitting a job: validate, choose the model, hold the credits, write the job row and
+admit it into a free concurrency slot, all in the caller's transaction (the caller sends
+the admitted jobs to the broker after commit; the others wait, queued)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -14,12 +15,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from billing import budgets, ledger
+from billing.admission import Dispatch, admit
 from billing.errors import IdempotencyConflict, InvalidInput
 from billing.operations import Operation, get_operation, validate_input
 from billing.policy import resolve_model
 from billing.sites import get_site
 from billing.webhook_urls import STRICT_URLS, UrlPolicy
-from models import Account, AIModelConfig, Job, new_id
+from models import Account, AIModelConfig, Job, new_id, utcnow
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,8 @@ class JobRequest:
 class Submission:
     job: Job
     created: bool
+    # Jobs that took a slot (this one, unless older jobs of the account still wait).
+    dispatches: list[Dispatch] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -64,11 +68,12 @@ class Estimate:
     quote: Quote
     available: int
     can_spend: bool
+    within_budget: bool = True
 
     @property
     def affordable(self) -> bool:
-        """Would the hold be taken right now (the reserve's own test)?"""
-        return self.can_spend and self.quote.credits <= self.available
+        """Would the hold be taken right now (the reserve's and the budgets' tests)?"""
+        return self.can_spend and self.within_budget and self.quote.credits <= self.available
 
     def view(self) -> dict[str, Any]:
         return {
@@ -77,6 +82,7 @@ class Estimate:
             "credits": self.quote.credits,
             "affordable": self.affordable,
             "available": self.available,
+            "within_budget": self.within_budget,
         }
 
 
@@ -105,7 +111,12 @@ def estimate_job(session: Session, account: Account, request: JobRequest) -> Est
     operation = get_operation(request.operation)
     job_input = validate_input(operation, request.input)
     quote = quote_job(session, account, operation, job_input, request.site_id, request.model)
-    return Estimate(quote, account.available_credits, account.status in ledger.SPENDING_STATUSES)
+    return Estimate(
+        quote,
+        account.available_credits,
+        account.status in ledger.SPENDING_STATUSES,
+        within_budget=budgets.exceeded(session, account, operation.name, quote.credits) is None,
+    )
 
 
 def submit_job(
@@ -148,7 +159,7 @@ def submit_job(
         if earlier is not None:
             return Submission(earlier, created=False)
     ledger.reserve(session, account.id, job.id, hold, hold_ttl)
-    return Submission(job, created=True)
+    return Submission(job, created=True, dispatches=admit(session, account.id, utcnow()))
 
 
 def _insert_once(session: Session, job: Job, request: JobRequest) -> Job | None:

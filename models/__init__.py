@@ -17,7 +17,13 @@ from models.artifacts import Cluster, Content, Idea, Image, ImagePrompt
 from models.base import Base, as_utc, new_id, utcnow
 from models.job import FINAL_JOB_STATUSES, JOB_STATUSES, Job
 from models.keyword_library import KEYWORD_INTENTS, LibraryKeyword
-from models.ledger import CreditReservation, CreditTransaction, CreditUsageLog
+from models.ledger import (
+    UNBILLED_REASONS,
+    CreditReservation,
+    CreditTransaction,
+    CreditUsageLog,
+    UnbilledUsage,
+)
 from models.lifecycle import AccountEvent, PeriodRun
 from models.plan import Plan
 from models.purchase import PURCHASE_KINDS, PURCHASE_STATUSES, Purchase
@@ -32,6 +38,7 @@ __all__ = [
     "PAYMENT_METHODS",
     "PURCHASE_KINDS",
     "PURCHASE_STATUSES",
+    "UNBILLED_REASONS",
     "USER_ROLES",
     "AIModelConfig",
     "AISettings",
@@ -55,6 +62,7 @@ __all__ = [
     "Plan",
     "Purchase",
     "Site",
+    "UnbilledUsage",
     "User",
     "WebhookAttempt",
     "WebhookDelivery",

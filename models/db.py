@@ -33,7 +33,17 @@ def database_url() -> str:
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         return _make_sqlite_engine(url)
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    from settings import get_settings
+
+    # Sized for a threads-pool worker: each thread holds a connection only for its short
+    # transactions, never across a provider call (DB_POOL_SIZE, DB_MAX_OVERFLOW).
+    settings = get_settings()
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+    )
 
 
 def _make_sqlite_engine(url: str) -> Engine:

@@ -5,13 +5,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import CheckConstraint, ForeignKey, Index, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, CreatedAt, new_id, one_of
 
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINAL_JOB_STATUSES = ("succeeded", "failed", "cancelled")
+# A job holds one of its account's concurrency slots from dispatch until it ends.
+_HOLDS_SLOT = "status IN ('queued', 'running') AND dispatched_at IS NOT NULL"
+_WAITING = "status = 'queued' AND dispatched_at IS NULL"
 
 
 class Job(CreatedAt, Base):
@@ -23,6 +26,22 @@ class Job(CreatedAt, Base):
         # Platform totals per day scan jobs by time only; BRIN stays tiny on an append-only
         # table and costs the insert almost nothing (a btree on SQLite).
         Index("ix_jobs_created_at", "created_at", postgresql_using="brin"),
+        # Partial indexes: admission counts an account's slots and takes its oldest waiting
+        # job; the reconciler scans the slot holders. Both stay small (final jobs leave).
+        Index(
+            "ix_jobs_slots",
+            "account_id",
+            sqlite_where=text(_HOLDS_SLOT),
+            postgresql_where=text(_HOLDS_SLOT),
+        ),
+        Index(
+            "ix_jobs_waiting",
+            "account_id",
+            "created_at",
+            "id",
+            sqlite_where=text(_WAITING),
+            postgresql_where=text(_WAITING),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("job"))
@@ -46,3 +65,10 @@ class Job(CreatedAt, Base):
     # The automation run that made this job (runs are not built yet, hence no foreign key):
     # usage counts a job's spending as `automation` when it is set, else `manual`.
     automation_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    # In flight (billing/admission.py, billing/runs.py): when the job took a concurrency
+    # slot (set once), when its message was last sent to the broker, the last heartbeat of
+    # the worker running it, and when the account asked to cancel it while it ran.
+    dispatched_at: Mapped[datetime | None]
+    sent_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime | None]
+    cancel_requested_at: Mapped[datetime | None]

@@ -115,3 +115,35 @@ class CreditUsageLog(CreatedAt, Base):
     items_created: Mapped[int] = mapped_column(default=0)
     # The job's automation run, copied by settle: usage counts the row as `automation`.
     automation_id: Mapped[str | None] = mapped_column(String(40))
+    # How the job ended: usage is billed whatever the outcome (README "What is charged").
+    outcome: Mapped[str | None] = mapped_column(String(20))
+
+
+UNBILLED_REASONS = ("duplicate_run", "expired_uncovered", "internal_error")
+
+
+class UnbilledUsage(CreatedAt, Base):
+    """Provider usage nobody was charged for: counted, visible to admins, never dropped.
+
+    A second run of a job that had already ended, a late answer for an expired job the
+    account could no longer cover, or our own failure after the provider answered.
+    """
+
+    __tablename__ = "unbilled_usage"
+    __table_args__ = (
+        CheckConstraint(one_of("reason", UNBILLED_REASONS), name="reason"),
+        Index("ix_unbilled_usage_created", "created_at", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
+    operation: Mapped[str] = mapped_column(String(40))
+    model: Mapped[str] = mapped_column(String(100))
+    tokens_in: Mapped[int] = mapped_column(default=0)
+    tokens_out: Mapped[int] = mapped_column(default=0)
+    images: Mapped[int] = mapped_column(default=0)
+    # What it would have cost the account, and what it cost us.
+    credits: Mapped[int]
+    cost_usd: Mapped[Decimal] = mapped_column(Numeric(14, 6))
+    reason: Mapped[str] = mapped_column(String(30))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from sqlalchemy import Numeric, String
+from sqlalchemy import CheckConstraint, Numeric, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, CreatedAt
@@ -12,6 +12,7 @@ from models.base import Base, CreatedAt
 
 class Plan(CreatedAt, Base):
     __tablename__ = "plans"
+    __table_args__ = (CheckConstraint("max_concurrent_jobs >= 1", name="max_concurrent_jobs"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     slug: Mapped[str] = mapped_column(String(50), unique=True)
@@ -37,3 +38,5 @@ class Plan(CreatedAt, Base):
     allowed_text_models: Mapped[list[str]] = mapped_column(default=list)
     allowed_image_models: Mapped[list[str]] = mapped_column(default=list)
     requests_per_minute: Mapped[int] = mapped_column(default=120)
+    # Jobs of one account dispatched or running at once; the rest wait, queued.
+    max_concurrent_jobs: Mapped[int] = mapped_column(default=2, server_default="2")

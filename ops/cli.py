@@ -5,7 +5,7 @@ seed     load the shipped plans and model prices (idempotent)
 audit    check the ledger invariants; exit 1 naming each violation
 sweep    release expired holds as of --now (default: the current time)
 periodic run one scheduled job as of --now: trial-expiry, ahrefs-reset, renewal, sweep,
-         webhooks (what Celery beat runs; safe to repeat, each period counts once)
+         webhooks, reconcile (what Celery beat runs; safe to repeat, each period counts once)
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from models.db import database_url, transaction
 
 ROOT = Path(__file__).resolve().parent.parent
 # tasks.periodic.JOBS; named here so the parser does not load Celery for other commands.
-PERIODIC_JOBS = ("trial-expiry", "ahrefs-reset", "renewal", "sweep", "webhooks")
+PERIODIC_JOBS = ("trial-expiry", "ahrefs-reset", "renewal", "sweep", "webhooks", "reconcile")
 
 
 def migrate(url: str | None = None) -> None:

@@ -391,7 +391,7 @@ class Stack:
                            "--bind", f"{HOST}:{api_port}", "api.app:create_app()"])  # fmt: skip
         _, worker_ready = self.spawn(
             "worker", [celery, "-A", CELERY_APP, "worker", "-Q",
-                       "text,image,webhooks,default", "-c", "2", "--loglevel", "INFO",
+                       "text,image,webhooks,default", "--loglevel", "INFO",
                        "-n", "worker@%h"], ready=" ready.")  # fmt: skip
         self.spawn("beat", [celery, "-A", CELERY_APP, "beat", "--loglevel", "INFO",
                             "-s", str(self.var / "celerybeat-schedule")])  # fmt: skip

@@ -2,8 +2,10 @@
 
 Tests make a stand-in slow or failing in three ways: `SIM_LATENCY_MS` (every provider
 call), the `X-Sim-Latency-Ms` / `X-Sim-Fail-Status` headers (one request), and queued
-rules posted to `/_sim/faults` (the next `times` matching requests). `/_sim/stats` counts
-requests per kind and the ones that failed.
+rules posted to `/_sim/faults` (the next `times` matching requests). A rule's `answer`
+spoils a chat answer that is still billed: `overlong` runs past `max_tokens` (cut off,
+finish_reason `length`), `not_json` is prose. `/_sim/stats` counts requests per kind and
+the ones that failed.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app, g, request
 
 from simulator.errors import (
     RequestError,
@@ -32,6 +34,7 @@ from simulator.errors import (
 logger = logging.getLogger(__name__)
 
 MAX_LATENCY_MS = 600_000
+ANSWERS = ("overlong", "not_json")
 
 View = Callable[[], Response]
 
@@ -46,6 +49,7 @@ class FaultRule:
     latency_ms: int
     match: str | None
     retry_after: float | None
+    answer: str | None = None
 
 
 class FaultInjector:
@@ -66,9 +70,12 @@ class FaultInjector:
         latency_ms: int,
         match: str | None,
         retry_after: float | None,
+        answer: str | None = None,
     ) -> FaultRule:
         with self._lock:
-            rule = FaultRule(self._next_rule_id, status, times, latency_ms, match, retry_after)
+            rule = FaultRule(
+                self._next_rule_id, status, times, latency_ms, match, retry_after, answer
+            )
             self._next_rule_id += 1
             self._rules.append(rule)
             return FaultRule(**asdict(rule))
@@ -135,6 +142,7 @@ def counted(kind: str, *, queued: bool = True) -> Callable[[View], View]:
         def wrapper() -> Response:
             faults = injector()
             rule = faults.begin_request(kind, raw_body(), queued)
+            g.sim_answer = rule.answer if rule else None
             try:
                 response = _injected_failure(faults, rule, queued) or view()
             except RequestError as exc:
@@ -210,7 +218,10 @@ def add_fault() -> Response:
         or not 0 <= retry_after <= 86_400
     ):
         raise RequestError(400, "'retry_after' must be a number of seconds or null.")
-    rule = injector().add_rule(status, times, latency_ms, match, retry_after)
+    answer = payload.get("answer")
+    if answer is not None and answer not in ANSWERS:
+        raise RequestError(400, f"'answer' must be one of {list(ANSWERS)} or null.")
+    rule = injector().add_rule(status, times, latency_ms, match, retry_after, answer)
     return json_response(201, asdict(rule))
 
 

@@ -8,7 +8,7 @@ import re
 import time
 from typing import Any
 
-from flask import Blueprint, Response, abort, current_app, request
+from flask import Blueprint, Response, abort, current_app, g, request
 
 from simulator.answers import (
     count_tokens,
@@ -26,6 +26,7 @@ from simulator.errors import (
     str_field,
 )
 from simulator.faults import counted
+from simulator.ratelimits import rate_limited
 
 MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-4.1", "hidream-full", "dall-e-3", "gpt-image-1")
 IMAGE_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
@@ -35,6 +36,7 @@ openai = Blueprint("openai", __name__)
 
 
 @openai.post("/v1/chat/completions")
+@rate_limited
 @counted("chat")
 def chat() -> Response:
     payload = json_object()
@@ -55,7 +57,7 @@ def chat() -> Response:
         limit = int_field(payload, "max_tokens", None, 1, 1_000_000)
     n = int_field(payload, "n", 1, 1, 8) or 1
 
-    content, truncated = generate_content_for(messages), False
+    content, truncated = spoiled(generate_content_for(messages), limit), False
     if limit is not None:
         content, truncated = truncate_tokens(content, limit)
     message = {"role": "assistant", "content": content, "refusal": None}
@@ -85,7 +87,18 @@ def chat() -> Response:
     return json_response(200, body)
 
 
+def spoiled(content: str, limit: int | None) -> str:
+    """The answer a fault rule asked for instead: past `max_tokens`, or not JSON."""
+    answer = g.get("sim_answer")
+    if answer == "overlong":
+        return content + " more" * ((limit or 1000) + 1)
+    if answer == "not_json":
+        return "Here is what I came up with: " + content[:200]
+    return content
+
+
 @openai.post("/v1/images/generations")
+@rate_limited
 @counted("images")
 def images() -> Response:
     payload = json_object()

@@ -24,6 +24,8 @@ from simulator.ahrefs import ahrefs
 from simulator.errors import RequestError, error_response, json_response
 from simulator.faults import FaultInjector, control
 from simulator.openai_api import openai
+from simulator.ratelimits import RateLimits
+from simulator.ratelimits import control as ratelimit_control
 from simulator.stripe_api import CheckoutSessions, stripe
 
 logger = logging.getLogger(__name__)
@@ -37,7 +39,8 @@ def create_app(faults: FaultInjector) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.extensions["simulator.faults"] = faults
     app.extensions["simulator.stripe"] = CheckoutSessions()
-    for blueprint in (openai, ahrefs, stripe, control):
+    app.extensions["simulator.ratelimits"] = RateLimits()
+    for blueprint in (openai, ahrefs, stripe, control, ratelimit_control):
         app.register_blueprint(blueprint)
     app.add_url_rule("/healthz", "healthz", lambda: json_response(200, {"status": "ok"}))
     app.register_error_handler(RequestError, RequestError.response)

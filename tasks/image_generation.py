@@ -5,24 +5,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from billing.pricing import Usage
-from billing.runs import JobRun
+from billing.runs import JobRun, Outcome
 from models import Image
 from workers import provider
 from workers.celery_app import celery
-from workers.runtime import HandlerResult, JobTask, artifact_fields
+from workers.inflight import Flight
+from workers.runtime import JobTask, artifact_fields
 
 
 @dataclass(frozen=True)
 class ImageHandler:
-    def execute(self, run: JobRun) -> HandlerResult:
+    def execute(self, run: JobRun, flight: Flight) -> Outcome:
         prompt = run.input["prompt"]
-        urls = provider.generate_images(run.provider_model, prompt, run.input["count"])
+        urls = provider.generate_images(run.provider_model, prompt, run.input["count"], flight)
         images = [
             Image(url=url, prompt=prompt, model=run.model, **artifact_fields(run)) for url in urls
         ]
-        return HandlerResult(
-            Usage(images=len(urls)), {"images": [{"url": u} for u in urls]}, list(images)
-        )
+        result = {"images": [{"url": url} for url in urls]}
+        return Outcome(Usage(images=len(urls)), result, list(images))
 
 
 HANDLER = ImageHandler()

@@ -19,13 +19,15 @@ from typing import Any
 import redis
 from sqlalchemy.orm import Session
 
-from billing import lifecycle, webhooks
+import metrics
+from billing import lifecycle, reconciliation, webhooks
+from billing.admission import Dispatch
 from billing.runs import sweep_expired_holds as release_expired_holds
 from models import utcnow
 from models.db import transaction
 from settings import get_settings
 from workers.celery_app import celery
-from workers.dispatch import enqueue_webhooks
+from workers.dispatch import enqueue_dispatches, enqueue_webhooks, job_queue_lengths
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,7 @@ WEBHOOK_REQUEUE_GRACE = timedelta(seconds=30)
 class PeriodicReport:
     summary: str
     deliveries: list[str] = field(default_factory=list)
+    dispatches: list[Dispatch] = field(default_factory=list)
 
 
 def _trial_expiry(session: Session, now: datetime) -> PeriodicReport:
@@ -61,10 +64,39 @@ def _renewal(session: Session, now: datetime) -> PeriodicReport:
 
 
 def _sweep(session: Session, now: datetime) -> PeriodicReport:
-    swept = release_expired_holds(session, now)
+    hold_ttl = timedelta(seconds=get_settings().hold_ttl_seconds)
+    swept = release_expired_holds(session, now, hold_ttl)
     if swept:
         log.warning("released %d expired holds: %s", len(swept.job_ids), swept.job_ids[:20])
-    return PeriodicReport(f"{len(swept.job_ids)} expired hold(s) released", swept.deliveries)
+        metrics.RECONCILER_ACTIONS.labels("hold_expired").inc(len(swept.job_ids))
+    return PeriodicReport(
+        f"{len(swept.job_ids)} expired hold(s) released", swept.deliveries, swept.dispatches
+    )
+
+
+def _reconcile(session: Session, now: datetime) -> PeriodicReport:
+    settings = get_settings()
+    policy = reconciliation.Policy(
+        heartbeat_stale=timedelta(seconds=settings.heartbeat_stale_seconds),
+        dispatch_stale=timedelta(seconds=settings.dispatch_stale_seconds),
+        max_attempts=settings.job_max_attempts,
+    )
+    try:
+        in_broker = job_queue_lengths()
+    except Exception:
+        # Unknown: every stale dispatched job is sent again (duplicates are harmless).
+        log.warning("reconcile: broker queue lengths unavailable", exc_info=True)
+        in_broker = {}
+    done = reconciliation.reconcile(session, now, policy, in_broker)
+    for action, count in (
+        ("sent_again", len(done.resent)),
+        ("ended_dead", sum(len(ending.job_ids) for ending in done.endings)),
+        ("admitted", len(done.admitted)),
+    ):
+        metrics.RECONCILER_ACTIONS.labels(action).inc(count)
+    if done.resent:
+        log.warning("reconcile: sent again: %s", [d.job_id for d in done.resent][:20])
+    return PeriodicReport(done.summary(), done.deliveries, done.dispatches)
 
 
 def _webhook_requeue(session: Session, now: datetime) -> PeriodicReport:
@@ -78,6 +110,7 @@ JOBS: dict[str, Callable[[Session, datetime], PeriodicReport]] = {
     "renewal": _renewal,
     "sweep": _sweep,
     "webhooks": _webhook_requeue,
+    "reconcile": _reconcile,
 }
 
 
@@ -85,6 +118,7 @@ def run_periodic(name: str, now: datetime | None = None) -> str:
     """Run one periodic job as of `now` (default: the current time); its summary."""
     with transaction() as session:
         outcome = JOBS[name](session, now or utcnow())
+    enqueue_dispatches(outcome.dispatches)
     enqueue_webhooks(outcome.deliveries)
     log.info("periodic %s: %s", name, outcome.summary)
     return outcome.summary
@@ -128,6 +162,7 @@ def beat_task(name: str, job: str, lock_ttl: float) -> Any:
 
 sweep_expired_holds = beat_task("tasks.periodic.sweep_expired_holds", "sweep", 300)
 requeue_webhooks = beat_task("tasks.periodic.requeue_webhooks", "webhooks", 300)
+reconcile_jobs = beat_task("tasks.periodic.reconcile_jobs", "reconcile", 300)
 expire_trials = beat_task("tasks.periodic.expire_trials", "trial-expiry", 1800)
 reset_ahrefs_usage = beat_task("tasks.periodic.reset_ahrefs_usage", "ahrefs-reset", 1800)
 renew_credits = beat_task("tasks.periodic.renew_credits", "renewal", 1800)

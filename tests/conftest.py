@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import delete, text
+from sqlalchemy.exc import OperationalError
 
 from billing import catalog
 from billing.audit import audit
@@ -59,12 +61,16 @@ def sim() -> Iterator[Any]:
 
 @pytest.fixture
 def sim_control(sim: Any) -> Iterator[httpx.Client]:
-    """HTTP control of the simulated provider's faults; cleared around each test."""
+    """HTTP control of the simulated provider's faults and rate limits; cleared around
+    each test."""
+    no_limits = {"rpm": 0, "tpm": 0, "window_seconds": 60}
     with httpx.Client(base_url=sim.url) as client:
         client.delete("/_sim/faults")
         client.delete("/_sim/stats")
+        client.put("/_sim/ratelimit", json=no_limits)
         yield client
         client.delete("/_sim/faults")
+        client.put("/_sim/ratelimit", json=no_limits)
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
@@ -95,14 +101,24 @@ def db_url(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         catalog.seed(session)
 
 
-def truncate(url: str) -> None:
+def truncate(url: str, attempts: int = 5) -> None:
+    """Empty every non-catalog table. A worker still writing (a heartbeat, a webhook
+    attempt) can deadlock with TRUNCATE's table locks on PostgreSQL: try again."""
     tables = [t.name for t in reversed(Base.metadata.sorted_tables) if t.name not in KEPT_TABLES]
-    with get_engine(url).begin() as connection:
-        if url.startswith("postgresql"):
-            connection.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
-        else:
-            for table in tables:
-                connection.execute(text(f"DELETE FROM {table}"))
+    for attempt in range(attempts):
+        try:
+            with get_engine(url).begin() as connection:
+                if url.startswith("postgresql"):
+                    names = ", ".join(tables)
+                    connection.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+                else:
+                    for table in tables:
+                        connection.execute(text(f"DELETE FROM {table}"))
+            return
+        except OperationalError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 @pytest.fixture
@@ -150,6 +166,11 @@ def worker_env(database_url: str, redis_server: RedisServer, sim: Any) -> dict[s
         "OPENAI_BASE_URL": sim.url + "/v1",
         "PROVIDER_RETRY_MAX_WAIT": "0.2",
         "PROVIDER_MAX_ATTEMPTS": "3",
+        # No limits unless a test sets an admin override; a short window when it does.
+        "PROVIDER_RATE_WINDOW_SECONDS": "5",
+        # Heartbeats often enough that tests may shorten the hold TTL to seconds.
+        "HEARTBEAT_INTERVAL_SECONDS": "1",
+        "HEARTBEAT_STALE_SECONDS": "5",
     }
 
 

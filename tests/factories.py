@@ -31,6 +31,8 @@ HOLD_TTL = timedelta(hours=1)
 
 # A cheap text job: hold = ceil(bound / 100) credits on gpt-4o-mini.
 CLUSTERING = {"operation": "clustering", "input": {"keywords": ["running shoes", "trail shoes"]}}
+# The cheapest job there is: one image on hidream-full holds 1 credit.
+IMAGE = {"operation": "image_generation", "input": {"prompt": "a lighthouse", "count": 1}}
 
 
 def make_account(
@@ -200,6 +202,53 @@ def cycles_in_process(
             except Exception:
                 outcome["errors"].append(traceback.format_exc())
         outcome["seconds"] = time.monotonic() - started
+    except Exception:
+        outcome["errors"].append(traceback.format_exc())
+    finally:
+        dispose_engines()
+        results.put(outcome)
+
+
+def admission_churn_in_process(
+    url: str, account_id: str, rounds: int, barrier: Any, results: Any
+) -> None:
+    """`rounds` x (submit; start the account's oldest dispatched job and finish it), each
+    step its own transaction, racing the other processes; reports the most slots in use
+    seen after any commit."""
+    from billing.admission import holds_slot
+    from models.db import dispose_engines, transaction
+
+    _child_setup(url)
+    outcome = {"pid": os.getpid(), "finished": 0, "max_slots": 0, "errors": []}
+
+    def slots() -> int:
+        with transaction(url) as session:
+            query = select(func.count()).where(Job.account_id == account_id, holds_slot())
+            return int(session.scalar(query) or 0)
+
+    try:
+        barrier.wait(60)
+        for n in range(rounds):
+            try:
+                with transaction(url) as session:
+                    submit(session, account_id, request(IMAGE))
+                outcome["max_slots"] = max(outcome["max_slots"], slots())
+                if n % 2:
+                    continue
+                with transaction(url) as session:
+                    job_id = session.scalar(
+                        select(Job.id)
+                        .where(Job.account_id == account_id, Job.status == "queued", holds_slot())
+                        .order_by(Job.created_at)
+                    )
+                    run = start_job(session, job_id) if job_id else None
+                if run is not None:
+                    with transaction(url) as session:
+                        if complete_job(session, run, Usage(images=1), {}, []):
+                            outcome["finished"] += 1
+                outcome["max_slots"] = max(outcome["max_slots"], slots())
+            except Exception:
+                outcome["errors"].append(traceback.format_exc())
     except Exception:
         outcome["errors"].append(traceback.format_exc())
     finally:

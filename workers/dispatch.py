@@ -6,11 +6,14 @@ import logging
 from collections.abc import Iterable
 
 import logs
+from billing.admission import Dispatch
 from billing.operations import OPERATIONS
+from billing.runs import Ending
 from workers.celery_app import celery
 
 log = logging.getLogger(__name__)
 DELIVER_WEBHOOK = "tasks.webhooks.deliver"
+JOB_QUEUES = tuple(dict.fromkeys(op.queue for op in OPERATIONS.values()))
 
 
 def enqueue_job(job_id: str, operation: str) -> None:
@@ -26,6 +29,16 @@ def _log_headers() -> dict[str, str]:
     return {"request_id": request_id} if request_id else {}
 
 
+def enqueue_dispatches(dispatches: Iterable[Dispatch]) -> None:
+    """After commit: send admitted jobs to the broker. Never raises: the jobs hold their
+    slots in the database, and the reconciler re-sends any whose message was lost here."""
+    for dispatch in dispatches:
+        try:
+            enqueue_job(dispatch.job_id, dispatch.operation)
+        except Exception:
+            log.exception("could not enqueue job %s; the reconciler will", dispatch.job_id)
+
+
 def enqueue_webhooks(delivery_ids: Iterable[str | None], countdown: float | None = None) -> None:
     """After commit: hand deliveries to the `webhooks` queue. Never raises: the delivery
     rows are already committed, and the periodic requeue sends any whose message was
@@ -37,3 +50,20 @@ def enqueue_webhooks(delivery_ids: Iterable[str | None], countdown: float | None
             celery.send_task(DELIVER_WEBHOOK, args=[delivery_id], countdown=countdown)
         except Exception:
             log.exception("could not enqueue webhook delivery %s; the sweep will", delivery_id)
+
+
+def send_ending(ending: Ending) -> None:
+    """After the commit of a job's ending: the jobs admitted into the freed slots, then
+    the webhook events."""
+    enqueue_dispatches(ending.dispatches)
+    enqueue_webhooks(ending.deliveries)
+
+
+def job_queue_lengths() -> dict[str, int]:
+    """Messages waiting in each AI queue (all priority levels), for the reconciler."""
+    with celery.connection_for_read() as connection:
+        channel = connection.default_channel
+        return {
+            queue: int(channel.queue_declare(queue=queue, passive=True).message_count)
+            for queue in JOB_QUEUES
+        }

@@ -4,6 +4,12 @@ The same code talks to the bundled simulated provider (no OPENAI_API_KEY) and to
 real service: only the base URL and key differ. 429, 5xx, timeouts and connection
 errors are retried with jittered exponential backoff that honours Retry-After;
 4xx validation errors are not retried.
+
+One client per process, shared by every worker thread, with an httpx connection pool
+sized for WORKER_CONCURRENCY. The threads pool has no task time limits, so the call is
+bounded here: each request by PROVIDER_TIMEOUT_SECONDS (the client's timeout), all
+attempts together by PROVIDER_DEADLINE_SECONDS (no new attempt after it). Before each
+attempt the caller's guard is asked whether the job was cancelled (a safe point).
 """
 
 from __future__ import annotations
@@ -11,20 +17,24 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+import httpx
 import openai
 from openai import OpenAI
 from tenacity import (
     RetryCallState,
     Retrying,
     retry_if_exception_type,
-    stop_after_attempt,
     wait_random_exponential,
 )
 
-from settings import get_settings
+import metrics
+from settings import Settings, get_settings
+from workers import ratelimit
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +55,26 @@ class ProviderError(Exception):
         self.message = message
 
 
+class Guard(Protocol):
+    """The job's safe points: `check` raises if it was cancelled; `sleep` waits, waking
+    early on a cancel."""
+
+    def check(self) -> None: ...
+
+    def sleep(self, seconds: float) -> None: ...
+
+
+class _NoGuard:
+    def check(self) -> None:
+        return None
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+NO_GUARD: Guard = _NoGuard()
+
+
 @dataclass(frozen=True)
 class ChatResult:
     text: str
@@ -54,15 +84,25 @@ class ChatResult:
 
 
 @functools.cache
-def client(base_url: str, api_key: str, timeout: float) -> OpenAI:
+def client(base_url: str, api_key: str, timeout: float, connections: int) -> OpenAI:
+    """One per process and settings: every thread shares its connection pool."""
+    http = httpx.Client(
+        timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+    )
     # max_retries=0: tenacity is the only retry loop, so attempts are counted once.
-    return OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout)
+    return OpenAI(
+        base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout, http_client=http
+    )
 
 
-def _client() -> OpenAI:
-    settings = get_settings()
+def _client(settings: Settings | None = None) -> OpenAI:
+    settings = settings or get_settings()
     return client(
-        settings.openai_base_url, settings.openai_api_key, float(settings.provider_timeout_seconds)
+        settings.openai_base_url,
+        settings.openai_api_key,
+        float(settings.provider_timeout_seconds),
+        settings.worker_concurrency + 10,
     )
 
 
@@ -75,8 +115,25 @@ def _retry_after(exc: BaseException | None) -> float:
         return 0.0
 
 
-def _retrying() -> Retrying:
-    settings = get_settings()
+class _Budget:
+    """What one call may spend: PROVIDER_MAX_ATTEMPTS failures (a 429 is not one: the
+    limiter paces the retry) and PROVIDER_DEADLINE_SECONDS (time spent waiting for the
+    rate limiter does not count: a job waits its turn rather than failing)."""
+
+    def __init__(self, max_attempts: int, deadline: float) -> None:
+        self.max_attempts, self.deadline = max_attempts, deadline
+        self.failures = 0
+        self.limiter_wait = 0.0
+
+    def stop(self, state: RetryCallState) -> bool:
+        exc = state.outcome.exception() if state.outcome else None
+        if not isinstance(exc, openai.RateLimitError):
+            self.failures += 1
+        spent = state.seconds_since_start - self.limiter_wait
+        return self.failures >= self.max_attempts or spent > self.deadline
+
+
+def _retrying(guard: Guard, budget: _Budget, settings: Settings, model: str) -> Retrying:
     backoff = wait_random_exponential(multiplier=0.25, max=settings.provider_retry_max_wait)
 
     def wait(state: RetryCallState) -> float:
@@ -86,29 +143,68 @@ def _retrying() -> Retrying:
     def before_sleep(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         log.warning("provider call failed (attempt %s): %r; retrying", state.attempt_number, exc)
+        metrics.PROVIDER_RETRIES.labels(model).inc()
 
     return Retrying(
         retry=retry_if_exception_type(RETRYABLE),
-        stop=stop_after_attempt(settings.provider_max_attempts),
+        stop=budget.stop,
         wait=wait,
         before_sleep=before_sleep,
         reraise=True,
+        sleep=guard.sleep,
     )
 
 
-def _call(fn: Any, **kwargs: Any) -> Any:
+def _call(
+    method: Callable[[OpenAI], Any], guard: Guard, model: str, tokens: int = 0, **kwargs: Any
+) -> Any:
+    """One provider call (`method` of the process's client) with its retries; before
+    each attempt, a safe point (cancel) and the shared rate limiter. A 429 pauses
+    `model` for every worker."""
+    settings = get_settings()
+    fn = method(_client(settings))
+    budget = _Budget(settings.provider_max_attempts, settings.provider_deadline_seconds)
+
+    def attempt() -> Any:
+        guard.check()
+        try:
+            budget.limiter_wait += ratelimit.acquire(model, tokens, guard, settings)
+        except ratelimit.RateLimitWaitExceeded as exc:
+            raise ProviderError(
+                "provider_rate_limited", f"Not sent to the AI provider: {exc}."
+            ) from exc
+        sent = time.monotonic()
+        try:
+            answer = fn(model=model, **kwargs)
+        except openai.RateLimitError as exc:
+            _count_call(model, sent, "rate_limited")
+            ratelimit.pause(model, ratelimit.reset_seconds(exc.response.headers))
+            raise
+        except openai.APIStatusError as exc:
+            _count_call(model, sent, f"http_{exc.status_code}")
+            raise
+        except openai.APIError as exc:
+            _count_call(model, sent, type(exc).__name__)
+            raise
+        _count_call(model, sent, "ok")
+        return answer
+
     try:
-        return _retrying()(fn, **kwargs)
+        return _retrying(guard, budget, settings, model)(attempt)
     except RETRYABLE as exc:
-        attempts = get_settings().provider_max_attempts
         raise ProviderError(
             "provider_unavailable",
-            f"The AI provider failed after {attempts} attempts: {_describe(exc)}",
+            f"The AI provider failed after {budget.failures} attempts: {_describe(exc)}",
         ) from exc
     except openai.APIStatusError as exc:
         raise ProviderError(
             "provider_rejected", f"The AI provider rejected the request: {_describe(exc)}"
         ) from exc
+
+
+def _count_call(model: str, sent: float, outcome: str) -> None:
+    metrics.PROVIDER_CALLS.labels(model, outcome).inc()
+    metrics.PROVIDER_LATENCY.labels(model).observe(time.monotonic() - sent)
 
 
 def _describe(exc: BaseException) -> str:
@@ -125,16 +221,29 @@ def chat_messages(system: str, job_input: dict[str, Any]) -> list[dict[str, str]
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
-def chat(model: str, messages: list[dict[str, str]], max_tokens: int) -> ChatResult:
+def chat(
+    model: str,
+    messages: list[dict[str, str]],
+    max_tokens: int,
+    guard: Guard = NO_GUARD,
+    *,
+    tokens: int = 0,
+) -> ChatResult:
+    """`tokens`: the most this request can count against a tokens-per-minute limit."""
     completion = _call(
-        _client().chat.completions.create,
-        model=model,
+        lambda sdk: sdk.chat.completions.create,
+        guard,
+        model,
+        tokens,
         messages=messages,
         max_tokens=max_tokens,
         response_format={"type": "json_object"},
     )
     choice = completion.choices[0]
     usage = completion.usage
+    if usage:
+        metrics.PROVIDER_TOKENS.labels(model, "input").inc(usage.prompt_tokens)
+        metrics.PROVIDER_TOKENS.labels(model, "output").inc(usage.completion_tokens)
     return ChatResult(
         text=choice.message.content or "",
         tokens_in=usage.prompt_tokens if usage else 0,
@@ -143,8 +252,8 @@ def chat(model: str, messages: list[dict[str, str]], max_tokens: int) -> ChatRes
     )
 
 
-def generate_images(model: str, prompt: str, count: int) -> list[str]:
-    response = _call(_client().images.generate, model=model, prompt=prompt, n=count)
+def generate_images(model: str, prompt: str, count: int, guard: Guard = NO_GUARD) -> list[str]:
+    response = _call(lambda sdk: sdk.images.generate, guard, model, prompt=prompt, n=count)
     urls = [item.url for item in response.data or [] if item.url]
     if not urls:
         raise ProviderError("invalid_output", "The AI provider returned no images.")

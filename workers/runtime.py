@@ -1,9 +1,15 @@
 """The job runtime every AI task runs on: `JobTask`, the base Celery task class.
 
 It owns the lifecycle around the provider call: mark running (or skip a job that is
-already final), call the provider outside any DB transaction, then settle at the
-actual cost or release the hold, each in one short transaction. Redelivery is safe
-because the settle and release transitions are conditional.
+final, not dispatched, or running with a live worker), call the provider outside any DB
+transaction while the process's heartbeat thread keeps the job alive, then end it once:
+settle at the usage the provider billed, or release the hold. Redelivery is safe because
+the settle and release transitions are conditional.
+
+An answer is never dropped because the database was briefly unavailable: the ending is
+retried with backoff for SETTLE_RETRY_SECONDS, and if it still cannot commit the task is
+retried through the broker (not acknowledged as done), so the job runs again and the
+settle gate keeps the charge single.
 """
 
 from __future__ import annotations
@@ -12,19 +18,33 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Protocol
 
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 from pydantic import BaseModel, ValidationError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_delay,
+    wait_exponential,
+    wait_random,
+)
 
+import logs
 from billing.operations import OPERATIONS
-from billing.pricing import Usage
-from billing.runs import JobRun, complete_job, fail_job, start_job
+from billing.pricing import Usage, input_token_bound
+from billing.runs import Ending, JobRun, Outcome, finish_run, start_job
 from models import Base
 from models.db import transaction
-from workers import provider
-from workers.dispatch import enqueue_webhooks
+from settings import get_settings
+from workers import inflight, provider, task_metrics
+from workers.dispatch import send_ending
+from workers.inflight import Flight, JobCancelled
 from workers.provider import ProviderError
 
 log = logging.getLogger(__name__)
@@ -37,15 +57,8 @@ class OutputError(ProviderError):
         super().__init__("invalid_output", message)
 
 
-@dataclass(frozen=True)
-class HandlerResult:
-    usage: Usage
-    result: dict[str, Any]
-    artifacts: list[Base]
-
-
 class Handler(Protocol):
-    def execute(self, run: JobRun) -> HandlerResult: ...
+    def execute(self, run: JobRun, flight: Flight) -> Outcome: ...
 
 
 Parser = Callable[[Any, JobRun], tuple[dict[str, Any], list[Base]]]
@@ -53,7 +66,11 @@ Parser = Callable[[Any, JobRun], tuple[dict[str, Any], list[Base]]]
 
 @dataclass(frozen=True)
 class TextHandler:
-    """A chat-completion operation: prompt, bounded output, JSON parsed into artifacts."""
+    """A chat-completion operation: prompt, bounded output, JSON parsed into artifacts.
+
+    Once the provider answered, its usage is billed whatever the answer: cut off at the
+    output limit or not the expected JSON, the job fails and pays for the tokens.
+    """
 
     system_prompt: str
     output_model: type[BaseModel]
@@ -62,20 +79,43 @@ class TextHandler:
     def messages(self, job_input: dict[str, Any]) -> list[dict[str, str]]:
         return provider.chat_messages(self.system_prompt, job_input)
 
-    def execute(self, run: JobRun) -> HandlerResult:
+    def execute(self, run: JobRun, flight: Flight) -> Outcome:
+        max_tokens = OPERATIONS[run.operation].max_output_tokens(run.input)
         answer = provider.chat(
             run.provider_model,
             self.messages(run.input),
-            OPERATIONS[run.operation].max_output_tokens(run.input),
+            max_tokens,
+            flight,
+            tokens=input_token_bound(run.input) + max_tokens,
         )
+        usage = Usage(answer.tokens_in, answer.tokens_out)
         if answer.finish_reason == "length":
-            raise OutputError("The model's answer was cut off at the output limit.")
+            return _billed_failure(usage, "The model's answer was cut off at the output limit.")
         try:
             output = self.output_model.model_validate(json.loads(answer.text))
+            result, artifacts = self.parse(output, run)
         except (json.JSONDecodeError, ValidationError) as exc:
-            raise OutputError(f"The model's answer was not the expected JSON: {exc}") from None
-        result, artifacts = self.parse(output, run)
-        return HandlerResult(Usage(answer.tokens_in, answer.tokens_out), result, artifacts)
+            return _billed_failure(usage, f"The model's answer was not the expected JSON: {exc}")
+        except OutputError as exc:
+            return _billed_failure(usage, exc.message)
+        except Exception:
+            log.exception("job %s: could not use the provider's answer", run.job_id)
+            # Our bug, not the model's: recorded as unbilled usage, not charged.
+            error = ("internal_error", "The job failed unexpectedly.")
+            return Outcome(usage, error=error, billable=False)
+        return Outcome(usage, result, artifacts)
+
+
+def _billed_failure(usage: Usage, message: str) -> Outcome:
+    return Outcome(usage, error=("invalid_output", message))
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A database that is locked, down, restarting or out of pooled connections: worth
+    retrying. A value it refuses (DataError, IntegrityError) is not."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, OperationalError | InterfaceError | PoolTimeout)
 
 
 class JobTask(Task):  # type: ignore[misc]
@@ -88,34 +128,85 @@ class JobTask(Task):  # type: ignore[misc]
     typing = True
 
     def run_job(self, job_id: str, handler: Handler) -> str:
-        with transaction() as session:
-            run = start_job(session, job_id)
+        settings = get_settings()
+        try:
+            with transaction() as session:
+                run = start_job(
+                    session, job_id, stale_after=timedelta(seconds=settings.heartbeat_stale_seconds)
+                )
+        except SQLAlchemyError as exc:
+            if not is_transient(exc):
+                raise
+            log.warning("job %s: database unavailable at start (%s); retrying", job_id, exc)
+            raise self.retry(exc=exc, countdown=5, max_retries=None) from exc
         if run is None:
-            log.info("job %s: already final or its hold is closed; nothing to do", job_id)
+            log.info("job %s: final, waiting, cancelled or running elsewhere; skipped", job_id)
             return "skipped"
+        logs.bind(account_id=run.account_id, model=run.model)
+        started = task_metrics.record_start(run)
         context = f"job={run.job_id} account={run.account_id} op={run.operation}"
         log.info("%s: running on %s (attempt %s)", context, run.model, run.attempts)
-        try:
-            outcome = handler.execute(run)
-        except ProviderError as exc:
-            return self._fail(run, exc.code, exc.message, context)
-        except SoftTimeLimitExceeded:
-            return self._fail(run, "timeout", "The job exceeded its time limit.", context)
-        except Exception:
-            log.exception("%s: unexpected error", context)
-            return self._fail(run, "internal_error", "The job failed unexpectedly.", context)
-        with transaction() as session:
-            settled = complete_job(session, run, outcome.usage, outcome.result, outcome.artifacts)
-        enqueue_webhooks(settled.deliveries)
-        log.info("%s: %s", context, "succeeded" if settled else "already settled; result dropped")
-        return "succeeded" if settled else "skipped"
+        with inflight.flying(run.job_id) as flight:
+            outcome = _execute(handler, run, flight, context)
+            try:
+                ending = _end(run, outcome, settings.settle_retry_seconds, context)
+            except SQLAlchemyError as exc:
+                log.error("%s: could not record the outcome; the task will run again", context)
+                raise self.retry(exc=exc, countdown=30, max_retries=None) from exc
+        send_ending(ending)
+        if ending.status:
+            task_metrics.record_run(run, ending, started)
+        status = ending.status or "skipped"
+        log.info("%s: %s", context, status)
+        return status
 
-    def _fail(self, run: JobRun, code: str, message: str, context: str) -> str:
-        with transaction() as session:
-            changed = fail_job(session, run.job_id, code, message)
-        enqueue_webhooks(changed.deliveries)
-        log.warning("%s: failed with %s: %s", context, code, message)
-        return "failed" if changed else "skipped"
+
+def _execute(handler: Handler, run: JobRun, flight: Flight, context: str) -> Outcome:
+    try:
+        return handler.execute(run, flight)
+    except JobCancelled:
+        return Outcome()
+    except ProviderError as exc:
+        return Outcome(error=(exc.code, exc.message))
+    except SoftTimeLimitExceeded:  # prefork pool only: the threads pool has no time limits
+        return Outcome(error=("timeout", "The job exceeded its time limit."))
+    except Exception:
+        log.exception("%s: unexpected error", context)
+        return Outcome(error=("internal_error", "The job failed unexpectedly."))
+
+
+def _end(run: JobRun, outcome: Outcome, retry_seconds: float, context: str) -> Ending:
+    """End the run, retrying while the database is unavailable. A value the database
+    refuses ends the job failed without its result, still paying the billed usage."""
+
+    def before_sleep(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning("%s: ending not recorded (attempt %s): %s", context, state.attempt_number, exc)
+
+    retrying = Retrying(
+        retry=retry_if_exception(is_transient),
+        stop=stop_after_delay(retry_seconds),
+        wait=wait_exponential(multiplier=0.5, max=15) + wait_random(0, 1),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    try:
+        return retrying(_finish, run, outcome)
+    except SQLAlchemyError as exc:
+        if is_transient(exc):
+            raise
+        log.exception("%s: the database refused the outcome", context)
+        refused = Outcome(
+            outcome.usage,
+            error=("result_rejected", "The result could not be stored."),
+            billable=outcome.billable,
+        )
+        return retrying(_finish, run, refused)
+
+
+def _finish(run: JobRun, outcome: Outcome) -> Ending:
+    with transaction() as session:
+        return finish_run(session, run, outcome)
 
 
 def artifact_fields(run: JobRun) -> dict[str, Any]:

@@ -171,6 +171,7 @@ ENDPOINTS: list[tuple[str, str, str | None, dict[str, Any]]] = [
         {"site_id": "site_x", "keywords": [{"keyword": "k", "volume": 10, "cpc": "0.50"}]},
     ),
     ("post", "/v1/admin/keyword-library/import", "admin", {"keyword": "k", "country": "us"}),
+    ("put", "/v1/admin/provider-limits/{id}", "admin", {"rpm": 60, "tpm": 0}),
 ]
 
 

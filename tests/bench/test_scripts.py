@@ -94,3 +94,16 @@ def test_keyword_library_bench_prints_plans_and_both_ratios() -> None:
     assert "USING INDEX" in out  # SQLite's plans
     assert "Index Scan" in out  # PostgreSQL's plans
     assert "All three returned the same ids" in out
+
+
+@pytest.mark.parametrize("db", ["sqlite", "postgresql"])
+def test_inflight_bench_prints_both_latencies_and_the_ratio(db: str) -> None:
+    out = run_bench("bench.inflight", "--db", db)
+    done = re.search(r"jobs succeeded: (\d+)/(\d+)", out)
+    assert done is not None, out
+    assert done.group(1) == done.group(2)
+    assert re.search(r"^0 ms\s+20\s", out, re.M), out
+    assert re.search(r"^500 ms\s+20\s", out, re.M), out
+    assert "ratio 500 ms / 0 ms: end to end" in out
+    assert "per-account caps do not bound these" in out
+    assert "audit: []" in out

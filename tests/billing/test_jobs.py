@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from billing import job_views, runs
+from billing import job_views, ledger, runs, unbilled
 from billing.audit import audit
 from billing.errors import (
     AccountInactive,
@@ -32,7 +32,7 @@ from models import (
     Job,
     Keyword,
     Site,
-    as_utc,
+    UnbilledUsage,
     utcnow,
 )
 from models.db import transaction
@@ -274,18 +274,28 @@ def test_cancel_a_queued_job_releases_its_hold(db_url: str) -> None:
     assert_audit_clean(db_url)
 
 
-def test_cancel_refuses_running_jobs_and_other_accounts(db_url: str) -> None:
+def test_cancel_of_a_running_job_is_recorded_for_its_worker(db_url: str) -> None:
+    """Running: the cancel is recorded and the job keeps its hold until the worker's
+    next safe point ends it (see the finish_run tests); another account's job is 404,
+    an ended job 409."""
     account_id, other = new_account(db_url), new_account(db_url)
     job_id = submitted(db_url, account_id, IMAGES)
     with transaction(db_url) as session:
         with pytest.raises(NotFound):
             runs.cancel_job(session, other, job_id)
         assert start_job(session, job_id) is not None
+    with transaction(db_url) as session:
+        assert not runs.cancel_job(session, account_id, job_id)
+        assert not runs.cancel_job(session, account_id, job_id)  # asking twice is fine
+    with transaction(db_url) as session:
+        job = session.get(Job, job_id)
+        assert (job.status, job.cancel_requested_at is not None) == ("running", True)
+        assert hold_of(session, job_id).status == "held"
+        assert runs.should_stop(session, job_id)
+        fail_job(session, job_id, "provider_unavailable", "down")
     with pytest.raises(JobNotCancellable), transaction(db_url) as session:
         runs.cancel_job(session, account_id, job_id)
-    with transaction(db_url) as session:
-        assert hold_of(session, job_id).status == "held"
-        assert session.get(Job, job_id).status == "running"
+    assert_audit_clean(db_url)
 
 
 # --- the worker side ---------------------------------------------------------------------
@@ -432,57 +442,95 @@ def test_fail_after_success_changes_nothing(db_url: str) -> None:
 # --- expired holds -----------------------------------------------------------------------
 
 
-def test_sweep_releases_only_expired_holds_and_fails_their_jobs(db_url: str) -> None:
-    account_id = new_account(db_url, credits=1000)
+def test_sweep_releases_only_the_holds_of_dead_jobs(db_url: str) -> None:
+    """Expired = past the hold's expiry AND no sign of life (dispatch, heartbeat) for a
+    whole hold TTL. A job waiting for a slot, or running with a fresh heartbeat, keeps
+    its hold however old it is."""
+    account_id = new_account(db_url, credits=1000, plan_slug="free-trial")  # 2 slots
     with transaction(db_url) as session:
         acct = session.get(Account, account_id)
 
         def go(ttl: timedelta) -> str:
             return submit_job(session, acct, request(IMAGES), ttl).job.id
 
-        stale_queued = go(timedelta(minutes=1))
-        stale_running = go(timedelta(minutes=2))
-        fresh = go(timedelta(hours=2))
-        settled = go(timedelta(minutes=1))
-    with transaction(db_url) as session:
-        start_job(session, stale_running)
-        run = start_job(session, settled)
-        assert complete_job(session, run, Usage(images=3), {}, [])
-
+        dead_dispatched = go(timedelta(minutes=1))
+        live_running = go(timedelta(minutes=1))
+        waiting = go(timedelta(minutes=1))
     later = utcnow() + timedelta(minutes=10)
     with transaction(db_url) as session:
-        swept = runs.sweep_expired_holds(session, later).job_ids
-    assert sorted(swept) == sorted([stale_queued, stale_running])
+        assert start_job(session, live_running) is not None
+        # Its worker heart-beats right up to the sweep.
+        runs.record_heartbeats(session, [live_running], later - timedelta(seconds=5))
 
     with transaction(db_url) as session:
-        for job_id in swept:
-            job = session.get(Job, job_id)
-            assert (job.status, job.error_code) == ("failed", "hold_expired")
-            assert hold_of(session, job_id).status == "expired"
-        assert session.get(Job, fresh).status == "queued"
-        assert hold_of(session, fresh).status == "held"
-        assert hold_of(session, settled).status == "settled"
-        assert balances(session, account_id) == (997, 3)
-        assert as_utc(hold_of(session, fresh).expires_at) > later
+        swept = runs.sweep_expired_holds(session, later, timedelta(minutes=5))
+    assert swept.job_ids == [dead_dispatched]
+    # The slot it freed went to the waiting job.
+    assert [d.job_id for d in swept.dispatches] == [waiting]
 
     with transaction(db_url) as session:
-        assert runs.sweep_expired_holds(session, later).job_ids == []
-        assert balances(session, account_id) == (997, 3)
-        assert count(session, Job, status="failed") == 2
+        job = session.get(Job, dead_dispatched)
+        assert (job.status, job.error_code) == ("failed", "hold_expired")
+        assert hold_of(session, dead_dispatched).status == "expired"
+        assert session.get(Job, live_running).status == "running"
+        assert hold_of(session, live_running).status == "held"
+        assert hold_of(session, waiting).status == "held"
+        assert runs.sweep_expired_holds(session, later, timedelta(minutes=5)).job_ids == []
+        # Once silent for a whole TTL, the running job is dead too, and so is the job
+        # dispatched at `later` that no worker ever started.
+        silent = later + timedelta(minutes=6)
+        swept_later = runs.sweep_expired_holds(session, silent, timedelta(minutes=5)).job_ids
+        assert sorted(swept_later) == sorted([live_running, waiting])
+        assert balances(session, account_id) == (1000, 0)
     assert_audit_clean(db_url)
 
 
-def test_a_worker_finishing_after_the_sweep_charges_nothing(db_url: str) -> None:
-    account_id = new_account(db_url, credits=1000)
+def _expired_run(db_url: str, credits: int) -> tuple[str, str, Any]:
+    account_id = new_account(db_url, credits=credits)
     job_id = submitted(db_url, account_id)
     with transaction(db_url) as session:
         run = start_job(session, job_id)
     with transaction(db_url) as session:
-        assert runs.sweep_expired_holds(session, utcnow() + timedelta(hours=2)).job_ids == [job_id]
+        assert runs.sweep_expired_holds(session, utcnow() + timedelta(hours=2), TTL).job_ids == [
+            job_id
+        ]
+    return account_id, job_id, run
+
+
+def test_a_late_answer_for_an_expired_job_is_charged_if_the_account_covers_it(
+    db_url: str,
+) -> None:
+    account_id, job_id, run = _expired_run(db_url, credits=1000)
+    with transaction(db_url) as session:
+        late = complete_job(session, run, Usage(10, 10), {"clusters": []}, [])
+    assert (late.job_ids, late.status) == ([job_id], "succeeded")
+    with transaction(db_url) as session:
+        job = session.get(Job, job_id)
+        assert (job.status, job.credits_charged, job.result) == ("succeeded", 1, {"clusters": []})
+        assert hold_of(session, job_id).status == "settled"
+        assert balances(session, account_id) == (999, 0)
+        deduction = session.scalar(
+            select(CreditTransaction).where(CreditTransaction.job_id == job_id)
+        )
+        assert deduction.metadata_["late"] is True
+        # A second late answer (a duplicate run) is not charged again: recorded as unbilled.
+        assert not complete_job(session, run, Usage(10, 10), {}, [])
+        assert count(session, UnbilledUsage, job_id=job_id, reason="duplicate_run") == 1
+    assert_audit_clean(db_url)
+
+
+def test_a_late_answer_the_account_cannot_cover_is_recorded_unbilled(db_url: str) -> None:
+    account_id, job_id, run = _expired_run(db_url, credits=10)
+    with transaction(db_url) as session:
+        ledger.grant(session, account_id, -10, "adjustment", "spent elsewhere")
     with transaction(db_url) as session:
         assert not complete_job(session, run, Usage(10, 10), {}, [])
         assert session.get(Job, job_id).status == "failed"
-        assert balances(session, account_id) == (1000, 0)
+        assert hold_of(session, job_id).status == "expired"
+        assert balances(session, account_id) == (0, 0)
+        row = session.scalar(select(UnbilledUsage).where(UnbilledUsage.job_id == job_id))
+        assert (row.reason, row.credits, row.tokens_in) == ("expired_uncovered", 1, 10)
+        assert unbilled.totals(session)["count"] == 1
     assert_audit_clean(db_url)
 
 

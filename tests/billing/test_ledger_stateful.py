@@ -1,6 +1,8 @@
 """Stateful property test of the ledger: random sequences of grant / submit (reserve) /
 complete (settle) / fail and cancel (release) / sweep (expire) / adjust / redeliver /
-status changes, against a plain Python model of the balance and the holds.
+status changes, against a plain Python model of the balance, the holds and the
+account's concurrency slots (the first `max_concurrent_jobs` open jobs in submission
+order are dispatched: admission is FIFO per account).
 
 After every step: `billing.audit.audit` finds nothing anywhere, and the database agrees
 with the model. Each example opens its own account in `initialize`, so nothing depends
@@ -31,6 +33,7 @@ from hypothesis.stateful import (
 from sqlalchemy import delete, select
 
 from billing import accounts, ledger
+from billing.admission import concurrency_limit
 from billing.audit import audit
 from billing.errors import AccountInactive, InsufficientCredits, ModelNotAllowed
 from billing.job_views import get_job
@@ -90,6 +93,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.jobs: dict[str, ModelJob] = {}
         self.epoch = utcnow()
         self.prices: dict[str, AIModelConfig] = {}
+        self.cap = 0
 
     # --- model helpers ---------------------------------------------------------------
 
@@ -103,6 +107,10 @@ class LedgerMachine(RuleBasedStateMachine):
 
     def queued(self) -> list[str]:
         return [j for j, job in self.jobs.items() if job.state == "held" and not job.started]
+
+    def dispatched(self) -> list[str]:
+        """The jobs holding a slot: the oldest open ones, up to the plan's cap."""
+        return self.held()[: self.cap]
 
     def resolved(self) -> list[str]:
         return [j for j, job in self.jobs.items() if job.state != "held"]
@@ -127,6 +135,7 @@ class LedgerMachine(RuleBasedStateMachine):
         with transaction(self.url) as session:
             acct = make_account(session, plan_slug=plan, credits=credits, status=status)
             self.account_id = acct.id
+            self.cap = concurrency_limit(session, acct.id)
             self.prices = {m.name: m for m in session.scalars(select(AIModelConfig))}
             for price in self.prices.values():
                 session.expunge(price)
@@ -251,7 +260,7 @@ class LedgerMachine(RuleBasedStateMachine):
         tokens_out=st.integers(0, 3000),
     )
     def complete(self, data: st.DataObject, tokens_in: int, tokens_out: int) -> None:
-        job = self.jobs[data.draw(st.sampled_from(self.held()), label="job")]
+        job = self.jobs[data.draw(st.sampled_from(self.dispatched()), label="job")]
         if job.operation == "image_generation":
             usage = Usage(images=data.draw(st.integers(1, job.job_input["count"]), label="images"))
         else:
@@ -272,7 +281,8 @@ class LedgerMachine(RuleBasedStateMachine):
     @precondition(lambda self: bool(self.held()))
     @rule(data=st.data(), started=st.booleans())
     def fail(self, data: st.DataObject, started: bool) -> None:
-        job = self.jobs[data.draw(st.sampled_from(self.held()), label="job")]
+        candidates = self.dispatched() if started else self.held()
+        job = self.jobs[data.draw(st.sampled_from(candidates), label="job")]
         if started:
             with transaction(self.url) as session:
                 assert start_job(session, job.job_id) is not None
@@ -293,7 +303,9 @@ class LedgerMachine(RuleBasedStateMachine):
     @precondition(lambda self: bool(self.resolved()))
     @rule(data=st.data(), as_failure=st.booleans())
     def redeliver(self, data: st.DataObject, as_failure: bool) -> None:
-        """A late or duplicate task for a job that is already final changes nothing."""
+        """A late or duplicate task for a job that is already final charges once at most:
+        an answer for a job whose hold expired is charged if the account can still cover
+        it (a charge without a hold); anything else changes no balance."""
         job = self.jobs[data.draw(st.sampled_from(self.resolved()), label="job")]
         run = JobRun(
             job.job_id,
@@ -306,23 +318,30 @@ class LedgerMachine(RuleBasedStateMachine):
             job.hold,
             2,
         )
+        usage = Usage(1, 1, 1)
+        charge = self.expected_charge(job, usage)
+        late = not as_failure and job.state == "expired" and charge <= self.credits - self.reserved
         with transaction(self.url) as session:
             assert start_job(session, job.job_id) is None
             if as_failure:
                 assert not fail_job(session, job.job_id, "late", "late")
             else:
-                assert not complete_job(session, run, Usage(1, 1, 1), {}, [])
+                assert bool(complete_job(session, run, usage, {}, [])) == late
+        if late:
+            job.state, job.charged = "settled", charge
+            self.credits -= charge
 
     @rule(minutes=st.integers(0, 180))
     def sweep(self, minutes: int) -> None:
-        now = self.epoch + timedelta(minutes=minutes)
+        """Only dispatched jobs can look dead; a job waiting for a slot keeps its hold
+        (with no heartbeat and a zero TTL, every dispatched job past its expiry is dead)."""
+        now = utcnow() + timedelta(minutes=minutes)
+        expected = {j for j in self.dispatched() if self.jobs[j].expires_at < now}
         swept: set[str] = set()
         with transaction(self.url) as session:
             # Loop: the sweep works in batches, and other examples' holds may be due too.
-            while batch := ledger.expired_hold_job_ids(session, now):
-                swept |= set(sweep_expired_holds(session, now).job_ids)
-                assert set(batch) <= swept
-        expected = {j for j in self.held() if self.jobs[j].expires_at < now}
+            while batch := sweep_expired_holds(session, now, timedelta(0)).job_ids:
+                swept |= set(batch)
         assert swept & set(self.jobs) == expected
         for job_id in expected:
             self.jobs[job_id].state = "expired"
@@ -349,6 +368,16 @@ class LedgerMachine(RuleBasedStateMachine):
                     select(Job.id, Job.status).where(Job.account_id == self.account_id)
                 ).all()
             )
+            dispatched = set(
+                session.scalars(
+                    select(Job.id).where(
+                        Job.account_id == self.account_id,
+                        Job.status.in_(("queued", "running")),
+                        Job.dispatched_at.is_not(None),
+                    )
+                )
+            )
+        assert dispatched == set(self.dispatched())
         want = {
             "settled": {"succeeded"},
             "released": {"failed", "cancelled"},

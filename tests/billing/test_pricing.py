@@ -1,5 +1,7 @@
 """The hold is an upper bound: checked against the real prompts the task handlers build
 and the simulated provider's honest token counts, for small, large and unicode inputs.
+And no input the API accepts has its answer cut off at `max_tokens` (a cut-off answer
+still costs its tokens): the output bounds cover the sim's whole answer.
 
 No database here: the price list is `billing.catalog.MODELS`, the one `seed` loads.
 """
@@ -156,7 +158,9 @@ def test_every_text_operation_has_strategies(operation: str) -> None:
 @SETTINGS
 @given(data=st.data())
 def test_hold_bounds_the_real_usage_for_any_input(operation: str, data: st.DataObject) -> None:
-    check_hold(operation, data.draw(ADVERSARIAL[operation], label="input"))
+    job_input = data.draw(ADVERSARIAL[operation], label="input")
+    check_hold(operation, job_input)
+    check_answer_fits(operation, job_input)
 
 
 @pytest.mark.parametrize("operation", TEXT_OPERATIONS)

@@ -61,5 +61,14 @@ def test_prometheus_sees_a_job_from_submission_to_worker(
     assert {series["metric"]["queue_name"] for series in queues} >= {"text", "image", "webhooks"}
     assert eventually(prometheus, "aijobs_state_up == 1")
     assert eventually(prometheus, 'up{job="worker"} == 1')
+    finished = eventually(
+        prometheus, 'aijobs_jobs_finished_total{operation="image_generation",status="succeeded"}'
+    )
+    assert float(finished[0]["value"][1]) >= 1
+    assert eventually(prometheus, 'aijobs_provider_calls_total{outcome="ok",job="worker"}')
+    assert eventually(prometheus, "aijobs_provider_latency_seconds_count > 0")
+    assert eventually(prometheus, 'aijobs_credits_charged_total{operation="image_generation"} > 0')
+    assert eventually(prometheus, "aijobs_job_queue_wait_seconds_count > 0")
+    assert eventually(prometheus, "aijobs_job_duration_seconds_count > 0")
     held = eventually(prometheus, "aijobs_credits_held")
     assert float(held[0]["value"][1]) == 0  # the job settled: nothing left on hold

@@ -472,6 +472,7 @@ def test_stats_count_and_reset(client, server):
             "latency_ms": 0,
             "match": "zzz",
             "retry_after": 1.5,
+            "answer": None,
         }
     ]
 

@@ -106,10 +106,12 @@ def test_each_job_runs_as_of_a_given_instant(sent: list[str]) -> None:
 
 
 def seed_expired_jobs(count: int) -> None:
-    """`count` queued jobs (with webhook URLs) whose holds have expired by NOW."""
+    """`count` dispatched jobs (with webhook URLs), one per account so each holds a slot,
+    whose holds have expired by NOW with no worker ever starting them."""
     with transaction() as session:
-        account = accounts.register(session, "holds@example.com", "long enough", "", 14).account
         for n in range(count):
+            email = f"holds{n}@example.com"
+            account = accounts.register(session, email, "long enough", "", 14).account
             submit_job(
                 session,
                 account,
@@ -252,6 +254,7 @@ def test_beat_schedules_every_periodic_task_and_webhooks_have_their_queue() -> N
     assert scheduled == {
         "tasks.periodic.sweep_expired_holds": 60.0,
         "tasks.periodic.requeue_webhooks": 60.0,
+        "tasks.periodic.reconcile_jobs": 60.0,
         "tasks.periodic.expire_trials": 3600.0,
         "tasks.periodic.reset_ahrefs_usage": 3600.0,
         "tasks.periodic.renew_credits": 3600.0,

@@ -14,13 +14,12 @@ from sqlalchemy import func, select
 from billing import accounts
 from billing.audit import audit
 from billing.operations import OPERATIONS
-from billing.runs import JobRun, cancel_job
+from billing.runs import JobRun, Outcome, cancel_job
 from billing.submission import JobRequest, submit_job
 from models import CreditTransaction, CreditUsageLog, Job
 from models.db import transaction
 from tasks.clustering import clustering
 from tasks.content_generation import content_generation
-from workers.runtime import HandlerResult
 
 KEYWORDS = {"keywords": ["red shoes", "red boots", "blue hats"]}
 
@@ -74,7 +73,9 @@ def test_a_task_redelivered_while_running_runs_again_and_charges_once(env: Any) 
     assert _charges(job_id) == (1, 1)
 
 
-def test_truncated_output_fails_the_job_and_releases(env: Any, monkeypatch: Any) -> None:
+def test_truncated_output_fails_the_job_and_charges_its_usage(env: Any, monkeypatch: Any) -> None:
+    """The provider billed the tokens of a cut-off answer: the job fails and pays for
+    them (this test asserted "nothing charged" before usage was always billed)."""
     cut_short = replace(OPERATIONS["content_generation"], output_tokens=lambda inp: 5)
     monkeypatch.setitem(OPERATIONS, "content_generation", cut_short)
     job_id = _submit("content_generation", {"title": "Cut short"})
@@ -84,7 +85,12 @@ def test_truncated_output_fails_the_job_and_releases(env: Any, monkeypatch: Any)
     job = _job(job_id)
     assert (job.status, job.error_code) == ("failed", "invalid_output")
     assert "cut off" in (job.error_message or "")
-    assert _charges(job_id) == (0, 0)
+    assert "charged" in (job.error_message or "")
+    assert 0 < job.credits_charged <= job.reserved_credits
+    assert _charges(job_id) == (1, 1)
+    with transaction() as session:
+        log = session.query(CreditUsageLog).filter_by(job_id=job_id).one()
+        assert (log.outcome, log.credits, log.tokens_out) == ("failed", job.credits_charged, 5)
 
 
 @pytest.mark.parametrize(
@@ -94,7 +100,7 @@ def test_truncated_output_fails_the_job_and_releases(env: Any, monkeypatch: Any)
 def test_timeouts_and_bugs_fail_the_job_cleanly(
     env: Any, monkeypatch: Any, error: BaseException, code: str
 ) -> None:
-    def explode(self: Any, run: JobRun) -> HandlerResult:
+    def explode(self: Any, run: JobRun, flight: Any) -> Outcome:
         raise error
 
     monkeypatch.setattr("workers.runtime.TextHandler.execute", explode)
@@ -122,3 +128,71 @@ def test_task_options_guard_delivery() -> None:
         assert task.acks_late is True
         assert task.reject_on_worker_lost is True
         assert task.ignore_result is True
+
+
+def _flaky_finish(monkeypatch: Any, failures: int, error: Exception) -> list[int]:
+    """Make the first `failures` endings raise `error`; the rest run for real."""
+    from workers import runtime
+
+    real, calls = runtime._finish, []
+
+    def finish(run: JobRun, outcome: Outcome) -> Any:
+        calls.append(1)
+        if len(calls) <= failures:
+            raise error
+        return real(run, outcome)
+
+    monkeypatch.setattr(runtime, "_finish", finish)
+    return calls
+
+
+def _locked() -> Exception:
+    from sqlalchemy.exc import OperationalError
+
+    return OperationalError("UPDATE ...", {}, Exception("database is locked"))
+
+
+def test_an_ending_the_database_refuses_for_a_while_is_retried(
+    env: Any, monkeypatch: Any, sim_control: Any
+) -> None:
+    calls = _flaky_finish(monkeypatch, 2, _locked())
+    job_id = _submit("clustering", KEYWORDS)
+
+    assert clustering.run(job_id) == "succeeded"
+
+    assert len(calls) == 3
+    assert _charges(job_id) == (1, 1)
+    assert sim_control.get("/_sim/stats").json()["requests"]["chat"] == 1
+
+
+def test_an_ending_that_cannot_be_recorded_is_not_acknowledged_as_done(
+    env: Any, monkeypatch: Any
+) -> None:
+    """Past SETTLE_RETRY_SECONDS the task asks Celery to retry it (here, called directly,
+    the error surfaces): the job stays running, uncharged, for a new run to finish."""
+    monkeypatch.setenv("SETTLE_RETRY_SECONDS", "0.3")
+    _flaky_finish(monkeypatch, 1000, _locked())
+    job_id = _submit("clustering", KEYWORDS)
+
+    with pytest.raises(Exception, match="database is locked"):
+        clustering.run(job_id)
+
+    assert _job(job_id).status == "running"
+    assert _charges(job_id) == (0, 0)
+
+
+def test_a_result_the_database_refuses_ends_failed_paying_its_usage(
+    env: Any, monkeypatch: Any
+) -> None:
+    from sqlalchemy.exc import DataError
+
+    _flaky_finish(monkeypatch, 1, DataError("INSERT ...", {}, Exception("NUL byte")))
+    job_id = _submit("clustering", KEYWORDS)
+
+    assert clustering.run(job_id) == "failed"
+
+    job = _job(job_id)
+    assert job.error_code == "result_rejected"
+    assert job.result is None
+    assert job.credits_charged > 0
+    assert _charges(job_id) == (1, 1)

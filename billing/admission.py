@@ -1,0 +1,137 @@
+"""Per-account concurrency: which queued jobs may go to the broker now.
+
+A job holds one of its account's slots from dispatch (`dispatched_at`) until it ends; an
+account has at most its plan's `max_concurrent_jobs` of them. Jobs beyond that wait in
+the database, `queued` and undispatched, and the broker carries only runnable work.
+
+Admission runs under the account row's lock, counts the slots in use and gives the free
+ones to the account's oldest waiting jobs (FIFO per account). Every path that takes a
+slot runs here, so two API or worker processes cannot both fill the last one; a slot is
+a job row, so none can leak: the job's ending frees it in the same transaction, and the
+reconciler re-runs or ends a job whose worker died. Across accounts the broker is FIFO
+and each account has at most its cap in it, so one account's backlog delays another's
+jobs by at most its cap's share of the workers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import ColumnElement, Table, bindparam, func, select, update
+from sqlalchemy.orm import Session
+
+from models import Account, Job, Plan
+
+# An account without a plan (none in practice) still runs its jobs, one at a time.
+NO_PLAN_LIMIT = 1
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """A job that took a slot in this transaction: send it to the broker after commit."""
+
+    job_id: str
+    operation: str
+
+
+def holds_slot() -> ColumnElement[bool]:
+    """The SQL condition of a job holding a slot (index `ix_jobs_slots`)."""
+    return Job.status.in_(("queued", "running")) & Job.dispatched_at.is_not(None)
+
+
+def waiting() -> ColumnElement[bool]:
+    """The SQL condition of a job waiting for a slot (index `ix_jobs_waiting`)."""
+    return (Job.status == "queued") & Job.dispatched_at.is_(None)
+
+
+# Admission runs on every submission and every ending: prebuilt Core statements with
+# bound parameters, as the ledger's hot path.
+_jobs = cast(Table, Job.__table__)
+_accounts = cast(Table, Account.__table__)
+_plans = cast(Table, Plan.__table__)
+_p_account = bindparam("p_account", type_=_accounts.c.id.type)
+_p_now = bindparam("p_now", type_=_jobs.c.dispatched_at.type)
+_p_free = bindparam("p_free", type_=_plans.c.max_concurrent_jobs.type)
+_slot = _jobs.c.status.in_(("queued", "running")) & _jobs.c.dispatched_at.is_not(None)
+_waiting = (_jobs.c.status == "queued") & _jobs.c.dispatched_at.is_(None)
+
+# FOR NO KEY UPDATE: serialises with the ledger's UPDATEs of the account row, but not
+# with the key-share locks that inserting a job (its foreign key) takes on it.
+_LOCK = select(_accounts.c.id).where(_accounts.c.id == _p_account).with_for_update(key_share=True)
+_LIMIT = (
+    select(func.coalesce(_plans.c.max_concurrent_jobs, NO_PLAN_LIMIT))
+    .select_from(_accounts.outerjoin(_plans, _plans.c.id == _accounts.c.plan_id))
+    .where(_accounts.c.id == _p_account)
+    .scalar_subquery()
+)
+_SLOTS = (
+    select(func.count())
+    .select_from(_jobs)
+    .where(_jobs.c.account_id == _p_account, _slot)
+    .scalar_subquery()
+)
+_FREE = select(_LIMIT - _SLOTS)
+# A CTE, not an IN (subquery): PostgreSQL may run a LIMITed subquery of an UPDATE more
+# than once and take more rows than free slots; a locking CTE runs once.
+_oldest_waiting = (
+    select(_jobs.c.id)
+    .where(_jobs.c.account_id == _p_account, _waiting)
+    .order_by(_jobs.c.created_at, _jobs.c.id)
+    .limit(_p_free)
+    .with_for_update(skip_locked=True, key_share=True)
+    .cte("oldest_waiting")
+)
+_ADMIT = (
+    update(_jobs)
+    .where(_jobs.c.id == _oldest_waiting.c.id, _waiting)
+    .values(dispatched_at=_p_now, sent_at=_p_now)
+    .returning(_jobs.c.id, _jobs.c.operation, _jobs.c.created_at)
+)
+
+
+def concurrency_limit(session: Session, account_id: str) -> int:
+    return int(session.execute(select(_LIMIT), {"p_account": account_id}).scalar_one())
+
+
+def admit(session: Session, account_id: str, now: datetime) -> list[Dispatch]:
+    """Give the account's free slots to its oldest waiting jobs; the jobs to send.
+
+    PostgreSQL: the account row lock serialises admissions of one account, and each
+    statement after it (READ COMMITTED) sees what the previous holder committed; waiting
+    rows another transaction has locked (a cancel) are skipped, never waited for.
+    SQLite's BEGIN IMMEDIATE serialises every writer.
+    """
+    connection = session.connection()
+    params: dict[str, Any] = {"p_account": account_id}
+    connection.execute(_LOCK, params)
+    free = int(connection.execute(_FREE, params).scalar_one())
+    if free <= 0:
+        return []
+    rows = connection.execute(_ADMIT, params | {"p_free": free, "p_now": now}).all()
+    return [
+        Dispatch(row.id, row.operation) for row in sorted(rows, key=lambda r: (r.created_at, r.id))
+    ]
+
+
+def _count(session: Session, account_id: str, condition: ColumnElement[bool]) -> int:
+    query = select(func.count()).select_from(Job).where(Job.account_id == account_id, condition)
+    return int(session.scalar(query) or 0)
+
+
+def waiting_account_ids(session: Session, limit: int = 200) -> list[str]:
+    """Accounts with jobs waiting for a slot (the reconciler admits them, e.g. after an
+    admin raised a plan's cap)."""
+    query = select(Job.account_id).where(waiting()).group_by(Job.account_id).limit(limit)
+    return list(session.scalars(query))
+
+
+def concurrency_view(session: Session, account: Account) -> dict[str, int]:
+    """`GET /v1/account`'s `concurrency`: slots in use (dispatched or running), the
+    plan's cap, and the jobs waiting for a slot."""
+    return {
+        "running": _count(session, account.id, holds_slot()),
+        "limit": concurrency_limit(session, account.id),
+        "queued": _count(session, account.id, waiting()),
+    }

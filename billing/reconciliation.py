@@ -1,0 +1,138 @@
+"""The reconciler: the database is the record of every job, so work whose message or
+worker was lost is found there and sent again (beat, every RECONCILE_INTERVAL_SECONDS).
+
+- A running job whose worker stopped heart-beating is sent again (its new run takes it
+  over, see `runs.start_job`); one whose cancel was requested is ended `cancelled`, and
+  one that lost `max_attempts` runs is failed, both uncharged.
+- A dispatched job not started for `dispatch_stale` may have lost its message (Redis
+  restarted empty, a crash between commit and send): when its queue holds fewer messages
+  than the queue's dispatched jobs, the oldest ones are sent again.
+- Accounts with free slots and waiting jobs (a plan's cap raised) are admitted.
+
+Duplicates are harmless: a message for a job that is final, waiting or running with a
+fresh heartbeat is skipped, and the settle gate keeps a charge single. Each job is sent
+again at most once per threshold (`sent_at`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from billing import runs
+from billing.admission import Dispatch, admit, waiting_account_ids
+from billing.operations import OPERATIONS
+from models import Job, as_utc
+
+SCAN_LIMIT = 2000
+
+
+@dataclass(frozen=True)
+class Policy:
+    heartbeat_stale: timedelta
+    dispatch_stale: timedelta
+    max_attempts: int
+
+
+@dataclass
+class Reconciled:
+    resent: list[Dispatch] = field(default_factory=list)
+    endings: list[runs.Ending] = field(default_factory=list)
+    admitted: list[Dispatch] = field(default_factory=list)
+
+    @property
+    def dispatches(self) -> list[Dispatch]:
+        """Everything to send after commit."""
+        ended = [d for ending in self.endings for d in ending.dispatches]
+        return self.resent + ended + self.admitted
+
+    @property
+    def deliveries(self) -> list[str]:
+        return [d for ending in self.endings for d in ending.deliveries]
+
+    def summary(self) -> str:
+        ended = sum(len(ending.job_ids) for ending in self.endings)
+        return (
+            f"{len(self.resent)} job(s) sent again, {ended} dead job(s) ended, "
+            f"{len(self.admitted)} waiting job(s) admitted"
+        )
+
+
+def reconcile(
+    session: Session, now: datetime, policy: Policy, in_broker: Mapping[str, int]
+) -> Reconciled:
+    """One pass; `in_broker`: messages waiting in each job queue right now."""
+    done = Reconciled()
+    _dead_runs(session, now, policy, done)
+    _lost_messages(session, now, policy, in_broker, done)
+    for account_id in waiting_account_ids(session):
+        done.admitted += admit(session, account_id, now)
+    return done
+
+
+def _dead_runs(session: Session, now: datetime, policy: Policy, done: Reconciled) -> None:
+    rows = session.execute(
+        select(Job.id, Job.operation, Job.attempts, Job.cancel_requested_at)
+        .where(runs.stale_running(now, policy.heartbeat_stale))
+        .order_by(Job.heartbeat_at)
+        .limit(SCAN_LIMIT)
+        .with_for_update(skip_locked=True, key_share=True)
+    ).all()
+    resend = []
+    for row in rows:
+        cancelled = row.cancel_requested_at is not None
+        if cancelled or row.attempts >= policy.max_attempts:
+            done.endings.append(
+                runs.end_dead_job(session, row.id, cancelled=cancelled, attempts=row.attempts)
+            )
+        else:
+            resend.append(Dispatch(row.id, row.operation))
+    _mark_sent(session, resend, now)
+    done.resent += resend
+
+
+def _lost_messages(
+    session: Session,
+    now: datetime,
+    policy: Policy,
+    in_broker: Mapping[str, int],
+    done: Reconciled,
+) -> None:
+    rows = session.execute(
+        select(Job.id, Job.operation, Job.sent_at)
+        .where(Job.status == "queued", Job.dispatched_at.is_not(None))
+        .order_by(Job.sent_at)
+        .limit(SCAN_LIMIT)
+        .with_for_update(skip_locked=True, key_share=True)
+    ).all()
+    by_queue: dict[str, list[Any]] = {}
+    for row in rows:
+        by_queue.setdefault(OPERATIONS[row.operation].queue, []).append(row)
+    resend = []
+    for queue, jobs in by_queue.items():
+        # FIFO: the messages still waiting belong to the newest jobs; the oldest dispatched
+        # jobs beyond that count lost theirs.
+        missing = len(jobs) - in_broker.get(queue, 0)
+        stale = [
+            Dispatch(row.id, row.operation)
+            for row in jobs
+            if row.sent_at is None or as_utc(row.sent_at) < now - policy.dispatch_stale
+        ]
+        resend += stale[: max(missing, 0)]
+    _mark_sent(session, resend, now)
+    done.resent += resend
+
+
+def _mark_sent(session: Session, dispatches: list[Dispatch], now: datetime) -> None:
+    if dispatches:
+        session.execute(
+            update(Job)
+            .where(Job.id.in_([d.job_id for d in dispatches]))
+            .values(sent_at=now)
+            .execution_options(synchronize_session=False)
+        )
