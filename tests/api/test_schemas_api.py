@@ -286,6 +286,14 @@ def test_answers_match_their_schemas_end_to_end(e2e: Any, conform: Conformance) 
                       "text/csv"}, data="keyword,country,volume,difficulty\nshoes,us,10,5\n"),
           "post", "/v1/admin/keyword-library/import")  # fmt: skip
     check(client.get("/v1/openapi.json"), "get", "/v1/openapi.json")
+    check(client.get("/v1/admin/unbilled-usage", headers=ADMIN), "get", "/v1/admin/unbilled-usage")
+    limits = "/v1/admin/provider-limits/{model}"
+    check(client.put("/v1/admin/provider-limits/gpt-4o-mini", json={"rpm": 500, "tpm": 200_000},
+                     headers=ADMIN), "put", limits)  # fmt: skip
+    check(
+        client.get("/v1/admin/provider-limits", headers=ADMIN), "get", "/v1/admin/provider-limits"
+    )
+    check(client.delete("/v1/admin/provider-limits/gpt-4o-mini", headers=ADMIN), "delete", limits)
 
     wanted = {
         (method, path)
