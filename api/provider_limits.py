@@ -78,7 +78,7 @@ def set_limits(model: str, body: LimitsBody) -> dict[str, Any]:
 
 
 @bp.delete("/<model>")
-@responds(None, 204)
+@responds(None, 204, errors=(422,))  # a model name over 100 characters
 @require_admin
 def delete_limits(model: str) -> tuple[str, int]:
     """Back to the env's limits for the model."""
