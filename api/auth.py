@@ -3,10 +3,11 @@ both throttled per client address and per email (api/auth_throttle.py)."""
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 from flask import Blueprint
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from api import auth_throttle
 from api.db import db
@@ -16,20 +17,32 @@ from api.schemas import LoginOut, RegisterOut, responds
 from api.validation import json_body
 from billing import accounts, subscriptions, team
 from billing.errors import NotFound
+from billing.text import BLANK_CLASS, BLANKS
 from models import utcnow
 from settings import get_settings
 
 bp = Blueprint("auth", __name__, url_prefix="/v1/auth")
 
-# The same characters under Python's and ECMAScript's `\s` (which differ on these).
-_PART = r"[^@\s\x1c-\x1f\x85\ufeff]+"
+_PART = f"[^@{BLANK_CLASS}]+"
+_ADDRESS = re.compile(f"{_PART}@{_PART}\\.{_PART}")
+
+
+def _address(value: str) -> str:
+    if not _ADDRESS.fullmatch(value):
+        raise ValueError("must be an email address")
+    return value
+
+
+# At most 320 characters as sent; blanks around the address are trimmed.
 Email = Annotated[
     str,
-    StringConstraints(
-        strip_whitespace=True, max_length=320, pattern=rf"^{_PART}@{_PART}\.{_PART}$"
+    Field(
+        max_length=320,
+        json_schema_extra={
+            "pattern": f"^[{BLANK_CLASS}]*{_PART}@{_PART}\\.{_PART}[{BLANK_CLASS}]*$"
+        },
     ),
-    # Blanks around the address are trimmed.
-    Field(json_schema_extra={"pattern": rf"^\s*{_PART}@{_PART}\.{_PART}\s*$"}),
+    AfterValidator(lambda value: _address(value.strip(BLANKS))),
 ]
 
 

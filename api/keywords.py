@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from flask import Blueprint
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field
 
 from api import ahrefs
 from api.db import commit_now, db
@@ -15,17 +15,15 @@ from api.security import current_account, require_key, require_role
 from api.validation import PageQuery, QueryInt, json_body, query_params
 from billing import keywords, limits
 from billing.amounts import Price
-from billing.operations import NOT_BLANK
 from billing.paging import MAX_PAGE_SIZE
+from billing.text import ShortText
 from models import KEYWORD_INTENTS
 from models.db import transaction
 from models.keyword_library import MAX_DIFFICULTY
 
 bp = Blueprint("keywords", __name__, url_prefix="/v1")
 
-KeywordText = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=300), NOT_BLANK
-]
+KeywordText = ShortText
 
 
 class KeywordItem(BaseModel):

@@ -14,7 +14,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    StringConstraints,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -25,13 +24,9 @@ from sqlalchemy.orm import Session
 from billing import pricing
 from billing.errors import InvalidInput
 from billing.keywords import expand_keyword_ids
+from billing.text import LongText, Prompt, ShortText
 from models import AIModelConfig
 
-# Stripped before the length checks: the schema's `pattern` says "not only blanks".
-NOT_BLANK = Field(json_schema_extra={"pattern": r"\S"})
-ShortText = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=300), NOT_BLANK
-]
 KeywordId = Annotated[int, Field(ge=1, le=2**31 - 1)]
 ModelType = Literal["text", "image"]
 
@@ -111,9 +106,7 @@ class ImagePromptExtractionInput(_Input):
         json_schema_extra={"examples": [{"text": "Trail shoes grip wet rock ...", "count": 3}]}
     )
 
-    text: Annotated[
-        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=50_000), NOT_BLANK
-    ]
+    text: LongText
     count: int = Field(default=3, ge=1, le=10)
 
 
@@ -122,9 +115,7 @@ class ImageGenerationInput(_Input):
         json_schema_extra={"examples": [{"prompt": "a runner on a misty trail", "count": 1}]}
     )
 
-    prompt: Annotated[
-        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=4000), NOT_BLANK
-    ]
+    prompt: Prompt
     count: int = Field(default=1, ge=1, le=10)
 
 

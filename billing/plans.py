@@ -10,7 +10,8 @@ from sqlalchemy.orm import Session
 
 from billing.amounts import CreditPrice, Price
 from billing.errors import AlreadyExists, InvalidInput, NotFound
-from billing.operations import NOT_BLANK, validation_details
+from billing.operations import validation_details
+from billing.text import Name
 from models import AIModelConfig, Plan
 
 Slug = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,49}$")]
@@ -22,9 +23,7 @@ class PlanFields(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    name: Annotated[
-        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), NOT_BLANK
-    ]
+    name: Name
     price: Price
     billing_cycle: Literal["monthly", "yearly"] = "monthly"
     included_credits: Limit = 0
