@@ -13,7 +13,7 @@ import logs
 import metrics
 from api.db import after_commit, db
 from api.errors import error_response
-from api.security import current_account, require_key, require_role
+from api.security import current_account, policy_seen, require_key, require_role
 from api.validation import json_body, query_int, webhook_url_policy
 from billing import job_views, runs
 from billing.admission import Dispatch
@@ -58,6 +58,7 @@ def submit(body: SubmitBody) -> tuple[dict[str, Any], int, dict[str, str]]:
         ),
         hold_ttl=_hold_ttl(),
         url_policy=webhook_url_policy(),
+        seen=policy_seen(),
     )
     job = submission.job
     logs.bind(job_id=job.id, operation=job.operation, model=job.model)
@@ -80,7 +81,7 @@ def estimate(body: EstimateBody) -> dict[str, Any]:
     request_ = JobRequest(
         operation=body.operation, input=body.input, site_id=body.site_id, model=body.model
     )
-    return estimate_job(db(), current_account(), request_).view()
+    return estimate_job(db(), current_account(), request_, policy_seen()).view()
 
 
 def _hold_ttl() -> timedelta:

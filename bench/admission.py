@@ -17,6 +17,9 @@ transaction, the publish after commit.
     .venv/bin/python -m bench.admission                 # SQLite and PostgreSQL, ~4 min
     .venv/bin/python -m bench.admission --db sqlite --requests 3000 --clients 16
     .venv/bin/python -m bench.admission --quick         # smoke run
+    .venv/bin/python -m bench.admission --db sqlite --phases paused --profile /tmp/api
+        # py-spy samples the API's workers during its measurements: /tmp/api-sqlite.txt
+        # (collapsed stacks) and the top functions by inclusive share on stdout
 """
 
 from __future__ import annotations
@@ -25,9 +28,13 @@ import argparse
 import asyncio
 import json
 import os
+import re
+import signal
+import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -84,6 +91,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, help="GUNICORN_THREADS (default: gunicorn.conf.py)")
     parser.add_argument(
         "--phases", default="paused,worker", help="paused (no worker), worker, or both"
+    )
+    parser.add_argument(
+        "--profile", metavar="PREFIX", help="py-spy the API's workers: PREFIX-<db>.txt"
     )
     parser.add_argument("--quick", action="store_true", help="tiny smoke run")
     args = parser.parse_args(argv)
@@ -181,17 +191,74 @@ def _ok(response: httpx.Response, *expected: int) -> dict[str, object]:
 
 
 @contextmanager
-def servers(env: dict[str, str], log: Path) -> Iterator[tuple[int, int]]:
-    """The API and the bare app, each under gunicorn with gunicorn.conf.py."""
+def servers(env: dict[str, str], log: Path) -> Iterator[tuple[int, int, int]]:
+    """The API and the bare app, each under gunicorn with gunicorn.conf.py: the API's
+    master pid and both ports."""
     api, api_port = start_gunicorn([], env, log=log)
     try:
         bare, bare_port = start_gunicorn([], env, "bench.bare_app:create_app()", log=log)
         try:
-            yield api_port, bare_port
+            yield api.pid, api_port, bare_port
         finally:
             stop_group(bare)
     finally:
         stop_group(api)
+
+
+@contextmanager
+def sampling(pid: int, out: Path | None) -> Iterator[None]:
+    """py-spy on gunicorn `pid` and its workers while the block runs (nothing if `out`
+    is None): samples of the thread holding the GIL, i.e. where the CPU goes (waits for
+    a lock or a socket do not show); collapsed stacks appended to `out`."""
+    if out is None:
+        yield
+        return
+    spy = Path(sys.executable).parent / "py-spy"
+    part = out.with_suffix(f".{time.monotonic_ns()}")
+    process = subprocess.Popen(
+        [str(spy), "record", "--pid", str(pid), "--subprocesses", "--format", "raw", "--gil",
+         "--rate", "200", "--nonblocking", "--output", str(part)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    time.sleep(1.0)  # attached
+    try:
+        yield
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(60)
+        if part.exists():
+            with out.open("a") as collected:
+                collected.write(part.read_text())
+            part.unlink()
+
+
+# py-spy's "name (path/to/module.py:123)" -> "name (module.py)": one row per function.
+_FRAME = re.compile(r"^(.*?) \((?:.*/)?([^/:]+)(?::\d+)?\)$")
+# Frames every request passes through (threads, gunicorn, Flask's dispatch): not listed.
+_PLUMBING = ("threading.py", "thread.py", "gthread.py", "gunicorn_worker.py", "app.py")
+
+
+def top_functions(collapsed: Path, count: int = 25) -> list[list[object]]:
+    """Functions by inclusive share of the samples (each counted once per stack), with
+    their own (self) share."""
+    total, inclusive, own = 0, Counter[str](), Counter[str]()
+    for line in collapsed.read_text().splitlines():
+        stack, _, samples = line.rpartition(" ")
+        if not stack or not samples.isdigit():
+            continue
+        n = int(samples)
+        frames = [_FRAME.sub(r"\1 (\2)", f) for f in stack.split(";")]
+        frames = [f for f in frames if not f.startswith(("process ", "thread "))]
+        total += n
+        for frame in set(frames):
+            inclusive[frame] += n
+        if frames:
+            own[frames[-1]] += n
+    rows = [(f, n) for f, n in inclusive.most_common() if not f[:-1].endswith(_PLUMBING)]
+    return [
+        [frame, f"{100 * n / total:.1f}", f"{100 * own[frame] / total:.1f}"]
+        for frame, n in rows[:count]
+    ]
 
 
 def load_average() -> str:
@@ -227,7 +294,10 @@ def run_backend(args: argparse.Namespace, db: str, url: str, tmp: Path) -> list[
             env["WEB_CONCURRENCY"] = str(args.workers)
         if args.threads:
             env["GUNICORN_THREADS"] = str(args.threads)
-        api_port, bare_port = stack.enter_context(servers(env, tmp / f"gunicorn-{db}.log"))
+        api_pid, api_port, bare_port = stack.enter_context(servers(env, tmp / f"gunicorn-{db}.log"))
+        profile = Path(f"{args.profile}-{db}.txt") if args.profile else None
+        if profile is not None:
+            profile.unlink(missing_ok=True)
         with httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=30) as api:
             keys = setup_accounts(api, args.accounts)
         body = json.dumps(BODY).encode()
@@ -245,9 +315,11 @@ def run_backend(args: argparse.Namespace, db: str, url: str, tmp: Path) -> list[
                     measure(phase, server, port, requests, args.warmup, args.clients)
                 for _ in range(args.rounds):
                     for server, port in ports.items():
-                        figures.append(
-                            measure(phase, server, port, requests, args.requests, args.clients)
-                        )
+                        with sampling(api_pid, profile if server == "api" else None):
+                            figure = measure(
+                                phase, server, port, requests, args.requests, args.clients
+                            )
+                        figures.append(figure)
             finally:
                 if worker is not None:
                     worker.stop()
@@ -256,6 +328,9 @@ def run_backend(args: argparse.Namespace, db: str, url: str, tmp: Path) -> list[
     print(f"{db}: audit: {violations}")
     if violations:
         raise SystemExit(1)
+    if profile is not None and profile.exists():
+        print(f"{db}: py-spy of the API workers during the API measurements ({profile}):")
+        print_table(["function", "inclusive %", "self %"], top_functions(profile))
     return figures
 
 

@@ -149,7 +149,10 @@ def catalog_restored(url: str) -> Iterator[None]:
 
 
 def _child_setup(url: str) -> None:
+    from settings import reload_settings
+
     os.environ["DATABASE_URL"] = url
+    reload_settings()
 
 
 def submit_in_process(url: str, account_id: str, attempts: int, barrier: Any, results: Any) -> None:
