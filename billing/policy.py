@@ -25,7 +25,6 @@ from models import CATALOG_VERSION, Account, AIModelConfig, AISettings, Plan
 PRICE_LIST_SECONDS = 30.0
 
 
-
 @dataclass(frozen=True)
 class _PriceList:
     """The active models by type, name order, as read at `version`. Shared by every

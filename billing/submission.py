@@ -112,9 +112,7 @@ def estimate_job(
     """What a submission of `request` would run on and hold now; writes nothing."""
     operation = get_operation(request.operation)
     job_input = validate_input(operation, request.input)
-    quote = quote_job(
-        session, account, operation, job_input, request.site_id, request.model, seen
-    )
+    quote = quote_job(session, account, operation, job_input, request.site_id, request.model, seen)
     return Estimate(quote, account.available_credits, account.status in ledger.SPENDING_STATUSES)
 
 
@@ -135,9 +133,7 @@ def submit_job(
             return Submission(_same_request(existing, request), created=False)
     if request.webhook_url is not None:
         url_policy.check(request.webhook_url, must_resolve=False)
-    quote = quote_job(
-        session, account, operation, job_input, request.site_id, request.model, seen
-    )
+    quote = quote_job(session, account, operation, job_input, request.site_id, request.model, seen)
     hold = quote.credits
     budgets.check(session, account, operation.name, hold)
     job = Job(
