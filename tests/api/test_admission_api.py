@@ -16,13 +16,13 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
-from models.db import get_engine
 from ops.ports import free_port, wait_for_port
 from ops.processes import stop_group
 from ops.redis_server import RedisServer
+from tests.factories import statements_of
 from tests.support import auth, register
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,21 +35,6 @@ CLUSTER = {"operation": "clustering", "input": {"keywords": ["trail shoes", "roa
 # BEGIN IMMEDIATE and COMMIT (models/db.py writes them), the reserve as its UPDATE and
 # the hold's INSERT.
 STATEMENTS = {"postgresql": 4, "sqlite": 7}
-
-
-@contextmanager
-def statements_of(url: str) -> Iterator[list[str]]:
-    seen: list[str] = []
-
-    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        seen.append(statement)
-
-    engine = get_engine(url)
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
 
 
 @contextmanager
