@@ -71,23 +71,34 @@ def budgets_for(account: Account, operation: str) -> list[Budget]:
 def check(session: Session, account: Account, operation: str, hold: int) -> None:
     """Refuse (402 `budget_exceeded`) a hold that would take this period's charged + held
     credits past a budget. Call it before `ledger.reserve`, in the same transaction."""
-    budgets = budgets_for(account, operation)
-    if not budgets:
+    if not budgets_for(account, operation):
         return
     lock_account(session, account.id)
-    for budget in budgets:
+    over = exceeded(session, account, operation, hold)
+    if over is not None:
+        budget, used = over
+        scope = "monthly budget" if budget.name == "monthly" else f"{budget.name} budget"
+        raise BudgetExceeded(
+            f"This job needs up to {hold:,} credits, but {used:,} of your {scope} of "
+            f"{budget.credits:,} credits are already spent or held this period. Raise the "
+            "budget (PUT /v1/account/budget) or wait for the next period.",
+            budget=budget.name,
+            limit=budget.credits,
+            used=used,
+            required=hold,
+        )
+
+
+def exceeded(
+    session: Session, account: Account, operation: str, hold: int
+) -> tuple[Budget, int] | None:
+    """The first budget a hold of `hold` would take past, with what it has used; None
+    when every budget has room. Reads only (`check` locks first)."""
+    for budget in budgets_for(account, operation):
         used = spent(session, account, None if budget.name == "monthly" else budget.name)
         if used + hold > budget.credits:
-            scope = "monthly budget" if budget.name == "monthly" else f"{budget.name} budget"
-            raise BudgetExceeded(
-                f"This job needs up to {hold:,} credits, but {used:,} of your {scope} of "
-                f"{budget.credits:,} credits are already spent or held this period. Raise the "
-                "budget (PUT /v1/account/budget) or wait for the next period.",
-                budget=budget.name,
-                limit=budget.credits,
-                used=used,
-                required=hold,
-            )
+            return budget, used
+    return None
 
 
 def spent(session: Session, account: Account, operation: str | None) -> int:

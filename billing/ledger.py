@@ -453,7 +453,13 @@ def grant(
         ).one_or_none()
         if row is None:
             raise NotFound("Account not found.")
-        raise InsufficientCredits(required=-amount, available=row.credits - row.reserved_credits)
+        available = row.credits - row.reserved_credits
+        raise InsufficientCredits(
+            required=-amount,
+            available=available,
+            message=f"Cannot take back {-amount} credits: only {available} are available "
+            "(the rest is spent or held by unfinished jobs).",
+        )
     transaction = CreditTransaction(
         account_id=account_id,
         type=type_,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, func, or_, select, update
@@ -33,7 +34,15 @@ from billing.job_views import get_job
 from billing.ledger import UsageRecord
 from billing.pricing import Charge, Usage, actual_charge
 from billing.webhooks import queue_job_event
-from models import FINAL_JOB_STATUSES, AIModelConfig, Base, CreditReservation, Job, utcnow
+from models import (
+    FINAL_JOB_STATUSES,
+    AIModelConfig,
+    Base,
+    CreditReservation,
+    Job,
+    as_utc,
+    utcnow,
+)
 
 
 @dataclass(frozen=True)
@@ -49,6 +58,8 @@ class JobRun:
     provider_model: str
     hold: int
     attempts: int
+    # When the job was submitted (its queue wait, for the metrics).
+    submitted_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -75,8 +86,10 @@ class Ending:
     job_ids: list[str] = field(default_factory=list)
     deliveries: list[str] = field(default_factory=list)
     dispatches: list[Dispatch] = field(default_factory=list)
-    # A run's ending: the status its job ended in.
+    # A run's ending: the status its job ended in, and what it was charged.
     status: str | None = None
+    credits_charged: int = 0
+    cost_usd: Decimal = Decimal(0)
 
     def __bool__(self) -> bool:
         return bool(self.job_ids)
@@ -151,6 +164,7 @@ def start_job(
         provider_model=provider_model,
         hold=hold,
         attempts=job.attempts,
+        submitted_at=as_utc(job.created_at),
     )
 
 
@@ -191,9 +205,10 @@ def finish_run(session: Session, run: JobRun, outcome: Outcome) -> Ending:
     if job.status in FINAL_JOB_STATUSES:
         return _late_answer(session, run, outcome)
     status = _final_status(outcome, cancelled=job.cancel_requested_at is not None)
-    charged = _charge(session, run, outcome, status)
-    if charged is None:  # the hold was closed although the job was not final
+    posted = _charge(session, run, outcome, status)
+    if posted is None:  # the hold was closed although the job was not final
         raise RuntimeError(f"job {run.job_id} is {job.status} but its hold is closed")
+    charged, cost_usd = posted
     code, message = _error(outcome, status, charged)
     succeeded = status == "succeeded"
     session.execute(
@@ -211,7 +226,8 @@ def finish_run(session: Session, run: JobRun, outcome: Outcome) -> Ending:
     )
     if succeeded:
         session.add_all(outcome.artifacts)
-    return replace(ended(session, [(run.job_id, run.account_id)]), status=status)
+    ending = ended(session, [(run.job_id, run.account_id)])
+    return replace(ending, status=status, credits_charged=charged, cost_usd=cost_usd)
 
 
 def complete_job(
@@ -227,16 +243,18 @@ def _final_status(outcome: Outcome, *, cancelled: bool) -> str:
     return "failed" if outcome.error else "succeeded"
 
 
-def _charge(session: Session, run: JobRun, outcome: Outcome, status: str) -> int | None:
+def _charge(
+    session: Session, run: JobRun, outcome: Outcome, status: str
+) -> tuple[int, Decimal] | None:
     """Settle the hold at the provider's billed usage, or release it; the credits
-    charged, or None if the hold was no longer open."""
+    charged and their USD cost, or None if the hold was no longer open."""
     if outcome.usage is None or not outcome.billable:
         if outcome.usage is not None:
             _unbilled(session, run, outcome.usage, "internal_error")
-        return 0 if ledger.release(session, run.job_id) else None
+        return (0, Decimal(0)) if ledger.release(session, run.job_id) else None
     charge = _price(session, run, outcome.usage)
     posted = ledger.settle(session, run.job_id, charge, _usage_record(run, outcome, status))
-    return None if posted is None else -posted.amount
+    return None if posted is None else (-posted.amount, charge.cost_usd)
 
 
 def _price(session: Session, run: JobRun, usage: Usage) -> Charge:

@@ -68,11 +68,12 @@ class Estimate:
     quote: Quote
     available: int
     can_spend: bool
+    within_budget: bool = True
 
     @property
     def affordable(self) -> bool:
-        """Would the hold be taken right now (the reserve's own test)?"""
-        return self.can_spend and self.quote.credits <= self.available
+        """Would the hold be taken right now (the reserve's and the budgets' tests)?"""
+        return self.can_spend and self.within_budget and self.quote.credits <= self.available
 
     def view(self) -> dict[str, Any]:
         return {
@@ -81,6 +82,7 @@ class Estimate:
             "credits": self.quote.credits,
             "affordable": self.affordable,
             "available": self.available,
+            "within_budget": self.within_budget,
         }
 
 
@@ -113,7 +115,12 @@ def estimate_job(
     operation = get_operation(request.operation)
     job_input = validate_input(operation, request.input)
     quote = quote_job(session, account, operation, job_input, request.site_id, request.model, seen)
-    return Estimate(quote, account.available_credits, account.status in ledger.SPENDING_STATUSES)
+    return Estimate(
+        quote,
+        account.available_credits,
+        account.status in ledger.SPENDING_STATUSES,
+        within_budget=budgets.exceeded(session, account, operation.name, quote.credits) is None,
+    )
 
 
 def submit_job(

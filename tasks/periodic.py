@@ -19,6 +19,7 @@ from typing import Any
 import redis
 from sqlalchemy.orm import Session
 
+import metrics
 from billing import lifecycle, reconciliation, webhooks
 from billing.admission import Dispatch
 from billing.runs import sweep_expired_holds as release_expired_holds
@@ -67,6 +68,7 @@ def _sweep(session: Session, now: datetime) -> PeriodicReport:
     swept = release_expired_holds(session, now, hold_ttl)
     if swept:
         log.warning("released %d expired holds: %s", len(swept.job_ids), swept.job_ids[:20])
+        metrics.RECONCILER_ACTIONS.labels("hold_expired").inc(len(swept.job_ids))
     return PeriodicReport(
         f"{len(swept.job_ids)} expired hold(s) released", swept.deliveries, swept.dispatches
     )
@@ -86,6 +88,12 @@ def _reconcile(session: Session, now: datetime) -> PeriodicReport:
         log.warning("reconcile: broker queue lengths unavailable", exc_info=True)
         in_broker = {}
     done = reconciliation.reconcile(session, now, policy, in_broker)
+    for action, count in (
+        ("sent_again", len(done.resent)),
+        ("ended_dead", sum(len(ending.job_ids) for ending in done.endings)),
+        ("admitted", len(done.admitted)),
+    ):
+        metrics.RECONCILER_ACTIONS.labels(action).inc(count)
     if done.resent:
         log.warning("reconcile: sent again: %s", [d.job_id for d in done.resent][:20])
     return PeriodicReport(done.summary(), done.deliveries, done.dispatches)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import delete, text
+from sqlalchemy.exc import OperationalError
 
 from billing import catalog
 from billing.audit import audit
@@ -130,14 +132,24 @@ def db_url(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         catalog.seed(session)
 
 
-def truncate(url: str) -> None:
+def truncate(url: str, attempts: int = 5) -> None:
+    """Empty every non-catalog table. A worker still writing (a heartbeat, a webhook
+    attempt) can deadlock with TRUNCATE's table locks on PostgreSQL: try again."""
     tables = [t.name for t in reversed(Base.metadata.sorted_tables) if t.name not in KEPT_TABLES]
-    with get_engine(url).begin() as connection:
-        if url.startswith("postgresql"):
-            connection.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
-        else:
-            for table in tables:
-                connection.execute(text(f"DELETE FROM {table}"))
+    for attempt in range(attempts):
+        try:
+            with get_engine(url).begin() as connection:
+                if url.startswith("postgresql"):
+                    names = ", ".join(tables)
+                    connection.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+                else:
+                    for table in tables:
+                        connection.execute(text(f"DELETE FROM {table}"))
+            return
+        except OperationalError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 @pytest.fixture

@@ -32,6 +32,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+import metrics
 from settings import Settings, get_settings
 from workers import ratelimit
 
@@ -132,7 +133,7 @@ class _Budget:
         return self.failures >= self.max_attempts or spent > self.deadline
 
 
-def _retrying(guard: Guard, budget: _Budget, settings: Settings) -> Retrying:
+def _retrying(guard: Guard, budget: _Budget, settings: Settings, model: str) -> Retrying:
     backoff = wait_random_exponential(multiplier=0.25, max=settings.provider_retry_max_wait)
 
     def wait(state: RetryCallState) -> float:
@@ -142,6 +143,7 @@ def _retrying(guard: Guard, budget: _Budget, settings: Settings) -> Retrying:
     def before_sleep(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         log.warning("provider call failed (attempt %s): %r; retrying", state.attempt_number, exc)
+        metrics.PROVIDER_RETRIES.labels(model).inc()
 
     return Retrying(
         retry=retry_if_exception_type(RETRYABLE),
@@ -171,14 +173,24 @@ def _call(
             raise ProviderError(
                 "provider_rate_limited", f"Not sent to the AI provider: {exc}."
             ) from exc
+        sent = time.monotonic()
         try:
-            return fn(model=model, **kwargs)
+            answer = fn(model=model, **kwargs)
         except openai.RateLimitError as exc:
+            _count_call(model, sent, "rate_limited")
             ratelimit.pause(model, ratelimit.reset_seconds(exc.response.headers))
             raise
+        except openai.APIStatusError as exc:
+            _count_call(model, sent, f"http_{exc.status_code}")
+            raise
+        except openai.APIError as exc:
+            _count_call(model, sent, type(exc).__name__)
+            raise
+        _count_call(model, sent, "ok")
+        return answer
 
     try:
-        return _retrying(guard, budget, settings)(attempt)
+        return _retrying(guard, budget, settings, model)(attempt)
     except RETRYABLE as exc:
         raise ProviderError(
             "provider_unavailable",
@@ -188,6 +200,11 @@ def _call(
         raise ProviderError(
             "provider_rejected", f"The AI provider rejected the request: {_describe(exc)}"
         ) from exc
+
+
+def _count_call(model: str, sent: float, outcome: str) -> None:
+    metrics.PROVIDER_CALLS.labels(model, outcome).inc()
+    metrics.PROVIDER_LATENCY.labels(model).observe(time.monotonic() - sent)
 
 
 def _describe(exc: BaseException) -> str:
@@ -224,6 +241,9 @@ def chat(
     )
     choice = completion.choices[0]
     usage = completion.usage
+    if usage:
+        metrics.PROVIDER_TOKENS.labels(model, "input").inc(usage.prompt_tokens)
+        metrics.PROVIDER_TOKENS.labels(model, "output").inc(usage.completion_tokens)
     return ChatResult(
         text=choice.message.content or "",
         tokens_in=usage.prompt_tokens if usage else 0,

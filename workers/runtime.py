@@ -35,13 +35,14 @@ from tenacity import (
     wait_random,
 )
 
+import logs
 from billing.operations import OPERATIONS
 from billing.pricing import Usage, input_token_bound
 from billing.runs import Ending, JobRun, Outcome, finish_run, start_job
 from models import Base
 from models.db import transaction
 from settings import get_settings
-from workers import inflight, provider
+from workers import inflight, provider, task_metrics
 from workers.dispatch import send_ending
 from workers.inflight import Flight, JobCancelled
 from workers.provider import ProviderError
@@ -141,6 +142,8 @@ class JobTask(Task):  # type: ignore[misc]
         if run is None:
             log.info("job %s: final, waiting, cancelled or running elsewhere; skipped", job_id)
             return "skipped"
+        logs.bind(account_id=run.account_id, model=run.model)
+        started = task_metrics.record_start(run)
         context = f"job={run.job_id} account={run.account_id} op={run.operation}"
         log.info("%s: running on %s (attempt %s)", context, run.model, run.attempts)
         with inflight.flying(run.job_id) as flight:
@@ -151,6 +154,8 @@ class JobTask(Task):  # type: ignore[misc]
                 log.error("%s: could not record the outcome; the task will run again", context)
                 raise self.retry(exc=exc, countdown=30, max_retries=None) from exc
         send_ending(ending)
+        if ending.status:
+            task_metrics.record_run(run, ending, started)
         status = ending.status or "skipped"
         log.info("%s: %s", context, status)
         return status

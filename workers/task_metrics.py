@@ -23,6 +23,8 @@ from celery.signals import (
 from prometheus_client import start_http_server
 
 import metrics
+from billing.runs import Ending, JobRun
+from models import utcnow
 
 log = logging.getLogger(__name__)
 HOSTNAME = socket.gethostname()
@@ -72,6 +74,25 @@ def _runtime(task_id: str, task: Task, **_: Any) -> None:
         metrics.CELERY_TASK_RUNTIME.labels(_name(task), HOSTNAME).observe(
             time.monotonic() - started
         )
+
+
+def record_run(run: JobRun, ending: Ending, started: float) -> None:
+    """A job run that ended: its final status, duration, queue wait and charge."""
+    operation = run.operation
+    metrics.JOBS_FINISHED.labels(operation, ending.status).inc()
+    metrics.JOB_DURATION.labels(operation).observe(time.monotonic() - started)
+    if ending.credits_charged:
+        metrics.CREDITS_CHARGED.labels(operation, run.model).inc(ending.credits_charged)
+        metrics.COST_USD.labels(run.model).inc(float(ending.cost_usd))
+
+
+def record_start(run: JobRun) -> float:
+    """A job run that started; the moment it did (for `record_run`)."""
+    metrics.JOBS_STARTED.labels(run.operation).inc()
+    if run.submitted_at is not None:
+        waited = (utcnow() - run.submitted_at).total_seconds()
+        metrics.JOB_QUEUE_WAIT.labels(run.operation).observe(max(waited, 0.0))
+    return time.monotonic()
 
 
 @worker_ready.connect

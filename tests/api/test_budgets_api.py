@@ -154,3 +154,17 @@ def test_no_budget_no_lock_and_no_extra_reads(db_url: str) -> None:
         event.remove(engine, "before_cursor_execute", record)
 
     assert not [s for s in statements if "FOR UPDATE" in s or "sum(" in s.lower()]
+
+
+def test_the_estimate_says_when_a_budget_would_refuse(client: Any) -> None:
+    key = funded(client)
+    hold = hold_of(client, key, IMAGE)
+    client.put("/v1/account/budget", json={"monthly_credits": hold}, headers=auth(key))
+    before = client.post("/v1/jobs/estimate", json=IMAGE, headers=auth(key)).get_json()
+    assert (before["affordable"], before["within_budget"]) == (True, True)
+
+    assert client.post("/v1/jobs", json=IMAGE, headers=auth(key)).status_code == 202
+    after = client.post("/v1/jobs/estimate", json=IMAGE, headers=auth(key)).get_json()
+    assert (after["affordable"], after["within_budget"]) == (False, False)
+    assert after["credits"] == hold
+    assert client.post("/v1/jobs", json=IMAGE, headers=auth(key)).status_code == 402

@@ -251,6 +251,7 @@ def test_the_estimate_is_the_hold_the_submission_takes(client: Any) -> None:
         "credits": submitted["reserved_credits"],
         "affordable": True,
         "available": account["credits"]["available"],
+        "within_budget": True,
     }
 
 

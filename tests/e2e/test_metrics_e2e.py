@@ -3,16 +3,14 @@ this process) and the session's Celery worker, and answers PromQL about a job's 
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from werkzeug.serving import make_server
 
 from ops.prometheus_server import PrometheusServer
-from tests.support import Worker, auth, register, wait_for_job
+from tests.support import Worker, auth, register, serving, wait_for_job
 
 pytestmark = pytest.mark.e2e
 JOB = {"operation": "image_generation", "input": {"prompt": "a lighthouse at dusk"}}
@@ -20,11 +18,8 @@ JOB = {"operation": "image_generation", "input": {"prompt": "a lighthouse at dus
 
 @pytest.fixture
 def served_api(app: Any) -> Iterator[str]:
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"127.0.0.1:{server.server_port}"
-    server.shutdown()
+    with serving(app) as url:
+        yield url.removeprefix("http://")
 
 
 @pytest.fixture
@@ -66,5 +61,14 @@ def test_prometheus_sees_a_job_from_submission_to_worker(
     assert {series["metric"]["queue_name"] for series in queues} >= {"text", "image", "webhooks"}
     assert eventually(prometheus, "aijobs_state_up == 1")
     assert eventually(prometheus, 'up{job="worker"} == 1')
+    finished = eventually(
+        prometheus, 'aijobs_jobs_finished_total{operation="image_generation",status="succeeded"}'
+    )
+    assert float(finished[0]["value"][1]) >= 1
+    assert eventually(prometheus, 'aijobs_provider_calls_total{outcome="ok",job="worker"}')
+    assert eventually(prometheus, "aijobs_provider_latency_seconds_count > 0")
+    assert eventually(prometheus, 'aijobs_credits_charged_total{operation="image_generation"} > 0')
+    assert eventually(prometheus, "aijobs_job_queue_wait_seconds_count > 0")
+    assert eventually(prometheus, "aijobs_job_duration_seconds_count > 0")
     held = eventually(prometheus, "aijobs_credits_held")
     assert float(held[0]["value"][1]) == 0  # the job settled: nothing left on hold
