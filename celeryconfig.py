@@ -69,21 +69,22 @@ task_default_exchange = "default"
 task_default_routing_key = "default"
 # Each queue on its own direct exchange and key: a message lands in exactly one queue.
 task_queues = [Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES]
-task_routes = {
-    f"tasks.{op.name}": {"queue": op.queue, "exchange": op.queue, "routing_key": op.queue}
-    for op in OPERATIONS.values()
-} | {
-    "tasks.webhooks.deliver": {
-        "queue": "webhooks",
-        "exchange": "webhooks",
-        "routing_key": "webhooks",
-    }
+# Routes name the queue only: Celery then publishes to the default exchange with the
+# queue's name as the key, which kombu's Redis transport turns into one LPUSH on that
+# queue. Naming the exchange costs a second round trip per message (SMEMBERS of the
+# exchange's bindings, never cached).
+task_routes = {f"tasks.{op.name}": {"queue": op.queue} for op in OPERATIONS.values()} | {
+    "tasks.webhooks.deliver": {"queue": "webhooks"}
 }
 imports = [f"tasks.{name}" for name in OPERATIONS] + ["tasks.periodic", "tasks.webhooks"]
 
 worker_hijack_root_logger = False
 worker_send_task_events = True
-task_send_sent_event = True
+# No `task-sent` event: it was a second Redis round trip on every submission. Flower
+# lists a task from the worker's `task-received` on; what waits in the queues is on
+# Flower's Broker page and in /metrics (`celery_queue_length`, `aijobs_jobs{status=
+# "queued"}`), and `celery_task_sent_total` counts publishes in-process.
+task_send_sent_event = False
 
 # Every periodic task is idempotent per period and lock-guarded (tasks/periodic.py), so
 # a tick that comes early, late or twice changes nothing; hourly keeps period changes

@@ -31,11 +31,11 @@ from api import (
     webhooks,
 )
 from api.errors import register_error_handlers
-from settings import get_settings
+from settings import reload_settings
 
 
 def create_app() -> Flask:
-    settings = get_settings()
+    settings = reload_settings()  # the environment as it is now (tests change it)
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json = validation.JsonProvider(app)

@@ -14,7 +14,7 @@ import metrics
 from api.db import after_commit, db
 from api.errors import error_response
 from api.schemas import EstimateOut, JobOut, Page, responds
-from api.security import current_account, require_key, require_role
+from api.security import current_account, policy_seen, require_key, require_role
 from api.validation import (
     WEBHOOK_URL,
     PageQuery,
@@ -109,6 +109,7 @@ def submit(body: SubmitBody) -> tuple[dict[str, Any], int, dict[str, str]]:
         ),
         hold_ttl=_hold_ttl(),
         url_policy=webhook_url_policy(),
+        seen=policy_seen(),
     )
     job = submission.job
     logs.bind(job_id=job.id, operation=job.operation, model=job.model)
@@ -132,7 +133,7 @@ def estimate(body: EstimateBody) -> dict[str, Any]:
     request_ = JobRequest(
         operation=body.operation, input=body.input, site_id=body.site_id, model=body.model
     )
-    return estimate_job(db(), current_account(), request_).view()
+    return estimate_job(db(), current_account(), request_, policy_seen()).view()
 
 
 def _hold_ttl() -> timedelta:

@@ -13,7 +13,7 @@ import logs
 from api import ratelimit
 from api.db import db
 from api.errors import ApiError
-from billing import accounts, permissions
+from billing import accounts, permissions, policy
 from billing.errors import NotFound
 from models import Account, User
 from settings import get_settings
@@ -32,6 +32,12 @@ def current_user() -> User:
     return user
 
 
+def policy_seen() -> policy.Seen:
+    """What the caller's API-key read saw for the model policy (billing.policy.Seen)."""
+    seen: policy.Seen = g.policy_seen
+    return seen
+
+
 def require_key(view: Callable[P, R]) -> Callable[P, R]:
     """`Authorization: Bearer <api key | login token>`, then the account's rate limit."""
 
@@ -44,11 +50,16 @@ def require_key(view: Callable[P, R]) -> Callable[P, R]:
             )
         settings = get_settings()
         try:
-            g.account, g.user = accounts.authenticate(
+            caller = accounts.authenticate(
                 db(), bearer.strip(), settings.secret_key, settings.login_token_ttl_seconds
             )
         except NotFound as exc:
             raise ApiError(401, "invalid_api_key", exc.message) from None
+        g.account, g.user = caller.account, caller.user
+        g.policy_seen = policy.Seen(
+            caller.catalog_version,
+            caller.has_model_preferences is not False,
+        )
         logs.bind(account_id=g.account.id)
         ratelimit.enforce(g.account)
         return view(*args, **kwargs)

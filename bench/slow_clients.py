@@ -38,9 +38,17 @@ WORKERS = {
 TIMEOUT = 5.0
 
 
-def start_gunicorn(extra: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
+def start_gunicorn(
+    extra: list[str],
+    env: dict[str, str],
+    app: str = "api.app:create_app()",
+    log: Path | None = None,
+) -> tuple[subprocess.Popen[bytes], int]:
+    """gunicorn with gunicorn.conf.py (as `make run`) on a free port, every worker booted;
+    its stderr goes to `log` when given."""
     port = free_port()
     gunicorn = Path(sys.executable).parent / "gunicorn"
+    errors = log.open("ab") if log else None
     process = subprocess.Popen(
         [
             str(gunicorn),
@@ -49,14 +57,16 @@ def start_gunicorn(extra: list[str], env: dict[str, str]) -> tuple[subprocess.Po
             "--bind",
             f"127.0.0.1:{port}",
             *extra,
-            "api.app:create_app()",
+            app,
         ],
         cwd=ROOT,
         env={**os.environ, **env},
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=errors or subprocess.DEVNULL,
         start_new_session=True,
     )
+    if errors:
+        errors.close()  # the child has its own copy
     wait_for_port("127.0.0.1", port, timeout=30)
     for _ in range(4):  # every worker booted
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=30, headers={"Connection": "close"})

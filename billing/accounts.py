@@ -11,10 +11,10 @@ import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
-from sqlalchemy import or_, select, update
+from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -34,8 +34,10 @@ from billing.periods import add_months
 from billing.permissions import require_outranks
 from models import (
     ACCOUNT_STATUSES,
+    CATALOG_VERSION,
     Account,
     AccountEvent,
+    AISettings,
     ApiKey,
     Plan,
     User,
@@ -176,34 +178,58 @@ def create_api_key(
     return api_key, key
 
 
-def authenticate(session: Session, bearer: str, secret: str, max_age: int) -> tuple[Account, User]:
+class Caller(NamedTuple):
+    """Who is calling, and what the same read saw for the model policy
+    (billing.policy.Seen): the catalog's version stamp and whether the account has any
+    model preference (None: not read, e.g. with a login token)."""
+
+    account: Account
+    user: User
+    catalog_version: int | None = None
+    has_model_preferences: bool | None = None
+
+
+def authenticate(session: Session, bearer: str, secret: str, max_age: int) -> Caller:
     """The caller behind an API key or a login token, after the one access check.
 
     Both auth paths end in `check_access`, so a suspended or cancelled account is
-    refused whichever credential it presents.
+    refused whichever credential it presents. Nothing about a key is cached: a revoked
+    key fails on its very next request, in every process.
     """
     if bearer.startswith(LOGIN_TOKEN_PREFIX):
         user = _user_for_token(session, bearer, secret, max_age)
         account = session.get(Account, user.account_id)
-    else:
-        user, account = _owner_of_api_key(session, bearer)
-    if account is None:
-        raise NotFound("Invalid credentials.")
-    check_access(account)
-    return account, user
+        if account is None:
+            raise NotFound("Invalid credentials.")
+        check_access(account)
+        return Caller(account, user)
+    caller = _owner_of_api_key(session, bearer)
+    check_access(caller.account)
+    return caller
 
 
-def _owner_of_api_key(session: Session, key: str) -> tuple[User, Account]:
-    """The key's user and account in one read (this runs on every request)."""
-    row = session.execute(
-        select(User, Account)
-        .join(ApiKey, ApiKey.user_id == User.id)
-        .join(Account, Account.id == User.account_id)
-        .where(ApiKey.key_hash == hash_api_key(key), ApiKey.revoked_at.is_(None))
-    ).one_or_none()
+# The API-key read, built once (it runs on every request): the key's user, the account
+# with its plan (joined by the relationship), and for the model policy the catalog stamp
+# and whether the account has a model preference.
+_p_key_hash = bindparam("key_hash", type_=ApiKey.key_hash.type)
+_OWNER_OF_KEY = (
+    select(
+        User,
+        Account,
+        CATALOG_VERSION,
+        select(AISettings.id).where(AISettings.account_id == Account.id).exists(),
+    )
+    .join(ApiKey, ApiKey.user_id == User.id)
+    .join(Account, Account.id == User.account_id)
+    .where(ApiKey.key_hash == _p_key_hash, ApiKey.revoked_at.is_(None))
+)
+
+
+def _owner_of_api_key(session: Session, key: str) -> Caller:
+    row = session.execute(_OWNER_OF_KEY, {"key_hash": hash_api_key(key)}).one_or_none()
     if row is None:
         raise NotFound("Invalid API key.")
-    return row.User, row.Account
+    return Caller(account=row[1], user=row[0], catalog_version=row[2], has_model_preferences=row[3])
 
 
 def _serializer(secret: str) -> URLSafeTimedSerializer:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Table, bindparam, func, select, update
+from sqlalchemy import ColumnElement, Table, bindparam, case, func, select, update
 from sqlalchemy.orm import Session
 
 from models import Account, Job, Plan
@@ -53,7 +53,6 @@ _accounts = cast(Table, Account.__table__)
 _plans = cast(Table, Plan.__table__)
 _p_account = bindparam("p_account", type_=_accounts.c.id.type)
 _p_now = bindparam("p_now", type_=_jobs.c.dispatched_at.type)
-_p_free = bindparam("p_free", type_=_plans.c.max_concurrent_jobs.type)
 _slot = _jobs.c.status.in_(("queued", "running")) & _jobs.c.dispatched_at.is_not(None)
 _waiting = (_jobs.c.status == "queued") & _jobs.c.dispatched_at.is_(None)
 
@@ -72,14 +71,15 @@ _SLOTS = (
     .where(_jobs.c.account_id == _p_account, _slot)
     .scalar_subquery()
 )
-_FREE = select(_LIMIT - _SLOTS)
+_FREE = _LIMIT - _SLOTS
 # A CTE, not an IN (subquery): PostgreSQL may run a LIMITed subquery of an UPDATE more
-# than once and take more rows than free slots; a locking CTE runs once.
+# than once and take more rows than free slots; a locking CTE runs once. The free slots
+# are counted in the same statement (one snapshot, taken after the account row's lock).
 _oldest_waiting = (
     select(_jobs.c.id)
     .where(_jobs.c.account_id == _p_account, _waiting)
     .order_by(_jobs.c.created_at, _jobs.c.id)
-    .limit(_p_free)
+    .limit(case((_FREE > 0, _FREE), else_=0))
     .with_for_update(skip_locked=True, key_share=True)
     .cte("oldest_waiting")
 )
@@ -95,21 +95,23 @@ def concurrency_limit(session: Session, account_id: str) -> int:
     return int(session.execute(select(_LIMIT), {"p_account": account_id}).scalar_one())
 
 
-def admit(session: Session, account_id: str, now: datetime) -> list[Dispatch]:
+def admit(
+    session: Session, account_id: str, now: datetime, *, account_locked: bool = False
+) -> list[Dispatch]:
     """Give the account's free slots to its oldest waiting jobs; the jobs to send.
 
-    PostgreSQL: the account row lock serialises admissions of one account, and each
+    PostgreSQL: the account row lock serialises admissions of one account, and the
     statement after it (READ COMMITTED) sees what the previous holder committed; waiting
     rows another transaction has locked (a cancel) are skipped, never waited for.
-    SQLite's BEGIN IMMEDIATE serialises every writer.
+    `account_locked`: this transaction already holds that lock (a submission's reserve
+    UPDATE took it), so admission is one statement. SQLite's BEGIN IMMEDIATE serialises
+    every writer: no lock to take.
     """
     connection = session.connection()
-    params: dict[str, Any] = {"p_account": account_id}
-    connection.execute(_LOCK, params)
-    free = int(connection.execute(_FREE, params).scalar_one())
-    if free <= 0:
-        return []
-    rows = connection.execute(_ADMIT, params | {"p_free": free, "p_now": now}).all()
+    params: dict[str, Any] = {"p_account": account_id, "p_now": now}
+    if not account_locked and connection.dialect.name == "postgresql":
+        connection.execute(_LOCK, params)
+    rows = connection.execute(_ADMIT, params).all()
     return [
         Dispatch(row.id, row.operation) for row in sorted(rows, key=lambda r: (r.created_at, r.id))
     ]

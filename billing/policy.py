@@ -1,7 +1,17 @@
-"""Which model a job runs on: the plan decides, the account's settings choose within it."""
+"""Which model a job runs on: the plan decides, the account's settings choose within it.
+
+Every submission needs the active models and their prices. They are read once per
+process and kept while the catalog's version stamp (models/catalog_version.py, set by
+the database on any change to plans or prices) is the one they were read at, for at most
+`PRICE_LIST_SECONDS`: the stamp rides on the API-key read each request makes anyway, so
+an admin's change counts from the very next request in every process, and a cached
+request reads no price at all. The plan itself comes with the account row (fresh).
+"""
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
@@ -9,17 +19,77 @@ from sqlalchemy.orm import Session
 
 from billing.errors import InvalidInput, ModelNotAllowed
 from billing.operations import OPERATIONS, Operation
-from models import Account, AIModelConfig, AISettings, Plan
+from models import CATALOG_VERSION, Account, AIModelConfig, AISettings, Plan
+
+# A backstop only: a changed stamp reloads at once.
+PRICE_LIST_SECONDS = 30.0
 
 
-def _active_models(session: Session, model_type: str) -> list[AIModelConfig]:
-    return list(
-        session.scalars(
-            select(AIModelConfig)
-            .where(AIModelConfig.model_type == model_type, AIModelConfig.is_active)
-            .order_by(AIModelConfig.name)
-        )
-    )
+@dataclass(frozen=True)
+class _PriceList:
+    """The active models by type, name order, as read at `version`. Shared by every
+    thread: detached, fully loaded rows that nothing writes to or adds to a session."""
+
+    version: int | None
+    read_at: float
+    models: dict[str, tuple[AIModelConfig, ...]]
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What the request's API-key read saw for the policy (billing.accounts.authenticate),
+    so it is not read again: the catalog's version stamp (None: unknown), and whether the
+    account has any model preference (most have none: no lookup then)."""
+
+    catalog_version: int | None
+    has_preferences: bool = True
+
+
+# Per database (tests use two in one process); replaced whole, never changed in place.
+_cache: dict[str, _PriceList] = {}
+
+
+def _price_list(session: Session, version: int | None) -> _PriceList:
+    """The cached price list if it was read at the current stamp (`version`: as read in
+    this transaction; None: read it now), else a fresh read that becomes the cache."""
+    if version is None:
+        version = session.scalar(select(CATALOG_VERSION))
+    database = str(session.get_bind().engine.url)
+    cached = _cache.get(database)
+    now = time.monotonic()
+    if (
+        cached is not None
+        and version is not None
+        and cached.version == version
+        and now - cached.read_at < PRICE_LIST_SECONDS
+    ):
+        return cached
+    # A session of its own on the request's connection (same transaction, same
+    # snapshot): closing it detaches the rows from everything the caller holds.
+    with Session(bind=session.connection()) as reader:
+        rows = reader.scalars(
+            select(AIModelConfig).where(AIModelConfig.is_active).order_by(AIModelConfig.name)
+        ).all()
+    by_type: dict[str, tuple[AIModelConfig, ...]] = {
+        kind: tuple(row for row in rows if row.model_type == kind) for kind in ("text", "image")
+    }
+    # Tagged with the stamp read before the rows: the rows are at least that new, so a
+    # later change is never mistaken for this one.
+    fresh = _PriceList(version, now, by_type)
+    if version is not None:
+        _cache[database] = fresh
+    return fresh
+
+
+def forget_price_list() -> None:
+    """Drop this process's copy (tests that rewrite the catalog behind the stamp)."""
+    _cache.clear()
+
+
+def _active_models(
+    session: Session, model_type: str, version: int | None = None
+) -> list[AIModelConfig]:
+    return list(_price_list(session, version).models.get(model_type, ()))
 
 
 def _default_of(active: list[AIModelConfig], model_type: str) -> AIModelConfig:
@@ -61,11 +131,17 @@ def allowed_model_names(session: Session, plan: Plan | None, model_type: str) ->
 
 
 def resolve_model(
-    session: Session, account: Account, operation: Operation, requested: str | None
+    session: Session,
+    account: Account,
+    operation: Operation,
+    requested: str | None,
+    seen: Seen | None = None,
 ) -> AIModelConfig:
-    """The model a job runs on. One read of the active models (two with a preference to
-    look up): this runs on every submission."""
-    active = _active_models(session, operation.model_type)
+    """The model a job runs on; this runs on every submission. `seen`: what this
+    transaction's API-key read saw (none: read here). With the price list cached and no
+    preference to look up, no statement at all."""
+    seen = seen or Seen(None)
+    active = _active_models(session, operation.model_type, seen.catalog_version)
     by_name = {model.name: model for model in active}
     allowed = _allowed(active, account.plan, operation.model_type)
     if requested is not None:
@@ -83,11 +159,13 @@ def resolve_model(
                 allowed=allowed,
             )
         return by_name[requested]
-    preferred = session.scalar(
-        select(AISettings.model_name).where(
-            AISettings.account_id == account.id, AISettings.operation == operation.name
+    preferred = None
+    if seen.has_preferences:
+        preferred = session.scalar(
+            select(AISettings.model_name).where(
+                AISettings.account_id == account.id, AISettings.operation == operation.name
+            )
         )
-    )
     if preferred in allowed:
         return by_name[preferred]
     default = _default_of(active, operation.model_type)

@@ -18,7 +18,7 @@ from billing import budgets, ledger
 from billing.admission import Dispatch, admit
 from billing.errors import IdempotencyConflict, InvalidInput
 from billing.operations import Operation, get_operation, validate_input
-from billing.policy import resolve_model
+from billing.policy import Seen, resolve_model
 from billing.sites import get_site
 from billing.webhook_urls import STRICT_URLS, UrlPolicy
 from models import Account, AIModelConfig, Job, new_id, utcnow
@@ -93,24 +93,28 @@ def quote_job(
     job_input: dict[str, Any],
     site_id: str | None,
     requested_model: str | None,
+    seen: Seen | None = None,
 ) -> Quote:
     """Resolve the site, the input's references and the model, and price the hold.
 
     Both `submit_job` and `estimate_job` call this, so an estimate is the hold the
-    submission then takes, to the credit.
+    submission then takes, to the credit. `seen`: what the caller's API-key read saw for
+    the policy (billing.policy.Seen), if any.
     """
     if site_id is not None:
         get_site(session, account.id, site_id)
     job_input = operation.expand_input(session, account.id, site_id, job_input)
-    model = resolve_model(session, account, operation, requested_model)
+    model = resolve_model(session, account, operation, requested_model, seen)
     return Quote(operation, job_input, model, operation.hold(model, job_input))
 
 
-def estimate_job(session: Session, account: Account, request: JobRequest) -> Estimate:
+def estimate_job(
+    session: Session, account: Account, request: JobRequest, seen: Seen | None = None
+) -> Estimate:
     """What a submission of `request` would run on and hold now; writes nothing."""
     operation = get_operation(request.operation)
     job_input = validate_input(operation, request.input)
-    quote = quote_job(session, account, operation, job_input, request.site_id, request.model)
+    quote = quote_job(session, account, operation, job_input, request.site_id, request.model, seen)
     return Estimate(
         quote,
         account.available_credits,
@@ -125,6 +129,7 @@ def submit_job(
     request: JobRequest,
     hold_ttl: timedelta,
     url_policy: UrlPolicy = STRICT_URLS,
+    seen: Seen | None = None,
 ) -> Submission:
     operation = get_operation(request.operation)
     job_input = validate_input(operation, request.input)
@@ -135,7 +140,7 @@ def submit_job(
             return Submission(_same_request(existing, request), created=False)
     if request.webhook_url is not None:
         url_policy.check(request.webhook_url, must_resolve=False)
-    quote = quote_job(session, account, operation, job_input, request.site_id, request.model)
+    quote = quote_job(session, account, operation, job_input, request.site_id, request.model, seen)
     hold = quote.credits
     budgets.check(session, account, operation.name, hold)
     job = Job(
@@ -159,7 +164,9 @@ def submit_job(
         if earlier is not None:
             return Submission(earlier, created=False)
     ledger.reserve(session, account.id, job.id, hold, hold_ttl)
-    return Submission(job, created=True, dispatches=admit(session, account.id, utcnow()))
+    # The reserve's UPDATE locked the account row: admission needs no lock of its own.
+    dispatches = admit(session, account.id, utcnow(), account_locked=True)
+    return Submission(job, created=True, dispatches=dispatches)
 
 
 def _insert_once(session: Session, job: Job, request: JobRequest) -> Job | None:

@@ -15,6 +15,7 @@ from models.account import (
 from models.ai_model import AIModelConfig
 from models.artifacts import Cluster, Content, Idea, Image, ImagePrompt
 from models.base import Base, as_utc, new_id, utcnow
+from models.catalog_version import CATALOG_VERSION, CatalogVersion
 from models.job import FINAL_JOB_STATUSES, JOB_STATUSES, Job
 from models.keyword_library import KEYWORD_INTENTS, LibraryKeyword
 from models.ledger import (
@@ -31,6 +32,7 @@ from models.webhook import DELIVERY_STATUSES, WebhookAttempt, WebhookDelivery
 
 __all__ = [
     "ACCOUNT_STATUSES",
+    "CATALOG_VERSION",
     "DELIVERY_STATUSES",
     "FINAL_JOB_STATUSES",
     "JOB_STATUSES",
@@ -46,6 +48,7 @@ __all__ = [
     "AccountEvent",
     "ApiKey",
     "Base",
+    "CatalogVersion",
     "Cluster",
     "Content",
     "CreditReservation",

@@ -28,13 +28,44 @@ from ops.cli import migrate
 from ops.ports import free_port
 from ops.postgres_server import PostgresServer
 from ops.redis_server import RedisServer
+from settings import reload_settings
 from simulator.server import make_server
 from tests.support import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
 BACKENDS = [b.strip() for b in os.environ.get("TEST_DATABASES", "sqlite,postgresql").split(",")]
 # Tables seeded once per database and kept between tests.
-KEPT_TABLES = {"plans", "ai_model_configs", "alembic_version"}
+KEPT_TABLES = {"plans", "ai_model_configs", "catalog_version", "alembic_version"}
+
+
+class _SettingsMonkeyPatch(pytest.MonkeyPatch):
+    """`monkeypatch` whose env changes reach `get_settings()`, which reads the
+    environment once per process: each setenv, delenv and the undo read it again."""
+
+    def setenv(self, name: str, value: str, prepend: str | None = None) -> None:
+        super().setenv(name, value, prepend)
+        reload_settings()
+
+    def delenv(self, name: str, raising: bool = True) -> None:
+        super().delenv(name, raising)
+        reload_settings()
+
+    def undo(self) -> None:
+        super().undo()
+        reload_settings()
+
+
+@pytest.fixture
+def monkeypatch() -> Iterator[pytest.MonkeyPatch]:
+    patch = _SettingsMonkeyPatch()
+    yield patch
+    patch.undo()
+
+
+@pytest.fixture(autouse=True)
+def _settings_from_the_environment() -> None:
+    """Every test starts from the settings the environment gives now."""
+    reload_settings()
 
 
 @pytest.hookimpl(trylast=True)

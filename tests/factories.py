@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import event, func, select, update
 from sqlalchemy.orm import Session
 
 from billing import ledger
@@ -25,7 +25,7 @@ from billing.pricing import Usage
 from billing.runs import complete_job, start_job
 from billing.submission import JobRequest, submit_job
 from models import Account, AIModelConfig, CreditReservation, Job, Plan, new_id, utcnow
-from models.db import transaction
+from models.db import get_engine, transaction
 
 HOLD_TTL = timedelta(hours=1)
 
@@ -145,11 +145,30 @@ def catalog_restored(url: str) -> Iterator[None]:
                     session.execute(update(table).where(key == row[key.name]).values(**row))
 
 
+@contextmanager
+def statements_of(url: str) -> Iterator[list[str]]:
+    """The SQL statements the engine of `url` sends while the block runs."""
+    seen: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        seen.append(statement)
+
+    engine = get_engine(url)
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
 # --- spawned-process entry points ------------------------------------------------------
 
 
 def _child_setup(url: str) -> None:
+    from settings import reload_settings
+
     os.environ["DATABASE_URL"] = url
+    reload_settings()
 
 
 def submit_in_process(url: str, account_id: str, attempts: int, barrier: Any, results: Any) -> None:

@@ -97,7 +97,7 @@ def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
 
 def test_fifty_slow_clients_do_not_stall_healthz(front: Gunicorn) -> None:
     """40 clients send one header line every 2 s, 10 send a body a few bytes at a time,
-    more clients than the config has threads (2 workers x 8): /healthz keeps answering
+    more clients than the config has threads (8, one worker on SQLite): /healthz keeps answering
     within a second, and the slow ones are still connected at the end."""
     slow: list[socket.socket] = []
     for n in range(SLOW_HEADS):

@@ -107,3 +107,15 @@ def test_inflight_bench_prints_both_latencies_and_the_ratio(db: str) -> None:
     assert "ratio 500 ms / 0 ms: end to end" in out
     assert "per-account caps do not bound these" in out
     assert "audit: []" in out
+
+
+def test_admission_bench_prints_both_phases_and_the_ratios_on_both_backends() -> None:
+    out = run_bench("bench.admission")
+    for db in ("sqlite", "postgresql"):
+        for phase in ("paused", "worker"):
+            for server in ("bare", "api"):
+                assert re.search(rf"^{db} {phase}\s+{server}\s+60\s", out, re.M), out
+            assert re.search(
+                rf"^{db} {phase}: api/bare req/s [\d.]+\s+p50 [\d.]+x\s+p99", out, re.M
+            )
+        assert f"{db}: audit: []" in out

@@ -138,7 +138,8 @@ def test_api_key_is_stored_only_as_its_hash(db_url: str) -> None:
 
 
 def authenticate(session: Any, bearer: str) -> tuple[Account, User]:
-    return accounts.authenticate(session, bearer, SECRET, 3600)
+    caller = accounts.authenticate(session, bearer, SECRET, 3600)
+    return caller.account, caller.user
 
 
 def test_authenticate_with_an_api_key_returns_the_account_and_user(db_url: str) -> None:

@@ -6,14 +6,21 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 
 from billing import policy
 from billing.errors import InvalidInput, ModelNotAllowed
 from billing.operations import OPERATIONS
-from models import AIModelConfig, AISettings, Job, Plan
-from models.db import transaction
-from tests.factories import balances, catalog_restored, make_account, request, submit
+from models import CATALOG_VERSION, Account, AIModelConfig, AISettings, Job, Plan
+from models.db import session_factory, transaction
+from tests.factories import (
+    balances,
+    catalog_restored,
+    make_account,
+    request,
+    statements_of,
+    submit,
+)
 
 TEXT_OPS = [name for name, op in OPERATIONS.items() if op.model_type == "text"]
 ALL_OPS = list(OPERATIONS)
@@ -178,3 +185,93 @@ def test_forcing_the_defaults_beats_the_plans_allow_list(
         assert resolved(session, acct, "image_generation") == "hidream-full"
         with pytest.raises(ModelNotAllowed):
             resolved(session, acct, "clustering", "gpt-4.1")
+
+
+# --- the price list: cached per process, keyed by the catalog's stamp ----------------------
+
+
+def stamp(session: Any) -> int:
+    return int(session.scalar(select(CATALOG_VERSION)))
+
+
+def test_a_cached_price_list_costs_no_statement_while_the_stamp_holds(db_url: str) -> None:
+    with transaction(db_url) as session:
+        acct = make_account(session)
+        seen = policy.Seen(stamp(session), has_preferences=False)
+        policy.resolve_model(session, acct, OPERATIONS["clustering"], None, seen)  # warm
+        with statements_of(db_url) as statements:
+            model = policy.resolve_model(session, acct, OPERATIONS["clustering"], None, seen)
+            image = policy.resolve_model(session, acct, OPERATIONS["image_generation"], None, seen)
+
+    assert statements == []
+    assert (model.name, image.name) == ("gpt-4o-mini", "hidream-full")
+    assert model not in session  # shared, detached rows: no session owns them
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "UPDATE ai_model_configs SET tokens_per_credit = 50 WHERE name = 'gpt-4o-mini'",
+        "UPDATE plans SET allowed_text_models = '[\"gpt-4o\"]' WHERE slug = 'starter'",
+        "INSERT INTO ai_model_configs (name, model_type, provider_model, cost_per_1k_input, "
+        "cost_per_1k_output, cost_per_image, tokens_per_credit, credits_per_image, quality_tier, "
+        "is_default, is_active, created_at) VALUES ('new-model', 'text', 'new-model', 0, 0, 0, "
+        "10, 1, 'basic', false, true, CURRENT_TIMESTAMP)",
+        "DELETE FROM ai_model_configs WHERE name = 'gpt-4.1'",
+    ],
+)
+def test_any_write_to_plans_or_model_prices_changes_the_stamp(
+    db_url: str, restore_catalog: None, change: str
+) -> None:
+    """The database stamps the catalog itself (triggers), whoever writes: the admin API,
+    `ops seed`, or an operator's SQL."""
+    with transaction(db_url) as session:
+        before = stamp(session)
+        make_account(session)  # other tables leave it alone
+        assert stamp(session) == before
+    with transaction(db_url) as session:
+        session.execute(text(change))
+    with transaction(db_url) as session:
+        assert stamp(session) != before
+
+
+def test_a_price_change_counts_at_once_even_with_a_warm_cache(
+    db_url: str, restore_catalog: None
+) -> None:
+    with transaction(db_url) as session:
+        acct = make_account(session)
+        before = policy.resolve_model(session, acct, OPERATIONS["clustering"], None)
+    with transaction(db_url) as session:
+        session.execute(update(AIModelConfig).where(AIModelConfig.name == "gpt-4o-mini")
+                        .values(tokens_per_credit=7))  # fmt: skip
+    with transaction(db_url) as session:
+        loaded = session.get(Account, acct.id)
+        after = policy.resolve_model(session, loaded, OPERATIONS["clustering"], None)
+
+    assert (before.tokens_per_credit, after.tokens_per_credit) == (100, 7)
+
+
+def test_a_rolled_back_price_change_is_never_served_from_the_cache(
+    db_url: str, restore_catalog: None
+) -> None:
+    """Read inside the writing transaction, the change is cached under a stamp that the
+    rollback discards; stamps are random, so none later matches it."""
+    with transaction(db_url) as session:
+        acct = make_account(session)
+        account_id = acct.id
+    session = session_factory(db_url)()
+    try:
+        session.execute(update(AIModelConfig).where(AIModelConfig.name == "gpt-4o-mini")
+                        .values(tokens_per_credit=3))  # fmt: skip
+        loaded = session.get(Account, account_id)
+        inside = policy.resolve_model(session, loaded, OPERATIONS["clustering"], None)
+        assert inside.tokens_per_credit == 3
+    finally:
+        session.rollback()
+        session.close()
+    with transaction(db_url) as session:
+        loaded = session.get(Account, account_id)
+        seen = policy.Seen(stamp(session))
+        model = policy.resolve_model(session, loaded, OPERATIONS["clustering"], None, seen)
+
+    assert model.tokens_per_credit == 100

@@ -13,6 +13,9 @@ def run_periodic_in_process(
     env: dict[str, str], job: str, now: str, barrier: Any, results: Any
 ) -> None:
     os.environ.update(env)
+    from settings import reload_settings
+
+    reload_settings()
     from models.db import dispose_engines
     from tasks.periodic import run_periodic
 
