@@ -65,12 +65,16 @@ class AmountMismatch(BillingError):
 class InsufficientCredits(BillingError):
     code = "insufficient_credits"
 
-    def __init__(self, required: int, available: int) -> None:
+    def __init__(self, required: int, available: int, what: str = "This job") -> None:
         super().__init__(
-            f"This job needs up to {required} credits but only {available} are available.",
+            f"{what} needs up to {required} credits but only {available} are available.",
             required=required,
             available=available,
         )
+
+
+class AutomationNotCancellable(Conflict):
+    code = "automation_not_cancellable"
 
 
 class AccountInactive(BillingError):
