@@ -3,13 +3,16 @@ owner's plan changes and spending budgets."""
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Annotated, Any
+from zoneinfo import available_timezones
 
 from flask import Blueprint
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.db import db
 from api.payments import with_checkout
+from api.schemas import AccountOut, BudgetOut, OperationName, PlanChangeOut, responds
 from api.security import current_account, require_key, require_role
 from api.validation import json_body
 from billing import accounts, budgets, subscriptions, usage
@@ -20,18 +23,42 @@ bp = Blueprint("accounts", __name__, url_prefix="/v1")
 
 
 @bp.get("/account")
+@responds(AccountOut)
 @require_key
 def get_account() -> dict[str, Any]:
+    """Your account: status, plan, credits and the four limits."""
     return accounts.account_view(db(), current_account())
 
 
-class AccountSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+ZONES = sorted(available_timezones())
 
-    timezone: str | None = Field(default=None, max_length=64)
+
+def _constant(zone: str) -> str:
+    """A name for the zone in generated clients: `Etc/GMT+1` and `Etc/GMT-1` differ."""
+    return re.sub(r"\W", "_", zone.replace("+", "_PLUS_").replace("-", "_MINUS_")).upper()
+
+
+TimeZone = Annotated[
+    str,
+    Field(
+        max_length=64,
+        json_schema_extra={"enum": ZONES, "x-enum-varnames": [_constant(z) for z in ZONES]},
+    ),
+]
+
+
+class AccountSettings(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", strict=True, json_schema_extra={"examples": [{"timezone": "Europe/Paris"}]}
+    )
+
+    timezone: TimeZone | None = Field(
+        default=None, description="IANA name; usage days are bucketed in it (null: UTC)."
+    )
 
 
 @bp.patch("/account")
+@responds(AccountOut)
 @require_key
 @require_role("manage_account")
 @json_body(AccountSettings)
@@ -44,12 +71,15 @@ def update_account(body: AccountSettings) -> dict[str, Any]:
 
 
 class PlanChangeBody(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(
+        extra="forbid", strict=True, json_schema_extra={"examples": [{"plan": "growth"}]}
+    )
 
-    plan: str = Field(min_length=1, max_length=50)
+    plan: str = Field(min_length=1, max_length=50, json_schema_extra={"x-choices": "public_plans"})
 
 
 @bp.post("/account/plan")
+@responds(PlanChangeOut, errors=(409, 502))
 @require_key
 @require_role("manage_plan")
 @json_body(PlanChangeBody)
@@ -70,16 +100,19 @@ class BudgetBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     monthly_credits: int | None = Field(ge=1, le=MAX_BUDGET)
-    per_operation: dict[str, int] | None = None
+    per_operation: dict[OperationName, Annotated[int, Field(ge=1, le=MAX_BUDGET)]] | None = None
 
 
 @bp.get("/account/budget")
+@responds(BudgetOut)
 @require_key
 def get_budget() -> dict[str, Any]:
+    """Your spending budgets and what this period used of them."""
     return budgets.budget_view(db(), current_account())
 
 
 @bp.put("/account/budget")
+@responds(BudgetOut)
 @require_key
 @require_role("manage_budget")
 @json_body(BudgetBody)

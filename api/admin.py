@@ -3,16 +3,35 @@ transfers, and confirming (or failing) purchases paid outside Stripe."""
 
 from __future__ import annotations
 
-from decimal import Decimal
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from flask import Blueprint, request
+from flask import Blueprint
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.db import after_commit, db
 from api.payments import expire_checkout, retrieve_checkout
+from api.schemas import (
+    AccountDetailOut,
+    AccountOut,
+    AccountStatus,
+    AdminJobOut,
+    BankTransferOut,
+    ConfirmOut,
+    JobStatus,
+    ListOf,
+    OperationName,
+    Page,
+    PlanOut,
+    PurchaseAnswer,
+    PurchaseOut,
+    PurchaseStatus,
+    SyncOut,
+    UnbilledPage,
+    UnbilledReason,
+    responds,
+)
 from api.security import require_admin
-from api.validation import json_body, query_int
+from api.validation import PageQuery, json_body, query_params
 from billing import (
     accounts,
     backoffice,
@@ -23,66 +42,105 @@ from billing import (
     subscriptions,
     unbilled,
 )
-from billing.errors import InvalidInput
+from billing.amounts import Payment
+from billing.errors import Conflict, InvalidInput
 from models import utcnow
+
+if TYPE_CHECKING:
+    from api.openapi import DocumentBuilder
 
 bp = Blueprint("admin", __name__, url_prefix="/v1/admin")
 
 
 class AdjustBody(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={"examples": [{"amount": 500, "reason": "goodwill"}]},
+    )
 
-    amount: int = Field(ge=-10_000_000, le=10_000_000)
+    amount: int = Field(
+        ge=-10_000_000,
+        le=10_000_000,
+        description="Not 0; negative takes back.",
+        json_schema_extra={"not": {"const": 0}},
+    )
     reason: str = Field(min_length=1, max_length=500)
 
 
 class AccountPatch(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={"examples": [{"status": "active", "plan": "growth"}]},
+    )
 
-    status: str | None = None
-    plan: str | None = None
+    status: AccountStatus | None = None
+    plan: str | None = Field(default=None, max_length=50, description="A plan's slug.")
+
+
+class AccountsQuery(PageQuery):
+    email: str | None = Field(
+        default=None, max_length=320, description="A member's email, or its start (any case)."
+    )
+    status: AccountStatus | None = None
+    plan: str | None = Field(default=None, max_length=50, description="A plan's slug.")
 
 
 @bp.get("/accounts")
+@responds(Page[AccountOut])
 @require_admin
-def find_accounts() -> dict[str, Any]:
+@query_params(AccountsQuery)
+def find_accounts(query: AccountsQuery) -> dict[str, Any]:
     """Find accounts by a member's email (prefix, any case), status or plan slug."""
     page = backoffice.find_accounts(
         db(),
-        email=request.args.get("email"),
-        status=request.args.get("status"),
-        plan=request.args.get("plan"),
-        cursor=request.args.get("cursor"),
-        limit=query_int("limit", 20),
+        email=query.email,
+        status=query.status,
+        plan=query.plan,
+        cursor=query.cursor,
+        limit=query.limit,
     )
     return page.body(lambda account: accounts.account_view(db(), account))
 
 
 @bp.get("/accounts/<account_id>")
+@responds(AccountDetailOut)
 @require_admin
 def account_detail(account_id: str) -> dict[str, Any]:
+    """An account whole: members, keys by prefix, recent jobs and transactions."""
     return backoffice.account_detail(db(), account_id)
 
 
+class AdminJobsQuery(PageQuery):
+    status: JobStatus | None = None
+    account_id: str | None = Field(default=None, max_length=40)
+    operation: OperationName | None = None
+
+
 @bp.get("/jobs")
+@responds(Page[AdminJobOut])
 @require_admin
-def find_jobs() -> dict[str, Any]:
+@query_params(AdminJobsQuery)
+def find_jobs(query: AdminJobsQuery) -> dict[str, Any]:
     """Jobs across accounts, newest first: `?status=running` finds stuck work."""
     page = backoffice.find_jobs(
         db(),
-        status=request.args.get("status"),
-        account_id=request.args.get("account_id"),
-        operation=request.args.get("operation"),
-        cursor=request.args.get("cursor"),
-        limit=query_int("limit", 20),
+        status=query.status,
+        account_id=query.account_id,
+        operation=query.operation,
+        cursor=query.cursor,
+        limit=query.limit,
     )
     return page.body(backoffice.admin_job_view)
 
 
 @bp.post("/accounts/<account_id>/credits")
+@responds(AccountOut, errors=(402, 409))
 @require_admin
 @json_body(AdjustBody)
 def adjust_credits(account_id: str, body: AdjustBody) -> dict[str, Any]:
+    """Grant (or take back) credits: an `adjustment` transaction."""
     session = db()
     account = accounts.get_account(session, account_id)
     if body.amount == 0:
@@ -93,6 +151,7 @@ def adjust_credits(account_id: str, body: AdjustBody) -> dict[str, Any]:
 
 
 @bp.patch("/accounts/<account_id>")
+@responds(AccountOut)
 @require_admin
 @json_body(AccountPatch)
 def update_account(account_id: str, body: AccountPatch) -> dict[str, Any]:
@@ -106,7 +165,7 @@ class BankTransferBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     payment_reference: str = Field(min_length=1, max_length=200)
-    amount: Decimal = Field(gt=0, max_digits=12, decimal_places=2, strict=False)
+    amount: Payment
     payer_name: str = Field(min_length=1, max_length=200)
     proof_url: str | None = Field(default=None, max_length=2000)
     period_months: int = Field(default=1, ge=1, le=24)
@@ -115,6 +174,7 @@ class BankTransferBody(BaseModel):
 
 
 @bp.post("/accounts/<account_id>/bank-transfer")
+@responds(BankTransferOut, errors=(409,))
 @require_admin
 @json_body(BankTransferBody)
 def confirm_bank_transfer(account_id: str, body: BankTransferBody) -> dict[str, Any]:
@@ -130,7 +190,13 @@ def confirm_bank_transfer(account_id: str, body: BankTransferBody) -> dict[str, 
 
 
 class ConfirmBody(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "examples": [{"payment_reference": "BANK-2026-0042", "method": "bank_transfer"}]
+        },
+    )
 
     payment_reference: str = Field(min_length=1, max_length=200)
     method: Literal["manual", "bank_transfer"] = "manual"
@@ -142,21 +208,25 @@ class FailBody(BaseModel):
     reason: str = Field(min_length=1, max_length=200)
 
 
+class PurchasesQuery(PageQuery):
+    status: PurchaseStatus | None = None
+    account_id: str | None = Field(default=None, max_length=40)
+
+
 @bp.get("/purchases")
+@responds(Page[PurchaseOut])
 @require_admin
-def list_purchases() -> dict[str, Any]:
+@query_params(PurchasesQuery)
+def list_purchases(query: PurchasesQuery) -> dict[str, Any]:
     """Every account's purchases, newest first (`status=pending`: what awaits payment)."""
     page = purchases.list_purchases(
-        db(),
-        request.args.get("account_id"),
-        status=request.args.get("status"),
-        cursor=request.args.get("cursor"),
-        limit=query_int("limit", 20),
+        db(), query.account_id, status=query.status, cursor=query.cursor, limit=query.limit
     )
     return page.body(purchases.purchase_view)
 
 
 @bp.post("/purchases/<purchase_id>/confirm")
+@responds(ConfirmOut, errors=(409,))
 @require_admin
 @json_body(ConfirmBody)
 def confirm_purchase(purchase_id: str, body: ConfirmBody) -> dict[str, Any]:
@@ -171,6 +241,7 @@ def confirm_purchase(purchase_id: str, body: ConfirmBody) -> dict[str, Any]:
 
 
 @bp.post("/purchases/<purchase_id>/fail")
+@responds(PurchaseAnswer, errors=(409,))
 @require_admin
 @json_body(FailBody)
 def fail_purchase(purchase_id: str, body: FailBody) -> dict[str, Any]:
@@ -181,49 +252,71 @@ def fail_purchase(purchase_id: str, body: FailBody) -> dict[str, Any]:
 
 
 @bp.post("/purchases/<purchase_id>/sync")
+@responds(SyncOut, errors=(409, 502))
 @require_admin
 def sync_purchase(purchase_id: str) -> dict[str, Any]:
     """Ask Stripe how the purchase's checkout ended and apply it (a missed webhook)."""
     session = db()
     purchase = purchases.get_purchase(session, purchase_id)
     if not purchase.stripe_session_id:
-        raise InvalidInput("This purchase has no Stripe checkout to ask about.")
+        raise Conflict("This purchase has no Stripe checkout to ask about.")
     checkout = retrieve_checkout(purchase.stripe_session_id)
     outcome = purchases.apply_stripe_event(session, purchases.event_for(checkout), utcnow())
     purchase = purchases.get_purchase(session, purchase_id)
     return {"purchase": purchases.purchase_view(purchase), "outcome": outcome}
 
 
+class PlanPatch(plans.PlanFields):
+    """Any of a plan's fields; only those sent change (the plan must stay valid)."""
+
+    @classmethod
+    def openapi_schema(cls, builder: DocumentBuilder) -> dict[str, Any]:
+        schema = builder.plain(plans.PlanFields)
+        schema.pop("required", None)
+        for field in schema["properties"].values():
+            field.pop("default", None)
+        return {**schema, "title": cls.__name__, "description": cls.__doc__}
+
+
 @bp.post("/plans")
+@responds(PlanOut, 201, errors=(409,))
 @require_admin
-@json_body(dict)
+@json_body(dict, documented_as=plans.NewPlan)
 def create_plan(body: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """A new plan (billing/plans.py checks its fields)."""
     return accounts.plan_view(plans.create_plan(db(), body)), 201
 
 
 @bp.patch("/plans/<slug>")
+@responds(PlanOut)
 @require_admin
-@json_body(dict)
+@json_body(dict, documented_as=PlanPatch)
 def update_plan(slug: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Change a plan's fields."""
     return accounts.plan_view(plans.update_plan(db(), slug, body))
 
 
 @bp.get("/plans")
+@responds(ListOf[PlanOut])
 @require_admin
 def list_plans() -> dict[str, Any]:
+    """Every plan, internal and inactive ones too."""
     return {"data": [accounts.plan_view(p) for p in plans.list_all(db())]}
 
 
+class UnbilledQuery(PageQuery):
+    reason: UnbilledReason | None = None
+
+
 @bp.get("/unbilled-usage")
+@responds(UnbilledPage)
 @require_admin
-def list_unbilled_usage() -> dict[str, Any]:
+@query_params(UnbilledQuery)
+def list_unbilled_usage(query: UnbilledQuery) -> dict[str, Any]:
     """Provider usage nobody was charged for (billing/unbilled.py), newest first, with
     the totals."""
     session = db()
     page = unbilled.list_unbilled(
-        session,
-        cursor=request.args.get("cursor"),
-        limit=query_int("limit", 20),
-        reason=request.args.get("reason"),
+        session, cursor=query.cursor, limit=query.limit, reason=query.reason
     )
     return {**page.body(unbilled.unbilled_view), "totals": unbilled.totals(session)}

@@ -39,6 +39,7 @@ def create_app() -> Flask:
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json = validation.JsonProvider(app)
+    app.url_map.converters["id"] = validation.IdConverter
     if settings.trusted_proxies:  # the client address comes from X-Forwarded-For
         hops = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]

@@ -6,32 +6,48 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from flask import Blueprint, request
+from flask import Blueprint
+from pydantic import BaseModel, Field
 
 from api.db import db
+from api.schemas import ClusterOut, ContentOut, IdeaOut, ImageOut, ImagePromptOut, Page, responds
 from api.security import current_account, require_key
-from api.validation import query_int
+from api.validation import PageQuery, query_params
 from billing import artifacts
 
 bp = Blueprint("artifacts", __name__, url_prefix="/v1")
 
 
+SHAPES: dict[str, type[BaseModel]] = {
+    "clusters": ClusterOut,
+    "ideas": IdeaOut,
+    "contents": ContentOut,
+    "image-prompts": ImagePromptOut,
+    "images": ImageOut,
+}
+
+
+class ArtifactsQuery(PageQuery):
+    site_id: str | None = Field(default=None, max_length=40)
+    job_id: str | None = Field(default=None, max_length=40)
+
+
 def _listing(kind: artifacts.ArtifactKind) -> Callable[[], dict[str, Any]]:
-    def view() -> dict[str, Any]:
+    def view(query: ArtifactsQuery) -> dict[str, Any]:
         page = artifacts.list_artifacts(
             db(),
             current_account().id,
             kind,
-            site_id=request.args.get("site_id"),
-            job_id=request.args.get("job_id"),
-            cursor=request.args.get("cursor"),
-            limit=query_int("limit", 20),
+            site_id=query.site_id,
+            job_id=query.job_id,
+            cursor=query.cursor,
+            limit=query.limit,
         )
         return page.body(kind.view)
 
     view.__name__ = "list_" + kind.path.replace("-", "_")
     view.__doc__ = f"The {kind.path.replace('-', ' ')} your {kind.operation} jobs created."
-    return require_key(view)
+    return responds(Page[SHAPES[kind.path]])(require_key(query_params(ArtifactsQuery)(view)))
 
 
 for _kind in artifacts.KINDS.values():

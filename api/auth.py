@@ -3,39 +3,72 @@ both throttled per client address and per email (api/auth_throttle.py)."""
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 from flask import Blueprint
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from api import auth_throttle
 from api.db import db
 from api.errors import ApiError
 from api.payments import with_checkout
+from api.schemas import LoginOut, RegisterOut, responds
 from api.validation import json_body
 from billing import accounts, subscriptions, team
 from billing.errors import NotFound
+from billing.text import BLANK_CLASS, BLANKS
 from models import utcnow
 from settings import get_settings
 
 bp = Blueprint("auth", __name__, url_prefix="/v1/auth")
 
+_PART = f"[^@{BLANK_CLASS}]+"
+_ADDRESS = re.compile(f"{_PART}@{_PART}\\.{_PART}")
+
+
+def _address(value: str) -> str:
+    if not _ADDRESS.fullmatch(value):
+        raise ValueError("must be an email address")
+    return value
+
+
+# At most 320 characters as sent; blanks around the address are trimmed.
 Email = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, max_length=320, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$"),
+    Field(
+        max_length=320,
+        json_schema_extra={
+            "pattern": f"^[{BLANK_CLASS}]*{_PART}@{_PART}\\.{_PART}[{BLANK_CLASS}]*$"
+        },
+    ),
+    AfterValidator(lambda value: _address(value.strip(BLANKS))),
 ]
 
 
 class RegisterBody(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "examples": [{"email": "me@example.com", "password": "a long password"}]
+        },
+    )
 
     email: Email
     password: str = Field(min_length=8, max_length=200)
     name: str = Field(default="", max_length=200)
-    plan: str | None = Field(default=None, min_length=1, max_length=50)
+    plan: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=50,
+        description="A free plan (default `free-trial`) or a paid one, paid before use.",
+        json_schema_extra={"x-choices": "public_plans"},
+    )
 
 
 @bp.post("/register")
+@responds(RegisterOut, 201, errors=(409, 429))
 @json_body(RegisterBody)
 def register(body: RegisterBody) -> tuple[dict[str, Any], int]:
     """A free plan: a trial with its credits. A paid plan: `pending_payment` and the
@@ -64,6 +97,7 @@ class LoginBody(BaseModel):
 
 
 @bp.post("/login")
+@responds(LoginOut, errors=(401, 429))
 @json_body(LoginBody)
 def login(body: LoginBody) -> dict[str, Any]:
     """Email + password -> a login token usable as `Authorization: Bearer tok_...`."""
@@ -91,6 +125,7 @@ class AcceptBody(BaseModel):
 
 
 @bp.post("/accept-invitation")
+@responds(LoginOut, errors=(404, 409, 410))
 @json_body(AcceptBody)
 def accept_invitation(body: AcceptBody) -> dict[str, Any]:
     """Set a password with the invitation's one-time token; answers with a login token."""

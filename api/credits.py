@@ -4,23 +4,28 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, request
+from flask import Blueprint
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.db import db
 from api.payments import with_checkout
+from api.schemas import Page, PurchaseAnswer, TransactionOut, responds
 from api.security import current_account, require_key, require_role
-from api.validation import json_body, query_int
+from api.validation import PageQuery, json_body, query_params
 from billing import ledger, purchases
+from billing.purchases import MIN_TOPUP_CREDITS
 
 bp = Blueprint("credits", __name__, url_prefix="/v1/credits")
 
 
 @bp.get("/transactions")
+@responds(Page[TransactionOut])
 @require_key
-def transactions() -> dict[str, Any]:
+@query_params(PageQuery)
+def transactions(query: PageQuery) -> dict[str, Any]:
+    """Every posted credit movement, newest first."""
     page = ledger.list_transactions(
-        db(), current_account().id, cursor=request.args.get("cursor"), limit=query_int("limit", 20)
+        db(), current_account().id, cursor=query.cursor, limit=query.limit
     )
     return page.body(ledger.transaction_view)
 
@@ -28,12 +33,15 @@ def transactions() -> dict[str, Any]:
 class TopupBody(BaseModel):
     """Only how many credits: the price comes from the plan, and a payment grants them."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(
+        extra="forbid", strict=True, json_schema_extra={"examples": [{"credits": 5000}]}
+    )
 
-    credits: int = Field(ge=1, le=10_000_000)
+    credits: int = Field(ge=MIN_TOPUP_CREDITS, le=10_000_000)
 
 
 @bp.post("/topup")
+@responds(PurchaseAnswer, 201, errors=(502,))
 @require_key
 @require_role("manage_billing")
 @json_body(TopupBody)

@@ -30,7 +30,7 @@ STATUS_BY_CODE = {
     "webhook_disabled": 409,
     "invitation_used": 409,
     "invitation_expired": 410,
-    "amount_mismatch": 422,
+    "amount_mismatch": 409,
     "purchase_not_pending": 409,
     "plan_limits_exceeded": 409,
     "insufficient_credits": 402,
@@ -91,8 +91,13 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
+        """werkzeug's errors as JSON, keeping their headers (a 405's `Allow`)."""
         code = (exc.name or "error").lower().replace(" ", "_")
-        return error_response(exc.code or 500, code, exc.description or exc.name or "Error")
+        response = error_response(exc.code or 500, code, exc.description or exc.name or "Error")
+        for name, value in exc.get_headers():
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response
 
     @app.errorhandler(DataError)
     def _unstorable_value(exc: DataError) -> Response:

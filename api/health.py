@@ -12,6 +12,7 @@ import redis
 from flask import Blueprint
 from sqlalchemy import text
 
+from api.schemas import HealthOut, responds
 from models.db import get_engine
 from settings import get_settings
 
@@ -20,7 +21,9 @@ PROBE_TIMEOUT_SECONDS = 2
 
 
 @bp.get("/healthz")
+@responds(HealthOut)
 def healthz() -> tuple[dict[str, Any], int]:
+    """The database and the broker both answer (503 names what is down)."""
     settings = get_settings()
     checks = {"database": "ok", "broker": "ok"}
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from flask import Blueprint, Response, request
 from pydantic import BaseModel, ConfigDict, Field
@@ -13,11 +13,21 @@ import logs
 import metrics
 from api.db import after_commit, db
 from api.errors import error_response
+from api.schemas import EstimateOut, JobOut, Page, responds
 from api.security import current_account, require_key, require_role
-from api.validation import json_body, query_int, webhook_url_policy
+from api.validation import (
+    WEBHOOK_URL,
+    PageQuery,
+    json_body,
+    query_params,
+    request_headers,
+    webhook_url_policy,
+)
 from billing import job_views, runs
 from billing.admission import Dispatch
+from billing.operations import OPERATIONS
 from billing.submission import JobRequest, estimate_job, submit_job
+from models import JOB_STATUSES
 from models.db import transaction
 from settings import get_settings
 from workers.dispatch import enqueue_dispatches, enqueue_job, send_ending
@@ -26,7 +36,13 @@ log = logging.getLogger(__name__)
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
 
+if TYPE_CHECKING:
+    from api.openapi import DocumentBuilder
+
+
 class EstimateBody(BaseModel):
+    """`input` is validated by the operation's own model (billing/operations.py)."""
+
     model_config = ConfigDict(extra="forbid", strict=True)
 
     operation: str
@@ -34,16 +50,51 @@ class EstimateBody(BaseModel):
     site_id: str | None = Field(default=None, max_length=40)
     model: str | None = Field(default=None, max_length=100)
 
+    @classmethod
+    def openapi_schema(cls, builder: DocumentBuilder) -> dict[str, Any]:
+        """One variant per operation, told apart by `operation` (built from the same
+        input models the submission validates with)."""
+        return builder.per_operation(cls)
+
 
 class SubmitBody(EstimateBody):
-    webhook_url: str | None = Field(default=None, max_length=2000)
+    webhook_url: WEBHOOK_URL | None = Field(
+        default=None, description="Told when the job ends (signed); else the account's."
+    )
+
+
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "The same key returns the first job (`Idempotent-Replayed: true`); "
+    "with another body it is a 409. Kept as long as the job.",
+    "schema": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 255,
+        "pattern": r"^[!-~]([ -~]*[!-~])?$",
+    },
+}
+SUBMITTED_HEADERS = {
+    "Location": {"description": "The job's URL.", "schema": {"type": "string"}, "required": True},
+    "Idempotent-Replayed": {
+        "description": "`true` when an earlier submission with this key is answered.",
+        "schema": {"type": "string", "enum": ["true"]},
+    },
+}
 
 
 @bp.post("")
+@responds(JobOut, 202, errors=(409,), headers=SUBMITTED_HEADERS)
+@request_headers(IDEMPOTENCY_KEY)
 @require_key
 @require_role("submit_jobs")
 @json_body(SubmitBody)
 def submit(body: SubmitBody) -> tuple[dict[str, Any], int, dict[str, str]]:
+    """Submit a job: its worst-case cost is held, then it is queued.
+
+    402 when the hold does not fit the credits available or a budget."""
     account = current_account()
     submission = submit_job(
         db(),
@@ -73,6 +124,7 @@ def submit(body: SubmitBody) -> tuple[dict[str, Any], int, dict[str, str]]:
 
 
 @bp.post("/estimate")
+@responds(EstimateOut)
 @require_key
 @json_body(EstimateBody)
 def estimate(body: EstimateBody) -> dict[str, Any]:
@@ -113,32 +165,45 @@ def _enqueue(job_id: str, dispatches: list[Dispatch]) -> Response | None:
     return None
 
 
-@bp.get("/<job_id>")
+@bp.get("/<id:job_id>")
+@responds(JobOut)
 @require_key
 def get_job(job_id: str) -> dict[str, Any]:
+    """A job: its status, the credits held and charged, its result or error."""
     return job_views.job_view(job_views.get_job(db(), current_account().id, job_id))
 
 
+class JobsQuery(PageQuery):
+    status: Literal[JOB_STATUSES] | None = None  # type: ignore[valid-type]
+    operation: Literal[tuple(OPERATIONS)] | None = None  # type: ignore[valid-type]
+
+
 @bp.get("")
+@responds(Page[JobOut])
 @require_key
-def list_jobs() -> dict[str, Any]:
+@query_params(JobsQuery)
+def list_jobs(query: JobsQuery) -> dict[str, Any]:
+    """Your jobs, newest first; filter by `status` and `operation`."""
     page = job_views.list_jobs(
         db(),
         current_account().id,
-        status=request.args.get("status"),
-        operation=request.args.get("operation"),
-        cursor=request.args.get("cursor"),
-        limit=query_int("limit", 20),
+        status=query.status,
+        operation=query.operation,
+        cursor=query.cursor,
+        limit=query.limit,
     )
     return page.body(job_views.job_view)
 
 
-@bp.post("/<job_id>/cancel")
+@bp.post("/<id:job_id>/cancel")
+@responds(JobOut, errors=(409,))
 @require_key
 @require_role("submit_jobs")
 def cancel(job_id: str) -> dict[str, Any]:
-    """Queued: cancelled now. Running: cancelled at the worker's next safe point
-    (`cancel_requested_at` is set meanwhile); charged as README "What is charged" says."""
+    """Cancel a job: queued, at once; running, at the worker's next safe point.
+
+    `cancel_requested_at` is set meanwhile; charged as README "What is charged" says. 409
+    once it has ended."""
     ending = runs.cancel_job(db(), current_account().id, job_id)
     after_commit(lambda: send_ending(ending))
     return job_views.job_view(job_views.get_job(db(), current_account().id, job_id))

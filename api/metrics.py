@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hmac
+import re
 from collections.abc import Iterable
 
 import redis
@@ -12,6 +13,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 import metrics
 from api.errors import ApiError
+from api.schemas import responds
 from billing.monitoring import platform_state
 from celeryconfig import QUEUES
 from models import utcnow
@@ -19,6 +21,7 @@ from models.db import session_factory
 from settings import get_settings
 
 bp = Blueprint("metrics", __name__)
+_CONVERTER = re.compile(r"<[^:>]+:(\w+)>")
 
 
 def _state() -> Iterable[GaugeMetricFamily]:
@@ -48,7 +51,9 @@ def _state() -> Iterable[GaugeMetricFamily]:
 
 
 @bp.get("/metrics")
+@responds(None, errors=(401,), media_types={"text/plain": {"type": "string"}})
 def scrape() -> Response:
+    """Prometheus text format (`Authorization: Bearer <METRICS_TOKEN>` when that is set)."""
     token = get_settings().metrics_token
     if token:
         offered = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
@@ -58,12 +63,17 @@ def scrape() -> Response:
     return Response(body, content_type=content_type)
 
 
+def _label(rule: str) -> str:
+    """`/v1/jobs/<id:job_id>` as `/v1/jobs/<job_id>`: labels do not change with converters."""
+    return _CONVERTER.sub(r"<\1>", rule)
+
+
 def init_app(app: Flask) -> None:
     """Count every response by endpoint and status (429s also as rate-limit refusals)."""
 
     @app.after_request
     def _count(response: Response) -> Response:
-        endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+        endpoint = _label(request.url_rule.rule) if request.url_rule else "unmatched"
         metrics.HTTP_RESPONSES.labels(request.method, endpoint, str(response.status_code)).inc()
         if response.status_code == 429:
             metrics.RATE_LIMITED.labels(endpoint).inc()

@@ -13,6 +13,7 @@ from flask import Blueprint
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.errors import ApiError
+from api.schemas import ProviderLimitOut, ProviderLimitsOut, responds
 from api.security import require_admin
 from api.validation import json_body
 from settings import get_settings
@@ -38,8 +39,10 @@ def _redis_down(exc: redis.RedisError) -> ApiError:
 
 
 @bp.get("")
+@responds(ProviderLimitsOut)
 @require_admin
 def list_limits() -> dict[str, Any]:
+    """The provider's limits per model: env defaults and runtime overrides."""
     settings = get_settings()
     try:
         overrides = ratelimit.overrides()
@@ -60,9 +63,11 @@ def _check(model: str) -> None:
 
 
 @bp.put("/<model>")
+@responds(ProviderLimitOut)
 @require_admin
 @json_body(LimitsBody)
 def set_limits(model: str, body: LimitsBody) -> dict[str, Any]:
+    """Override a model's limits for every worker, now."""
     _check(model)
     limits = ratelimit.Limits(body.rpm, body.tpm)
     try:
@@ -73,8 +78,10 @@ def set_limits(model: str, body: LimitsBody) -> dict[str, Any]:
 
 
 @bp.delete("/<model>")
+@responds(None, 204, errors=(422,))  # a model name over 100 characters
 @require_admin
 def delete_limits(model: str) -> tuple[str, int]:
+    """Back to the env's limits for the model."""
     _check(model)
     try:
         ratelimit.set_override(model, None)

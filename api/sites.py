@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, request
+from flask import Blueprint
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.db import db
+from api.schemas import ListOf, SiteDeletionOut, SiteOut, responds
 from api.security import current_account, require_key, require_role
-from api.validation import json_body
+from api.validation import Query, json_body, query_params
 from billing import sites
 from models import utcnow
 
@@ -18,37 +19,57 @@ bp = Blueprint("sites", __name__, url_prefix="/v1/sites")
 
 
 class SiteBody(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={"examples": [{"name": "blog", "domain": "example.com"}]},
+    )
 
     name: str = Field(min_length=1, max_length=200)
     domain: str | None = Field(default=None, max_length=300)
 
 
 class SitePatch(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    """At least one of `name` and `domain`."""
 
-    name: str | None = Field(default=None, min_length=1, max_length=200)
-    domain: str | None = Field(default=None, max_length=300)
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"minProperties": 1})
+
+    # Optional, yet never null: a site always has a name.
+    name: str = Field(  # type: ignore[assignment]
+        default=None,
+        min_length=1,
+        max_length=200,
+        json_schema_extra=lambda schema: schema.pop("default", None),  # type: ignore[arg-type,misc]
+    )
+    domain: str | None = Field(default=None, max_length=300, description="null clears it.")
 
 
 @bp.post("")
+@responds(SiteOut, 201)
 @require_key
 @require_role("manage_sites")
 @json_body(SiteBody)
 def create_site(body: SiteBody) -> tuple[dict[str, Any], int]:
+    """A new site (403 `limit_reached` past the plan's max_sites)."""
     return sites.site_view(sites.create_site(db(), current_account(), body.name, body.domain)), 201
 
 
+class SitesQuery(Query):
+    include_deleted: bool = Field(default=False, description="Also the deleted sites.")
+
+
 @bp.get("")
+@responds(ListOf[SiteOut])
 @require_key
-def list_sites() -> dict[str, Any]:
+@query_params(SitesQuery)
+def list_sites(query: SitesQuery) -> dict[str, Any]:
     """Live sites; `?include_deleted=true` adds the deleted ones (for job history)."""
-    include_deleted = request.args.get("include_deleted", "").lower() in ("1", "true")
-    found = sites.list_sites(db(), current_account().id, include_deleted=include_deleted)
+    found = sites.list_sites(db(), current_account().id, include_deleted=query.include_deleted)
     return {"data": [sites.site_view(s) for s in found]}
 
 
 @bp.get("/<site_id>")
+@responds(SiteOut)
 @require_key
 def get_site(site_id: str) -> dict[str, Any]:
     """A site, deleted ones included (`status`, `deleted_at`), so job history resolves."""
@@ -57,6 +78,7 @@ def get_site(site_id: str) -> dict[str, Any]:
 
 
 @bp.patch("/<site_id>")
+@responds(SiteOut)
 @require_key
 @require_role("manage_sites")
 @json_body(SitePatch)
@@ -70,6 +92,7 @@ def update_site(site_id: str, body: SitePatch) -> dict[str, Any]:
 
 
 @bp.delete("/<site_id>")
+@responds(SiteDeletionOut)
 @require_key
 @require_role("manage_sites")
 def delete_site(site_id: str) -> dict[str, Any]:

@@ -11,6 +11,18 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import Email
 from api.db import db
+from api.schemas import (
+    ApiKeyOut,
+    AssignableRole,
+    InvitationAnswer,
+    InviteOut,
+    ListOf,
+    NewApiKeyOut,
+    RemovalOut,
+    TransferOut,
+    UserOut,
+    responds,
+)
 from api.security import current_account, current_user, require_key, require_role
 from api.validation import json_body
 from billing import accounts, team
@@ -22,17 +34,21 @@ log = logging.getLogger(__name__)
 
 
 class InviteBody(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={"examples": [{"email": "ed@example.com", "role": "editor"}]},
+    )
 
     email: Email
-    role: str = Field(default="editor", max_length=20)
+    role: AssignableRole = "editor"
     name: str = Field(default="", max_length=200)
 
 
 class RoleBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    role: str = Field(max_length=20)
+    role: AssignableRole
 
 
 class TransferBody(BaseModel):
@@ -48,13 +64,16 @@ class KeyBody(BaseModel):
 
 
 @bp.get("/team")
+@responds(ListOf[UserOut])
 @require_key
 def list_team() -> dict[str, Any]:
+    """The account's members."""
     users = accounts.list_users(db(), current_account().id)
     return {"data": [accounts.user_view(u) for u in users]}
 
 
 @bp.post("/team/invite")
+@responds(InviteOut, 201, errors=(409,))
 @require_key
 @require_role("manage_team")
 @json_body(InviteBody)
@@ -72,7 +91,8 @@ def invite(body: InviteBody) -> tuple[dict[str, Any], int]:
     }, 201
 
 
-@bp.post("/team/<user_id>/invitation")
+@bp.post("/team/<id:user_id>/invitation")
+@responds(InvitationAnswer, 201, errors=(409,))
 @require_key
 @require_role("manage_team")
 def reissue_invitation(user_id: str) -> tuple[dict[str, Any], int]:
@@ -85,7 +105,8 @@ def reissue_invitation(user_id: str) -> tuple[dict[str, Any], int]:
     return {"invitation": _shown(invitation, token)}, 201
 
 
-@bp.patch("/team/<user_id>")
+@bp.patch("/team/<id:user_id>")
+@responds(UserOut)
 @require_key
 @require_role("manage_team")
 @json_body(RoleBody)
@@ -95,7 +116,8 @@ def change_role(user_id: str, body: RoleBody) -> dict[str, Any]:
     return accounts.user_view(user)
 
 
-@bp.delete("/team/<user_id>")
+@bp.delete("/team/<id:user_id>")
+@responds(RemovalOut)
 @require_key
 @require_role("manage_team")
 def remove_member(user_id: str) -> dict[str, Any]:
@@ -105,6 +127,7 @@ def remove_member(user_id: str) -> dict[str, Any]:
 
 
 @bp.post("/team/transfer-ownership")
+@responds(TransferOut, errors=(404, 409))
 @require_key
 @require_role("transfer_ownership")
 @json_body(TransferBody)
@@ -125,23 +148,28 @@ def _shown(invitation: Invitation, token: str) -> dict[str, Any]:
 
 
 @bp.get("/keys")
+@responds(ListOf[ApiKeyOut])
 @require_key
 @require_role("manage_keys")
 def list_keys() -> dict[str, Any]:
+    """The account's API keys, by prefix only."""
     keys = accounts.list_api_keys(db(), current_account().id)
     return {"data": [accounts.api_key_view(k) for k in keys]}
 
 
 @bp.post("/keys")
+@responds(NewApiKeyOut, 201)
 @require_key
 @require_role("manage_keys")
 @json_body(KeyBody)
 def create_key(body: KeyBody) -> tuple[dict[str, Any], int]:
+    """A new key for you: shown once."""
     api_key, key = accounts.create_api_key(db(), current_account().id, current_user().id, body.name)
     return {**accounts.api_key_view(api_key), "api_key": key}, 201
 
 
 @bp.delete("/keys/<key_id>")
+@responds(ApiKeyOut)
 @require_key
 @require_role("manage_keys")
 def revoke_key(key_id: str) -> dict[str, Any]:

@@ -5,23 +5,82 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from flask import Blueprint, Response, request
+from pydantic import BeforeValidator, Field
 
 from api.db import db
-from api.errors import ApiError
+from api.schemas import (
+    DailyOut,
+    InsightsOut,
+    OperationName,
+    Page,
+    SummaryOut,
+    UsageLogOut,
+    responds,
+)
 from api.security import current_account, require_admin, require_key
-from api.validation import query_int
+from api.validation import PageQuery, Query, QueryInt, integral, query_params
 from billing import usage
 from billing.accounts import get_account
+from billing.paging import MAX_PAGE_SIZE
 from models import Account, utcnow
 from models.db import session_factory
 
 bp = Blueprint("usage", __name__, url_prefix="/v1")
 
 
+DATE_OR_TIME = (
+    "A date (`2026-11-01`, a whole local day) or an ISO 8601 time (without an offset: "
+    "local). `from`..`to` spans at most 366 days; `to` needs `from`; not with `days`."
+)
+DateOrTime = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=40,
+        json_schema_extra={"anyOf": [{"format": "date"}, {"format": "date-time"}]},
+    ),
+]
+CSV = {"text/csv": {"type": "string", "description": "A header row, one line per row."}}
+
+
+class RangeQuery(Query):
+    """The last `days` days, or `from`..`to` (at most 366 days; not both ways at once)."""
+
+    days: Annotated[Literal[7, 30, 90], BeforeValidator(integral)] | None = Field(
+        default=None, description="The last N days, today included (default 30)."
+    )
+    from_: DateOrTime | None = Field(default=None, alias="from", description=DATE_OR_TIME)
+    to: DateOrTime | None = Field(default=None, description=DATE_OR_TIME + " Inclusive.")
+
+    def window(self, zone: Any) -> usage.Window:
+        days = str(self.days) if self.days is not None else None
+        return usage.window(zone, utcnow(), days=days, start=self.from_, end=self.to)
+
+
+class LogsQuery(PageQuery):
+    limit: QueryInt = Field(
+        default=usage.LOG_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE, description="Rows per page."
+    )
+    operation: OperationName | None = None
+    site_id: str | None = Field(default=None, max_length=40)
+    model: str | None = Field(
+        default=None, max_length=100, json_schema_extra={"x-choices": "models"}
+    )
+    job_id: str | None = Field(default=None, max_length=40)
+    from_: DateOrTime | None = Field(default=None, alias="from", description=DATE_OR_TIME)
+    to: DateOrTime | None = Field(default=None, description=DATE_OR_TIME + " Inclusive.")
+    format: Literal["json", "csv"] | None = Field(
+        default=None,
+        description="`csv`: every matching row as CSV (ignores limit and cursor). Default: "
+        "JSON, or CSV when `Accept` prefers `text/csv`.",
+    )
+
+
 @bp.get("/usage/summary")
+@responds(SummaryOut)
 @require_key
 def summary() -> dict[str, Any]:
     """The four limits, the balance and this period's spend."""
@@ -29,20 +88,25 @@ def summary() -> dict[str, Any]:
 
 
 @bp.get("/usage/insights")
+@responds(InsightsOut)
 @require_key
-def insights() -> dict[str, Any]:
+@query_params(RangeQuery)
+def insights(query: RangeQuery) -> dict[str, Any]:
     """Credits per operation, site, model, image tier and source, and a timeline."""
-    return _insights(current_account())
+    return _insights(current_account(), query)
 
 
 @bp.get("/usage/logs")
+@responds(Page[UsageLogOut], media_types=CSV)
 @require_key
-def logs() -> Any:
+@query_params(LogsQuery)
+def logs(query: LogsQuery) -> Any:
     """One row per billed AI operation; `format=csv` (or Accept: text/csv) streams all."""
-    return _logs(current_account())
+    return _logs(current_account(), query)
 
 
 @bp.get("/admin/accounts/<account_id>/usage/summary")
+@responds(SummaryOut)
 @require_admin
 def admin_summary(account_id: str) -> dict[str, Any]:
     """An account's usage summary, for operators."""
@@ -50,69 +114,54 @@ def admin_summary(account_id: str) -> dict[str, Any]:
 
 
 @bp.get("/admin/accounts/<account_id>/usage/insights")
+@responds(InsightsOut)
 @require_admin
-def admin_insights(account_id: str) -> dict[str, Any]:
+@query_params(RangeQuery)
+def admin_insights(account_id: str, query: RangeQuery) -> dict[str, Any]:
     """An account's credit insights, for operators."""
-    return _insights(get_account(db(), account_id))
+    return _insights(get_account(db(), account_id), query)
 
 
 @bp.get("/admin/accounts/<account_id>/usage/logs")
+@responds(Page[UsageLogOut], media_types=CSV)
 @require_admin
-def admin_logs(account_id: str) -> Any:
+@query_params(LogsQuery)
+def admin_logs(account_id: str, query: LogsQuery) -> Any:
     """An account's usage logs (JSON or CSV), for operators."""
-    return _logs(get_account(db(), account_id))
+    return _logs(get_account(db(), account_id), query)
 
 
 @bp.get("/admin/usage/daily")
+@responds(DailyOut)
 @require_admin
-def platform_daily() -> dict[str, Any]:
+@query_params(RangeQuery)
+def platform_daily(query: RangeQuery) -> dict[str, Any]:
     """Per UTC day, all accounts: credits, USD cost and jobs by status."""
-    span = usage.window(UTC, utcnow(), **_range())
-    return usage.platform_daily(db(), span)
+    return usage.platform_daily(db(), query.window(UTC))
 
 
-def _range() -> dict[str, str | None]:
-    return {
-        "days": request.args.get("days"),
-        "start": request.args.get("from"),
-        "end": request.args.get("to"),
-    }
+def _insights(account: Account, query: RangeQuery) -> dict[str, Any]:
+    return usage.insights(db(), account, query.window(usage.account_zone(account)))
 
 
-def _insights(account: Account) -> dict[str, Any]:
-    span = usage.window(usage.account_zone(account), utcnow(), **_range())
-    return usage.insights(db(), account, span)
-
-
-def _logs(account: Account) -> Any:
+def _logs(account: Account, query: LogsQuery) -> Any:
     where = usage.log_filter(
         db(),
         account,
-        operation=request.args.get("operation"),
-        site_id=request.args.get("site_id"),
-        model=request.args.get("model"),
-        job_id=request.args.get("job_id"),
-        start=request.args.get("from"),
-        end=request.args.get("to"),
+        operation=query.operation,
+        site_id=query.site_id,
+        model=query.model,
+        job_id=query.job_id,
+        start=query.from_,
+        end=query.to,
     )
-    if _wants_csv():
+    if _wants_csv(query.format):
         return _csv(account.id, where)
-    page = usage.list_logs(
-        db(),
-        account.id,
-        where,
-        cursor=request.args.get("cursor"),
-        limit=query_int("limit", usage.LOG_PAGE_SIZE),
-    )
+    page = usage.list_logs(db(), account.id, where, cursor=query.cursor, limit=query.limit)
     return page.body(usage.log_view)
 
 
-def _wants_csv() -> bool:
-    chosen = request.args.get("format")
-    if chosen not in (None, "json", "csv"):
-        raise ApiError(
-            422, "invalid_request", "format must be json or csv.", fields={"format": "json|csv"}
-        )
+def _wants_csv(chosen: str | None) -> bool:
     if chosen is not None:
         return chosen == "csv"
     return request.accept_mimetypes.best_match(["application/json", "text/csv"]) == "text/csv"

@@ -10,8 +10,17 @@ from flask import Blueprint
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.db import after_commit, db
+from api.schemas import (
+    DeliveryOut,
+    EndpointOut,
+    ListOf,
+    RedeliveryOut,
+    RotatedSecretOut,
+    SecretOut,
+    responds,
+)
 from api.security import current_account, require_key, require_role
-from api.validation import json_body, webhook_url_policy
+from api.validation import WEBHOOK_URL, json_body, webhook_url_policy
 from billing import webhooks
 from models import Account, utcnow
 from models.db import transaction
@@ -22,6 +31,7 @@ bp = Blueprint("webhooks", __name__, url_prefix="/v1")
 
 
 @bp.get("/webhooks/secret")
+@responds(SecretOut)
 @require_key
 @require_role("manage_settings")
 def get_secret() -> dict[str, Any]:
@@ -40,6 +50,7 @@ def get_secret() -> dict[str, Any]:
 
 
 @bp.post("/webhooks/secret/rotate")
+@responds(RotatedSecretOut)
 @require_key
 @require_role("manage_settings")
 def rotate_secret() -> dict[str, Any]:
@@ -51,18 +62,27 @@ def rotate_secret() -> dict[str, Any]:
 
 
 class EndpointBody(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={"examples": [{"url": "https://hooks.example.com/aijobs"}]},
+    )
 
-    url: str | None = Field(max_length=2000)
+    url: WEBHOOK_URL | None = Field(
+        description="http(s), a public address (SSRF policy: README, Webhooks); null clears."
+    )
 
 
 @bp.get("/webhooks/endpoint")
+@responds(EndpointOut)
 @require_key
 def get_endpoint() -> dict[str, Any]:
+    """The account's default webhook URL."""
     return webhooks.endpoint_view(current_account())
 
 
 @bp.put("/webhooks/endpoint")
+@responds(EndpointOut)
 @require_key
 @require_role("manage_settings")
 @json_body(EndpointBody)
@@ -74,14 +94,17 @@ def set_endpoint(body: EndpointBody) -> dict[str, Any]:
     return webhooks.endpoint_view(account)
 
 
-@bp.get("/jobs/<job_id>/webhook-deliveries")
+@bp.get("/jobs/<id:job_id>/webhook-deliveries")
+@responds(ListOf[DeliveryOut])
 @require_key
 def job_deliveries(job_id: str) -> dict[str, Any]:
+    """Each webhook delivery of a job, with every attempt."""
     rows = webhooks.job_deliveries(db(), current_account().id, job_id)
     return {"data": [webhooks.delivery_view(delivery, attempts) for delivery, attempts in rows]}
 
 
 @bp.post("/webhooks/deliveries/<delivery_id>/redeliver")
+@responds(RedeliveryOut, 202, errors=(409,))
 @require_key
 @require_role("submit_jobs")
 def redeliver(delivery_id: str) -> tuple[dict[str, Any], int]:

@@ -370,7 +370,7 @@ def admin_update(
     if plan_slug is not None:
         plan = session.scalar(select(Plan).where(Plan.slug == plan_slug))
         if plan is None:
-            raise InvalidInput(f"Unknown plan {plan_slug!r}.", fields={"plan": "unknown plan"})
+            raise NotFound(f"Plan {plan_slug!r} not found.")
         account.plan = plan
     session.flush()
     return account

@@ -3,6 +3,7 @@ by status across accounts (to find stuck work). Read-only."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Select, select
@@ -23,7 +24,7 @@ def _like_prefix(text: str) -> str:
     return escaped + "%"
 
 
-def _one_of(name: str, value: str | None, allowed: tuple[str, ...]) -> None:
+def _one_of(name: str, value: str | None, allowed: Sequence[str]) -> None:
     if value is not None and value not in allowed:
         raise InvalidInput(
             f"Unknown {name} {value!r}. Choose one of: {', '.join(allowed)}.",

@@ -59,15 +59,16 @@ class InvitationGone(BillingError):
 class AmountMismatch(BillingError):
     """A payment that does not match what it pays for (needs an explicit override)."""
 
-    code = "amount_mismatch"
+    code = "amount_mismatch"  # 409: the transfer conflicts with the plan's price
 
 
 class InsufficientCredits(BillingError):
     code = "insufficient_credits"
 
-    def __init__(self, required: int, available: int, what: str = "This job") -> None:
+    def __init__(self, required: int, available: int, message: str = "") -> None:
         super().__init__(
-            f"{what} needs up to {required} credits but only {available} are available.",
+            message
+            or f"This job needs up to {required} credits but only {available} are available.",
             required=required,
             available=available,
         )

@@ -37,7 +37,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import BindParameter
 
-from billing.errors import InvalidInput
+from billing.errors import InvalidInput, NotFound
 from billing.keywords import COUNTRY_CODE, Import, KeywordEntry, add_keywords
 from billing.paging import Page, decode_int_pair_cursor, encode_cursor, page_of, page_size
 from billing.sites import get_site
@@ -172,7 +172,10 @@ def _header(record: list[str] | None) -> list[str]:
         raise InvalidInput(
             f"The CSV header must name the columns {', '.join(CSV_COLUMNS)} "
             f"({', '.join(REQUIRED_COLUMNS)} required), each once.",
-            fields={"header": f"missing {missing}, unknown {unknown}"},
+            fields={
+                "header": f"missing: {', '.join(missing) or 'none'}; "
+                f"unknown: {', '.join(unknown) or 'none'}"
+            },
         )
     return columns
 
@@ -352,9 +355,8 @@ def add_to_site(session: Session, account: Account, site_id: str, ids: Sequence[
     }
     missing = [i for i in wanted if i not in rows]
     if missing:
-        raise InvalidInput(
-            f"Unknown keyword library ids: {missing[:20]}.", fields={"ids": "unknown ids"}
-        )
+        shown = ", ".join(map(str, missing[:20]))
+        raise NotFound(f"Keyword library ids not found: {shown}.", ids=missing[:20])
     entries = [
         KeywordEntry(
             keyword=row.keyword,

@@ -147,9 +147,8 @@ def expand_keyword_ids(
     found = {kw_id: keyword for kw_id, keyword in session.execute(query)}
     missing = [i for i in ids if i not in found]
     if missing:
-        raise InvalidInput(
-            f"Unknown keyword ids: {missing[:20]}.", fields={"input.keyword_ids": "unknown ids"}
-        )
+        shown = ", ".join(map(str, missing[:20]))
+        raise NotFound(f"Keyword ids not found: {shown}.", ids=missing[:20])
     keywords = list(dict.fromkeys([*job_input["keywords"], *(found[i] for i in ids)]))
     if len(keywords) > 1000:
         raise InvalidInput("Clustering takes at most 1000 keywords.")

@@ -285,8 +285,10 @@ def _refusal(
         return NotFound("Account not found.")
     if row.status not in SPENDING_STATUSES:
         return AccountInactive(row.status)
+    available = max(row.credits - row.reserved_credits, 0)
     return InsufficientCredits(
-        required=amount, available=max(row.credits - row.reserved_credits, 0), what=what
+        required=amount, available=available, message=f"{what} needs up to {amount} credits "
+        f"but only {available} are available.",
     )
 
 
@@ -532,7 +534,13 @@ def grant(
         ).one_or_none()
         if row is None:
             raise NotFound("Account not found.")
-        raise InsufficientCredits(required=-amount, available=row.credits - row.reserved_credits)
+        available = row.credits - row.reserved_credits
+        raise InsufficientCredits(
+            required=-amount,
+            available=available,
+            message=f"Cannot take back {-amount} credits: only {available} are available "
+            "(the rest is spent or held by unfinished jobs).",
+        )
     transaction = CreditTransaction(
         account_id=account_id,
         type=type_,

@@ -14,19 +14,20 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    StringConstraints,
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from sqlalchemy.orm import Session
 
 from billing import pricing
 from billing.errors import InvalidInput
 from billing.keywords import expand_keyword_ids
+from billing.text import LongText, Prompt, ShortText
 from models import AIModelConfig
 
-ShortText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=300)]
+KeywordId = Annotated[int, Field(ge=1, le=2**31 - 1)]
 ModelType = Literal["text", "image"]
 
 
@@ -35,8 +36,34 @@ class _Input(BaseModel):
 
 
 class ClusteringInput(_Input):
-    keyword_ids: list[int] = Field(default_factory=list, max_length=1000)
-    keywords: list[ShortText] = Field(default_factory=list, max_length=1000, validate_default=True)
+    """Keywords as text, or ids of the site's saved keywords, or both (at most 1000)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "minProperties": 1,
+            "examples": [{"keywords": ["running shoes", "trail running", "marathon training"]}],
+        }
+    )
+
+    keyword_ids: list[KeywordId] = Field(
+        default_factory=list, max_length=1000, json_schema_extra={"minItems": 1}
+    )
+    keywords: list[ShortText] = Field(
+        default_factory=list,
+        max_length=1000,
+        validate_default=True,
+        json_schema_extra={"minItems": 1},
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_empty_list(cls, raw: Any) -> Any:
+        """A list that is sent is not empty (leave it out instead)."""
+        if isinstance(raw, dict):
+            for name in ("keywords", "keyword_ids"):
+                if raw.get(name) == []:
+                    raise ValueError(f"'{name}' is empty: leave it out, or send at least one")
+        return raw
 
     @field_validator("keywords")
     @classmethod
@@ -52,23 +79,43 @@ class ClusterRef(_Input):
 
 
 class IdeaGenerationInput(_Input):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"cluster": {"name": "trail running", "keywords": ["trail shoes"]}, "count": 3}
+            ]
+        }
+    )
+
     cluster: ClusterRef
     count: int = Field(default=3, ge=1, le=20)
 
 
 class ContentGenerationInput(_Input):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"title": "How to choose trail shoes", "word_count": 800}]}
+    )
+
     title: ShortText
     word_count: int = Field(default=800, ge=100, le=5000)
     keywords: list[ShortText] = Field(default_factory=list, max_length=50)
 
 
 class ImagePromptExtractionInput(_Input):
-    text: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=50_000)]
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"text": "Trail shoes grip wet rock ...", "count": 3}]}
+    )
+
+    text: LongText
     count: int = Field(default=3, ge=1, le=10)
 
 
 class ImageGenerationInput(_Input):
-    prompt: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=4000)]
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"prompt": "a runner on a misty trail", "count": 1}]}
+    )
+
+    prompt: Prompt
     count: int = Field(default=1, ge=1, le=10)
 
 
@@ -151,7 +198,7 @@ def get_operation(name: object) -> Operation:
     if not isinstance(name, str) or name not in OPERATIONS:
         raise InvalidInput(
             f"Unknown operation {name!r}. Choose one of: {', '.join(OPERATIONS)}.",
-            fields={"operation": f"must be one of {sorted(OPERATIONS)}"},
+            fields={"operation": f"one of {', '.join(OPERATIONS)}"},
         )
     return OPERATIONS[name]
 

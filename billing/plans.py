@@ -2,28 +2,29 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from billing.amounts import CreditPrice, Price
 from billing.errors import AlreadyExists, InvalidInput, NotFound
 from billing.operations import validation_details
+from billing.text import Name
 from models import AIModelConfig, Plan
 
 Slug = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,49}$")]
-Limit = Annotated[int, Field(ge=0)]
+Limit = Annotated[int, Field(ge=0, le=2**31 - 1)]
 
 
 class PlanFields(BaseModel):
     """Everything an admin may set on a plan; on update, only the fields sent change."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
-    price: Decimal = Field(ge=0, max_digits=10, decimal_places=2)
+    name: Name
+    price: Price
     billing_cycle: Literal["monthly", "yearly"] = "monthly"
     included_credits: Limit = 0
     max_sites: Limit | None = 1
@@ -32,13 +33,17 @@ class PlanFields(BaseModel):
     max_ahrefs_queries: Limit = 0
     allow_credit_topup: bool = False
     # USD per top-up credit (a purchase's price); None: top-ups cannot be priced.
-    extra_credit_price: Decimal | None = Field(default=None, gt=0, max_digits=10, decimal_places=6)
+    extra_credit_price: CreditPrice | None = None
     is_internal: bool = False
     is_active: bool = True
     features: list[str] = Field(default_factory=list)
     force_default_models: bool = False
-    allowed_text_models: list[str] = Field(default_factory=list)
-    allowed_image_models: list[str] = Field(default_factory=list)
+    allowed_text_models: list[str] = Field(
+        default_factory=list, json_schema_extra={"items": {"x-choices": "text_models"}}
+    )
+    allowed_image_models: list[str] = Field(
+        default_factory=list, json_schema_extra={"items": {"x-choices": "image_models"}}
+    )
     requests_per_minute: int = Field(default=120, ge=1, le=100_000)
     max_concurrent_jobs: int = Field(default=2, ge=1, le=10_000)
 

@@ -29,6 +29,19 @@ def _default_of(active: list[AIModelConfig], model_type: str) -> AIModelConfig:
     raise LookupError(f"no active default {model_type} model is configured (run `seed`)")
 
 
+def active_model_names(session: Session) -> dict[str, list[str]]:
+    """Active model names by model type: what a job's `model` may name (the plan then
+    decides which of them it allows)."""
+    names: dict[str, list[str]] = {}
+    for model_type, name in session.execute(
+        select(AIModelConfig.model_type, AIModelConfig.name)
+        .where(AIModelConfig.is_active)
+        .order_by(AIModelConfig.name)
+    ):
+        names.setdefault(model_type, []).append(name)
+    return names
+
+
 def default_model(session: Session, model_type: str) -> AIModelConfig:
     return _default_of(_active_models(session, model_type), model_type)
 
@@ -61,7 +74,7 @@ def resolve_model(
             if known is None or known.model_type != operation.model_type:
                 raise InvalidInput(
                     f"Unknown {operation.model_type} model {requested!r}.",
-                    fields={"model": f"must be one of {allowed}"},
+                    fields={"model": f"one of {', '.join(allowed) or 'none'}"},
                 )
             raise ModelNotAllowed(
                 f"Your plan does not allow {requested!r} for {operation.name}. "

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
 from typing import Any
 
 from sqlalchemy import select, update
@@ -30,6 +30,9 @@ CURRENCY = "usd"
 CENT = Decimal("0.01")
 # Below this, card fees eat the payment (Stripe refuses charges under $0.50).
 MIN_AMOUNT = Decimal("1.00")
+# The fewest credits a top-up buys, on every plan (so a client can know it up front; at
+# any plan's price they cost more than MIN_AMOUNT, which is checked as well).
+MIN_TOPUP_CREDITS = 500
 
 
 @dataclass(frozen=True)
@@ -57,10 +60,15 @@ def create_topup(session: Session, account: Account, credits: int) -> Purchase:
             f"Credit top-ups are not available on the {plan_name} plan. Upgrade to buy credits.",
             reason="topup_not_allowed",
         )
+    if credits < MIN_TOPUP_CREDITS:
+        raise InvalidInput(
+            f"A top-up buys at least {MIN_TOPUP_CREDITS:,} credits.",
+            fields={"credits": f"at least {MIN_TOPUP_CREDITS}"},
+        )
     amount = price_of_credits(plan, credits)
     if amount < MIN_AMOUNT:
         assert plan.extra_credit_price is not None
-        least = int((MIN_AMOUNT / plan.extra_credit_price).to_integral_value(ROUND_HALF_UP))
+        least = int((MIN_AMOUNT / plan.extra_credit_price).to_integral_value(ROUND_CEILING))
         raise InvalidInput(
             f"A top-up must cost at least ${MIN_AMOUNT}: buy at least {least:,} credits on the "
             f"{plan.name} plan.",

@@ -28,7 +28,6 @@ from billing.accounts import (
 )
 from billing.errors import (
     Conflict,
-    InvalidInput,
     InvitationGone,
     InvitationUsed,
     NotFound,
@@ -185,7 +184,7 @@ def transfer_ownership(
     require(acting_role(session, account_id, actor), "transfer_ownership")
     user = _member(session, account_id, user_id)
     if user.id == actor.id:
-        raise InvalidInput("You already own this account.", fields={"user_id": "another member"})
+        raise Conflict("You already own this account: name another member.")
     if user.joined_at is None:
         raise Conflict(
             f"{user.email} has not accepted the invitation yet; ownership goes only to a "

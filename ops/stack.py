@@ -19,6 +19,7 @@ polls them:
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -408,34 +409,66 @@ class Stack:
         self.up = True
         return {"api": api_url, "flower": flower_url}
 
+    def dev_account(self, api: str) -> dict[str, str]:
+        """Register an account for the banner's session, with an email unique to this run
+        (the database under var/ outlives the stack): its key and id, or why not."""
+        email = f"dev-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}@example.com"
+        password = secrets.token_urlsafe(12)
+        body = json.dumps({"email": email, "password": password}).encode()
+        request = urllib.request.Request(  # noqa: S310 (our own http://127.0.0.1 API)
+            f"{api}/v1/auth/register",
+            data=body,
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        try:
+            with _http.open(request, timeout=10) as response:
+                answer = json.load(response)
+        except urllib.error.HTTPError as exc:
+            return {"error": exc.read().decode(errors="replace")[:500]}
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            return {"error": str(exc)}
+        return {
+            "email": email,
+            "password": password,
+            "key": answer["api_key"],
+            "account_id": answer["account"]["id"],
+        }
+
     def banner(self, urls: dict[str, str]) -> None:
         env, api = self.env, urls["api"]
+        account = self.dev_account(api)
+        exports = [f"API={api}", f"ADMIN_TOKEN={env['ADMIN_TOKEN']}"]
+        if not env.get("OPENAI_API_KEY"):
+            exports.append(f"SIM={env['OPENAI_BASE_URL'].removesuffix('/v1')}")
+        if "error" in account:
+            session = (
+                f" (registering a dev account failed: {account['error']})\n"
+                " Register with README.md's commands (The API) instead.\n"
+            )
+        else:
+            exports += [f"KEY={account['key']}", f"ACCOUNT_ID={account['account_id']}"]
+            session = f" Registered for you: {account['email']} (password {account['password']}).\n"
         job = (
             '{"operation":"clustering","input":{"keywords":'
             '["best running shoes","running shoes for women","trail running tips"]}}'
         )
-        get = "python3 -c 'import sys,json;print(json.load(sys.stdin)[sys.argv[1]])'"
         text = f"""
 ==================================================================
  aijobs stack is up (Ctrl-C stops everything)
-   API:         {api}
+   API:         {api}   (OpenAPI: {api}/v1/openapi.json)
    Flower:      {urls["flower"]}  (user {env["FLOWER_USER"]}, password {env["FLOWER_PASSWORD"]})
    Redis:       {env["REDIS_URL"]}
    Provider:    {env["OPENAI_BASE_URL"]}
    Database:    {env["DATABASE_URL"]}
    Admin token: {env["ADMIN_TOKEN"]}
    Stripe:      {env.get("STRIPE_API_BASE") or "the simulator (README: Buying credits)"}
-
- Try it:
-API={api}; EMAIL="dev$(date +%s)@example.com"
-KEY=$(curl -s -X POST "$API/v1/auth/register" -H 'Content-Type: application/json' \\
-  -d "{{\\"email\\":\\"$EMAIL\\",\\"password\\":\\"correct-horse-battery\\"}}" \\
-  | {get} api_key)
-JOB=$(curl -s -X POST "$API/v1/jobs" -H "Authorization: Bearer $KEY" \\
-  -H 'Content-Type: application/json' -d '{job}' | {get} id)
-for i in 1 2 3 4 5 6 7 8 9 10; do
-  curl -s "$API/v1/jobs/$JOB" -H "Authorization: Bearer $KEY"; echo; sleep 1
-done
+{session}
+ Paste into a shell (README.md "The API" goes on from here):
+export {" ".join(exports)}
+curl -s -X POST "$API/v1/jobs" -H "Authorization: Bearer $KEY" \\
+  -H 'Content-Type: application/json' -d '{job}'
+curl -s "$API/v1/jobs?limit=5" -H "Authorization: Bearer $KEY"
 ==================================================================
 """
         with _print_lock:

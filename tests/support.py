@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from werkzeug.serving import make_server
 
 from ops.processes import CeleryWorker
 
@@ -30,6 +35,19 @@ def on_plan(
     )
     assert response.status_code == 200, response.get_json()
     return key, account["id"]
+
+
+@contextmanager
+def serving(app: Any) -> Iterator[str]:
+    """`app` on a real socket (werkzeug, threaded like gunicorn's workers): its base URL."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def auth(key: str) -> dict[str, str]:

@@ -42,7 +42,7 @@ def test_a_transfer_that_is_not_price_times_months_is_refused(
 
     refused = transfer(client, account_id, amount=amount, period_months=months)
 
-    assert refused.status_code == 422, refused.get_json()
+    assert refused.status_code == 409, refused.get_json()
     error = refused.get_json()["error"]
     assert error["code"] == "amount_mismatch"
     assert (error["amount"], error["expected_amount"]) == (amount, expected)
@@ -90,7 +90,7 @@ def test_a_plan_without_a_list_price_needs_an_override(client: Any) -> None:
         client, account["id"], amount="5000.00", override_reason="Enterprise contract EC-7"
     )
 
-    assert refused.status_code == 422
+    assert refused.status_code == 409
     assert refused.get_json()["error"]["expected_amount"] == "0.00"
     assert granted.status_code == 200
     assert (

@@ -314,7 +314,7 @@ def test_unknown_library_ids_add_nothing(client: Any, library: list[LibraryKeywo
         "/v1/keyword-library/add", json={"site_id": site, "ids": ids}, headers=auth(key)
     )
 
-    assert response.status_code == 422
+    assert response.status_code == 404
     assert "999999" in response.get_json()["error"]["message"]
     assert client.get("/v1/keywords", headers=auth(key)).get_json()["data"] == []
 

@@ -185,4 +185,4 @@ def test_clustering_takes_keyword_ids_from_the_site(client: Any) -> None:
 
     assert response.status_code == 202, response.get_json()
     assert response.get_json()["input"]["keywords"] == ["red shoe", "red hat"]
-    assert unknown.status_code == 422
+    assert unknown.status_code == 404

@@ -32,7 +32,7 @@ def test_metrics_count_submissions_and_show_holds(client: Any) -> None:
     before = scrape(client)
     key, _ = register(client)
     job = client.post("/v1/jobs", json=JOB, headers=auth(key)).get_json()
-    client.get("/v1/jobs/missing", headers=auth(key))
+    client.get("/v1/jobs/job_missing", headers=auth(key))
     after = scrape(client)
 
     def submitted(families: dict[str, Any]) -> float:

@@ -436,7 +436,7 @@ def test_ownership_goes_only_to_a_member_who_has_joined(client: Any) -> None:
     owner, _ = on_plan(client, "growth")
     pending = invite(client, owner, "pending@example.com", "admin")["user"]["id"]
     me = _own_id(client, owner)
-    cases = [(pending, 409), (me, 422), ("usr_missing", 404)]
+    cases = [(pending, 409), (me, 409), ("usr_missing", 404)]
     for user_id, status in cases:
         response = client.post(
             "/v1/team/transfer-ownership", json={"user_id": user_id}, headers=auth(owner)

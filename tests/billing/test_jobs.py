@@ -150,7 +150,7 @@ def test_clustering_expands_the_accounts_own_keyword_ids(db_url: str) -> None:
         ).job  # fmt: skip
         assert job.input == {"keywords": ["hiking", "trail running"]}
 
-    with pytest.raises(InvalidInput, match="Unknown keyword ids"), transaction(db_url) as session:
+    with pytest.raises(NotFound, match="Keyword ids not found"), transaction(db_url) as session:
         submit(session, intruder, request(body))
 
 

@@ -3,16 +3,14 @@ this process) and the session's Celery worker, and answers PromQL about a job's 
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from werkzeug.serving import make_server
 
 from ops.prometheus_server import PrometheusServer
-from tests.support import Worker, auth, register, wait_for_job
+from tests.support import Worker, auth, register, serving, wait_for_job
 
 pytestmark = pytest.mark.e2e
 JOB = {"operation": "image_generation", "input": {"prompt": "a lighthouse at dusk"}}
@@ -20,11 +18,8 @@ JOB = {"operation": "image_generation", "input": {"prompt": "a lighthouse at dus
 
 @pytest.fixture
 def served_api(app: Any) -> Iterator[str]:
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"127.0.0.1:{server.server_port}"
-    server.shutdown()
+    with serving(app) as url:
+        yield url.removeprefix("http://")
 
 
 @pytest.fixture

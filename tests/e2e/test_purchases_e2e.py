@@ -4,15 +4,13 @@ real worker against the credits the payment granted. The `e2e` fixture audits af
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-from werkzeug.serving import make_server
 
-from tests.support import auth, wait_for_job
+from tests.support import auth, serving, wait_for_job
 
 pytestmark = pytest.mark.e2e
 
@@ -23,12 +21,8 @@ SECRET = "whsec_e2e_endpoint_secret"
 def live_api(app: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.setenv("STRIPE_API_KEY", "sk_test_simulated")
     monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", SECRET)
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    server.server_close()
+    with serving(app) as url:
+        yield url
 
 
 def test_paid_signup_paid_at_checkout_then_a_job_runs(e2e: Any, live_api: str, sim: Any) -> None:

@@ -92,7 +92,7 @@ class Stack:
         assert self.process.stdout is not None
         for line in self.process.stdout:
             self.output.append(line)
-            if "curl" in line and "register" in line:
+            if line.startswith("export API="):
                 self.ready.set()
 
     def wait_ready(self) -> Stack:
@@ -269,6 +269,57 @@ def test_the_banner_shows_urls_credentials_and_a_copy_paste_session(stack: Stack
     user, password = stack.flower_auth
     assert user == "admin"
     assert len(password) >= 20
+
+
+def test_the_banner_exports_a_session_that_works(stack: Stack) -> None:
+    """`export API=... KEY=... ADMIN_TOKEN=... ACCOUNT_ID=... SIM=...`: a dev account
+    registered for this run, the admin token and the simulator, ready to paste."""
+    exports = banner_exports(stack)
+    assert set(exports) == {"API", "KEY", "ADMIN_TOKEN", "ACCOUNT_ID", "SIM"}
+    assert (exports["API"], exports["ADMIN_TOKEN"]) == (stack.api, "stack-admin")
+    with httpx.Client(base_url=stack.api, timeout=10) as client:
+        account = client.get("/v1/account", headers={"Authorization": f"Bearer {exports['KEY']}"})
+        assert account.status_code == 200
+        assert account.json()["id"] == exports["ACCOUNT_ID"]
+        found = client.get(
+            f"/v1/admin/accounts/{exports['ACCOUNT_ID']}", headers={"X-Admin-Token": "stack-admin"}
+        )
+        assert found.status_code == 200
+    assert httpx.get(f"{exports['SIM']}/healthz", timeout=10).status_code == 200
+
+
+def banner_exports(stack: Stack) -> dict[str, str]:
+    line = next(line for line in stack.output if line.startswith("export API="))
+    return dict(item.split("=", 1) for item in line.split()[1:])
+
+
+def readme_blocks() -> list[str]:
+    """The README's shell blocks marked `<!-- runnable ... -->`, in order."""
+    text = (ROOT / "README.md").read_text()
+    return re.findall(r"<!-- runnable[^>]*-->\n```bash\n(.*?)```", text, flags=re.DOTALL)
+
+
+def test_the_readme_commands_run_as_written(stack: Stack, tmp_path: Path) -> None:
+    """Every runnable README block, in order, in one shell that pasted the banner's
+    `export` line: any call the API refuses (curl --fail-with-body), any missing field or
+    unset variable fails the test, naming the command."""
+    blocks = readme_blocks()
+    assert len(blocks) >= 10, "the README lost its runnable blocks"
+    export = next(line for line in stack.output if line.startswith("export API=")).strip()
+    script = tmp_path / "readme.sh"
+    script.write_text(
+        "set -euo pipefail\n"
+        'curl() { command curl --fail-with-body --show-error --max-time 30 "$@"; }\n'
+        f"{export}\n" + "\n".join(blocks)
+    )
+    done = subprocess.run(
+        ["bash", "-x", str(script)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-6000:] + "\n--- stdout:\n" + done.stdout[-3000:]
+    assert '"status": "cancelled"' in done.stdout or '"status":"cancelled"' in done.stdout
+    assert (tmp_path / "usage.csv").read_text().startswith("id,created_at")
+    assert_audit_clean(stack.database_url)
 
 
 def test_webhooks_to_the_stacks_own_services_or_cloud_metadata_are_refused(
