@@ -287,8 +287,9 @@ def _refusal(
         return AccountInactive(row.status)
     available = max(row.credits - row.reserved_credits, 0)
     return InsufficientCredits(
-        required=amount, available=available, message=f"{what} needs up to {amount} credits "
-        f"but only {available} are available.",
+        required=amount,
+        available=available,
+        message=f"{what} needs up to {amount} credits but only {available} are available.",
     )
 
 
