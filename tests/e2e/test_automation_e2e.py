@@ -114,8 +114,12 @@ def test_a_six_keyword_run_goes_through_every_stage(e2e: Any) -> None:
                 assert job.parent_job_id is None
                 continue
             parent = by_id[job.parent_job_id]  # type: ignore[index]
-            source = {"idea_generation": Cluster, "content_generation": Idea,
-                      "image_prompt_extraction": Content, "image_generation": ImagePrompt}
+            source = {
+                "idea_generation": Cluster,
+                "content_generation": Idea,
+                "image_prompt_extraction": Content,
+                "image_generation": ImagePrompt,
+            }
             item = session.get(source[job.operation], job.source_item_id)
             assert item is not None and item.job_id == parent.id  # fmt: skip
         assert session.scalar(select(func.count()).select_from(Image).join(Job).where(
