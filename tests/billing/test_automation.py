@@ -81,7 +81,8 @@ def test_the_estimate_is_the_hold_and_writes_nothing(db_url: str) -> None:
         estimate = automation.estimate_run(session, account, {"keywords": KEYWORDS})
         assert session.scalar(select(func.count()).select_from(AutomationRun)) == 0
     view = estimate.view()
-    assert view["affordable"] and view["credits"] > 0
+    assert view["affordable"]
+    assert view["credits"] > 0
     assert [s["max_jobs"] for s in view["stages"].values()] == [1, 3, 3, 3, 3]
     run_id = submit(db_url, account.id, {"keywords": KEYWORDS})
     assert the_run(db_url, run_id).reserved_credits == view["credits"]
@@ -290,7 +291,8 @@ def test_the_audit_sees_a_hold_not_accounted_for(db_url: str, running: tuple[str
         db_url, "UPDATE automation_runs SET reserved_credits = reserved_credits + 5 WHERE id = :r",
         r=run_id,
     )  # fmt: skip
-    assert len(violations) == 1 and violations[0].startswith(f"automation {run_id}: hold ")
+    assert len(violations) == 1
+    assert violations[0].startswith(f"automation {run_id}: hold ")
 
 
 def test_the_audit_sees_a_job_spending_outside_its_run(
@@ -309,7 +311,8 @@ def test_the_audit_sees_an_ended_run_still_pooling(db_url: str, running: tuple[s
     violations = broken(
         db_url, "UPDATE automation_runs SET status = 'failed' WHERE id = :r", r=run_id
     )
-    assert len(violations) == 1 and f"automation {run_id}: failed but still pools" in violations[0]
+    assert len(violations) == 1
+    assert f"automation {run_id}: failed but still pools" in violations[0]
 
 
 def test_release_run_gives_back_the_pool_once(db_url: str) -> None:

@@ -6,6 +6,7 @@ released + still held == its hold and that its jobs spent only from it.
 
 from __future__ import annotations
 
+import signal
 import time
 from typing import Any
 
@@ -24,7 +25,10 @@ from models import (
     Job,
 )
 from models.db import transaction
-from tests.support import auth, paid_account
+from tests.e2e.test_recovery_e2e import PrivateStack, private_redis, stack_env
+from tests.support import auth, paid_account, register
+
+__all__ = ["private_redis"]  # a fixture, used by the SIGKILL test
 
 pytestmark = pytest.mark.e2e
 
@@ -50,7 +54,11 @@ def start(client: Any, key: str, **options: Any) -> dict[str, Any]:
 def wait_for_run(client: Any, key: str, run_id: str, timeout: float = 120) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
-        run: dict[str, Any] = client.get(f"/v1/automations/{run_id}", headers=auth(key)).get_json()
+        response = client.get(f"/v1/automations/{run_id}", headers=auth(key))
+        # The Flask test client, or httpx against a private stack.
+        run: dict[str, Any] = (
+            response.get_json() if hasattr(response, "get_json") else response.json()
+        )
         if run["status"] in FINAL:
             return run
         if time.monotonic() > deadline:
@@ -99,7 +107,8 @@ def test_a_six_keyword_run_goes_through_every_stage(e2e: Any) -> None:
         "image_generation",
     ]  # fmt: skip
     for name, counts in stages.items():
-        assert counts["total"] >= 1 and counts["succeeded"] == counts["total"], (name, counts)
+        assert counts["total"] >= 1, name
+        assert counts["succeeded"] == counts["total"], (name, counts)
     assert stages["clustering"]["total"] == 1
     assert stages["image_generation"]["total"] == stages["content_generation"]["total"]
     items = run["items"]
@@ -121,7 +130,8 @@ def test_a_six_keyword_run_goes_through_every_stage(e2e: Any) -> None:
                 "image_generation": ImagePrompt,
             }
             item = session.get(source[job.operation], job.source_item_id)
-            assert item is not None and item.job_id == parent.id  # fmt: skip
+            assert item is not None
+            assert item.job_id == parent.id
         assert session.scalar(select(func.count()).select_from(Image).join(Job).where(
             Job.automation_id == run["id"])) == len(items["images"])  # fmt: skip
         holds = session.scalars(
@@ -148,4 +158,124 @@ def test_a_six_keyword_run_goes_through_every_stage(e2e: Any) -> None:
     assert [r["id"] for r in runs["data"]] == [run["id"]]
     with transaction() as session:
         stored = session.get(AutomationRun, run["id"])
-        assert stored is not None and (stored.held_credits, stored.status) == (0, "succeeded")
+        assert stored is not None
+        assert (stored.held_credits, stored.status) == (0, "succeeded")
+
+
+def test_too_few_credits_is_a_402_with_nothing_created(e2e: Any) -> None:
+    key, account = register(e2e)  # the free trial's credits
+    body = {"keywords": KEYWORDS, "ideas_per_cluster": 10, "prompts_per_article": 5,
+            "images_per_prompt": 4, "word_count": 5000}  # fmt: skip
+    needed = e2e.post("/v1/automations/estimate", json=body, headers=auth(key)).get_json()
+    assert not needed["affordable"]
+
+    refused = e2e.post("/v1/automations", json=body, headers=auth(key))
+
+    assert refused.status_code == 402
+    error = refused.get_json()["error"]
+    assert error["code"] == "insufficient_credits"
+    assert (error["required"], error["available"]) == (needed["credits"], needed["available"])
+    with transaction() as session:
+        assert session.scalar(select(func.count()).select_from(AutomationRun)) == 0
+        assert session.scalar(
+            select(func.count()).select_from(Job).where(Job.account_id == account["id"])
+        ) == 0  # fmt: skip
+    assert e2e.get("/v1/automations", headers=auth(key)).get_json()["data"] == []
+    assert credits(e2e, key)["reserved"] == 0
+
+
+def test_a_failed_article_fails_only_its_branch(e2e: Any, sim_control: Any) -> None:
+    key, _, _ = paid_account(e2e)
+    sim_control.post(
+        "/_sim/faults",
+        json={"status": 400, "times": 1, "match": "OPERATION: content_generation"},
+    )
+
+    run = wait_for_run(e2e, key, start(e2e, key, ideas_per_cluster=2)["id"])
+
+    assert run["status"] == "partially_succeeded", run
+    articles = run["stages"]["content_generation"]
+    assert articles["failed"] == 1
+    assert articles["succeeded"] == articles["total"] - 1 >= 1
+    # The failed article has no children: nothing made, nothing charged for them.
+    jobs = jobs_of(run["id"])
+    [failed] = [job for job in jobs if job.status == "failed"]
+    assert failed.operation == "content_generation"
+    assert failed.credits_charged == 0
+    assert not [job for job in jobs if job.parent_job_id == failed.id]
+    assert run["stages"]["image_prompt_extraction"]["total"] == articles["succeeded"]
+    assert run["credits_charged"] == sum(job.credits_charged or 0 for job in jobs)
+    assert run["released_credits"] == run["reserved_credits"] - run["credits_charged"]
+    assert (run["held_credits"], credits(e2e, key)["reserved"]) == (0, 0)
+
+
+def test_cancel_mid_run_stops_it_and_closes_the_hold(e2e: Any, sim_control: Any) -> None:
+    key, _, _ = paid_account(e2e)
+    slow = {"latency_ms": 2500, "times": 50, "match": "OPERATION: content_generation"}
+    sim_control.post("/_sim/faults", json=slow)
+    run_id = start(e2e, key, ideas_per_cluster=2)["id"]
+    deadline = time.monotonic() + 60
+    while not any(j.operation == "content_generation" and j.status == "running"
+                  for j in jobs_of(run_id)):  # fmt: skip
+        assert time.monotonic() < deadline, "no article started"
+        time.sleep(0.05)
+
+    cancelled = e2e.post(f"/v1/automations/{run_id}/cancel", headers=auth(key))
+
+    assert cancelled.status_code == 200, cancelled.get_json()
+    run = wait_for_run(e2e, key, run_id, timeout=60)
+    assert run["status"] == "cancelled"
+    with transaction() as session:
+        stored = session.get(AutomationRun, run_id)
+        assert stored is not None
+        assert stored.cancel_requested_at is not None
+        asked = stored.cancel_requested_at
+    jobs = jobs_of(run_id)
+    assert all(job.started_at is None or job.started_at <= asked for job in jobs)
+    assert not [job for job in jobs if job.operation == "image_prompt_extraction"]
+    assert {job.status for job in jobs} <= {"succeeded", "cancelled"}
+    assert run["released_credits"] == run["reserved_credits"] - run["credits_charged"]
+    assert (run["held_credits"], credits(e2e, key)["reserved"]) == (0, 0)
+    again = e2e.post(f"/v1/automations/{run_id}/cancel", headers=auth(key))
+    assert again.status_code == 409
+
+
+def test_usage_insights_count_a_run_under_automation(e2e: Any) -> None:
+    key, _, _ = paid_account(e2e)
+    run = wait_for_run(e2e, key, start(e2e, key, stages=["clustering", "idea_generation"])["id"])
+
+    insights = e2e.get("/v1/usage/insights?days=7", headers=auth(key)).get_json()
+
+    sources = {entry["source"]: entry["credits"] for entry in insights["by_source"]}
+    assert sources == {"manual": 0, "automation": run["credits_charged"]}
+    assert sources["automation"]
+
+
+def test_a_run_survives_a_killed_worker(
+    env: dict[str, str], private_redis: str, sim_control: Any
+) -> None:
+    slow = {"latency_ms": 3000, "times": 3, "match": "OPERATION: content_generation"}
+    sim_control.post("/_sim/faults", json=slow)
+    with PrivateStack(stack_env(env, private_redis)) as stack:
+        key = stack.account("killed@example.com", "growth")
+        body = {"keywords": KEYWORDS, "word_count": 200, "stages": ["clustering",
+                "idea_generation", "content_generation"]}  # fmt: skip
+        response = stack.http.post("/v1/automations", json=body, headers=auth(key))
+        assert response.status_code == 202, response.text
+        run_id = response.json()["id"]
+        deadline = time.monotonic() + 60
+        while not any(j.operation == "content_generation" and j.status == "running"
+                      for j in jobs_of(run_id)):  # fmt: skip
+            assert time.monotonic() < deadline, "no article started"
+            time.sleep(0.05)
+        stack.worker.stop(signal.SIGKILL)
+        stack.worker.start()  # a fresh worker; the reconciler re-sends the lost runs
+
+        run = wait_for_run(stack.http, key, run_id, timeout=120)
+
+    assert run["status"] == "succeeded", run
+    jobs = jobs_of(run_id)
+    assert any(job.attempts == 2 for job in jobs)
+    assert deductions_per_job(run_id) == {job.id: 1 for job in jobs}
+    assert run["credits_charged"] <= run["reserved_credits"]
+    assert run["held_credits"] == 0
