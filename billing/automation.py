@@ -223,20 +223,8 @@ def submit_run(
         return RunSubmission(_same_request(existing, fingerprint), created=False)
     ledger.reserve_run(session, account.id, run.id, plan.credits)
     first = plan.stages["clustering"]
-    job = Job(
-        id=new_id("job"),
-        account_id=account.id,
-        site_id=request.site_id,
-        operation="clustering",
-        input=plan.clustering_input,
-        model=first["model"],
-        status="queued",
-        reserved_credits=first["hold"],
-        automation_id=run.id,
-    )
-    session.add(job)
-    session.flush()
-    if not ledger.carve(session, run.id, account.id, job.id, first["hold"], hold_ttl):
+    job = pipeline.run_job(run, "clustering", first["model"], plan.clustering_input, first["hold"])
+    if not pipeline.add_run_job(session, run, job):
         raise RuntimeError("a new run's pool cannot hold its first job")
     session.refresh(run)
     return RunSubmission(run, created=True, dispatches=admit(session, account.id, utcnow()))
@@ -391,7 +379,7 @@ def run_view(session: Session, run: AutomationRun, *, items: bool = True) -> dic
     }
     if items:
         view["items"] = {
-            pipeline.get_operation(stage).artifact_label: list(
+            get_operation(stage).artifact_label: list(
                 session.scalars(
                     select(artifact.id)
                     .join(Job, Job.id == artifact.job_id)

@@ -250,19 +250,23 @@ def _on_postgresql(connection: Connection) -> bool:
     return connection.dialect.name == "postgresql"
 
 
-def reserve(session: Session, account_id: str, job_id: str, amount: int, ttl: timedelta) -> None:
-    """Hold `amount` credits for a job, or raise without writing anything."""
-    if amount <= 0:
-        raise ValueError("a hold must be positive")
-    connection = session.connection()
+def _hold_params(account_id: str, job_id: str, amount: int, ttl: timedelta) -> dict[str, Any]:
     now = utcnow()
-    params = {
+    return {
         "p_account": account_id,
         "p_job": job_id,
         "p_amount": amount,
         "p_expires": now + ttl,
         "p_now": now,
     }
+
+
+def reserve(session: Session, account_id: str, job_id: str, amount: int, ttl: timedelta) -> None:
+    """Hold `amount` credits for a job, or raise without writing anything."""
+    if amount <= 0:
+        raise ValueError("a hold must be positive")
+    connection = session.connection()
+    params = _hold_params(account_id, job_id, amount, ttl)
     if _on_postgresql(connection):
         held = connection.execute(_PG_RESERVE, params).first() is not None
     else:
@@ -340,15 +344,7 @@ def carve(
     if amount <= 0:
         raise ValueError("a hold must be positive")
     connection = session.connection()
-    now = utcnow()
-    params = {
-        "p_run": run_id,
-        "p_account": account_id,
-        "p_job": job_id,
-        "p_amount": amount,
-        "p_expires": now + ttl,
-        "p_now": now,
-    }
+    params = _hold_params(account_id, job_id, amount, ttl) | {"p_run": run_id}
     if connection.execute(_TAKE_FROM_POOL, params).rowcount != 1:
         return False
     connection.execute(_INSERT_CARVED_HOLD, params)

@@ -141,7 +141,7 @@ def continue_runs(session: Session, job_ids: list[str], now: datetime) -> list[s
     ).all()
     by_run: dict[str, list[str]] = {}
     for job_id, run_id in rows:
-        by_run.setdefault(run_id, []).append(job_id)
+        by_run.setdefault(str(run_id), []).append(job_id)
     for run_id, ended_ids in by_run.items():
         run = session.scalar(
             select(AutomationRun)
@@ -199,28 +199,40 @@ def _make_child(
     hold = operation.hold(model, job_input)
     if hold > planned["hold"]:
         return False
-    job = Job(
+    job = run_job(run, stage, model.name, job_input, hold)
+    job.parent_job_id, job.child_index = parent.id, index
+    job.source_item_id = getattr(item, "id", None)
+    with session.begin_nested() as savepoint:
+        if add_run_job(session, run, job):
+            return True
+        savepoint.rollback()
+    return False
+
+
+def run_job(
+    run: AutomationRun, stage: str, model: str, job_input: dict[str, Any], hold: int
+) -> Job:
+    """A job of the run (not yet added): an ordinary job, tagged with its run."""
+    return Job(
         id=new_id("job"),
         account_id=run.account_id,
         site_id=run.site_id,
         operation=stage,
         input=job_input,
-        model=model.name,
+        model=model,
         status="queued",
         reserved_credits=hold,
         automation_id=run.id,
-        parent_job_id=parent.id,
-        child_index=index,
-        source_item_id=getattr(item, "id", None),
     )
-    with session.begin_nested() as savepoint:
-        session.add(job)
-        session.flush()
-        ttl = timedelta(seconds=run.hold_ttl_seconds)
-        if ledger.carve(session, run.id, run.account_id, job.id, hold, ttl):
-            return True
-        savepoint.rollback()
-    return False
+
+
+def add_run_job(session: Session, run: AutomationRun, job: Job) -> bool:
+    """Write the job and carve its hold from the run's pool; False if the pool is short
+    (the caller rolls the job back)."""
+    session.add(job)
+    session.flush()
+    ttl = timedelta(seconds=run.hold_ttl_seconds)
+    return ledger.carve(session, run.id, run.account_id, job.id, job.reserved_credits, ttl)
 
 
 def final_status(session: Session, run: AutomationRun) -> str:

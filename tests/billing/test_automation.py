@@ -37,12 +37,18 @@ def open_jobs(url: str, run_id: str, operation: str | None = None) -> list[str]:
         return list(session.scalars(query.order_by(Job.child_index)))
 
 
+def dispatch_and_start(session: Any, job_id: str) -> Any:
+    """Admitted (as if a slot was free), then started by a worker."""
+    session.execute(
+        text("UPDATE jobs SET dispatched_at = :now WHERE id = :j"), {"now": utcnow(), "j": job_id}
+    )
+    return start_job(session, job_id)
+
+
 def run_job(url: str, job_id: str, outcome: Outcome | None = None) -> None:
     """Start and end one job as a worker does; artifacts are made from its input."""
     with transaction(url) as session:
-        session.execute(text("UPDATE jobs SET dispatched_at = :now WHERE id = :j"),
-                        {"now": utcnow(), "j": job_id})  # fmt: skip
-        run = start_job(session, job_id)
+        run = dispatch_and_start(session, job_id)
         assert run is not None
         if outcome is None:
             outcome = Outcome(Usage(tokens_in=50, tokens_out=50), {}, _artifacts(run))
@@ -154,9 +160,7 @@ def test_a_redelivered_ending_makes_no_second_children(db_url: str) -> None:
     run_id = submit(db_url, account, TWO_STAGES)
     [clustering] = open_jobs(db_url, run_id)
     with transaction(db_url) as session:
-        session.execute(text("UPDATE jobs SET dispatched_at = :now WHERE id = :j"),
-                        {"now": utcnow(), "j": clustering})  # fmt: skip
-        run = start_job(session, clustering)
+        run = dispatch_and_start(session, clustering)
         assert run is not None
     answer = Outcome(Usage(tokens_in=50, tokens_out=50), {}, [])
     for _ in range(2):
@@ -230,11 +234,9 @@ def test_a_cancelled_runs_job_does_not_start(db_url: str) -> None:
     run_id = submit(db_url, account, TWO_STAGES)
     [clustering] = open_jobs(db_url, run_id)
     with transaction(db_url) as session:
-        session.execute(text("UPDATE jobs SET dispatched_at = :now WHERE id = :j"),
-                        {"now": utcnow(), "j": clustering})  # fmt: skip
         session.execute(text("UPDATE automation_runs SET cancel_requested_at = :now"),
                         {"now": utcnow()})  # fmt: skip
-        assert start_job(session, clustering) is None
+        assert dispatch_and_start(session, clustering) is None
     with transaction(db_url) as session:
         automation.sweep_cancelled_runs(session)
     assert the_run(db_url, run_id).status == "cancelled"
