@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -31,6 +31,7 @@ from models import (
     Account,
     AutomationRun,
     Job,
+    as_utc,
     new_id,
     utcnow,
 )
@@ -39,21 +40,28 @@ MAX_KEYWORDS = 100
 Stage = Literal[pipeline.STAGES]  # type: ignore[valid-type]
 
 
-class AutomationOptions(BaseModel):
-    """A run's request (bar `webhook_url`, which the API checks): every count bounded,
-    so the whole run has a worst case to hold."""
+def _model_choice(kind: str) -> Any:
+    return Field(default=None, max_length=100, json_schema_extra={"x-choices": kind})
+
+
+class StageModels(BaseModel):
+    """The model of a stage's jobs; the API publishes the active models' names."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    site_id: str | None = Field(default=None, max_length=40)
-    keywords: list[ShortText] = Field(default_factory=list, max_length=MAX_KEYWORDS)
-    keyword_ids: list[KeywordId] = Field(default_factory=list, max_length=MAX_KEYWORDS)
-    stages: list[Stage] = Field(
-        default_factory=lambda: list(pipeline.STAGES),
-        min_length=1,
-        max_length=len(pipeline.STAGES),
-        description="The operations to run: the pipeline from clustering up to the last one.",
-    )
+    clustering: str | None = _model_choice("text_models")
+    idea_generation: str | None = _model_choice("text_models")
+    content_generation: str | None = _model_choice("text_models")
+    image_prompt_extraction: str | None = _model_choice("text_models")
+    image_generation: str | None = _model_choice("image_models")
+
+
+class StageOptions(BaseModel):
+    """How much each stage makes, and on which models: every count bounded, so the
+    whole run has a worst case to hold."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
     max_clusters: int | None = Field(
         default=None, ge=1, le=MAX_KEYWORDS, description="Default: one per keyword."
     )
@@ -61,14 +69,55 @@ class AutomationOptions(BaseModel):
     word_count: int = Field(default=800, ge=100, le=5000)
     prompts_per_article: int = Field(default=1, ge=1, le=5)
     images_per_prompt: int = Field(default=1, ge=1, le=4)
-    models: dict[Stage, str] = Field(
-        default_factory=dict, description="A model per stage, within the plan's policy."
+    models: StageModels = Field(
+        default_factory=lambda: StageModels(),
+        description="A model per stage, within the plan's policy (default: as for a job).",
     )
+
+
+class AutomationOptions(BaseModel):
+    """A run's request (bar `webhook_url`, which the API checks). Keywords as text, ids
+    of saved keywords, or both; a list that is sent is not empty; at most MAX_KEYWORDS
+    are used (the first, text before ids)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={"anyOf": [{"required": ["keywords"]}, {"required": ["keyword_ids"]}]},
+    )
+
+    site_id: str | None = Field(default=None, max_length=40)
+    keywords: list[ShortText] = Field(
+        default_factory=list, max_length=MAX_KEYWORDS, json_schema_extra={"minItems": 1}
+    )
+    keyword_ids: list[KeywordId] = Field(
+        default_factory=list, max_length=MAX_KEYWORDS, json_schema_extra={"minItems": 1}
+    )
+    stages: list[Stage] = Field(
+        default_factory=lambda: list(pipeline.STAGES),
+        min_length=1,
+        max_length=len(pipeline.STAGES),
+        description="The operations to run: the pipeline from clustering up to the last one.",
+        json_schema_extra={
+            "enum": [list(pipeline.STAGES[:n]) for n in range(1, len(pipeline.STAGES) + 1)]
+        },
+    )
+    options: StageOptions = Field(default_factory=StageOptions)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _keywords_sent(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict):
+            return raw
+        for name in ("keywords", "keyword_ids"):
+            if raw.get(name) == []:
+                raise ValueError(f"'{name}' is empty: leave it out, or send at least one")
+        if "keywords" not in raw and "keyword_ids" not in raw:
+            raise ValueError("a run needs keywords: 'keywords', 'keyword_ids' or both")
+        return raw
 
     @model_validator(mode="after")
     def _pipeline_prefix(self) -> AutomationOptions:
-        if not self.keywords and not self.keyword_ids:
-            raise ValueError("a run needs at least one keyword ('keywords' or 'keyword_ids')")
         if tuple(self.stages) != pipeline.STAGES[: len(self.stages)]:
             raise ValueError(
                 "'stages' must be the pipeline in order from clustering: "
@@ -112,21 +161,16 @@ def plan_run(session: Session, account: Account, request: AutomationOptions) -> 
     job_input = clustering.expand_input(
         session, account.id, request.site_id, validate_input(clustering, raw)
     )
-    if not job_input.get("keywords"):
-        raise InvalidInput(
-            "None of the keyword ids is a keyword of this account (or site).",
-            fields={"keyword_ids": "unknown"},
-        )
     keywords = list(job_input["keywords"])[:MAX_KEYWORDS]
     job_input["keywords"] = keywords
-    options = request.model_dump(include={"ideas_per_cluster", "word_count"})
-    options |= request.model_dump(include={"prompts_per_article", "images_per_prompt"})
-    options["max_clusters"] = min(request.max_clusters or len(keywords), len(keywords))
+    asked = request.options
+    options = asked.model_dump(exclude={"models", "max_clusters"})
+    options["max_clusters"] = min(asked.max_clusters or len(keywords), len(keywords))
     stages: dict[str, dict[str, Any]] = {}
     jobs = 1
     for stage in request.stages:
         operation = get_operation(stage)
-        model = resolve_model(session, account, operation, request.models.get(stage))
+        model = resolve_model(session, account, operation, getattr(asked.models, stage))
         if stage == "clustering":
             stage_input = job_input
         else:
@@ -371,10 +415,8 @@ def run_view(session: Session, run: AutomationRun, *, items: bool = True) -> dic
         "stages": stages,
         "skipped_children": run.skipped_children,
         "webhook_url": run.webhook_url,
-        "created_at": run.created_at.isoformat(),
-        "cancel_requested_at": run.cancel_requested_at.isoformat()
-        if run.cancel_requested_at
-        else None,
+        "created_at": _iso(run.created_at),
+        "cancel_requested_at": _iso(run.cancel_requested_at),
         "jobs_url": f"/v1/jobs?automation_id={run.id}",
     }
     if items:
@@ -392,3 +434,7 @@ def run_view(session: Session, run: AutomationRun, *, items: bool = True) -> dic
             if stage in run.stages
         }
     return view
+
+
+def _iso(value: datetime | None) -> str | None:
+    return as_utc(value).isoformat() if value else None

@@ -39,6 +39,7 @@ from models import (
     Image,
     ImagePrompt,
     Job,
+    as_utc,
     new_id,
 )
 
@@ -303,5 +304,5 @@ def run_totals(session: Session, run: AutomationRun) -> dict[str, Any]:
         "credits_charged": int(charged),
         "released_credits": run.reserved_credits - int(charged) - still_held,
         "held_credits": still_held,
-        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+        "finished_at": as_utc(run.finished_at).isoformat() if run.finished_at else None,
     }

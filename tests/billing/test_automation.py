@@ -115,10 +115,11 @@ def test_a_run_beyond_the_credits_is_refused_with_nothing_written(db_url: str) -
     [
         ({}, "body"),
         ({"keywords": KEYWORDS, "stages": ["idea_generation"]}, "body"),
-        ({"keywords": KEYWORDS, "ideas_per_cluster": 11}, "ideas_per_cluster"),
-        ({"keywords": KEYWORDS, "max_clusters": 0}, "max_clusters"),
+        ({"keywords": KEYWORDS, "options": {"ideas_per_cluster": 11}}, "options.ideas_per_cluster"),
+        ({"keywords": KEYWORDS, "options": {"max_clusters": 0}}, "options.max_clusters"),
+        ({"keywords": KEYWORDS, "options": {"models": {"clustering": "nope"}}}, "model"),
         ({"keywords": ["k"] * 101}, "keywords"),
-        ({"keywords": KEYWORDS, "images_per_prompt": "2"}, "images_per_prompt"),
+        ({"keywords": KEYWORDS, "options": {"images_per_prompt": "2"}}, "options.images_per"),
     ],
 )
 def test_bad_options_are_refused(db_url: str, raw: dict[str, Any], field: str) -> None:

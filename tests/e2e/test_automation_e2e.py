@@ -43,8 +43,10 @@ KEYWORDS = [
 FINAL = ("succeeded", "partially_succeeded", "failed", "cancelled")
 
 
-def start(client: Any, key: str, **options: Any) -> dict[str, Any]:
-    body = {"keywords": KEYWORDS, "word_count": 200, **options}
+def start(client: Any, key: str, stages: list[str] | None = None, **options: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"keywords": KEYWORDS, "options": {"word_count": 200, **options}}
+    if stages:
+        body["stages"] = stages
     response = client.post("/v1/automations", json=body, headers=auth(key))
     assert response.status_code == 202, response.get_json()
     submitted: dict[str, Any] = response.get_json()
@@ -91,7 +93,7 @@ def test_a_six_keyword_run_goes_through_every_stage(e2e: Any) -> None:
     key, _, _ = paid_account(e2e)
     before = credits(e2e, key)
     estimate = e2e.post(
-        "/v1/automations/estimate", json={"keywords": KEYWORDS, "word_count": 200},
+        "/v1/automations/estimate", json={"keywords": KEYWORDS, "options": {"word_count": 200}},
         headers=auth(key),
     ).get_json()  # fmt: skip
 
@@ -164,8 +166,8 @@ def test_a_six_keyword_run_goes_through_every_stage(e2e: Any) -> None:
 
 def test_too_few_credits_is_a_402_with_nothing_created(e2e: Any) -> None:
     key, account = register(e2e)  # the free trial's credits
-    body = {"keywords": KEYWORDS, "ideas_per_cluster": 10, "prompts_per_article": 5,
-            "images_per_prompt": 4, "word_count": 5000}  # fmt: skip
+    body = {"keywords": KEYWORDS, "options": {"ideas_per_cluster": 10, "prompts_per_article": 5,
+            "images_per_prompt": 4, "word_count": 5000}}  # fmt: skip
     needed = e2e.post("/v1/automations/estimate", json=body, headers=auth(key)).get_json()
     assert not needed["affordable"]
 
@@ -242,7 +244,7 @@ def test_cancel_mid_run_stops_it_and_closes_the_hold(e2e: Any, sim_control: Any)
 
 def test_usage_insights_count_a_run_under_automation(e2e: Any) -> None:
     key, _, _ = paid_account(e2e)
-    run = wait_for_run(e2e, key, start(e2e, key, stages=["clustering", "idea_generation"])["id"])
+    run = wait_for_run(e2e, key, start(e2e, key, ["clustering", "idea_generation"])["id"])
 
     insights = e2e.get("/v1/usage/insights?days=7", headers=auth(key)).get_json()
 
@@ -258,7 +260,7 @@ def test_a_run_survives_a_killed_worker(
     sim_control.post("/_sim/faults", json=slow)
     with PrivateStack(stack_env(env, private_redis)) as stack:
         key = stack.account("killed@example.com", "growth")
-        body = {"keywords": KEYWORDS, "word_count": 200, "stages": ["clustering",
+        body = {"keywords": KEYWORDS, "options": {"word_count": 200}, "stages": ["clustering",
                 "idea_generation", "content_generation"]}  # fmt: skip
         response = stack.http.post("/v1/automations", json=body, headers=auth(key))
         assert response.status_code == 202, response.text
