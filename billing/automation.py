@@ -178,6 +178,9 @@ def plan_run(session: Session, account: Account, request: AutomationOptions) -> 
             jobs *= pipeline.fan_out(options)[pipeline.STAGES[pipeline.STAGES.index(stage) - 1]]
         hold = operation.hold(model, stage_input)
         stages[stage] = {"model": model.name, "jobs": jobs, "hold": hold}
+    for stage in pipeline.STAGES[len(request.stages) :]:  # a model named is checked anyway
+        if getattr(asked.models, stage) is not None:
+            resolve_model(session, account, get_operation(stage), getattr(asked.models, stage))
     return RunPlan(keywords, options, stages, job_input)
 
 

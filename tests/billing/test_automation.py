@@ -14,7 +14,17 @@ from billing.audit import audit
 from billing.errors import AutomationNotCancellable, InsufficientCredits, InvalidInput
 from billing.pricing import Usage
 from billing.runs import Outcome, finish_run, start_job
-from models import Account, AutomationRun, Cluster, Content, Idea, ImagePrompt, Job, utcnow
+from models import (
+    Account,
+    AutomationRun,
+    Cluster,
+    Content,
+    Idea,
+    ImagePrompt,
+    Job,
+    WebhookDelivery,
+    utcnow,
+)
 from models.db import transaction
 from tests.factories import HOLD_TTL, balances, make_account
 
@@ -199,6 +209,24 @@ def test_the_last_ending_ends_the_run_and_releases_the_rest(db_url: str) -> None
             automation.run_view(session, run)["released_credits"] == run.reserved_credits - charged
         )
     clean(db_url)
+
+
+def test_the_runs_ending_queues_its_signed_event_once(db_url: str) -> None:
+    with transaction(db_url) as session:
+        account = make_account(session, credits=100_000).id
+    hook = "https://hooks.example.com/runs"
+    run_id = submit(db_url, account, TWO_STAGES, webhook_url=hook)
+    run_job(db_url, open_jobs(db_url, run_id)[0])
+    for job_id in open_jobs(db_url, run_id, "idea_generation"):
+        run_job(db_url, job_id)
+    with transaction(db_url) as session:
+        events = session.scalars(
+            select(WebhookDelivery).where(WebhookDelivery.automation_id == run_id)
+        ).all()
+        assert [(e.event_type, e.url) for e in events] == [("automation.succeeded", hook)]
+        data = events[0].payload["data"]
+        assert (data["id"], data["status"], data["held_credits"]) == (run_id, "succeeded", 0)
+        assert data["credits_charged"] + data["released_credits"] == data["reserved_credits"]
 
 
 def test_a_failed_clustering_fails_the_run(db_url: str) -> None:
