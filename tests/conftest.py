@@ -37,6 +37,21 @@ BACKENDS = [b.strip() for b in os.environ.get("TEST_DATABASES", "sqlite,postgres
 KEPT_TABLES = {"plans", "ai_model_configs", "alembic_version"}
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Within each backend, tests that start the session's worker run last: once started it
+    consumes every queue, and API-only tests rely on their jobs staying queued."""
+    backends = {name: index for index, name in enumerate(BACKENDS)}
+
+    def order(item: pytest.Item) -> tuple[int, bool]:
+        callspec = getattr(item, "callspec", None)
+        backend = callspec.params.get("database_url") if callspec else None
+        uses_worker = "worker" in getattr(item, "fixturenames", ())
+        return backends.get(backend, -1), uses_worker
+
+    items.sort(key=order)
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     with RedisServer() as server:

@@ -238,10 +238,15 @@ def test_admin_plan_change_keeps_balance_and_holds(db_url: str) -> None:
         assert view["limits"]["sites"] == {"used": 0, "limit": 5}
 
 
-@pytest.mark.parametrize(("status", "plan"), [("frozen", None), (None, "platinum")])
-def test_admin_update_rejects_unknown_values(db_url: str, status: Any, plan: Any) -> None:
+@pytest.mark.parametrize(
+    ("status", "plan", "refusal"), [("frozen", None, InvalidInput), (None, "platinum", NotFound)]
+)
+def test_admin_update_rejects_unknown_values(
+    db_url: str, status: Any, plan: Any, refusal: type[Exception]
+) -> None:
+    """An unknown status is bad input (422); an unknown plan is a missing resource (404)."""
     account_id, _ = registered(db_url)
-    with pytest.raises(InvalidInput), transaction(db_url) as session:
+    with pytest.raises(refusal), transaction(db_url) as session:
         accounts.admin_update(session, account_id, status, plan)
     with transaction(db_url) as session:
         acct = session.get(Account, account_id)

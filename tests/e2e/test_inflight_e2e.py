@@ -99,7 +99,10 @@ def test_one_accounts_backlog_does_not_delay_another_account(e2e: Any, sim_contr
     assert wait_all_final(other, 5, timeout=20) == {"succeeded": 5}
 
     backlog = statuses(busy)
-    assert backlog.get("queued", 0) >= 150, backlog  # most of A's still wait their turn
+    # First come, first served would have run all 200 of A's first (40 s at 5 a second):
+    # B's jobs jumped a backlog that still waits. Not >= 150: submitting 200 jobs takes
+    # seconds on a loaded machine, and A's slots run meanwhile.
+    assert backlog.get("queued", 0) >= 50, backlog
     for job_id in busy_ids:  # end the test: cancel what still waits
         e2e.post(f"/v1/jobs/{job_id}/cancel", headers=auth(busy_key))
     final = wait_all_final(busy, 200, timeout=30)
