@@ -70,7 +70,9 @@ def reconcile(
     done = Reconciled()
     _dead_runs(session, now, policy, done)
     # Automation runs whose cancel raced an ending (a child made meanwhile) end here.
-    done.endings.append(automation.sweep_cancelled_runs(session))
+    cancels = automation.sweep_cancelled_runs(session)
+    if cancels.job_ids or cancels.deliveries:
+        done.endings.append(cancels)
     _lost_messages(session, now, policy, in_broker, done)
     for account_id in waiting_account_ids(session):
         done.admitted += admit(session, account_id, now)
