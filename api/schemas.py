@@ -335,7 +335,7 @@ class AutomationOut(AutomationSubmittedOut):
     keywords: list[str]
     options: dict[str, Any]
     stages: dict[str, StageCountsOut]
-    skipped_children: int = Field(description="Outputs beyond a stage's bound: no job made.")
+    skipped_children: int = Field(description="Outputs that could not make their child job.")
     items: dict[str, list[int]] | None = Field(
         default=None, description="Ids of the clusters, ideas, articles, prompts, images."
     )

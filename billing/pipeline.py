@@ -174,8 +174,10 @@ def _make_children(session: Session, run: AutomationRun, job_id: str) -> None:
     items = session.scalars(
         select(artifact).where(artifact.job_id == parent.id).order_by(artifact.id)
     ).all()
+    # Outputs beyond the bound the run was priced for are not used (asked for, not a
+    # failure); an output that cannot make a child is one (`skipped_children`).
     limit = fan_out(run.options)[parent.operation]
-    skipped = max(len(items) - limit, 0)
+    skipped = 0
     for index, item in enumerate(items[:limit]):
         if not _make_child(session, run, parent, stage, index, item):
             skipped += 1

@@ -46,7 +46,7 @@ class AutomationRun(CreatedAt, Base):
     reserved_credits: Mapped[int]
     held_credits: Mapped[int] = mapped_column(default=0)
     released_credits: Mapped[int] = mapped_column(default=0)
-    # Children that could not be made (their input did not fit the priced hold).
+    # Children that could not be made (an unusable input, or one beyond the priced hold).
     skipped_children: Mapped[int] = mapped_column(default=0)
     hold_ttl_seconds: Mapped[int]
     webhook_url: Mapped[str | None] = mapped_column(String(2000))

@@ -354,3 +354,20 @@ def test_release_run_gives_back_the_pool_once(db_url: str) -> None:
     with transaction(db_url) as session:
         assert ledger.release_run(session, run_id) == pooled
         assert ledger.release_run(session, run_id) == 0
+
+
+def test_outputs_beyond_max_clusters_are_not_used(db_url: str) -> None:
+    with transaction(db_url) as session:
+        account = make_account(session, credits=100_000).id
+    run_id = submit(db_url, account, {**TWO_STAGES, "options": {"max_clusters": 2}})
+    assert the_run(db_url, run_id).plan["idea_generation"]["jobs"] == 2
+
+    run_job(db_url, open_jobs(db_url, run_id)[0])  # 3 clusters, one per keyword
+
+    children = open_jobs(db_url, run_id, "idea_generation")
+    assert len(children) == 2
+    for job_id in children:
+        run_job(db_url, job_id)
+    run = the_run(db_url, run_id)
+    assert (run.status, run.skipped_children, run.held_credits) == ("succeeded", 0, 0)
+    clean(db_url)
