@@ -12,6 +12,7 @@ from api import (
     ai_settings,
     artifacts,
     auth,
+    automations,
     billing,
     credits,
     db,
@@ -68,6 +69,7 @@ def create_app() -> Flask:
         metrics.bp,
         billing.bp,
         provider_limits.bp,
+        automations.bp,
     ):
         app.register_blueprint(blueprint)
     return app

@@ -23,6 +23,7 @@ STATUS_BY_CODE = {
     "conflict": 409,
     "idempotency_conflict": 409,
     "job_not_cancellable": 409,
+    "automation_not_cancellable": 409,
     "duplicate_reference": 409,
     "email_taken": 409,
     "already_exists": 409,

@@ -177,6 +177,7 @@ def get_job(job_id: str) -> dict[str, Any]:
 class JobsQuery(PageQuery):
     status: Literal[JOB_STATUSES] | None = None  # type: ignore[valid-type]
     operation: Literal[tuple(OPERATIONS)] | None = None  # type: ignore[valid-type]
+    automation_id: str | None = Field(default=None, max_length=40)
 
 
 @bp.get("")
@@ -190,6 +191,7 @@ def list_jobs(query: JobsQuery) -> dict[str, Any]:
         current_account().id,
         status=query.status,
         operation=query.operation,
+        automation_id=query.automation_id,
         cursor=query.cursor,
         limit=query.limit,
     )

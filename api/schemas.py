@@ -18,7 +18,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from billing.operations import OPERATIONS
-from models import JOB_STATUSES, UNBILLED_REASONS
+from models import JOB_STATUSES, RUN_STATUSES, UNBILLED_REASONS
 from models.account import ACCOUNT_STATUSES, USER_ROLES
 from models.purchase import PURCHASE_STATUSES
 
@@ -293,6 +293,7 @@ class JobOut(Out):
     cancel_requested_at: Timestamp | None = Field(
         description="A running job asked to stop: it ends at the worker's next safe point."
     )
+    automation_id: str | None = Field(description="The automation run that made it.")
 
 
 class AdminJobOut(JobOut):
@@ -306,6 +307,56 @@ class EstimateOut(Out):
     affordable: bool = Field(description="A spending status, the credits and the budgets allow it.")
     available: int
     within_budget: bool
+
+
+RunStatus = Literal[RUN_STATUSES]  # type: ignore[valid-type]
+
+
+class AutomationSubmittedOut(Out):
+    id: str
+    status: RunStatus
+    reserved_credits: int = Field(description="The run's worst case, held at submission.")
+
+
+class StageCountsOut(Out):
+    total: int
+    queued: int
+    running: int
+    succeeded: int
+    failed: int
+    cancelled: int
+
+
+class AutomationOut(AutomationSubmittedOut):
+    credits_charged: int = Field(description="Charged to its jobs so far (each <= its hold).")
+    released_credits: int = Field(description="Given back: unused parts of the hold.")
+    held_credits: int = Field(description="Still held for open or future jobs.")
+    site_id: str | None
+    keywords: list[str]
+    options: dict[str, Any]
+    stages: dict[str, StageCountsOut]
+    skipped_children: int = Field(description="Outputs that could not make their child job.")
+    items: dict[str, list[int]] | None = Field(
+        default=None, description="Ids of the clusters, ideas, articles, prompts, images."
+    )
+    jobs_url: str
+    webhook_url: str | None
+    created_at: Timestamp
+    finished_at: Timestamp | None
+    cancel_requested_at: Timestamp | None
+
+
+class StagePlanOut(Out):
+    model: str
+    max_jobs: int
+    credits_per_job: int
+
+
+class AutomationEstimateOut(Out):
+    credits: int = Field(description="The hold a run would take now: its worst case.")
+    available: int
+    affordable: bool
+    stages: dict[str, StagePlanOut]
 
 
 class TransactionOut(Out):

@@ -4,6 +4,12 @@ Per job: its hold is open exactly while it is queued or running; a settled hold 
 success, or a failure or cancel that paid for the provider's usage) has one deduction
 and one usage log equal to `credits_charged`; any other hold has neither and charged 0.
 
+Per automation run: its hold == what is still pooled + what it released + the holds
+carved from it (each job's charge is capped at its carved hold, so the run's charges
+never exceed its hold); a run's job holds only what was carved from that run; an ended
+run pools nothing. An account's reserved credits are its open job holds plus its runs'
+pools.
+
 Run by `python -m ops audit` / `make audit` and at the end of every end-to-end test.
 """
 
@@ -18,7 +24,9 @@ from sqlalchemy.orm import Session
 
 from models import (
     FINAL_JOB_STATUSES,
+    FINAL_RUN_STATUSES,
     Account,
+    AutomationRun,
     CreditReservation,
     CreditTransaction,
     CreditUsageLog,
@@ -44,6 +52,12 @@ def audit(session: Session) -> list[str]:
             .group_by(CreditReservation.account_id)
         ).all()
     )
+    for account_id, pooled in session.execute(
+        select(AutomationRun.account_id, func.sum(AutomationRun.held_credits)).group_by(
+            AutomationRun.account_id
+        )
+    ):
+        held[account_id] = (held.get(account_id) or 0) + int(pooled or 0)
     for account_id, credits, reserved in session.execute(
         select(Account.id, Account.credits, Account.reserved_credits)
     ):
@@ -64,6 +78,7 @@ def audit(session: Session) -> list[str]:
     violations += _balance_chain(session)
     violations += _job_holds(session)
     violations += _usage_sources(session)
+    violations += _automation_runs(session)
     violations += _purchases(session)
     return violations
 
@@ -113,6 +128,50 @@ def _usage_sources(session: Session) -> list[str]:
         f"job {job_id}: usage log automation {logged!r} != the job's {actual!r}"
         for job_id, logged, actual in rows
     ]
+
+
+def _automation_runs(session: Session) -> list[str]:
+    """A run's hold is fully accounted for, and its jobs spend only from it."""
+    violations = []
+    carved = _pairs(
+        session.execute(
+            select(CreditReservation.automation_id, func.sum(CreditReservation.amount))
+            .where(CreditReservation.automation_id.is_not(None))
+            .group_by(CreditReservation.automation_id)
+        ).all()
+    )
+    runs = session.execute(
+        select(
+            AutomationRun.id,
+            AutomationRun.status,
+            AutomationRun.reserved_credits,
+            AutomationRun.held_credits,
+            AutomationRun.released_credits,
+        )
+    )
+    for run_id, status, reserved, pooled, released in runs:
+        in_jobs = carved.get(run_id) or 0
+        if reserved != pooled + released + in_jobs:
+            violations.append(
+                f"automation {run_id}: hold {reserved} != pooled {pooled} + released "
+                f"{released} + carved into jobs {in_jobs}"
+            )
+        if status in FINAL_RUN_STATUSES and pooled:
+            violations.append(f"automation {run_id}: {status} but still pools {pooled}")
+    strays = session.execute(
+        select(Job.id, Job.automation_id, CreditReservation.automation_id)
+        .join(CreditReservation, CreditReservation.job_id == Job.id)
+        .join(AutomationRun, AutomationRun.id == Job.automation_id, isouter=True)
+        .where(
+            (AutomationRun.id.is_not(None) | CreditReservation.automation_id.is_not(None)),
+            CreditReservation.automation_id.is_distinct_from(Job.automation_id),
+        )
+    )
+    violations += [
+        f"job {job_id}: of automation {run!r} but its hold was carved from {source!r}"
+        for job_id, run, source in strays
+    ]
+    return violations
 
 
 def _balance_chain(session: Session) -> list[str]:

@@ -74,6 +74,10 @@ class InsufficientCredits(BillingError):
         )
 
 
+class AutomationNotCancellable(Conflict):
+    code = "automation_not_cancellable"
+
+
 class AccountInactive(BillingError):
     """Suspended or cancelled: refused on every auth path."""
 

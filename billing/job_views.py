@@ -28,6 +28,7 @@ def list_jobs(
     *,
     status: str | None = None,
     operation: str | None = None,
+    automation_id: str | None = None,
     cursor: str | None = None,
     limit: int = 20,
 ) -> Page[Job]:
@@ -45,6 +46,8 @@ def list_jobs(
         query = query.where(Job.status == status)
     if operation:
         query = query.where(Job.operation == operation)
+    if automation_id:
+        query = query.where(Job.automation_id == automation_id)
     rows = session.scalars(newest_first(query, Job, cursor, limit)).all()
     return page_of(rows, limit, time_cursor)
 
@@ -68,6 +71,7 @@ def job_view(job: Job) -> dict[str, Any]:
         "started_at": _iso(job.started_at),
         "finished_at": _iso(job.finished_at),
         "cancel_requested_at": _iso(job.cancel_requested_at),
+        "automation_id": job.automation_id,
     }
 
 

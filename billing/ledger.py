@@ -39,6 +39,7 @@ from billing.paging import Page, decode_int_cursor, encode_cursor, page_of, page
 from billing.pricing import Charge
 from models import (
     Account,
+    AutomationRun,
     CreditReservation,
     CreditTransaction,
     CreditUsageLog,
@@ -249,19 +250,23 @@ def _on_postgresql(connection: Connection) -> bool:
     return connection.dialect.name == "postgresql"
 
 
-def reserve(session: Session, account_id: str, job_id: str, amount: int, ttl: timedelta) -> None:
-    """Hold `amount` credits for a job, or raise without writing anything."""
-    if amount <= 0:
-        raise ValueError("a hold must be positive")
-    connection = session.connection()
+def _hold_params(account_id: str, job_id: str, amount: int, ttl: timedelta) -> dict[str, Any]:
     now = utcnow()
-    params = {
+    return {
         "p_account": account_id,
         "p_job": job_id,
         "p_amount": amount,
         "p_expires": now + ttl,
         "p_now": now,
     }
+
+
+def reserve(session: Session, account_id: str, job_id: str, amount: int, ttl: timedelta) -> None:
+    """Hold `amount` credits for a job, or raise without writing anything."""
+    if amount <= 0:
+        raise ValueError("a hold must be positive")
+    connection = session.connection()
+    params = _hold_params(account_id, job_id, amount, ttl)
     if _on_postgresql(connection):
         held = connection.execute(_PG_RESERVE, params).first() is not None
     else:
@@ -272,7 +277,9 @@ def reserve(session: Session, account_id: str, job_id: str, amount: int, ttl: ti
         raise _refusal(session, account_id, amount)
 
 
-def _refusal(session: Session, account_id: str, amount: int) -> BillingError:
+def _refusal(
+    session: Session, account_id: str, amount: int, what: str = "This job"
+) -> BillingError:
     row = session.execute(
         select(Account.status, Account.credits, Account.reserved_credits).where(
             Account.id == account_id
@@ -282,9 +289,80 @@ def _refusal(session: Session, account_id: str, amount: int) -> BillingError:
         return NotFound("Account not found.")
     if row.status not in SPENDING_STATUSES:
         return AccountInactive(row.status)
+    available = max(row.credits - row.reserved_credits, 0)
     return InsufficientCredits(
-        required=amount, available=max(row.credits - row.reserved_credits, 0)
+        required=amount,
+        available=available,
+        message=f"{what} needs up to {amount} credits but only {available} are available.",
     )
+
+
+# An automation run holds its whole worst case once (`reserve_run`); each of its jobs'
+# holds is then carved from that pool (`carve`), so the account's `reserved_credits` does
+# not move until a job settles or releases its own hold, and the pool's remainder is
+# released when the run ends (`release_run`). reserved == sum of open job holds + pools.
+_runs = cast(Table, AutomationRun.__table__)
+_p_run = _param("p_run", _runs.c.id)
+_FILL_POOL = (
+    update(_runs)
+    .where(_runs.c.id == _p_run, _runs.c.held_credits == 0, _runs.c.released_credits == 0)
+    .values(held_credits=_p_amount)
+)
+_TAKE_FROM_POOL = (
+    update(_runs)
+    .where(_runs.c.id == _p_run, _runs.c.held_credits >= _p_amount)
+    .values(held_credits=_runs.c.held_credits - _p_amount)
+)
+_INSERT_CARVED_HOLD = insert(_holds).values(
+    {**dict(zip(_HOLD_COLUMNS, (_p_account, *_HOLD_VALUES), strict=True)), "automation_id": _p_run}
+)
+_EMPTY_POOL = (
+    update(_runs)
+    .where(_runs.c.id == _p_run, _runs.c.held_credits == _p_amount)
+    .values(held_credits=0, released_credits=_runs.c.released_credits + _p_amount)
+)
+
+
+def reserve_run(session: Session, account_id: str, run_id: str, amount: int) -> None:
+    """Hold a whole automation run's worst case from the account, as its pool; or raise
+    (402 with `required` and `available`) without writing anything."""
+    if amount <= 0:
+        raise ValueError("a hold must be positive")
+    connection = session.connection()
+    params = {"p_account": account_id, "p_run": run_id, "p_amount": amount}
+    if connection.execute(_RESERVE, params).rowcount != 1:
+        raise _refusal(session, account_id, amount, what="This automation run")
+    if connection.execute(_FILL_POOL, params).rowcount != 1:
+        raise RuntimeError(f"automation run {run_id} already has a hold")
+
+
+def carve(
+    session: Session, run_id: str, account_id: str, job_id: str, amount: int, ttl: timedelta
+) -> bool:
+    """Move `amount` of a run's pool into a hold of one of its jobs (no second
+    reservation against the balance); False, writing nothing, if the pool is short."""
+    if amount <= 0:
+        raise ValueError("a hold must be positive")
+    connection = session.connection()
+    params = _hold_params(account_id, job_id, amount, ttl) | {"p_run": run_id}
+    if connection.execute(_TAKE_FROM_POOL, params).rowcount != 1:
+        return False
+    connection.execute(_INSERT_CARVED_HOLD, params)
+    return True
+
+
+def release_run(session: Session, run_id: str) -> int:
+    """Give back what is left of a run's pool (the run ended); the credits released.
+    The caller holds the run row's lock, so the pool read here is the one emptied."""
+    connection = session.connection()
+    row = connection.execute(
+        select(_runs.c.account_id, _runs.c.held_credits).where(_runs.c.id == run_id)
+    ).one()
+    params = {"p_run": run_id, "p_account": row.account_id, "p_amount": row.held_credits}
+    if row.held_credits == 0 or connection.execute(_EMPTY_POOL, params).rowcount != 1:
+        return 0
+    connection.execute(_UNRESERVE, params)
+    return int(row.held_credits)
 
 
 def _settle_params(job_id: str, charge: Charge, usage: UsageRecord) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from billing import runs
+from billing import automation, runs
 from billing.admission import Dispatch, admit, waiting_account_ids
 from billing.operations import OPERATIONS
 from models import Job, as_utc
@@ -69,6 +69,10 @@ def reconcile(
     """One pass; `in_broker`: messages waiting in each job queue right now."""
     done = Reconciled()
     _dead_runs(session, now, policy, done)
+    # Automation runs whose cancel raced an ending (a child made meanwhile) end here.
+    cancels = automation.sweep_cancelled_runs(session)
+    if cancels.job_ids or cancels.deliveries:
+        done.endings.append(cancels)
     _lost_messages(session, now, policy, in_broker, done)
     for account_id in waiting_account_ids(session):
         done.admitted += admit(session, account_id, now)

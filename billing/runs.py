@@ -24,10 +24,10 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from billing import ledger, unbilled
+from billing import ledger, pipeline, unbilled
 from billing.admission import Dispatch, admit, holds_slot
 from billing.errors import JobNotCancellable
 from billing.job_views import get_job
@@ -37,6 +37,7 @@ from billing.webhooks import queue_job_event
 from models import (
     FINAL_JOB_STATUSES,
     AIModelConfig,
+    AutomationRun,
     Base,
     CreditReservation,
     Job,
@@ -100,6 +101,8 @@ def ended(session: Session, jobs: list[tuple[str, str]], now: datetime | None = 
     events and give their accounts' free slots to the next waiting jobs."""
     now = now or utcnow()
     queued = [queue_job_event(session, job_id, now) for job_id, _ in jobs]
+    # An automation run's next jobs are made here, before admission gives them slots.
+    queued += pipeline.continue_runs(session, [job_id for job_id, _ in jobs], now)
     dispatches = [
         dispatch
         for account_id in dict.fromkeys(account for _, account in jobs)
@@ -134,6 +137,7 @@ def start_job(
             or_(Job.status == "queued", running_again),
             Job.dispatched_at.is_not(None),
             Job.cancel_requested_at.is_(None),
+            ~_run_cancelled(),
         )
         .values(
             status="running",
@@ -165,6 +169,13 @@ def start_job(
         hold=hold,
         attempts=job.attempts,
         submitted_at=as_utc(job.created_at),
+    )
+
+
+def _run_cancelled() -> ColumnElement[bool]:
+    """SQL: the job belongs to an automation run whose cancel was requested."""
+    return exists().where(
+        AutomationRun.id == Job.automation_id, AutomationRun.cancel_requested_at.is_not(None)
     )
 
 
@@ -299,7 +310,10 @@ def _late_answer(session: Session, run: JobRun, outcome: Outcome) -> Ending:
     a cancel ended it) or if the account cannot cover it, record it as unbilled."""
     if outcome.usage is None:
         return Ending()
-    if outcome.billable:
+    # A run's job spends only from the run's hold: once that is closed, a late answer
+    # is unbilled rather than charged from the account's balance.
+    in_run = session.scalar(select(Job.automation_id).where(Job.id == run.job_id))
+    if outcome.billable and in_run is None:
         status = _final_status(outcome, cancelled=False)
         posted = ledger.settle_late(
             session,

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from billing.errors import Conflict, NotFound
 from billing.job_views import get_job, job_view
 from billing.webhook_urls import UrlPolicy
-from models import Account, Job, WebhookAttempt, WebhookDelivery, as_utc
+from models import Account, AutomationRun, Job, WebhookAttempt, WebhookDelivery, as_utc
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the Standard Webhooks prefix, not a secret
 JOB_EVENTS = {"succeeded": "job.succeeded", "failed": "job.failed", "cancelled": "job.cancelled"}
@@ -114,12 +114,10 @@ def queue_job_event(session: Session, job_id: str, now: datetime) -> str | None:
         return None
     account = session.get(Account, job.account_id)
     assert account is not None
-    if job.webhook_url:
-        url, to_account_endpoint = job.webhook_url, False
-    elif account.webhook_url and account.webhook_url_disabled_at is None:
-        url, to_account_endpoint = account.webhook_url, True
-    else:
+    target = _target(account, job.webhook_url)
+    if target is None:
         return None
+    url, to_account_endpoint = target
     event_type = JOB_EVENTS[job.status]
     if session.scalar(
         select(WebhookDelivery.id).where(
@@ -134,6 +132,41 @@ def queue_job_event(session: Session, job_id: str, now: datetime) -> str | None:
         url=url,
         to_account_endpoint=to_account_endpoint,
         payload=job_payload(event_type, job, now),
+        next_attempt_at=now,
+    )
+    session.add(delivery)
+    session.flush()
+    return delivery.id
+
+
+def _target(account: Account, url: str | None) -> tuple[str, bool] | None:
+    """Where an event goes: its own URL, else the account's enabled endpoint, else
+    nowhere; and whether that is the account's endpoint."""
+    if url:
+        return url, False
+    if account.webhook_url and account.webhook_url_disabled_at is None:
+        return account.webhook_url, True
+    return None
+
+
+def queue_automation_event(
+    session: Session, run: AutomationRun, data: dict[str, Any], now: datetime
+) -> str | None:
+    """Record `automation.<status>` for a run that just ended (once per run and type,
+    a unique index says so); its delivery id, or None when no URL wants it."""
+    account = session.get(Account, run.account_id)
+    assert account is not None
+    target = _target(account, run.webhook_url)
+    if target is None:
+        return None
+    event_type = f"automation.{run.status}"
+    delivery = WebhookDelivery(
+        account_id=account.id,
+        automation_id=run.id,
+        event_type=event_type,
+        url=target[0],
+        to_account_endpoint=target[1],
+        payload=event_payload(event_type, data, now),
         next_attempt_at=now,
     )
     session.add(delivery)

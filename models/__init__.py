@@ -14,6 +14,7 @@ from models.account import (
 )
 from models.ai_model import AIModelConfig
 from models.artifacts import Cluster, Content, Idea, Image, ImagePrompt
+from models.automation import FINAL_RUN_STATUSES, RUN_STATUSES, AutomationRun
 from models.base import Base, as_utc, new_id, utcnow
 from models.catalog_version import CATALOG_VERSION, CatalogVersion
 from models.job import FINAL_JOB_STATUSES, JOB_STATUSES, Job
@@ -35,11 +36,13 @@ __all__ = [
     "CATALOG_VERSION",
     "DELIVERY_STATUSES",
     "FINAL_JOB_STATUSES",
+    "FINAL_RUN_STATUSES",
     "JOB_STATUSES",
     "KEYWORD_INTENTS",
     "PAYMENT_METHODS",
     "PURCHASE_KINDS",
     "PURCHASE_STATUSES",
+    "RUN_STATUSES",
     "UNBILLED_REASONS",
     "USER_ROLES",
     "AIModelConfig",
@@ -47,6 +50,7 @@ __all__ = [
     "Account",
     "AccountEvent",
     "ApiKey",
+    "AutomationRun",
     "Base",
     "CatalogVersion",
     "Cluster",

@@ -34,6 +34,8 @@ class Job(CreatedAt, Base):
             sqlite_where=text(_HOLDS_SLOT),
             postgresql_where=text(_HOLDS_SLOT),
         ),
+        # A run's child is made once: one job per (parent job, index of its input item).
+        Index("uq_jobs_parent_child", "parent_job_id", "child_index", unique=True),
         Index(
             "ix_jobs_waiting",
             "account_id",
@@ -62,9 +64,14 @@ class Job(CreatedAt, Base):
     attempts: Mapped[int] = mapped_column(default=0)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
-    # The automation run that made this job (runs are not built yet, hence no foreign key):
-    # usage counts a job's spending as `automation` when it is set, else `manual`.
+    # The automation run that made this job (a plain column: usage analytics and its bench
+    # tag jobs without a run row): usage counts its spending as `automation` when set.
     automation_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    # A run's child: the job whose output it continues, which of that job's items (in id
+    # order) it was made from, and that item's id (cluster, idea, content or prompt).
+    parent_job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"))
+    child_index: Mapped[int | None]
+    source_item_id: Mapped[int | None]
     # In flight (billing/admission.py, billing/runs.py): when the job took a concurrency
     # slot (set once), when its message was last sent to the broker, the last heartbeat of
     # the worker running it, and when the account asked to cancel it while it ran.

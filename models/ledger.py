@@ -35,6 +35,8 @@ class CreditReservation(CreatedAt, Base):
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
     # One hold per job: a redelivered task finds the same hold, never a second one.
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), unique=True)
+    # The automation run whose hold this one was carved from (None: reserved directly).
+    automation_id: Mapped[str | None] = mapped_column(ForeignKey("automation_runs.id"), index=True)
     amount: Mapped[int]
     status: Mapped[str] = mapped_column(String(20), default="held")
     expires_at: Mapped[datetime]

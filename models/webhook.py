@@ -20,6 +20,8 @@ class WebhookDelivery(CreatedAt, Base):
         CheckConstraint(one_of("status", DELIVERY_STATUSES), name="status"),
         # A job ends once, so it has one event of each type (NULLs never collide).
         UniqueConstraint("job_id", "event_type"),
+        # A run ends once too: one `automation.*` event per run.
+        Index("uq_webhook_deliveries_automation_event", "automation_id", "event_type", unique=True),
         Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
         Index("ix_webhook_deliveries_account_created", "account_id", "created_at"),
     )
@@ -27,6 +29,7 @@ class WebhookDelivery(CreatedAt, Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("msg"))
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
     job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"))
+    automation_id: Mapped[str | None] = mapped_column(ForeignKey("automation_runs.id"))
     event_type: Mapped[str] = mapped_column(String(50))
     url: Mapped[str] = mapped_column(String(2000))
     # True when `url` is the account's default endpoint (a 410 then disables that).

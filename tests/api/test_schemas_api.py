@@ -221,6 +221,16 @@ def test_answers_match_their_schemas_end_to_end(e2e: Any, conform: Conformance) 
           "get", "/v1/jobs/{job_id}/webhook-deliveries")  # fmt: skip
     cancelled = client.post(f"/v1/jobs/{ids[0]}/cancel", headers=me)
     assert check(cancelled, "post", "/v1/jobs/{job_id}/cancel")["error"]["code"]
+    run_body = {"keywords": ["trail shoes", "hiking"], "stages": ["clustering"]}
+    check(client.post("/v1/automations/estimate", json=run_body, headers=me),
+          "post", "/v1/automations/estimate")  # fmt: skip
+    run_id = check(client.post("/v1/automations", json=run_body, headers=me),
+                   "post", "/v1/automations")["id"]  # fmt: skip
+    assert wait_for_job(client, key, jobs_of_run(client, me, run_id))["status"] == "succeeded"
+    check(client.get(f"/v1/automations/{run_id}", headers=me), "get", "/v1/automations/{run_id}")
+    check(client.get("/v1/automations", headers=me), "get", "/v1/automations")
+    ended_run = client.post(f"/v1/automations/{run_id}/cancel", headers=me)
+    assert check(ended_run, "post", "/v1/automations/{run_id}/cancel")["error"]["code"]
     for path in ("/v1/clusters", "/v1/ideas", "/v1/contents", "/v1/image-prompts", "/v1/images"):
         assert check(client.get(path, headers=me), "get", path)["data"]
     check(client.get("/v1/usage/summary", headers=me), "get", "/v1/usage/summary")
@@ -332,3 +342,10 @@ def test_auth_answers_match_their_schemas(client: Any, conform: Conformance) -> 
     conform(client.get("/v1/account"), "get", "/v1/account")  # 401
     conform(client.get("/v1/jobs/job_nothere", headers=auth(key)), "get", "/v1/jobs/{job_id}")
     conform(client.get("/v1/jobs?limit=0", headers=auth(key)), "get", "/v1/jobs")  # 422
+
+
+def jobs_of_run(client: Any, headers: dict[str, str], run_id: str) -> str:
+    """The (one) job of a clustering-only automation run."""
+    page = client.get(f"/v1/jobs?automation_id={run_id}", headers=headers).get_json()
+    job_id: str = page["data"][0]["id"]
+    return job_id
