@@ -355,7 +355,8 @@ class StagePlanOut(Out):
 class AutomationEstimateOut(Out):
     credits: int = Field(description="The hold a run would take now: its worst case.")
     available: int
-    affordable: bool
+    affordable: bool = Field(description="A spending status, the credits and the budgets allow it.")
+    within_budget: bool
     stages: dict[str, StagePlanOut]
 
 

@@ -14,7 +14,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from billing import ledger, pipeline
+from billing import budgets, ledger, pipeline
 from billing.admission import Dispatch, admit
 from billing.errors import AutomationNotCancellable, IdempotencyConflict, InvalidInput, NotFound
 from billing.operations import KeywordId, get_operation, validate_input, validation_details
@@ -145,8 +145,13 @@ class RunPlan:
     clustering_input: dict[str, Any]
 
     @property
+    def holds(self) -> dict[str, int]:
+        """The worst case per operation, as the spending budgets count it."""
+        return {name: stage["jobs"] * stage["hold"] for name, stage in self.stages.items()}
+
+    @property
     def credits(self) -> int:
-        return sum(stage["jobs"] * stage["hold"] for stage in self.stages.values())
+        return sum(self.holds.values())
 
 
 def plan_run(session: Session, account: Account, request: AutomationOptions) -> RunPlan:
@@ -189,13 +194,15 @@ class RunEstimate:
     plan: RunPlan
     available: int
     can_spend: bool
+    within_budget: bool
 
     def view(self) -> dict[str, Any]:
         credits = self.plan.credits
         return {
             "credits": credits,
             "available": self.available,
-            "affordable": self.can_spend and credits <= self.available,
+            "affordable": self.can_spend and self.within_budget and credits <= self.available,
+            "within_budget": self.within_budget,
             "stages": {
                 name: {"model": s["model"], "max_jobs": s["jobs"], "credits_per_job": s["hold"]}
                 for name, s in self.plan.stages.items()
@@ -206,7 +213,12 @@ class RunEstimate:
 def estimate_run(session: Session, account: Account, raw: dict[str, Any]) -> RunEstimate:
     """What a submission would hold now; writes nothing."""
     plan = plan_run(session, account, parse_options(raw))
-    return RunEstimate(plan, account.available_credits, account.status in ledger.SPENDING_STATUSES)
+    return RunEstimate(
+        plan,
+        account.available_credits,
+        account.status in ledger.SPENDING_STATUSES,
+        within_budget=budgets.exceeded(session, account, plan.holds) is None,
+    )
 
 
 @dataclass(frozen=True)
@@ -244,6 +256,7 @@ def submit_run(
     if webhook_url is not None:
         url_policy.check(webhook_url, must_resolve=False)
     plan = plan_run(session, account, request)
+    budgets.check(session, account, plan.holds)  # locks the account first, as a job's does
     run = AutomationRun(
         id=new_id("auto"),
         account_id=account.id,

@@ -12,6 +12,7 @@ row the request has already loaded.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -22,7 +23,15 @@ from sqlalchemy.orm import Session
 from billing.errors import BudgetExceeded, InvalidInput
 from billing.limits import lock_account
 from billing.operations import OPERATIONS
-from models import Account, CreditReservation, CreditTransaction, Job, as_utc
+from models import (
+    FINAL_RUN_STATUSES,
+    Account,
+    AutomationRun,
+    CreditReservation,
+    CreditTransaction,
+    Job,
+    as_utc,
+)
 
 MAX_BUDGET = 1_000_000_000
 
@@ -68,41 +77,53 @@ def budgets_for(account: Account, operation: str) -> list[Budget]:
     return found
 
 
-def check(session: Session, account: Account, operation: str, hold: int) -> None:
-    """Refuse (402 `budget_exceeded`) a hold that would take this period's charged + held
-    credits past a budget. Call it before `ledger.reserve`, in the same transaction."""
-    if not budgets_for(account, operation):
+def check(session: Session, account: Account, holds: Mapping[str, int]) -> None:
+    """Refuse (402 `budget_exceeded`) holds (credits per operation: one job's, or an
+    automation run's worst case per stage) that would take this period's charged + held
+    credits past a budget. Call it before the ledger's reserve, in the same transaction."""
+    if not any(budgets_for(account, operation) for operation in holds):
         return
     lock_account(session, account.id)
-    over = exceeded(session, account, operation, hold)
+    over = exceeded(session, account, holds)
     if over is not None:
-        budget, used = over
+        budget, used, required = over
         scope = "monthly budget" if budget.name == "monthly" else f"{budget.name} budget"
         raise BudgetExceeded(
-            f"This job needs up to {hold:,} credits, but {used:,} of your {scope} of "
+            f"This needs up to {required:,} credits, but {used:,} of your {scope} of "
             f"{budget.credits:,} credits are already spent or held this period. Raise the "
             "budget (PUT /v1/account/budget) or wait for the next period.",
             budget=budget.name,
             limit=budget.credits,
             used=used,
-            required=hold,
+            required=required,
         )
 
 
 def exceeded(
-    session: Session, account: Account, operation: str, hold: int
-) -> tuple[Budget, int] | None:
-    """The first budget a hold of `hold` would take past, with what it has used; None
-    when every budget has room. Reads only (`check` locks first)."""
-    for budget in budgets_for(account, operation):
-        used = spent(session, account, None if budget.name == "monthly" else budget.name)
-        if used + hold > budget.credits:
-            return budget, used
+    session: Session, account: Account, holds: Mapping[str, int]
+) -> tuple[Budget, int, int] | None:
+    """The first budget `holds` would take past, with what it has used and what they
+    need; None when every budget has room. Reads only (`check` locks first)."""
+    needs: dict[str, int] = {}
+    for operation, hold in holds.items():
+        for budget in budgets_for(account, operation):
+            needs[budget.name] = needs.get(budget.name, 0) + hold
+    for name, required in needs.items():
+        limit = (
+            account.budget_monthly_credits
+            if name == "monthly"
+            else int((account.budget_per_operation or {})[name])
+        )
+        assert limit is not None
+        used = spent(session, account, None if name == "monthly" else name)
+        if used + required > limit:
+            return Budget(name, limit), used, required
     return None
 
 
 def spent(session: Session, account: Account, operation: str | None) -> int:
-    """Credits charged since the period started plus credits held now (of `operation`)."""
+    """Credits charged since the period started plus credits held now (of `operation`),
+    counting what open automation runs still hold for jobs they have not made yet."""
     since = _period_start(account)
     charged: Select[Any] = select(func.coalesce(func.sum(-CreditTransaction.amount), 0)).where(
         CreditTransaction.account_id == account.id,
@@ -117,7 +138,39 @@ def spent(session: Session, account: Account, operation: str | None) -> int:
             Job.operation == operation
         )
         held = held.join(Job, Job.id == CreditReservation.job_id).where(Job.operation == operation)
-    return int(session.scalar(charged) or 0) + int(session.scalar(held) or 0)
+    return (
+        int(session.scalar(charged) or 0)
+        + int(session.scalar(held) or 0)
+        + _pooled(session, account, operation)
+    )
+
+
+def _pooled(session: Session, account: Account, operation: str | None) -> int:
+    """Open runs' pools: all of it for the monthly budget; for one operation, its stage's
+    worst case not yet carved into jobs (a run's pool is not kept per stage), at most the
+    pool itself."""
+    runs = session.scalars(
+        select(AutomationRun).where(
+            AutomationRun.account_id == account.id,
+            AutomationRun.held_credits > 0,
+            AutomationRun.status.not_in(FINAL_RUN_STATUSES),
+        )
+    ).all()
+    if operation is None:
+        return sum(run.held_credits for run in runs)
+    total = 0
+    for run in runs:
+        stage = run.plan.get(operation)
+        if stage is None:
+            continue
+        carved = session.scalar(
+            select(func.coalesce(func.sum(CreditReservation.amount), 0))
+            .join(Job, Job.id == CreditReservation.job_id)
+            .where(CreditReservation.automation_id == run.id, Job.operation == operation)
+        )
+        planned = int(stage["jobs"]) * int(stage["hold"])
+        total += min(max(planned - int(carved or 0), 0), run.held_credits)
+    return total
 
 
 def _period_start(account: Account) -> datetime:

@@ -119,7 +119,7 @@ def estimate_job(
         quote,
         account.available_credits,
         account.status in ledger.SPENDING_STATUSES,
-        within_budget=budgets.exceeded(session, account, operation.name, quote.credits) is None,
+        within_budget=budgets.exceeded(session, account, {operation.name: quote.credits}) is None,
     )
 
 
@@ -142,7 +142,7 @@ def submit_job(
         url_policy.check(request.webhook_url, must_resolve=False)
     quote = quote_job(session, account, operation, job_input, request.site_id, request.model, seen)
     hold = quote.credits
-    budgets.check(session, account, operation.name, hold)
+    budgets.check(session, account, {operation.name: hold})
     job = Job(
         id=new_id("job"),
         account_id=account.id,

@@ -168,3 +168,55 @@ def test_the_estimate_says_when_a_budget_would_refuse(client: Any) -> None:
     assert (after["affordable"], after["within_budget"]) == (False, False)
     assert after["credits"] == hold
     assert client.post("/v1/jobs", json=IMAGE, headers=auth(key)).status_code == 402
+
+
+RUN = {"keywords": ["running shoes", "trail running", "yoga mats"], "options": {"word_count": 200}}
+
+
+def run_estimate(client: Any, key: str) -> dict[str, Any]:
+    estimate = client.post("/v1/automations/estimate", json=RUN, headers=auth(key))
+    assert estimate.status_code == 200, estimate.get_json()
+    body: dict[str, Any] = estimate.get_json()
+    return body
+
+
+def test_an_automation_run_counts_against_the_budgets_as_a_whole(client: Any) -> None:
+    """A run is refused when its worst case would cross a budget (whole, or its stage's
+    against a per-operation one); once held, its pool counts as spent for later jobs."""
+    key = funded(client, "run-budget@example.com")
+    plan = run_estimate(client, key)
+    worst = plan["credits"]
+    articles = plan["stages"]["content_generation"]
+    article_worst = articles["max_jobs"] * articles["credits_per_job"]
+
+    client.put("/v1/account/budget", json={"monthly_credits": worst - 1}, headers=auth(key))
+    over = run_estimate(client, key)
+    refused = client.post("/v1/automations", json=RUN, headers=auth(key))
+    assert (over["within_budget"], over["affordable"]) == (False, False)
+    assert refused.status_code == 402, refused.get_json()
+    error = refused.get_json()["error"]
+    assert (error["code"], error["budget"], error["required"]) == (
+        "budget_exceeded",
+        "monthly",
+        worst,
+    )
+    assert client.get("/v1/automations", headers=auth(key)).get_json()["data"] == []
+
+    per_stage = {
+        "monthly_credits": None,
+        "per_operation": {"content_generation": article_worst - 1},
+    }
+    assert client.put("/v1/account/budget", json=per_stage, headers=auth(key)).status_code == 200
+    refused = client.post("/v1/automations", json=RUN, headers=auth(key))
+    assert refused.status_code == 402, refused.get_json()
+    error = refused.get_json()["error"]
+    assert (error["budget"], error["required"]) == ("content_generation", article_worst)
+
+    client.put("/v1/account/budget", json={"monthly_credits": worst}, headers=auth(key))
+    assert run_estimate(client, key)["within_budget"] is True
+    accepted = client.post("/v1/automations", json=RUN, headers=auth(key))
+    assert accepted.status_code == 202, accepted.get_json()
+    after = client.post("/v1/jobs", json=IMAGE, headers=auth(key))  # the pool is all of it
+    assert after.status_code == 402, after.get_json()
+    assert after.get_json()["error"]["used"] == worst
+    assert_audit_clean()
