@@ -228,3 +228,31 @@ def test_a_jobs_lines_share_its_ids_from_api_to_worker_to_webhook(
     assert delivered
     assert {line["account_id"] for line in delivered} == {account["id"]}
     assert all(line["delivery_id"].startswith("msg_") for line in delivered)
+
+
+def test_an_automation_run_ends_with_one_signed_automation_event(api: Any) -> None:
+    key, _ = register(api)
+    secret = api.get("/v1/webhooks/secret", headers=auth(key)).get_json()["secret"]
+    body = {"keywords": ["running shoes", "trail running"], "stages": ["clustering"]}
+
+    with Receiver() as receiver:
+        submitted = api.post(
+            "/v1/automations", json={**body, "webhook_url": receiver.url}, headers=auth(key)
+        )
+        assert submitted.status_code == 202, submitted.get_json()
+        run_id = submitted.get_json()["id"]
+        deadline = time.monotonic() + 30
+        while not any(
+            r.verify(secret)["type"].startswith("automation.") for r in receiver.requests
+        ):
+            assert time.monotonic() < deadline, [r.verify(secret) for r in receiver.requests]
+            time.sleep(0.05)
+        time.sleep(0.5)  # a second automation event would arrive now
+        events = [request.verify(secret) for request in receiver.requests]
+
+    run = api.get(f"/v1/automations/{run_id}", headers=auth(key)).get_json()
+    (event,) = [e for e in events if e["type"].startswith("automation.")]
+    assert event["type"] == "automation.succeeded" == f"automation.{run['status']}"
+    assert event["data"]["id"] == run_id
+    assert event["data"]["credits_charged"] == run["credits_charged"] > 0
+    assert run["released_credits"] == run["reserved_credits"] - run["credits_charged"]
