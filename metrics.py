@@ -39,6 +39,9 @@ AI_SECONDS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 JOBS_SUBMITTED = Counter(
     "aijobs_jobs_submitted_total", "Jobs accepted by the API", ["operation", "plan"]
 )
+AUTOMATIONS_SUBMITTED = Counter(
+    "aijobs_automations_submitted_total", "Automation runs accepted by the API", ["plan"]
+)
 JOBS_STARTED = Counter("aijobs_jobs_started_total", "Job runs started by a worker", ["operation"])
 JOBS_FINISHED = Counter(
     "aijobs_jobs_finished_total", "Jobs that reached a final state", ["operation", "status"]

@@ -11,6 +11,7 @@ from flask import Blueprint, request
 from pydantic import Field
 
 import logs
+import metrics
 from api.db import after_commit, db
 from api.jobs import IDEMPOTENCY_KEY, SUBMITTED_HEADERS
 from api.schemas import AutomationEstimateOut, AutomationOut, AutomationSubmittedOut, Page, responds
@@ -77,6 +78,8 @@ def submit(body: AutomationBody) -> tuple[dict[str, Any], int, dict[str, str]]:
     headers = {"Location": f"/v1/automations/{run.id}"}
     if submission.created:
         log.info("automation submitted, %s credits held", run.reserved_credits)
+        plan = current_account().plan
+        metrics.AUTOMATIONS_SUBMITTED.labels(plan.slug if plan else "none").inc()
         after_commit(lambda: enqueue_dispatches(submission.dispatches))
     else:
         headers["Idempotent-Replayed"] = "true"

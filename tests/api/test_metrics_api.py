@@ -62,3 +62,23 @@ def test_a_metrics_token_is_required_when_set(client: Any, monkeypatch: pytest.M
     assert client.get("/metrics").status_code == 401
     assert client.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert "aijobs_state_up" in scrape(client, Authorization="Bearer scrape-secret")
+
+
+def test_automation_runs_are_counted_by_plan(client: Any) -> None:
+    key, _ = register(client, "runs@example.com")
+    run = {"keywords": ["running shoes"], "stages": ["clustering"]}
+
+    def runs(families: dict[str, Any]) -> float:
+        if "aijobs_automations_submitted" not in families:
+            return 0.0
+        return sample(families, "aijobs_automations_submitted_total", plan="free-trial")
+
+    before = scrape(client)
+    submitted = client.post("/v1/automations", json=run, headers=auth(key))
+    replayed = client.post(
+        "/v1/automations", json=run, headers={**auth(key), "Idempotency-Key": "once"}
+    )
+    client.post("/v1/automations", json=run, headers={**auth(key), "Idempotency-Key": "once"})
+
+    assert (submitted.status_code, replayed.status_code) == (202, 202)
+    assert runs(scrape(client)) == runs(before) + 2  # a replay is not a second run
