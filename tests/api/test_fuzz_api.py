@@ -72,6 +72,12 @@ KNOWN_KEYS = [
     "monthly_credits",
     "per_operation",
     "method",
+    "stages",
+    "options",
+    "keyword_ids",
+    "max_clusters",
+    "ideas_per_cluster",
+    "models",
 ]
 bodies = st.one_of(
     json_values,
@@ -172,6 +178,18 @@ ENDPOINTS: list[tuple[str, str, str | None, dict[str, Any]]] = [
     ),
     ("post", "/v1/admin/keyword-library/import", "admin", {"keyword": "k", "country": "us"}),
     ("put", "/v1/admin/provider-limits/{id}", "admin", {"rpm": 60, "tpm": 0}),
+    (
+        "post",
+        "/v1/automations",
+        "key",
+        {"keywords": ["a", "b"], "stages": ["clustering"], "options": {"max_clusters": 1}},
+    ),
+    (
+        "post",
+        "/v1/automations/estimate",
+        "key",
+        {"keyword_ids": [1], "options": {"ideas_per_cluster": 2, "word_count": 300}},
+    ),
 ]
 
 
