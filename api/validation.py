@@ -301,8 +301,10 @@ def query_params(model: type[Q]) -> Callable[[Callable[..., R]], Callable[..., R
     def decorate(view: Callable[..., R]) -> Callable[..., R]:
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> R:
+            raw = request.args.to_dict()
+            _check_strings(raw, "")  # a NUL in `?q=` reaches PostgreSQL otherwise: 500
             try:
-                kwargs["query"] = model.model_validate(request.args.to_dict())
+                kwargs["query"] = model.model_validate(raw)
             except ValidationError as exc:
                 raise invalid(exc) from None
             return view(*args, **kwargs)

@@ -102,6 +102,22 @@ def test_nul_in_any_text_field_is_422_before_the_database_sees_it(
     assert client.get("/v1/account", headers=auth(key)).get_json()["credits"] == credits
 
 
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        ("/v1/keyword-library?q=%00", "q"),
+        ("/v1/keywords?cursor=%00", "cursor"),
+        ("/v1/usage/logs?model=gpt%00", "model"),
+        ("/v1/jobs?cursor=a%00b", "cursor"),
+        ("/v1/automations?cursor=%00", "cursor"),
+    ],
+)
+def test_nul_in_a_query_string_is_422(client: Any, key: str, path: str, field: str) -> None:
+    """Found by the fuzzer: `?q=%00` reached PostgreSQL and answered 500."""
+    error = assert_refused(client.get(path, headers=auth(key)), field)
+    assert "NUL" in error["message"]
+
+
 def test_nul_at_registration_and_in_admin_bodies(client: Any) -> None:
     before = counts()
 
