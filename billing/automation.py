@@ -22,7 +22,7 @@ from billing.paging import Page, newest_first, page_of, page_size, time_cursor
 from billing.policy import resolve_model
 from billing.runs import Ending, cancel_job
 from billing.sites import get_site
-from billing.submission import _check_key
+from billing.submission import check_idempotency_key
 from billing.text import ShortText
 from billing.webhook_urls import STRICT_URLS, UrlPolicy
 from models import (
@@ -249,7 +249,7 @@ def submit_run(
     request = parse_options(raw)
     fingerprint = _fingerprint(raw, webhook_url)
     if idempotency_key is not None:
-        _check_key(idempotency_key)
+        check_idempotency_key(idempotency_key)
         existing = _run_for_key(session, account.id, idempotency_key)
         if existing is not None:
             return RunSubmission(_same_request(existing, fingerprint), created=False)

@@ -104,20 +104,14 @@ def exceeded(
 ) -> tuple[Budget, int, int] | None:
     """The first budget `holds` would take past, with what it has used and what they
     need; None when every budget has room. Reads only (`check` locks first)."""
-    needs: dict[str, int] = {}
+    needs: dict[Budget, int] = {}
     for operation, hold in holds.items():
         for budget in budgets_for(account, operation):
-            needs[budget.name] = needs.get(budget.name, 0) + hold
-    for name, required in needs.items():
-        limit = (
-            account.budget_monthly_credits
-            if name == "monthly"
-            else int((account.budget_per_operation or {})[name])
-        )
-        assert limit is not None
-        used = spent(session, account, None if name == "monthly" else name)
-        if used + required > limit:
-            return Budget(name, limit), used, required
+            needs[budget] = needs.get(budget, 0) + hold
+    for budget, required in needs.items():
+        used = spent(session, account, None if budget.name == "monthly" else budget.name)
+        if used + required > budget.credits:
+            return budget, used, required
     return None
 
 

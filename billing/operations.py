@@ -208,7 +208,9 @@ def validation_details(exc: ValidationError, prefix: str = "") -> dict[str, str]
     details: dict[str, str] = {}
     for error in exc.errors(include_url=False):
         path = ".".join(str(part) for part in (prefix, *error["loc"]) if part != "")
-        details[path or prefix or "body"] = error["msg"]
+        # A validator's own ValueError reads as written, without pydantic's "Value error, ".
+        message = str(error["ctx"]["error"]) if error["type"] == "value_error" else error["msg"]
+        details[path or prefix or "body"] = message
     return details
 
 

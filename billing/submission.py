@@ -134,7 +134,7 @@ def submit_job(
     operation = get_operation(request.operation)
     job_input = validate_input(operation, request.input)
     if request.idempotency_key is not None:
-        _check_key(request.idempotency_key)
+        check_idempotency_key(request.idempotency_key)
         existing = _job_for_key(session, account.id, request.idempotency_key)
         if existing is not None:
             return Submission(_same_request(existing, request), created=False)
@@ -183,7 +183,7 @@ def _insert_once(session: Session, job: Job, request: JobRequest) -> Job | None:
     return None
 
 
-def _check_key(key: str) -> None:
+def check_idempotency_key(key: str) -> None:
     if not 1 <= len(key) <= 255 or not key.isprintable():
         raise InvalidInput(
             "Idempotency-Key must be 1 to 255 printable characters.",
