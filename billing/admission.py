@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Table, bindparam, case, func, select, update
+from sqlalchemy import ColumnElement, Table, bindparam, case, func, literal_column, select, update
 from sqlalchemy.orm import Session
 
 from models import Account, Job, Plan
@@ -36,14 +36,21 @@ class Dispatch:
     operation: str
 
 
+# Statuses as SQL literals, not bound parameters: a planner may use a partial index only
+# when the query's condition implies the index's, and `status IN (?, ?)` implies nothing
+# (SQLite then walked every job the account ever had, twice per admission).
+_QUEUED: ColumnElement[str] = literal_column("'queued'")
+_RUNNING: ColumnElement[str] = literal_column("'running'")
+
+
 def holds_slot() -> ColumnElement[bool]:
     """The SQL condition of a job holding a slot (index `ix_jobs_slots`)."""
-    return Job.status.in_(("queued", "running")) & Job.dispatched_at.is_not(None)
+    return Job.status.in_([_QUEUED, _RUNNING]) & Job.dispatched_at.is_not(None)
 
 
 def waiting() -> ColumnElement[bool]:
     """The SQL condition of a job waiting for a slot (index `ix_jobs_waiting`)."""
-    return (Job.status == "queued") & Job.dispatched_at.is_(None)
+    return (Job.status == _QUEUED) & Job.dispatched_at.is_(None)
 
 
 # Admission runs on every submission and every ending: prebuilt Core statements with
@@ -53,8 +60,8 @@ _accounts = cast(Table, Account.__table__)
 _plans = cast(Table, Plan.__table__)
 _p_account = bindparam("p_account", type_=_accounts.c.id.type)
 _p_now = bindparam("p_now", type_=_jobs.c.dispatched_at.type)
-_slot = _jobs.c.status.in_(("queued", "running")) & _jobs.c.dispatched_at.is_not(None)
-_waiting = (_jobs.c.status == "queued") & _jobs.c.dispatched_at.is_(None)
+_slot = holds_slot()
+_waiting = waiting()
 
 # FOR NO KEY UPDATE: serialises with the ledger's UPDATEs of the account row, but not
 # with the key-share locks that inserting a job (its foreign key) takes on it.

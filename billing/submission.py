@@ -8,9 +8,9 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -123,6 +123,11 @@ def estimate_job(
     )
 
 
+# One Core INSERT, not the ORM's unit of work: ~0.3 ms less per submission
+# (bench/admission.py); the job row is written exactly as `row` says.
+_INSERT_JOB = insert(cast(Table, Job.__table__))
+
+
 def submit_job(
     session: Session,
     account: Account,
@@ -143,40 +148,43 @@ def submit_job(
     quote = quote_job(session, account, operation, job_input, request.site_id, request.model, seen)
     hold = quote.credits
     budgets.check(session, account, {operation.name: hold})
-    job = Job(
-        id=new_id("job"),
-        account_id=account.id,
-        site_id=request.site_id,
-        operation=operation.name,
-        input=quote.input,
-        model=quote.model.name,
-        status="queued",
-        reserved_credits=hold,
-        webhook_url=request.webhook_url,
-        idempotency_key=request.idempotency_key,
-        request_hash=request.fingerprint(),
-    )
+    row = {
+        "id": new_id("job"),
+        "account_id": account.id,
+        "site_id": request.site_id,
+        "operation": operation.name,
+        "input": quote.input,
+        "model": quote.model.name,
+        "status": "queued",
+        "reserved_credits": hold,
+        "credits_charged": 0,
+        "attempts": 0,
+        "webhook_url": request.webhook_url,
+        "idempotency_key": request.idempotency_key,
+        "request_hash": request.fingerprint(),
+        "created_at": utcnow(),
+    }
     if request.idempotency_key is None:
-        session.add(job)
-        session.flush()
+        session.connection().execute(_INSERT_JOB, row)
     else:
-        earlier = _insert_once(session, job, request)
+        earlier = _insert_once(session, row, request)
         if earlier is not None:
             return Submission(earlier, created=False)
+    # The answer: the row as written (not in the session; nothing else here reads it).
+    job = Job(**row)
     ledger.reserve(session, account.id, job.id, hold, hold_ttl)
     # The reserve's UPDATE locked the account row: admission needs no lock of its own.
     dispatches = admit(session, account.id, utcnow(), account_locked=True)
     return Submission(job, created=True, dispatches=dispatches)
 
 
-def _insert_once(session: Session, job: Job, request: JobRequest) -> Job | None:
+def _insert_once(session: Session, row: dict[str, Any], request: JobRequest) -> Job | None:
     """Insert a keyed job, or return the job a concurrent request with that key made."""
     try:
         with session.begin_nested():
-            session.add(job)
-            session.flush()
+            session.connection().execute(_INSERT_JOB, row)
     except IntegrityError:
-        existing = _job_for_key(session, job.account_id, request.idempotency_key or "")
+        existing = _job_for_key(session, row["account_id"], request.idempotency_key or "")
         if existing is None:
             raise
         return _same_request(existing, request)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterable
 
@@ -10,6 +11,7 @@ from billing.admission import Dispatch
 from billing.operations import OPERATIONS
 from billing.runs import Ending
 from workers.celery_app import celery
+from workers.publisher import TaskPublisher
 
 log = logging.getLogger(__name__)
 DELIVER_WEBHOOK = "tasks.webhooks.deliver"
@@ -17,10 +19,16 @@ JOB_QUEUES = tuple(dict.fromkeys(op.queue for op in OPERATIONS.values()))
 
 
 def enqueue_job(job_id: str, operation: str) -> None:
-    """Routing comes from `celeryconfig.task_routes` (one queue per operation kind)."""
+    """Routing comes from `celeryconfig.task_routes` (one queue per operation kind); one
+    LPUSH on a Redis broker (workers/publisher.py)."""
     if operation not in OPERATIONS:
         raise ValueError(f"unknown operation {operation!r}")
-    celery.send_task(f"tasks.{operation}", args=[job_id], headers=_log_headers())
+    _publisher().send(f"tasks.{operation}", [job_id], _log_headers())
+
+
+@functools.cache
+def _publisher() -> TaskPublisher:
+    return TaskPublisher(celery)
 
 
 def _log_headers() -> dict[str, str]:

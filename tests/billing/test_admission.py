@@ -7,7 +7,7 @@ from __future__ import annotations
 import multiprocessing
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from billing import admission, plans, runs
 from billing.audit import audit
@@ -161,3 +161,49 @@ def test_an_account_without_a_plan_runs_one_job_at_a_time(db_url: str) -> None:
         ids = [submit(session, acct.id, request(IMAGE)).id for _ in range(2)]
         assert admission.concurrency_limit(session, acct.id) == 1
     assert slot_holders(db_url, acct.id) == {ids[0]}
+
+
+def _plan(session: Any, statement: Any, params: dict[str, Any]) -> str:
+    """The database's plan for `statement` as it runs (PostgreSQL: seq scans off, so an
+    index it can use shows; a partial index whose condition the query does not imply
+    cannot): the statement runs once in a savepoint, rolled back, to capture its SQL."""
+    connection = session.connection()
+    sent: list[tuple[str, Any]] = []
+
+    def capture(_conn: Any, _cursor: Any, sql: str, parameters: Any, *_: Any) -> None:
+        sent.append((sql, parameters))
+
+    event.listen(connection, "before_cursor_execute", capture)
+    try:
+        with connection.begin_nested() as savepoint:
+            connection.execute(statement, params)
+            savepoint.rollback()
+    finally:
+        event.remove(connection, "before_cursor_execute", capture)
+    sql, parameters = next((q, p) for q, p in sent if "SAVEPOINT" not in q)
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql("SET LOCAL enable_seqscan = off")
+        rows = connection.exec_driver_sql("EXPLAIN " + sql, parameters)
+    else:
+        rows = connection.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, parameters)
+    return "\n".join(str(row) for row in rows)
+
+
+def test_admission_reads_only_the_partial_indexes(db_url: str) -> None:
+    """Its work follows the jobs in flight and waiting, not the account's history: with
+    bound status values the planner could not use `ix_jobs_slots` and walked every job
+    the account ever had, twice per admission."""
+    account_id = new_account(db_url)
+    submit_many(db_url, account_id, 3)
+    params = {"p_account": account_id, "p_now": utcnow()}
+    with transaction(db_url) as session:
+        plan = _plan(session, admission._ADMIT, params)
+        assert plan.count("ix_jobs_slots") == 2, plan  # the free slots, counted in the CASE
+        assert "ix_jobs_waiting" in plan, plan
+        assert "ix_jobs_account_created" not in plan, plan
+        count = (
+            select(func.count())
+            .select_from(Job)
+            .where(Job.account_id == account_id, admission.holds_slot())
+        )
+        assert "ix_jobs_slots" in _plan(session, count, {"account_id_1": account_id})
