@@ -15,7 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from api.errors import error_response
-from models.db import session_factory
+from models.db import is_sqlite, session_factory
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,32 @@ def db() -> Session:
         g.after_commit = []
     session: Session = g.db_session
     return session
+
+
+def caller_read() -> Session:
+    """The request's session for reading who calls (`require_key`), before any write.
+
+    On SQLite every write transaction holds the one writer lock from its first
+    statement, so a write request that read its caller in it held the lock through the
+    key read and the rate limiter's Redis round trip as well: that read runs in a
+    deferred transaction instead, and `end_caller_read` ends it, keeping what it
+    loaded. The view's writes then take the lock for their own statements only. Nothing
+    read there is trusted for money: the ledger's writes re-check status and balance in
+    SQL, as on PostgreSQL, where statements always see the latest commits.
+    """
+    fresh = "db_session" not in g
+    session = db()
+    if fresh and request.method not in READ_METHODS and is_sqlite():
+        session.connection(execution_options={"sqlite_begin": "DEFERRED"})
+        g.caller_read = True
+    return session
+
+
+def end_caller_read() -> None:
+    if g.pop("caller_read", False):
+        session = db()
+        session.commit()  # expire_on_commit is off: the caller's rows stay loaded
+        session.begin()
 
 
 def commit_now() -> None:

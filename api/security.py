@@ -11,7 +11,7 @@ from flask import g, request
 
 import logs
 from api import ratelimit
-from api.db import db
+from api.db import caller_read, end_caller_read
 from api.errors import ApiError
 from billing import accounts, permissions, policy
 from billing.errors import NotFound
@@ -51,7 +51,7 @@ def require_key(view: Callable[P, R]) -> Callable[P, R]:
         settings = get_settings()
         try:
             caller = accounts.authenticate(
-                db(), bearer.strip(), settings.secret_key, settings.login_token_ttl_seconds
+                caller_read(), bearer.strip(), settings.secret_key, settings.login_token_ttl_seconds
             )
         except NotFound as exc:
             raise ApiError(401, "invalid_api_key", exc.message) from None
@@ -62,6 +62,7 @@ def require_key(view: Callable[P, R]) -> Callable[P, R]:
         )
         logs.bind(account_id=g.account.id)
         ratelimit.enforce(g.account)
+        end_caller_read()
         return view(*args, **kwargs)
 
     wrapper.__dict__["openapi_auth"] = "apiKey"

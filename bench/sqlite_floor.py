@@ -47,7 +47,8 @@ from bench.ledger import raw_pair as sqlalchemy_raw_pair
 from bench.ledger import snapshot as credits_of
 from billing.audit import audit
 from models import utcnow
-from models.db import SQLITE_BUSY_TIMEOUT_MS, dispose_engines, get_engine, transaction
+from models.db import dispose_engines, get_engine, transaction
+from models.sqlite import SQLITE_BUSY_TIMEOUT_MS
 
 PRAGMAS = (
     "PRAGMA journal_mode=WAL",

@@ -1,24 +1,16 @@
-"""Engine and session setup, the same code on SQLite and PostgreSQL.
-
-SQLite runs in WAL mode with a busy timeout, and every transaction starts with
-`BEGIN IMMEDIATE`: a read-then-write transaction that began deferred can fail with
-"database is locked" without waiting, whatever the busy timeout says.
-"""
+"""Engine and session setup, the same code on SQLite and PostgreSQL (SQLite's own
+settings, writer lock and checkpoints: models/sqlite.py)."""
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
-SQLITE_BUSY_TIMEOUT_MS = 30_000
+from models.sqlite import make_sqlite_engine
 
 _lock = threading.Lock()
 _engines: dict[str, Engine] = {}
@@ -34,7 +26,7 @@ def database_url() -> str:
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        return _make_sqlite_engine(url)
+        return make_sqlite_engine(url)
     from settings import get_settings
 
     # Sized for a threads-pool worker: each thread holds a connection only for its short
@@ -46,92 +38,6 @@ def make_engine(url: str) -> Engine:
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
     )
-
-
-def _make_sqlite_engine(url: str) -> Engine:
-    path = url.split("///", 1)[-1]
-    if path and path != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(
-        url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
-    )
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Autocommit at the driver level so SQLAlchemy's BEGIN below is the only BEGIN.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.close()
-
-    writer = _ProcessWriter()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(connection: Any) -> None:
-        # Readers may ask for DEFERRED: in WAL mode they then never wait for writers.
-        mode = connection.get_execution_options().get("sqlite_begin", "IMMEDIATE")
-        if mode != "IMMEDIATE":
-            connection.exec_driver_sql(f"BEGIN {mode}")
-            return
-        writer.acquire(connection)
-        try:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
-        except BaseException:
-            writer.release(connection)
-            raise
-
-    # The transaction's end is written here too, so the process's writer slot is given
-    # up only once SQLite's lock is (the driver's own commit() then finds no transaction).
-    @event.listens_for(engine, "commit")
-    def _on_commit(connection: Any) -> None:
-        if writer.holds(connection):
-            connection.exec_driver_sql("COMMIT")
-            writer.release(connection)
-
-    @event.listens_for(engine, "rollback")
-    def _on_rollback(connection: Any) -> None:
-        if writer.holds(connection):
-            try:
-                connection.exec_driver_sql("ROLLBACK")
-            finally:
-                writer.release(connection)
-
-    return engine
-
-
-class _ProcessWriter:
-    """One SQLite writer at a time per process, queued on a lock.
-
-    SQLite lets one transaction write at a time; a `BEGIN IMMEDIATE` that finds the lock
-    taken polls, sleeping 1, 2, 5, 10 ... up to 100 ms between tries, so under load
-    threads of one process overslept each other's short transactions by tens of
-    milliseconds (p99 over a second for 8 threads submitting jobs). Here they wait on a
-    lock that wakes the next one at once; SQLite's own busy wait remains between
-    processes. Waiting past the busy timeout fails as SQLite would ("database is locked").
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-
-    def acquire(self, connection: Any) -> None:
-        if not self._lock.acquire(timeout=SQLITE_BUSY_TIMEOUT_MS / 1000):
-            raise OperationalError(
-                "BEGIN IMMEDIATE", None, sqlite3.OperationalError("database is locked")
-            )
-        connection.info[_WRITER] = True
-
-    def holds(self, connection: Any) -> bool:
-        return bool(connection.info.get(_WRITER))
-
-    def release(self, connection: Any) -> None:
-        if connection.info.pop(_WRITER, False):
-            self._lock.release()
-
-
-_WRITER = "aijobs_process_writer"
 
 
 def get_engine(url: str | None = None) -> Engine:

@@ -31,10 +31,11 @@ CLUSTER = {"operation": "clustering", "input": {"keywords": ["trail shoes", "roa
 # Per submission, in a warm process (its price list cached): the API-key read (with the
 # plan, the catalog stamp and whether the account has model preferences: it has none),
 # the job row, the hold, admission. PostgreSQL: the reserve is one statement and
-# admission one more (the reserve's UPDATE holds the account row's lock). SQLite: its
-# BEGIN IMMEDIATE and COMMIT (models/db.py writes them), the reserve as its UPDATE and
-# the hold's INSERT.
-STATEMENTS = {"postgresql": 4, "sqlite": 7}
+# admission one more (the reserve's UPDATE holds the account row's lock). SQLite: the
+# key read in its own BEGIN DEFERRED (api/db.py caller_read: no writer lock; the driver
+# ends it), then BEGIN IMMEDIATE and COMMIT around the writes (models/sqlite.py writes
+# them), the reserve as its UPDATE and the hold's INSERT.
+STATEMENTS = {"postgresql": 4, "sqlite": 8}
 
 
 @contextmanager

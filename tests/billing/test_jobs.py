@@ -4,11 +4,11 @@ start / complete / fail on the worker side, redelivery, and the expired-hold swe
 from __future__ import annotations
 
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, inspect, select
 
 from billing import job_views, ledger, runs, unbilled
 from billing.audit import audit
@@ -35,8 +35,17 @@ from models import (
     UnbilledUsage,
     utcnow,
 )
-from models.db import transaction
-from tests.factories import CLUSTERING, balances, hold_for, make_account, request, submit
+from models.base import as_utc
+from models.db import session_factory, transaction
+from tests.factories import (
+    CLUSTERING,
+    balances,
+    hold_for,
+    make_account,
+    request,
+    statements_of,
+    submit,
+)
 
 TTL = timedelta(minutes=30)
 IMAGES = {"operation": "image_generation", "input": {"prompt": "a red fox", "count": 3}}
@@ -555,3 +564,32 @@ def test_list_jobs_pages_newest_first_and_filters(db_url: str) -> None:
         for bad in ({"status": "lost"}, {"operation": "x"}, {"limit": 0}, {"cursor": "!!"}):
             with pytest.raises(InvalidInput):
                 job_views.list_jobs(session, account_id, **bad)
+
+
+def test_the_submitted_job_is_the_row_as_written_and_a_change_to_it_is_saved(
+    db_url: str,
+) -> None:
+    """The job row is written by one Core INSERT; the object handed back is the session's
+    own, with every column as stored (reading it emits nothing)."""
+    with transaction(db_url) as session:
+        account_id = make_account(session, credits=1_000).id
+    with transaction(db_url) as session:
+        job = submit_job(session, session.get(Account, account_id), request(IMAGES), TTL).job
+        with statements_of(db_url) as statements:
+            seen = {attr.key: getattr(job, attr.key) for attr in inspect(Job).column_attrs}
+        assert statements == []
+        job.automation_id = "auto_x"
+        job_id = job.id
+    with session_factory(db_url)() as fresh:
+        stored = fresh.get(Job, job_id)
+        assert stored is not None
+        assert stored.automation_id == "auto_x"
+        for key, value in seen.items():
+            if key not in {"automation_id", "dispatched_at", "sent_at"}:  # admission sets these
+                assert _as_stored(getattr(stored, key)) == _as_stored(value), key
+        assert stored.dispatched_at is not None
+
+
+def _as_stored(value: object) -> object:
+    """SQLite hands datetimes back naive (UTC as written)."""
+    return as_utc(value) if isinstance(value, datetime) else value
