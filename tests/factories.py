@@ -277,3 +277,38 @@ def admission_churn_in_process(
 
 def now_plus(**delta: float) -> Any:
     return utcnow() + timedelta(**delta)
+
+
+def increments_in_process(path: str, times: int, barrier: Any, results: Any) -> None:
+    """`times` read-then-write increments of one counter, each its own transaction: a
+    lost update would show if two processes ever wrote at once."""
+    from sqlalchemy import text
+
+    from models.sqlite import make_sqlite_engine
+
+    engine = make_sqlite_engine(f"sqlite:///{path}")
+    errors = []
+    try:
+        barrier.wait(60)
+        for _ in range(times):
+            with engine.begin() as connection:
+                value = connection.execute(text("SELECT value FROM counter")).scalar_one()
+                connection.execute(text("UPDATE counter SET value = :v"), {"v": value + 1})
+    except Exception:
+        errors.append(traceback.format_exc())
+    finally:
+        engine.dispose()
+        results.put(errors)
+
+
+def hold_writer_in_process(path: str, ready: Any) -> None:
+    """Take the writer lock and keep it until killed."""
+    from sqlalchemy import text
+
+    from models.sqlite import make_sqlite_engine
+
+    engine = make_sqlite_engine(f"sqlite:///{path}")
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE counter SET value = value + 1"))
+        ready.set()
+        time.sleep(600)
