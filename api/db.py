@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from api.errors import error_response
 from models.db import is_sqlite, session_factory
+from models.sqlite import begin_writing
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +39,14 @@ def db() -> Session:
 def caller_read() -> Session:
     """The request's session for reading who calls (`require_key`), before any write.
 
-    On SQLite every write transaction holds the one writer lock from its first
-    statement, so a write request that read its caller in it held the lock through the
-    key read and the rate limiter's Redis round trip as well: that read runs in a
-    deferred transaction instead, and `end_caller_read` ends it, keeping what it
-    loaded. The view's writes then take the lock for their own statements only. Nothing
-    read there is trusted for money: the ledger's writes re-check status and balance in
-    SQL, as on PostgreSQL, where statements always see the latest commits.
+    On SQLite a write transaction holds the one writer lock from its first statement,
+    so a write request that read its caller in it held the lock through the key read
+    and the rate limiter's Redis round trip too. That read runs in a deferred
+    transaction instead; `end_caller_read` turns it into a writing one on the same
+    connection (models/sqlite.py), keeping what it loaded, and the view's writes hold
+    the lock for their own statements only. Nothing read there is trusted for money:
+    the ledger's writes re-check status and balance in SQL, as on PostgreSQL, where
+    each statement sees the latest commits anyway.
     """
     fresh = "db_session" not in g
     session = db()
@@ -56,9 +58,7 @@ def caller_read() -> Session:
 
 def end_caller_read() -> None:
     if g.pop("caller_read", False):
-        session = db()
-        session.commit()  # expire_on_commit is off: the caller's rows stay loaded
-        session.begin()
+        begin_writing(db().connection())
 
 
 def commit_now() -> None:

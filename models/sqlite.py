@@ -17,8 +17,9 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+from weakref import WeakKeyDictionary
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import OperationalError
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 CHECKPOINT_EVERY_SECONDS = 1.0
 WAL_BACKSTOP_PAGES = 10_000
 _WRITER = "aijobs_writer"
+_writers: WeakKeyDictionary[Engine, Writer] = WeakKeyDictionary()
 
 
 def make_sqlite_engine(url: str) -> Engine:
@@ -39,7 +41,7 @@ def make_sqlite_engine(url: str) -> Engine:
     engine = create_engine(
         url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
     )
-    writer = Writer(Path(f"{path}-writer.lock") if on_disk else None)
+    writer = _writers[engine] = Writer(Path(f"{path}-writer.lock") if on_disk else None)
     checkpointer = Checkpointer(path) if on_disk else None
 
     @event.listens_for(engine, "connect")
@@ -88,6 +90,25 @@ def make_sqlite_engine(url: str) -> Engine:
                 writer.release(connection)
 
     return engine
+
+
+def begin_writing(connection: Connection) -> None:
+    """Turn a deferred (reading) transaction into a writing one, on the same connection
+    and, for SQLAlchemy and the ORM, the same transaction: what was read stays loaded,
+    and from here the transaction holds the writer lock. The reads came from an earlier
+    snapshot; nothing about money may rely on them (the ledger re-checks in SQL)."""
+    writer = _writers.get(connection.engine)
+    if writer is None or writer.holds(connection):
+        return
+    if connection.get_execution_options().get("sqlite_begin", "IMMEDIATE") == "IMMEDIATE":
+        return
+    connection.exec_driver_sql("COMMIT")
+    writer.acquire(connection)
+    try:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    except BaseException:
+        writer.release(connection)
+        raise
 
 
 def _locked() -> OperationalError:

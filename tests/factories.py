@@ -312,3 +312,14 @@ def hold_writer_in_process(path: str, ready: Any) -> None:
         connection.execute(text("UPDATE counter SET value = value + 1"))
         ready.set()
         time.sleep(600)
+
+
+def hold_write_transaction_in_process(url: str, ready: Any) -> None:
+    """Open a write transaction on `url` (on SQLite: hold the writer lock) until killed."""
+    from sqlalchemy import text
+
+    _child_setup(url)
+    with transaction(url) as session:
+        session.execute(text("UPDATE accounts SET name = name WHERE id = 'nobody'"))
+        ready.set()
+        time.sleep(600)

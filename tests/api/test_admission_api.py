@@ -5,9 +5,11 @@ servers, one worker process each, on the same database and Redis)."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +24,7 @@ from sqlalchemy.pool import NullPool
 from ops.ports import free_port, wait_for_port
 from ops.processes import stop_group
 from ops.redis_server import RedisServer
-from tests.factories import statements_of
+from tests.factories import hold_write_transaction_in_process, statements_of
 from tests.support import auth, register
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,10 +34,10 @@ CLUSTER = {"operation": "clustering", "input": {"keywords": ["trail shoes", "roa
 # plan, the catalog stamp and whether the account has model preferences: it has none),
 # the job row, the hold, admission. PostgreSQL: the reserve is one statement and
 # admission one more (the reserve's UPDATE holds the account row's lock). SQLite: the
-# key read in its own BEGIN DEFERRED (api/db.py caller_read: no writer lock; the driver
-# ends it), then BEGIN IMMEDIATE and COMMIT around the writes (models/sqlite.py writes
-# them), the reserve as its UPDATE and the hold's INSERT.
-STATEMENTS = {"postgresql": 4, "sqlite": 8}
+# key read in a BEGIN DEFERRED (api/db.py caller_read: no writer lock), its COMMIT and
+# a BEGIN IMMEDIATE on the same connection, the writes, the final COMMIT
+# (models/sqlite.py writes these), and the reserve as its UPDATE and the hold's INSERT.
+STATEMENTS = {"postgresql": 4, "sqlite": 9}
 
 
 @contextmanager
@@ -253,3 +255,24 @@ def test_an_account_moved_to_another_plan_by_an_admin_counts_on_the_next_request
         accepted = submit(api, key, "gpt-4o")
         assert accepted.status_code == 202, accepted.text
         assert accepted.json()["model"] == "gpt-4o"
+
+
+def test_a_refused_caller_never_waits_for_the_database_writer(client: Any, db_url: str) -> None:
+    """The key read runs before the request takes SQLite's writer lock (api/db.py
+    caller_read): with another process holding it, a bad key is still refused at once,
+    and a good key's submission goes through once the lock is free."""
+    key, _ = register(client)
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    holder = ctx.Process(target=hold_write_transaction_in_process, args=(db_url, ready))
+    holder.start()
+    try:
+        assert ready.wait(60)
+        started = time.monotonic()
+        refused = client.post("/v1/jobs", json=CLUSTER, headers=auth("ak_not_a_key"))
+        assert refused.status_code == 401
+        assert time.monotonic() - started < 2
+    finally:
+        holder.kill()
+        holder.join(30)
+    assert client.post("/v1/jobs", json=CLUSTER, headers=auth(key)).status_code == 202
