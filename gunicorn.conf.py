@@ -12,17 +12,11 @@ import os
 worker_class = "api.gunicorn_worker.BufferingThreadWorker"
 
 
-def _default_workers() -> int:
-    """SQLite: one process. It takes one writer at a time anyway, and between processes
-    a writer that finds the lock taken sleeps up to 100 ms per try (SQLite's busy
-    handler), while threads of one process queue without sleeping (models/db.py): one
-    process served more submissions with a p99 4x lower. PostgreSQL: one per core (2),
-    the GIL's limit. Figures: README "The HTTP front"."""
-    url = os.environ.get("DATABASE_URL") or "sqlite"  # settings.py: SQLite by default
-    return 1 if url.startswith("sqlite") else 2
-
-
-workers = int(os.environ.get("WEB_CONCURRENCY") or _default_workers())
+# One process per core (2 here), SQLite or PostgreSQL: the GIL is per process, and
+# SQLite writers of all processes queue on one lock that wakes the next at once
+# (models/sqlite.py). On SQLite, before that lock, one process did better: a writer of
+# another process slept up to 100 ms per try. Figures: README "The HTTP front".
+workers = int(os.environ.get("WEB_CONCURRENCY") or 2)
 threads = int(os.environ.get("GUNICORN_THREADS") or 8)
 # Open connections per worker (slow, kept-alive or in flight) before it stops accepting:
 # bounds the memory slow clients can make us buffer (head + body limits, below).
