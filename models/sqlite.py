@@ -63,31 +63,18 @@ def make_sqlite_engine(url: str) -> Engine:
         mode = connection.get_execution_options().get("sqlite_begin", "IMMEDIATE")
         if mode != "IMMEDIATE":
             connection.exec_driver_sql(f"BEGIN {mode}")
-            return
-        writer.acquire(connection)
-        try:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
-        except BaseException:
-            writer.release(connection)
-            raise
+        else:
+            writer.begin(connection)
 
-    # The transaction's end is written here too, so the writer lock is given up only
-    # once SQLite's is (the driver's own commit() then finds no transaction).
+    # A writing transaction's end is written here too, so the writer lock is given up
+    # only once SQLite's is (the driver's own commit() then finds no transaction).
     @event.listens_for(engine, "commit")
     def _on_commit(connection: Any) -> None:
-        if writer.holds(connection):
-            try:
-                connection.exec_driver_sql("COMMIT")
-            finally:
-                writer.release(connection)
+        writer.end(connection, "COMMIT")
 
     @event.listens_for(engine, "rollback")
     def _on_rollback(connection: Any) -> None:
-        if writer.holds(connection):
-            try:
-                connection.exec_driver_sql("ROLLBACK")
-            finally:
-                writer.release(connection)
+        writer.end(connection, "ROLLBACK")
 
     return engine
 
@@ -103,12 +90,7 @@ def begin_writing(connection: Connection) -> None:
     if connection.get_execution_options().get("sqlite_begin", "IMMEDIATE") == "IMMEDIATE":
         return
     connection.exec_driver_sql("COMMIT")
-    writer.acquire(connection)
-    try:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-    except BaseException:
-        writer.release(connection)
-        raise
+    writer.begin(connection)
 
 
 def _locked() -> OperationalError:
@@ -134,6 +116,24 @@ class Writer:
         self._lock_path = lock_path
         self._fd: int | None = None
         self._pid = 0
+
+    def begin(self, connection: Any) -> None:
+        """Take the lock, then SQLite's (`BEGIN IMMEDIATE`)."""
+        self.acquire(connection)
+        try:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            self.release(connection)
+            raise
+
+    def end(self, connection: Any, statement: str) -> None:
+        """`COMMIT` or `ROLLBACK` a transaction this writer began, then give the lock up."""
+        if not self.holds(connection):
+            return
+        try:
+            connection.exec_driver_sql(statement)
+        finally:
+            self.release(connection)
 
     def acquire(self, connection: Any) -> None:
         deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
