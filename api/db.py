@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from api.errors import error_response
 from models.db import is_sqlite, session_factory
-from models.sqlite import begin_writing
+from models.sqlite import AUTOCOMMIT, begin_writing
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +41,18 @@ def caller_read() -> Session:
 
     On SQLite a write transaction holds the one writer lock from its first statement,
     so a write request that read its caller in it held the lock through the key read
-    and the rate limiter's Redis round trip too. That read runs in a deferred
-    transaction instead; `end_caller_read` turns it into a writing one on the same
-    connection (models/sqlite.py), keeping what it loaded, and the view's writes hold
-    the lock for their own statements only. Nothing read there is trusted for money:
-    the ledger's writes re-check status and balance in SQL, as on PostgreSQL, where
-    each statement sees the latest commits anyway.
+    and the rate limiter's Redis round trip too. That read (one statement for an API
+    key) runs outside any transaction instead, so it neither waits for the lock nor
+    costs a BEGIN and a COMMIT; `end_caller_read` then begins the writing transaction
+    on the same connection (models/sqlite.py), keeping what it loaded, and the view's
+    writes hold the lock for their own statements only. Nothing read there is trusted
+    for money: the ledger's writes re-check status and balance in SQL, as on
+    PostgreSQL, where each statement sees the latest commits anyway.
     """
     fresh = "db_session" not in g
     session = db()
     if fresh and request.method not in READ_METHODS and is_sqlite():
-        session.connection(execution_options={"sqlite_begin": "DEFERRED"})
+        session.connection(execution_options={"sqlite_begin": AUTOCOMMIT})
         g.caller_read = True
     return session
 

@@ -4,7 +4,8 @@ off the request path.
 Every write transaction starts with `BEGIN IMMEDIATE` (a read-then-write transaction
 that began deferred can fail with "database is locked" at once, whatever the busy
 timeout says) and takes our writer lock first (`Writer`). Readers may begin DEFERRED:
-in WAL mode they never wait for writers.
+in WAL mode they never wait for writers. A connection with `sqlite_begin=AUTOCOMMIT`
+begins no transaction at all: each statement is its own, until `begin_writing`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 CHECKPOINT_EVERY_SECONDS = 1.0
 WAL_BACKSTOP_PAGES = 10_000
 _WRITER = "aijobs_writer"
+# `sqlite_begin` execution option: no BEGIN; the driver runs each statement as its own
+# transaction (its isolation_level is None) until `begin_writing`.
+AUTOCOMMIT = "AUTOCOMMIT"
 _writers: WeakKeyDictionary[Engine, Writer] = WeakKeyDictionary()
 
 
@@ -61,10 +65,10 @@ def make_sqlite_engine(url: str) -> Engine:
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
         mode = connection.get_execution_options().get("sqlite_begin", "IMMEDIATE")
-        if mode != "IMMEDIATE":
-            connection.exec_driver_sql(f"BEGIN {mode}")
-        else:
+        if mode == "IMMEDIATE":
             writer.begin(connection)
+        elif mode != AUTOCOMMIT:
+            connection.exec_driver_sql(f"BEGIN {mode}")
 
     # A writing transaction's end is written here too, so the writer lock is given up
     # only once SQLite's is (the driver's own commit() then finds no transaction).
@@ -80,16 +84,19 @@ def make_sqlite_engine(url: str) -> Engine:
 
 
 def begin_writing(connection: Connection) -> None:
-    """Turn a deferred (reading) transaction into a writing one, on the same connection
-    and, for SQLAlchemy and the ORM, the same transaction: what was read stays loaded,
-    and from here the transaction holds the writer lock. The reads came from an earlier
-    snapshot; nothing about money may rely on them (the ledger re-checks in SQL)."""
+    """Turn a reading transaction (DEFERRED, or AUTOCOMMIT: none yet) into a writing
+    one, on the same connection and, for SQLAlchemy and the ORM, the same transaction:
+    what was read stays loaded, and from here the transaction holds the writer lock.
+    The reads came from an earlier snapshot; nothing about money may rely on them (the
+    ledger re-checks in SQL)."""
     writer = _writers.get(connection.engine)
     if writer is None or writer.holds(connection):
         return
-    if connection.get_execution_options().get("sqlite_begin", "IMMEDIATE") == "IMMEDIATE":
+    mode = connection.get_execution_options().get("sqlite_begin", "IMMEDIATE")
+    if mode == "IMMEDIATE":
         return
-    connection.exec_driver_sql("COMMIT")
+    if mode != AUTOCOMMIT:
+        connection.exec_driver_sql("COMMIT")
     writer.begin(connection)
 
 

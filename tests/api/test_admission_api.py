@@ -34,10 +34,10 @@ CLUSTER = {"operation": "clustering", "input": {"keywords": ["trail shoes", "roa
 # plan, the catalog stamp and whether the account has model preferences: it has none),
 # the job row, the hold, admission. PostgreSQL: the reserve is one statement and
 # admission one more (the reserve's UPDATE holds the account row's lock). SQLite: the
-# key read in a BEGIN DEFERRED (api/db.py caller_read: no writer lock), its COMMIT and
-# a BEGIN IMMEDIATE on the same connection, the writes, the final COMMIT
+# key read outside any transaction (api/db.py caller_read: no writer lock, no BEGIN),
+# then a BEGIN IMMEDIATE on the same connection, the writes, the final COMMIT
 # (models/sqlite.py writes these), and the reserve as its UPDATE and the hold's INSERT.
-STATEMENTS = {"postgresql": 4, "sqlite": 9}
+STATEMENTS = {"postgresql": 4, "sqlite": 7}
 
 
 @contextmanager

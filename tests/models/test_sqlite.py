@@ -112,3 +112,27 @@ def test_checkpoints_run_in_the_background(counter: str) -> None:
         time.sleep(0.2)
     engine.dispose()
     assert value == 50
+
+
+def test_an_autocommit_read_becomes_a_writing_transaction(counter: str) -> None:
+    """`sqlite_begin=AUTOCOMMIT` (the API's caller read) begins nothing, so it never
+    waits for the writer; `begin_writing` then takes the lock on the same connection,
+    and the transaction's end gives it back."""
+    engine = make_sqlite_engine(f"sqlite:///{counter}")
+    writer = models.sqlite._writers[engine]
+    with engine.connect() as connection:
+        reading = connection.execution_options(sqlite_begin=models.sqlite.AUTOCOMMIT)
+        with reading.begin():
+            assert reading.execute(text("SELECT value FROM counter")).scalar() == 0
+            assert not reading.connection.dbapi_connection.in_transaction
+            assert not writer.holds(reading)
+            models.sqlite.begin_writing(reading)
+            assert reading.connection.dbapi_connection.in_transaction
+            assert writer.holds(reading)
+            reading.execute(text("UPDATE counter SET value = value + 1"))
+        assert not writer.holds(reading)
+        with reading.begin():  # a caller read that never writes ends with nothing open
+            reading.execute(text("SELECT value FROM counter"))
+        assert not reading.connection.dbapi_connection.in_transaction
+    engine.dispose()
+    assert _value(counter) == 1
