@@ -69,6 +69,26 @@ def test_the_message_is_the_one_send_task_writes(
     assert by_us["body"] == by_celery["body"]  # same JSON, so the same base64
 
 
+@pytest.mark.parametrize(
+    "args",
+    [["job_a", "run_b"], ["x" * 3000], [7, None], [{"nested": ["a"]}], []],
+    ids=["ids", "long: saferepr truncates", "not strings", "nested", "none"],
+)
+def test_args_are_described_as_celery_describes_them(
+    redis_server: RedisServer, args: list[Any]
+) -> None:
+    """`argsrepr` is a plain repr only where it equals Celery's saferepr."""
+    app = _app(redis_server.url)
+    app.send_task("tasks.clustering", args=args)
+    by_celery = _pop(redis_server.url, "text")
+    TaskPublisher(app).send("tasks.clustering", args, {})
+    by_us = _pop(redis_server.url, "text")
+
+    assert by_us["headers"]["argsrepr"] == by_celery["headers"]["argsrepr"]
+    assert by_us["headers"]["kwargsrepr"] == by_celery["headers"]["kwargsrepr"]
+    assert _comparable(by_us) == _comparable(by_celery)
+
+
 def test_kombu_reads_it_as_a_celery_task(redis_server: RedisServer) -> None:
     """The worker's consumer side: kombu's Redis channel decodes it into the task call."""
     app = _app(redis_server.url)
