@@ -119,3 +119,13 @@ def test_admission_bench_prints_both_phases_and_the_ratios_on_both_backends() ->
                 rf"^{db} {phase}: api/bare req/s [\d.]+\s+p50 [\d.]+x\s+p99", out, re.M
             )
         assert f"{db}: audit: []" in out
+
+
+def test_admission_cpu_bench_prints_the_ratio_and_the_stages_on_both_backends() -> None:
+    out = run_bench("bench.admission_cpu")
+    for db in ("sqlite", "postgresql"):
+        assert re.search(rf"^{db}: api/bare req/s [\d.]+ \([\d.]+ ms vs [\d.]+ ms", out, re.M)
+        assert f"{db}: audit: []" in out
+    for stage in ("billing.accounts.authenticate", "billing.ledger.reserve", "api.jobs._enqueue"):
+        assert len(re.findall(rf"^{re.escape(stage)}\s+[\d.]+$", out, re.M)) == 2, out
+    assert re.search(r"^SQL x1: INSERT INTO jobs", out, re.M), out
