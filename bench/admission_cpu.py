@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,6 +39,7 @@ from bench.admission import BENCH_PLAN, BODY
 from bench.e2e_throughput import ADMIN_TOKEN
 
 ROOT = Path(__file__).resolve().parent.parent
+Spent = defaultdict[str, float]
 # (module, function): the stages timed, in the order a submission reaches them.
 STAGES = (
     ("billing.accounts", "authenticate"),
@@ -156,11 +157,11 @@ def report(
     db: str,
     args: argparse.Namespace,
     figures: dict[str, list[tuple[float, float]]],
-    stages: Counter[str],
-    statements: Counter[str],
+    stages: Spent,
+    statements: Spent,
 ) -> None:
     def per_request(name: str, index: int) -> float:
-        return 1000 * min(f[index] for f in figures[name]) / args.requests
+        return 1000 * min(f[index] for f in figures[name]) / int(args.requests)
 
     print(f"\n{db}: {args.requests} submissions x {args.rounds} rounds per app, one thread")
     rows = [
@@ -186,10 +187,10 @@ def report(
     print_table(["stage (a round of its own; includes what it calls)", "ms/submission"], stage_rows)
 
 
-def _by_time(statements: Counter[str]) -> Iterator[tuple[str, tuple[float, int]]]:
+def _by_time(statements: Spent) -> Iterator[tuple[str, tuple[float, int]]]:
     kinds = {key[1:] for key in statements if key.startswith("t")}
     for text in sorted(kinds, key=lambda k: -statements["t" + k]):
-        yield text, (statements["t" + text], statements["n" + text])
+        yield text, (statements["t" + text], int(statements["n" + text]))
 
 
 def setup_accounts(api: Any, count: int) -> list[str]:
@@ -217,10 +218,10 @@ def _ok(response: Any, *expected: int) -> dict[str, Any]:
 
 
 @contextmanager
-def timed_stages() -> Iterator[Counter[str]]:
+def timed_stages() -> Iterator[Spent]:
     """Seconds spent in each of STAGES (wrapped where callers look them up)."""
-    spent: Counter[str] = Counter()
-    originals: list[tuple[Any, str, Callable[..., Any]]] = []
+    spent: Spent = defaultdict(float)
+    originals: list[tuple[Any, str, Any]] = []
     for module_name, name in STAGES:
         module = importlib.import_module(module_name)
         original = getattr(module, name)
@@ -229,7 +230,7 @@ def timed_stages() -> Iterator[Counter[str]]:
     # Callers that imported a stage by name hold the original: rebind theirs too.
     for caller_name in ("api.security", "api.jobs", "billing.submission"):
         caller = importlib.import_module(caller_name)
-        for module, name, original in originals:
+        for module, name, original in originals[: len(STAGES)]:
             if getattr(caller, name, None) is original:
                 setattr(caller, name, getattr(module, name))
                 originals.append((caller, name, original))
@@ -240,7 +241,7 @@ def timed_stages() -> Iterator[Counter[str]]:
             setattr(module, name, original)
 
 
-def _timer(function: Callable[..., Any], key: str, spent: Counter[str]) -> Callable[..., Any]:
+def _timer(function: Callable[..., Any], key: str, spent: Spent) -> Callable[..., Any]:
     @functools.wraps(function)
     def timed(*args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
@@ -253,7 +254,7 @@ def _timer(function: Callable[..., Any], key: str, spent: Counter[str]) -> Calla
 
 
 @contextmanager
-def timed_statements(url: str) -> Iterator[Counter[str]]:
+def timed_statements(url: str) -> Iterator[Spent]:
     """Per statement kind (its first words): "t"+kind -> seconds in the driver, "n"+kind
     -> how many."""
     from sqlalchemy import event
@@ -261,7 +262,7 @@ def timed_statements(url: str) -> Iterator[Counter[str]]:
     from models.db import get_engine
 
     engine = get_engine(url)
-    seen: Counter[str] = Counter()
+    seen: Spent = defaultdict(float)
 
     def before(conn: Any, _cursor: Any, _statement: str, *_: Any) -> None:
         conn.info["bench_started"] = time.perf_counter()
