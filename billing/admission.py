@@ -19,8 +19,20 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Table, bindparam, case, func, literal_column, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Integer,
+    Table,
+    bindparam,
+    func,
+    literal_column,
+    select,
+    update,
+)
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import GenericFunction
 
 from models import Account, Job, Plan
 
@@ -79,6 +91,23 @@ _SLOTS = (
     .scalar_subquery()
 )
 _FREE = _LIMIT - _SLOTS
+
+
+class greatest(GenericFunction[int]):  # noqa: N801 (a SQL function's name)
+    """`greatest(a, b)`; SQLite spells it `max(a, b)`."""
+
+    type = Integer()
+    name = "greatest"
+    inherit_cache = True
+
+
+@compiles(greatest, "sqlite")
+def _greatest_on_sqlite(element: greatest, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"max({compiler.process(element.clauses, **kw)})"
+
+
+# The slots in use are counted once (`CASE WHEN free > 0 THEN free` counted them twice).
+_FREE_OR_NONE = greatest(func.coalesce(_FREE, 0), 0)  # no account row: no slots
 # A CTE, not an IN (subquery): PostgreSQL may run a LIMITed subquery of an UPDATE more
 # than once and take more rows than free slots; a locking CTE runs once. The free slots
 # are counted in the same statement (one snapshot, taken after the account row's lock).
@@ -86,7 +115,7 @@ _oldest_waiting = (
     select(_jobs.c.id)
     .where(_jobs.c.account_id == _p_account, _waiting)
     .order_by(_jobs.c.created_at, _jobs.c.id)
-    .limit(case((_FREE > 0, _FREE), else_=0))
+    .limit(_FREE_OR_NONE)
     .with_for_update(skip_locked=True, key_share=True)
     .cte("oldest_waiting")
 )
