@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import functools
 import os
+import re
 import uuid
 from typing import Any
 
@@ -28,6 +29,7 @@ from kombu.utils.json import dumps
 BROKER_TIMEOUT_SECONDS = 5.0
 # Transport options under which kombu's keys or envelope differ from what is written here.
 _CHANGED_BY = ("global_keyprefix", "sep", "priority_steps", "queue_order_strategy")
+_ID = re.compile(r"[A-Za-z0-9_.:-]*")
 
 
 class TaskPublisher:
@@ -89,10 +91,11 @@ def envelope(app: Celery, name: str, args: list[Any], headers: dict[str, str], q
 
 
 def _argsrepr(app: Celery, args: list[Any]) -> str | None:
-    """`repr(args)` when it is what Celery's `saferepr` gives (ids: short strings);
-    otherwise None, for Celery to compute. saferepr costs ~35 us, most of as_task_v2."""
-    if args and all(type(arg) is str for arg in args):  # Celery shows no args as ()
-        text = repr(args)
+    """`repr(args)` where it is what Celery's `saferepr` gives: short strings of id
+    characters (saferepr quotes and escapes others its own way); otherwise None, for
+    Celery to compute. saferepr costs ~35 us, most of as_task_v2."""
+    if args and all(type(arg) is str and _ID.fullmatch(arg) for arg in args):
+        text = repr(args)  # (no args: Celery shows `()`)
         if len(text) <= app.amqp.argsrepr_maxsize:
             return text
     return None

@@ -71,8 +71,24 @@ def test_the_message_is_the_one_send_task_writes(
 
 @pytest.mark.parametrize(
     "args",
-    [["job_a", "run_b"], ["x" * 3000], [7, None], [{"nested": ["a"]}], []],
-    ids=["ids", "long: saferepr truncates", "not strings", "nested", "none"],
+    [
+        ["job_a", "run_b"],
+        ["x" * 1018],
+        ["x" * 3000],
+        ["it's", 'a"b', "a\nb", "back\\slash", "é"],
+        [7, None],
+        [{"nested": ["a"]}],
+        [],
+    ],
+    ids=[
+        "ids",
+        "at the size limit",
+        "long: saferepr truncates",
+        "quotes, escapes, non-ASCII",
+        "not strings",
+        "nested",
+        "none",
+    ],
 )
 def test_args_are_described_as_celery_describes_them(
     redis_server: RedisServer, args: list[Any]
