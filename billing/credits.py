@@ -187,8 +187,9 @@ def grant_period_credits(session: Session, account: Account, now: datetime) -> b
     """The plan's credits for the account's current period, once (an admin activation).
 
     It is the renewal's grant for that period (`lifecycle.grant_period`), so neither a
-    second activation nor the renewal task can credit the same period again. False when
-    the plan is not a paid one or the period was already credited.
+    second activation nor the renewal task can credit the same period again, and a
+    period a payment prepaid is never credited on top. False when the plan is not a paid
+    one or the period was already credited.
     """
     plan = account.plan
     if plan is None or not is_renewable(plan) or plan.included_credits <= 0:

@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -207,6 +207,20 @@ def _ask_for_payment(
 # --- renewal --------------------------------------------------------------------------
 
 
+# A payment credits every month it pays for at once (billing/credits.py), so a period
+# that starts before its `paid_until` is already paid for: nothing may grant it again.
+_PREPAID = and_(Account.paid_until.is_not(None), Account.period_start < Account.paid_until)
+
+
+def period_prepaid(account: Account) -> bool:
+    """`_PREPAID` for a loaded account."""
+    return (
+        account.paid_until is not None
+        and account.period_start is not None
+        and as_utc(account.period_start) < as_utc(account.paid_until)
+    )
+
+
 def renew_credits(session: Session, now: datetime) -> RunReport:
     """Grant the plan's included credits to active paid accounts, once per period.
 
@@ -223,7 +237,7 @@ def renew_credits(session: Session, now: datetime) -> RunReport:
             Account.period_start.is_not(None),
             Plan.included_credits > 0,
             or_(Plan.price > 0, Plan.is_internal),
-            or_(Account.paid_until.is_(None), Account.period_start >= Account.paid_until),
+            ~_PREPAID,
         )
         .execution_options(populate_existing=True)
     ).all()
@@ -239,8 +253,11 @@ def renew_credits(session: Session, now: datetime) -> RunReport:
 def grant_period(session: Session, account: Account, plan: Plan, note: str = "") -> bool:
     """The plan's credits for the account's current period, once: the period's renewal
     claim is the gate, and the grant's reference (`renewal:<period start>`) backs it.
-    False when the period was already credited."""
+    False when the period was already credited, by an earlier grant or by the payment
+    that prepaid it (an admin's suspend-and-reactivate of a paid account grants nothing)."""
     assert account.period_start is not None
+    if period_prepaid(account):
+        return False
     key = _key(account.period_start)
     if not claim_period(session, RENEWAL, account.id, key):
         return False

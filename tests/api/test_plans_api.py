@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from billing.periods import add_months
+from tests.conftest import assert_audit_clean
 from tests.support import auth, register
 
 ADMIN = {"X-Admin-Token": "test-admin-token"}
@@ -180,3 +181,21 @@ def test_ai_settings_within_the_plan(client: Any) -> None:
         "/v1/ai-settings", json={"operation": "clustering", "model": "dall-e-3"}, headers=auth(key)
     )
     assert wrong_type.status_code == 422
+
+
+def test_a_suspend_and_reactivate_after_a_bank_transfer_grants_nothing_more(client: Any) -> None:
+    key, account = register(client)
+    url = f"/v1/admin/accounts/{account['id']}"
+    client.patch(url, json={"plan": "growth", "status": "pending_payment"}, headers=ADMIN)
+    payment = {"payment_reference": "BT-9", "amount": "149.00", "payer_name": "Jo Doe"}
+    paid = client.post(f"{url}/bank-transfer", json=payment, headers=ADMIN)
+    assert paid.status_code == 200, paid.get_json()
+
+    for status in ("suspended", "active"):
+        answer = client.patch(url, json={"status": status}, headers=ADMIN)
+        assert answer.status_code == 200, answer.get_json()
+
+    assert answer.get_json()["credits"]["balance"] == 2000 + 40000
+    txns = client.get("/v1/credits/transactions", headers=auth(key)).get_json()["data"]
+    assert [t["type"] for t in txns] == ["bank_transfer", "registration"]
+    assert_audit_clean()

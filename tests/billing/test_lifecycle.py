@@ -15,6 +15,7 @@ from billing.audit import audit
 from billing.credits import BankTransfer, confirm_bank_transfer
 from billing.errors import InvalidInput
 from billing.periods import add_months, next_period_end
+from billing.subscriptions import admin_change
 from models import (
     Account,
     AccountEvent,
@@ -485,3 +486,35 @@ def test_a_transfer_needs_a_plan_with_credits(
     with pytest.raises(InvalidInput, match=message):
         pay(acct, "BT-X", 1, at("2027-01-10T00:00:00"))
     assert credited(acct) == []
+
+
+@pytest.mark.parametrize("months", [1, 3])
+def test_suspending_and_reactivating_a_prepaid_account_grants_nothing_more(
+    db_url: str, months: int
+) -> None:
+    """An admin's suspend and reactivate (say, while a chargeback is looked into) inside
+    the prepaid time: the payment already credited every month it paid for."""
+    acct = make_account("growth", "pending_payment", period_start=at("2027-01-10T00:00:00"))
+    pay(acct, "BT-1", months, at("2027-01-10T00:00:00"))
+    paid = [("bank_transfer", 40_000 * months)]
+    last_prepaid_month = add_months(at("2027-01-10T00:00:00"), months - 1)
+    for when in sorted({at("2027-01-20T00:00:00"), last_prepaid_month + WEEK}):
+        with transaction() as session:
+            lifecycle.renew_credits(session, when)  # rolls the period over when one ended
+        for status in ("suspended", "active"):
+            with transaction() as session:
+                admin_change(session, acct, status, None, when)
+        assert credited(acct) == paid
+        assert account(acct).status == "active"
+
+    # Once the prepaid time is over and paid again, renewal and activation work as before.
+    end = add_months(at("2027-01-10T00:00:00"), months)
+    with transaction() as session:
+        lifecycle.renew_credits(session, end)
+    assert account(acct).status == "pending_payment"
+    with transaction() as session:
+        admin_change(session, acct, "active", None, end)
+        admin_change(session, acct, "suspended", None, end)
+        admin_change(session, acct, "active", None, end)
+    assert credited(acct) == [*paid, ("renewal", 40_000)]
+    audit_clean()
