@@ -13,7 +13,7 @@ from api import auth_throttle
 from api.db import db
 from api.errors import ApiError
 from api.payments import with_checkout
-from api.schemas import LoginOut, RegisterOut, responds
+from api.schemas import JoinedOut, LoginOut, RegisterOut, responds
 from api.validation import json_body
 from billing import accounts, subscriptions, team
 from billing.errors import NotFound
@@ -125,14 +125,16 @@ class AcceptBody(BaseModel):
 
 
 @bp.post("/accept-invitation")
-@responds(LoginOut, errors=(404, 409, 410))
+@responds(JoinedOut, errors=(404, 409, 410))
 @json_body(AcceptBody)
 def accept_invitation(body: AcceptBody) -> dict[str, Any]:
-    """Set a password with the invitation's one-time token; answers with a login token."""
+    """Set a password with the invitation's one-time token; answers with a login token
+    and the member's first API key (shown once)."""
     settings = get_settings()
-    user = team.accept_invitation(db(), body.token, body.password, body.name, utcnow())
+    joined = team.accept_invitation(db(), body.token, body.password, body.name, utcnow())
     return {
-        "token": accounts.issue_login_token(user, settings.secret_key),
+        "token": accounts.issue_login_token(joined.user, settings.secret_key),
         "expires_in": settings.login_token_ttl_seconds,
-        "user": accounts.user_view(user),
+        "user": accounts.user_view(joined.user),
+        "api_key": joined.api_key,
     }

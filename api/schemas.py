@@ -248,8 +248,11 @@ class InvitationOut(Out):
 
 class InviteOut(Out):
     user: UserOut
-    api_key: str
     invitation: InvitationOut
+
+
+class JoinedOut(LoginOut):
+    api_key: str = Field(description="The member's first API key, shown once.")
 
 
 class InvitationAnswer(Out):

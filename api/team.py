@@ -78,7 +78,8 @@ def list_team() -> dict[str, Any]:
 @require_role("manage_team")
 @json_body(InviteBody)
 def invite(body: InviteBody) -> tuple[dict[str, Any], int]:
-    """Invite a member: their API key now, and a one-time token to set a password."""
+    """Invite a member: a one-time token to set a password (their API key comes with
+    the acceptance, to them only)."""
     settings = get_settings()
     made = team.invite_member(
         db(), current_account(), current_user(), body.email, body.role, body.name,
@@ -86,7 +87,6 @@ def invite(body: InviteBody) -> tuple[dict[str, Any], int]:
     )  # fmt: skip
     return {
         "user": accounts.user_view(made.user),
-        "api_key": made.api_key,
         "invitation": _shown(made.invitation, made.token),
     }, 201
 

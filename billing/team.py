@@ -41,12 +41,21 @@ INVITATION_PREFIX = "inv_"
 
 @dataclass(frozen=True)
 class Invite:
-    """A new member: their API key and invitation token, each shown once."""
+    """A new member and their invitation token (shown once). No API key: a key made here
+    would be handed to the inviter, who could go on using it as the member, even after
+    being removed themselves."""
+
+    user: User
+    invitation: Invitation
+    token: str
+
+
+@dataclass(frozen=True)
+class Joined:
+    """A member who accepted: their first API key, shown once, to them only."""
 
     user: User
     api_key: str
-    invitation: Invitation
-    token: str
 
 
 @dataclass(frozen=True)
@@ -66,18 +75,17 @@ def invite_member(
     now: datetime,
     ttl: timedelta,
 ) -> Invite:
-    """A new member (limit: max_users) with an API key and an invitation to set a
-    password; the seat is taken from the invitation on."""
+    """A new member (limit: max_users) with an invitation to set a password; the seat is
+    taken from the invitation on."""
     require_can_grant(acting_role(session, account.id, actor), role)
     email = email.strip().lower()
     ensure_room(session, account, "users")
     user = new_user(
         session, account.id, email, name, secrets.token_urlsafe(32), role, joined_at=None
     )
-    _, key = create_api_key(session, account.id, user.id, f"{email} (invited)")
     invitation, token = _new_invitation(session, user, now, ttl)
     _event(session, account.id, "member_invited", actor, user, role=role)
-    return Invite(user=user, api_key=key, invitation=invitation, token=token)
+    return Invite(user=user, invitation=invitation, token=token)
 
 
 def reissue_invitation(
@@ -94,8 +102,13 @@ def reissue_invitation(
 
 def accept_invitation(
     session: Session, token: str, password: str, name: str | None, now: datetime
-) -> User:
-    """Exchange the token for a password, once, before it expires; then login works."""
+) -> Joined:
+    """Exchange the token for a password, once, before it expires; then login works.
+
+    The member's first API key is made here, for them alone. Keys the member had before
+    joining were made by someone else (invitations before this rule gave the inviter
+    one), so they are revoked.
+    """
     token_hash = _hash(token)
     invitation = session.scalar(select(Invitation).where(Invitation.token_hash == token_hash))
     if invitation is None:
@@ -127,9 +140,15 @@ def accept_invitation(
     user.token_version += 1
     if name:
         user.name = name
-    session.flush()
+    session.execute(
+        update(ApiKey)
+        .where(ApiKey.user_id == user.id, ApiKey.revoked_at.is_(None))
+        .values(revoked_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    _, key = create_api_key(session, user.account_id, user.id, f"{user.email} (joined)")
     record_event(session, user.account_id, "member_joined", user_id=user.id)
-    return user
+    return Joined(user=user, api_key=key)
 
 
 def change_role(session: Session, account_id: str, actor: User, user_id: str, role: str) -> User:

@@ -180,6 +180,8 @@ def env(
         # Tests poll hard; the throttling tests switch limits back on.
         "RATE_LIMITS_ENABLED": "0",
         "AUTH_THROTTLE_ENABLED": "0",
+        # Development mode, as `make run`: invitation tokens come back to the inviter.
+        "INVITE_TOKENS_IN_RESPONSE": "1",
         "PROVIDER_RETRY_MAX_WAIT": "0.2",
         "PROVIDER_MAX_ATTEMPTS": "3",
     }

@@ -54,6 +54,25 @@ def auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
+MEMBER_PASSWORD = "a long password"
+
+
+def join_team(client: Any, key: str, email: str, role: str) -> dict[str, Any]:
+    """A member invited with `key` who accepted: id, their own API key and a login token.
+
+    The invitation's token comes back to the inviter because the tests run with
+    INVITE_TOKENS_IN_RESPONSE=1 (development mode, as `make run`)."""
+    invited = client.post("/v1/team/invite", json={"email": email, "role": role}, headers=auth(key))
+    assert invited.status_code == 201, invited.get_json()
+    token = invited.get_json()["invitation"]["token"]
+    accepted = client.post(
+        "/v1/auth/accept-invitation", json={"token": token, "password": MEMBER_PASSWORD}
+    )
+    assert accepted.status_code == 200, accepted.get_json()
+    body = accepted.get_json()
+    return {"id": invited.get_json()["user"]["id"], "key": body["api_key"], "token": body["token"]}
+
+
 def paid_account(
     client: Any, email: str = "owner@example.com", plan: str = "growth", sites: int = 2
 ) -> tuple[str, str, list[str]]:

@@ -13,7 +13,7 @@ from models import Account
 from models.db import get_engine, transaction
 from tests.conftest import assert_audit_clean
 from tests.factories import HOLD_TTL, make_account, request
-from tests.support import auth, register
+from tests.support import auth, join_team, register
 
 ADMIN = {"X-Admin-Token": "test-admin-token"}
 CLUSTERING = {"operation": "clustering", "input": {"keywords": ["running shoes", "trail shoes"]}}
@@ -123,11 +123,9 @@ def test_budgets_are_the_owners_to_set_and_validated(client: Any) -> None:
 
     assert [a.status_code for a in answers] == [422] * 4
     assert cleared.get_json()["monthly_credits"] is None
-    invited = client.post(
-        "/v1/team/invite", json={"email": "admin@example.com", "role": "admin"}, headers=auth(key)
-    ).get_json()
+    admin = join_team(client, key, "admin@example.com", "admin")
     as_admin = client.put(
-        "/v1/account/budget", json={"monthly_credits": 5}, headers=auth(invited["api_key"])
+        "/v1/account/budget", json={"monthly_credits": 5}, headers=auth(admin["key"])
     )
     assert as_admin.status_code == 403
 

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from models import LibraryKeyword
 from models.db import transaction
-from tests.support import auth, on_plan
+from tests.support import auth, join_team, on_plan
 
 ADMIN = {"X-Admin-Token": "test-admin-token"}
 HEADER = "keyword,country,volume,difficulty,cpc,intent,topic"
@@ -248,6 +248,9 @@ def test_browse_shows_the_metrics_and_is_free(client: Any, library: list[Library
         {"country": "usa"},
         {"country": "1x"},
         {"cursor": "not-a-cursor"},
+        {"cursor": "OTk5OTk5OTk5OTk5OTk5OTk5OTl8MQ"},  # 99999999999999999999|1: beyond BIGINT
+        {"cursor": "MXw5OTk5OTk5OTk5OTk5OTk5OTk5OQ"},  # 1|99999999999999999999
+        {"cursor": "LTF8MQ"},  # -1|1: no volume is negative
         {"limit": 0},
         {"q": "x" * 101},
     ],
@@ -322,9 +325,7 @@ def test_unknown_library_ids_add_nothing(client: Any, library: list[LibraryKeywo
 def test_viewers_browse_but_do_not_add(client: Any, library: list[LibraryKeyword]) -> None:
     owner = on(client)
     site = client.post("/v1/sites", json={"name": "blog"}, headers=auth(owner)).get_json()["id"]
-    viewer = client.post(
-        "/v1/team/invite", json={"email": "v@example.com", "role": "viewer"}, headers=auth(owner)
-    ).get_json()["api_key"]
+    viewer = join_team(client, owner, "v@example.com", "viewer")["key"]
 
     assert client.get("/v1/keyword-library", headers=auth(viewer)).status_code == 200
     refused = client.post(

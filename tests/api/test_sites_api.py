@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import auth, on_plan
+from tests.support import auth, join_team, on_plan
 
 ADMIN = {"X-Admin-Token": "test-admin-token"}
 IMAGE_JOB = {"operation": "image_generation", "input": {"prompt": "a lighthouse"}}
@@ -108,9 +108,7 @@ def test_rename_and_change_the_domain(client: Any) -> None:
 def test_only_admins_and_the_owner_delete_or_rename(client: Any, role: str) -> None:
     owner = on_starter(client)
     blog = site(client, owner, "blog")
-    member = client.post(
-        "/v1/team/invite", json={"email": "m@example.com", "role": role}, headers=auth(owner)
-    ).get_json()["api_key"]
+    member = join_team(client, owner, "m@example.com", role)["key"]
 
     deleted = client.delete(f"/v1/sites/{blog}", headers=auth(member))
     renamed = client.patch(f"/v1/sites/{blog}", json={"name": "x"}, headers=auth(member))

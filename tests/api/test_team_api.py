@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
+from billing.accounts import create_api_key
 from models import AccountEvent, Invitation, utcnow
 from models.db import transaction
-from tests.support import auth, on_plan
+from tests.support import auth, join_team, on_plan
 
 ADMIN = {"X-Admin-Token": "test-admin-token"}
 PASSWORD = "a long password"
@@ -41,12 +42,7 @@ def login(client: Any, email: str, password: str = PASSWORD) -> Any:
     return client.post("/v1/auth/login", json={"email": email, "password": password})
 
 
-def joined(client: Any, key: str, email: str, role: str) -> dict[str, Any]:
-    """An invited member who accepted: id, key and login token."""
-    made = invite(client, key, email, role)
-    accepted = accept(client, made["invitation"]["token"])
-    assert accepted.status_code == 200, accepted.get_json()
-    return {"id": made["user"]["id"], "key": made["api_key"], "token": accepted.get_json()["token"]}
+joined = join_team  # an invited member who accepted: id, their key and a login token
 
 
 def seats(client: Any, key: str) -> dict[str, Any]:
@@ -83,7 +79,7 @@ def test_a_removed_member_is_locked_out_at_once_and_the_seat_frees(client: Any) 
     assert again["user"]["status"] == "invited"
     assert seats(client, owner) == {"used": 2, "limit": 2}
     keys = client.get("/v1/keys", headers=auth(owner)).get_json()["data"]
-    revoked = [k for k in keys if k["name"] == "ed@example.com (invited)"]
+    revoked = [k for k in keys if k["name"] == "ed@example.com (joined)"]
     assert len(revoked) == 1
     assert revoked[0]["revoked_at"] is not None
     assert revoked[0]["user_id"] is None
@@ -111,8 +107,8 @@ def team(client: Any) -> dict[str, dict[str, str]]:
     members = {"owner": {"key": owner, "id": _own_id(client, owner)}}
     for role in ("admin", "editor", "viewer"):
         for label in (role, role + "2"):
-            made = invite(client, owner, f"{label}@example.com", role)
-            members[label] = {"key": made["api_key"], "id": made["user"]["id"]}
+            made = joined(client, owner, f"{label}@example.com", role)
+            members[label] = {"key": made["key"], "id": made["id"]}
     keys = client.get("/v1/keys", headers=auth(owner)).get_json()["data"]
     for member in members.values():
         member["key_id"] = next(k["id"] for k in keys if k["user_id"] == member["id"])
@@ -307,6 +303,37 @@ def test_an_invitee_accepts_sets_a_password_and_logs_in(client: Any) -> None:
     assert client.get("/v1/account", headers=auth(logged_in.get_json()["token"])).status_code == 200
     team = client.get("/v1/team", headers=auth(owner)).get_json()["data"]
     assert {u["email"]: u["status"] for u in team}["new@example.com"] == "active"
+
+
+def test_the_member_key_reaches_the_member_only(client: Any) -> None:
+    """An inviter who kept a key made for the member could spend as them even after
+    being removed: the key is made when the member accepts, and answered to them."""
+    owner, _ = on_plan(client, "growth")
+    admin = joined(client, owner, "admin@example.com", "admin")
+    made = invite(client, admin["key"], "new@example.com", "editor")
+    assert "api_key" not in made
+    keys = client.get("/v1/keys", headers=auth(owner)).get_json()["data"]
+    assert [k for k in keys if k["user_id"] == made["user"]["id"]] == []
+    with transaction() as session:  # a key made for the member before this rule
+        _, earlier = create_api_key(session, _account_id(client, owner), made["user"]["id"], "old")
+    assert client.get("/v1/account", headers=auth(earlier)).status_code == 200
+
+    accepted = accept(client, made["invitation"]["token"])
+    client.delete(f"/v1/team/{admin['id']}", headers=auth(owner))
+
+    key = accepted.get_json()["api_key"]
+    assert client.get("/v1/account", headers=auth(key)).status_code == 200
+    assert client.get("/v1/account", headers=auth(earlier)).status_code == 401
+    keys = client.get("/v1/keys", headers=auth(owner)).get_json()["data"]
+    member_keys = [k for k in keys if k["user_id"] == made["user"]["id"]]
+    assert sorted((k["name"], k["revoked_at"] is None) for k in member_keys) == [
+        ("new@example.com (joined)", True), ("old", False),
+    ]  # fmt: skip
+    assert client.get("/v1/account", headers=auth(admin["key"])).status_code == 401
+
+
+def _account_id(client: Any, key: str) -> str:
+    return str(client.get("/v1/account", headers=auth(key)).get_json()["id"])
 
 
 def test_a_used_token_is_refused(client: Any) -> None:

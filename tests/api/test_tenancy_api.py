@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import auth, register
+from tests.support import auth, join_team, register
 
 ADMIN = {"X-Admin-Token": "test-admin-token"}
 STATUSES_ALLOWED = {
@@ -84,13 +84,8 @@ def test_inactive_plan_is_402_subscription_required(client: Any, path: str) -> N
 
 
 def _invite(client: Any, owner_key: str, role: str) -> str:
-    response = client.post(
-        "/v1/team/invite",
-        json={"email": f"{role}@example.com", "role": role},
-        headers=auth(owner_key),
-    )
-    assert response.status_code == 201, response.get_json()
-    return response.get_json()["api_key"]
+    key: str = join_team(client, owner_key, f"{role}@example.com", role)["key"]
+    return key
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from models import Cluster, CreditUsageLog
 from models.db import transaction
-from tests.support import auth, on_plan, wait_for_job
+from tests.support import auth, join_team, on_plan, wait_for_job
 
 pytestmark = pytest.mark.e2e
 ADMIN = {"X-Admin-Token": "test-admin-token"}
@@ -85,21 +85,19 @@ def test_a_site_deleted_while_its_job_runs_keeps_the_history(
 
 def test_a_member_removed_while_their_job_runs(e2e: Any, sim_control: httpx.Client) -> None:
     owner = on_starter(e2e)
-    editor = e2e.post(
-        "/v1/team/invite", json={"email": "ed@example.com", "role": "editor"}, headers=auth(owner)
-    ).get_json()
+    editor = join_team(e2e, owner, "ed@example.com", "editor")
     sim_control.post("/_sim/faults", json=SLOW_CALL)
     job = e2e.post(
         "/v1/jobs",
         json={"operation": "image_generation", "input": {"prompt": "a lighthouse"}},
-        headers=auth(editor["api_key"]),
+        headers=auth(editor["key"]),
     ).get_json()
     wait_until_running(e2e, owner, job["id"])
 
-    removed = e2e.delete(f"/v1/team/{editor['user']['id']}", headers=auth(owner))
+    removed = e2e.delete(f"/v1/team/{editor['id']}", headers=auth(owner))
 
     assert removed.status_code == 200
-    assert e2e.get("/v1/account", headers=auth(editor["api_key"])).status_code == 401
+    assert e2e.get("/v1/account", headers=auth(editor["key"])).status_code == 401
     finished = wait_for_job(e2e, owner, job["id"])
     assert finished["status"] == "succeeded", finished
     history = e2e.get("/v1/credits/transactions", headers=auth(owner)).get_json()["data"]
