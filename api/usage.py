@@ -33,7 +33,8 @@ bp = Blueprint("usage", __name__, url_prefix="/v1")
 
 DATE_OR_TIME = (
     "A date (`2026-11-01`, a whole local day) or an ISO 8601 time (without an offset: "
-    "local). `from`..`to` spans at most 366 days; `to` needs `from`; not with `days`."
+    "local), in the years 2 to 9998. `from`..`to` spans at most 366 days; `to` needs "
+    "`from`; not with `days`."
 )
 DateOrTime = Annotated[
     str,

@@ -10,7 +10,7 @@ import base64
 import binascii
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Select, and_, or_
@@ -48,42 +48,56 @@ def encode_cursor(*parts: str) -> str:
 
 def _decode(cursor: str) -> str:
     try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise _invalid() from None
+    if "\x00" in text:  # PostgreSQL text cannot hold it; no cursor we issue has one
+        raise _invalid()
+    return text
 
 
 def _invalid() -> InvalidInput:
     return InvalidInput("Invalid cursor.", fields={"cursor": "invalid"})
 
 
-def decode_time_cursor(cursor: str) -> tuple[datetime, str]:
-    """(created_at, id) of the last row served."""
-    first, _, second = _decode(cursor).partition("|")
+def _bigint(text: str, *, least: int = 1) -> int:
+    """An integer from `least` that fits a BIGINT: a larger one would not even bind on
+    SQLite (PostgreSQL refuses it too), and no row of ours has one."""
     try:
-        return datetime.fromisoformat(first), second
+        value = int(text)
     except ValueError:
         raise _invalid() from None
-
-
-def decode_int_cursor(cursor: str) -> int:
-    """A positive id that fits a BIGINT (a larger one would not even bind on SQLite)."""
-    try:
-        value = int(_decode(cursor))
-    except ValueError:
-        raise _invalid() from None
-    if not 0 < value < 2**63:
+    if not least <= value < 2**63:
         raise _invalid()
     return value
 
 
-def decode_int_pair_cursor(cursor: str) -> tuple[int, int]:
-    """(sort value, id) of the last row served, for listings ordered by an integer column."""
+def decode_time_cursor(cursor: str) -> tuple[datetime, str]:
+    """(created_at in UTC, id) of the last row served. A time that UTC cannot represent
+    (0001-01-01T00:00+01:00) is no row's: refused here, not overflowing in a caller."""
     first, _, second = _decode(cursor).partition("|")
     try:
-        return int(first), int(second)
-    except ValueError:
+        return as_utc(datetime.fromisoformat(first)).astimezone(UTC), second
+    except (ValueError, OverflowError):
         raise _invalid() from None
+
+
+def decode_time_int_cursor(cursor: str) -> tuple[datetime, int]:
+    """(created_at in UTC, id) of the last row served, for rows with an integer id."""
+    when, row_id = decode_time_cursor(cursor)
+    return when, _bigint(row_id)
+
+
+def decode_int_cursor(cursor: str) -> int:
+    """A positive id that fits a BIGINT."""
+    return _bigint(_decode(cursor))
+
+
+def decode_int_pair_cursor(cursor: str) -> tuple[int, int]:
+    """(sort value, id) of the last row served, for listings ordered by a non-negative
+    integer column."""
+    first, _, second = _decode(cursor).partition("|")
+    return _bigint(first, least=0), _bigint(second)
 
 
 def page_of(rows: Sequence[T], limit: int, cursor_of: Callable[[T], str]) -> Page[T]:

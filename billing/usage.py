@@ -21,7 +21,7 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from datetime import MAXYEAR, MINYEAR, UTC, date, datetime, time, timedelta, tzinfo
 from decimal import Decimal
 from functools import cache
 from itertools import pairwise
@@ -51,7 +51,7 @@ from billing.errors import InvalidInput
 from billing.job_views import get_job
 from billing.limits import limits_report
 from billing.operations import OPERATIONS
-from billing.paging import Page, decode_time_cursor, encode_cursor, page_of, page_size
+from billing.paging import Page, decode_time_int_cursor, encode_cursor, page_of, page_size
 from billing.periods import add_months
 from billing.sites import get_site
 from models import JOB_STATUSES, Account, AIModelConfig, CreditUsageLog, Job, Site, as_utc
@@ -68,6 +68,10 @@ CSV_BATCH_ROWS = 1000
 _MICRO = Decimal("0.000001")
 _DAY_SECONDS = 86_400
 _EPOCH = date(1970, 1, 1)
+# A year short of what datetime holds at each end, so the arithmetic on a bound (into
+# UTC and the account's zone, each under a day; `to`'s next midnight; a weekly
+# timeline's step past its last day) never leaves the representable range.
+FIRST_YEAR, LAST_YEAR = MINYEAR + 1, MAXYEAR - 1
 
 U = CreditUsageLog
 
@@ -108,16 +112,20 @@ def parse_bound(value: str, zone: tzinfo, name: str, *, end: bool = False) -> da
     """A query bound as a UTC instant: a date means local midnight (for an `end`, the
     midnight after it, so the day is included); a time without offset is local."""
     try:
-        if len(value) == 10:
-            day = date.fromisoformat(value)
-            return _midnight(day + timedelta(days=1) if end else day, zone)
-        moment = datetime.fromisoformat(value)
-        return (moment if moment.tzinfo else moment.replace(tzinfo=zone)).astimezone(UTC)
-    except (ValueError, OverflowError):  # OverflowError: 9999-12-31 has no day after it
+        given = date.fromisoformat(value) if len(value) == 10 else datetime.fromisoformat(value)
+    except ValueError:
         raise InvalidInput(
             f"{name} must be a date (YYYY-MM-DD) or an ISO 8601 time, not {value!r}.",
             fields={name: "a date (YYYY-MM-DD) or an ISO 8601 time"},
         ) from None
+    if not FIRST_YEAR <= given.year <= LAST_YEAR:
+        raise InvalidInput(
+            f"{name} must be in the years {FIRST_YEAR} to {LAST_YEAR}, not {value!r}.",
+            fields={name: f"a date or time in the years {FIRST_YEAR} to {LAST_YEAR}"},
+        )
+    if isinstance(given, datetime):
+        return (given if given.tzinfo else given.replace(tzinfo=zone)).astimezone(UTC)
+    return _midnight(given + timedelta(days=1) if end else given, zone)
 
 
 def _check_order(start: datetime, end: datetime) -> None:
@@ -622,11 +630,8 @@ def list_logs(
     limit = page_size(limit)
     query = log_query(account_id, where)
     if cursor:
-        when, raw_id = decode_time_cursor(cursor)
-        if not (raw_id.isdigit() and len(raw_id) <= 18):
-            raise InvalidInput("Invalid cursor.", fields={"cursor": "invalid"})
-        when = as_utc(when).astimezone(UTC)
-        query = query.where(U.created_at <= when, or_(U.created_at < when, U.id < int(raw_id)))
+        when, row_id = decode_time_int_cursor(cursor)
+        query = query.where(U.created_at <= when, or_(U.created_at < when, U.id < row_id))
     rows = session.execute(query.limit(limit + 1)).all()
     return page_of(rows, limit, lambda row: encode_cursor(_iso(row.created_at), str(row.id)))
 

@@ -3,6 +3,7 @@ account's timezone, the cost estimate and the artifact listings."""
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 from datetime import timedelta
@@ -107,6 +108,46 @@ def test_bad_insight_ranges_are_422(client: Any, query: str) -> None:
     assert response.get_json()["error"]["code"] == "invalid_request"
 
 
+# Each time here is out of reach of some arithmetic the window does: a zone's shift of the
+# bound, the timeline's step past its last day, the day after `to`.
+@pytest.mark.parametrize(
+    ("zone", "query", "field"),
+    [
+        ("America/New_York", "from=0001-01-01T00:00:00%2B00:00&to=0001-01-03", "from"),
+        ("Asia/Tokyo", "from=9999-12-31T20:00:00%2B00:00&to=9999-12-31T21:00:00%2B00:00", "from"),
+        ("Pacific/Kiritimati", "from=9998-12-01&to=9999-12-25", "to"),
+        ("UTC", "from=9999-12-30T00:00:00&to=9999-12-31T23:00:00", "from"),
+    ],
+)
+def test_insight_ranges_beyond_representable_times_are_422_naming_the_bound(
+    client: Any, zone: str, query: str, field: str
+) -> None:
+    key, account = register(client)
+    client.patch("/v1/account", json={"timezone": zone}, headers=auth(key))
+
+    for response in (
+        client.get(f"/v1/usage/insights?{query}", headers=auth(key)),
+        client.get(f"/v1/admin/accounts/{account['id']}/usage/insights?{query}", headers=ADMIN),
+        client.get(f"/v1/usage/logs?{query}", headers=auth(key)),
+    ):
+        assert response.status_code == 422, response.get_json()
+        assert response.get_json()["error"]["code"] == "invalid_request"
+        assert field in response.get_json()["error"]["fields"]
+    daily = client.get(f"/v1/admin/usage/daily?{query}", headers=ADMIN)
+    assert daily.status_code == 422, daily.get_json()
+    assert field in daily.get_json()["error"]["fields"]
+
+
+def test_insight_ranges_at_the_edges_of_the_accepted_years_answer(client: Any) -> None:
+    key, _ = register(client)
+    client.patch("/v1/account", json={"timezone": "Pacific/Kiritimati"}, headers=auth(key))
+
+    for query in ("from=0002-01-01&to=0002-12-31", "from=9998-01-01&to=9998-12-31"):
+        response = client.get(f"/v1/usage/insights?{query}", headers=auth(key))
+        assert response.status_code == 200, response.get_json()
+        assert response.get_json()["range"]["granularity"] == "week"
+
+
 def test_logs_page_and_the_csv_agree(client: Any, owner: tuple[str, str, list[str]]) -> None:
     key, _, jobs = owner
 
@@ -171,6 +212,56 @@ def test_bad_log_queries_are_clear_errors(client: Any, query: str, status: int) 
 
     assert response.status_code == status, response.get_json()
     assert response.get_json()["error"]["message"]
+
+
+def cursor_of(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "0001-01-01T00:00:00+01:00|1",  # before 0001-01-01 in UTC
+        "9999-12-31T23:00:00-02:00|1",  # after 9999-12-31 in UTC
+        "2026-01-01T00:00:00+00:00|\u00b2",  # a digit int() does not read
+        "2026-01-01T00:00:00+00:00|99999999999999999999",  # beyond BIGINT
+        "2026-01-01T00:00:00+00:00|0",
+    ],
+)
+def test_log_cursors_that_name_no_row_are_422(client: Any, cursor: str) -> None:
+    key, account = register(client)
+
+    for response in (
+        client.get(f"/v1/usage/logs?cursor={cursor_of(cursor)}", headers=auth(key)),
+        client.get(
+            f"/v1/admin/accounts/{account['id']}/usage/logs?cursor={cursor_of(cursor)}",
+            headers=ADMIN,
+        ),
+    ):
+        assert response.status_code == 422, response.get_json()
+        assert response.get_json()["error"]["code"] == "invalid_request"
+        assert response.get_json()["error"]["fields"] == {"cursor": "invalid"}
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "0001-01-01T00:00:00+01:00|job_x",
+        "9999-12-31T23:00:00-02:00|job_x",
+        "2026-01-01T00:00:00+00:00|job_\x00",  # PostgreSQL text holds no NUL
+    ],
+)
+def test_time_cursors_that_name_no_row_are_422_on_every_newest_first_listing(
+    client: Any, cursor: str
+) -> None:
+    key, _ = register(client)
+
+    for path in ("/v1/jobs", "/v1/admin/accounts"):
+        headers = ADMIN if path.startswith("/v1/admin") else auth(key)
+        response = client.get(f"{path}?cursor={cursor_of(cursor)}", headers=headers)
+        assert response.status_code == 422, (path, response.get_json())
+        assert response.get_json()["error"]["code"] == "invalid_request"
+        assert response.get_json()["error"]["fields"] == {"cursor": "invalid"}
 
 
 def test_another_accounts_usage_never_shows(client: Any, owner: tuple[str, str, list[str]]) -> None:

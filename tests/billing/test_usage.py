@@ -430,7 +430,8 @@ def test_window_from_to_takes_dates_as_local_days_and_times_as_given() -> None:
         (None, "2026-13-01", None, "from"),
         (None, "yesterday", None, "from"),
         (None, "2025-01-01", "2026-06-01", "to"),
-        (None, "9999-12-25", "9999-12-31", "to"),
+        (None, "9998-12-25", "9999-12-31", "to"),
+        (None, "0001-01-02", "0001-01-03", "from"),
         (None, "0001-01-01T00:00:00+05:00", None, "from"),
     ],
 )
