@@ -22,6 +22,7 @@ from settings import get_settings
 
 bp = Blueprint("metrics", __name__)
 _CONVERTER = re.compile(r"<[^:>]+:(\w+)>")
+_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 
 
 def _state() -> Iterable[GaugeMetricFamily]:
@@ -68,13 +69,23 @@ def _label(rule: str) -> str:
     return _CONVERTER.sub(r"<\1>", rule)
 
 
+def _method(method: str) -> str:
+    """Unknown methods as "other": gunicorn passes any made-up token, and a label per
+    token would let an unauthenticated client create time series without end."""
+    return method if method in _METHODS else "other"
+
+
 def init_app(app: Flask) -> None:
-    """Count every response by endpoint and status (429s also as rate-limit refusals)."""
+    """Count every response by method, endpoint and status (429s also as rate-limit
+    refusals). Every label has a bounded set of values: the route's rule (never the raw
+    path: unmatched URLs are one "unmatched"), a known method or "other", and a status
+    the app chose."""
 
     @app.after_request
     def _count(response: Response) -> Response:
         endpoint = _label(request.url_rule.rule) if request.url_rule else "unmatched"
-        metrics.HTTP_RESPONSES.labels(request.method, endpoint, str(response.status_code)).inc()
+        status = str(response.status_code)
+        metrics.HTTP_RESPONSES.labels(_method(request.method), endpoint, status).inc()
         if response.status_code == 429:
             metrics.RATE_LIMITED.labels(endpoint).inc()
         return response

@@ -11,6 +11,7 @@ import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any, NamedTuple
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
@@ -260,10 +261,22 @@ def issue_login_token(user: User, secret: str) -> str:
     return LOGIN_TOKEN_PREFIX + _serializer(secret).dumps(_token_claims(user))
 
 
+@cache
+def _dummy_password_hash() -> str:
+    """A hash of no one's password, made once per process on first use (not at import,
+    which would cost every worker and CLI a scrypt) with `hash_password`'s parameters."""
+    return hash_password(secrets.token_urlsafe(32))
+
+
 def login(session: Session, email: str, password: str, secret: str) -> tuple[User, str]:
-    """Email + password -> a signed, expiring login token (the second auth path)."""
+    """Email + password -> a signed, expiring login token (the second auth path).
+
+    An unknown email is checked against a dummy hash, so both paths cost one scrypt and
+    the response time does not tell whether an email has an account.
+    """
     user = session.scalar(select(User).where(User.email == email.strip().lower()))
-    if user is None or not verify_password(password, user.password_hash):
+    stored = user.password_hash if user is not None else _dummy_password_hash()
+    if not verify_password(password, stored) or user is None:
         raise NotFound("Wrong email or password.")
     account = session.get(Account, user.account_id)
     if account is None:

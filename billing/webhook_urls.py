@@ -207,6 +207,8 @@ def refusal_reason(address: IPAddress, *, allow_private: bool = False) -> str | 
             return "IPv4-embedding IPv6"
         if address.scope_id:
             return "scoped IPv6"
+        if address.is_site_local:  # fec0::/10: deprecated, yet is_global calls it global
+            return "site-local"
     checks = (
         (address.is_loopback, "loopback"),
         (address.is_unspecified, "unspecified"),

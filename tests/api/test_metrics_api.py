@@ -82,3 +82,30 @@ def test_automation_runs_are_counted_by_plan(client: Any) -> None:
 
     assert (submitted.status_code, replayed.status_code) == (202, 202)
     assert runs(scrape(client)) == runs(before) + 2  # a replay is not a second run
+
+
+def test_made_up_methods_and_unmatched_paths_do_not_create_series(client: Any) -> None:
+    """Labels come from bounded sets: a client making up methods or paths adds no series."""
+    made_up = ["XQ0Z", "XQ1Z", "XQ2Z", "PROPFIND"]
+
+    def other(families: dict[str, Any]) -> float:
+        if "aijobs_http_responses" not in families:
+            return 0.0
+        return sample(families, "aijobs_http_responses_total", method="other", endpoint="unmatched")
+
+    before = scrape(client)
+    for method in made_up:
+        assert client.open("/v1/account", method=method).status_code == 405
+    for n in range(3):
+        assert client.get(f"/v1/no-such-path/{n}").status_code == 404
+    after = scrape(client)
+
+    series = [s.labels for s in after["aijobs_http_responses"].samples if s.name.endswith("_total")]
+    methods = {labels["method"] for labels in series}
+    assert methods <= {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "other"}
+    assert [s for s in series if s["method"] == "other" and s["endpoint"] == "unmatched"] == [
+        {"method": "other", "endpoint": "unmatched", "status": "405"}
+    ]
+    assert other(after) == other(before) + len(made_up)
+    assert not any("no-such-path" in labels["endpoint"] for labels in series)
+    assert sample(after, "aijobs_http_responses_total", method="GET", endpoint="unmatched") >= 3

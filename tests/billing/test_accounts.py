@@ -178,6 +178,34 @@ def test_login_token_is_the_second_auth_path(db_url: str) -> None:
             accounts.authenticate(session, token, "another secret", 3600)
 
 
+def test_an_unknown_email_costs_one_password_check_like_a_known_one(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Skipping scrypt for unknown emails would let response time reveal who has an
+    account: both paths verify once, with the same scrypt parameters."""
+    registered(db_url)
+    checked: list[str] = []
+    verify = accounts.verify_password
+
+    def counting(password: str, stored: str) -> bool:
+        checked.append(stored)
+        return verify(password, stored)
+
+    monkeypatch.setattr(accounts, "verify_password", counting)
+    with transaction(db_url) as session:
+        with pytest.raises(NotFound, match="Wrong email or password"):
+            accounts.login(session, "owner@example.com", "wrong password", SECRET)
+        for _ in range(2):
+            with pytest.raises(NotFound, match="Wrong email or password"):
+                accounts.login(session, "nobody@example.com", PASSWORD, SECRET)
+        owner_hash = session.scalar(select(User.password_hash))
+
+    assert len(checked) == 3
+    assert checked[0] == owner_hash
+    assert checked[1] == checked[2] != owner_hash  # one dummy hash, made once
+    assert checked[1].startswith("scrypt$")
+
+
 @pytest.mark.parametrize("status", ["suspended", "cancelled"])
 def test_inactive_accounts_are_refused_on_every_auth_path(db_url: str, status: str) -> None:
     account_id, key = registered(db_url)

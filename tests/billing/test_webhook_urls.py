@@ -7,7 +7,7 @@ import ipaddress
 import pytest
 
 from billing.errors import InvalidInput
-from billing.webhook_urls import UnsafeWebhookUrl, UrlPolicy, check_url
+from billing.webhook_urls import UnsafeWebhookUrl, UrlPolicy, check_url, refusal_reason
 
 PUBLIC = ipaddress.ip_address("93.184.216.34")
 DNS = {
@@ -21,6 +21,7 @@ DNS = {
         ipaddress.ip_address("169.254.169.254"),
     ],
     "linklocal.example.com": [ipaddress.ip_address("fe80::1")],
+    "sitelocal.example.com": [PUBLIC, ipaddress.ip_address("fec0::1")],
 }
 
 
@@ -96,6 +97,8 @@ NEVER = [
     "http://192.0.2.1/hook",
     "http://[::]/hook",
     "http://[fe80::1]/hook",
+    "http://[fec0::1]/hook",
+    "http://[feff:ffff::1]/hook",
     "http://[fd00:ec2::254]/latest/meta-data/",
     "http://[ff02::1]/hook",
     "http://[::ffff:127.0.0.1]/hook",
@@ -109,6 +112,7 @@ NEVER = [
     "http://rebind-metadata.example.com/hook",
     "http://mapped.example.com/hook",
     "http://linklocal.example.com/hook",
+    "http://sitelocal.example.com/hook",
 ]
 
 
@@ -177,6 +181,17 @@ def test_a_refused_address_names_the_reason() -> None:
         check_url("http://169.254.169.254/", allow_private=False)
     with pytest.raises(UnsafeWebhookUrl, match="IPv4-embedding"):
         check_url("http://[::ffff:127.0.0.1]/", allow_private=False)
+
+
+@pytest.mark.parametrize("allow_private", [False, True])
+def test_ipv6_site_local_addresses_are_refused(allow_private: bool) -> None:
+    """fec0::/10 is deprecated but still routed inside some networks, and Python calls it
+    global, so only `is_site_local` catches it."""
+    for text in ("fec0::1", "fed0:1::2", "feff:ffff::1"):
+        address = ipaddress.ip_address(text)
+        assert refusal_reason(address, allow_private=allow_private) == "site-local"
+    with pytest.raises(UnsafeWebhookUrl, match=r"fec0::1, a site-local address"):
+        check_url("http://[fec0::1]/hook", allow_private=allow_private)
 
 
 def test_every_resolved_address_must_be_public() -> None:
