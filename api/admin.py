@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-from flask import Blueprint
+from flask import Blueprint, request
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.db import after_commit, db
+from api.jobs import IDEMPOTENCY_KEY, REPLAYED_HEADER
 from api.payments import expire_checkout, retrieve_checkout
 from api.schemas import (
     AccountDetailOut,
@@ -31,7 +32,7 @@ from api.schemas import (
     responds,
 )
 from api.security import require_admin
-from api.validation import PageQuery, json_body, query_params
+from api.validation import PageQuery, json_body, query_params, request_headers
 from billing import (
     accounts,
     backoffice,
@@ -43,7 +44,7 @@ from billing import (
     unbilled,
 )
 from billing.amounts import Payment
-from billing.errors import Conflict, InvalidInput
+from billing.errors import Conflict
 from models import utcnow
 
 if TYPE_CHECKING:
@@ -135,19 +136,29 @@ def find_jobs(query: AdminJobsQuery) -> dict[str, Any]:
     return page.body(backoffice.admin_job_view)
 
 
+ADJUSTMENT_KEY = {
+    **IDEMPOTENCY_KEY,
+    "description": "Posts the adjustment once: a retry with the same key, amount and reason "
+    "answers without posting again (`Idempotent-Replayed: true`); another amount or reason "
+    "is a 409.",
+}
+
+
 @bp.post("/accounts/<account_id>/credits")
-@responds(AccountOut, errors=(402, 409))
+@responds(AccountOut, errors=(402, 409), headers={"Idempotent-Replayed": REPLAYED_HEADER})
+@request_headers(ADJUSTMENT_KEY)
 @require_admin
 @json_body(AdjustBody)
-def adjust_credits(account_id: str, body: AdjustBody) -> dict[str, Any]:
+def adjust_credits(account_id: str, body: AdjustBody) -> tuple[dict[str, Any], int, dict[str, str]]:
     """Grant (or take back) credits: an `adjustment` transaction."""
     session = db()
     account = accounts.get_account(session, account_id)
-    if body.amount == 0:
-        raise InvalidInput("amount must not be 0.", fields={"amount": "non-zero integer"})
-    ledger.grant(session, account.id, body.amount, "adjustment", body.reason)
+    posted = credits.adjust(
+        session, account.id, body.amount, body.reason, request.headers.get("Idempotency-Key")
+    )
     session.refresh(account)
-    return accounts.account_view(session, account)
+    headers = {} if posted else {"Idempotent-Replayed": "true"}
+    return accounts.account_view(session, account), 200, headers
 
 
 @bp.patch("/accounts/<account_id>")

@@ -76,12 +76,13 @@ IDEMPOTENCY_KEY = {
         "pattern": r"^[!-~]([ -~]*[!-~])?$",
     },
 }
+REPLAYED_HEADER = {
+    "description": "`true` when an earlier request with this key is answered.",
+    "schema": {"type": "string", "enum": ["true"]},
+}
 SUBMITTED_HEADERS = {
     "Location": {"description": "The job's URL.", "schema": {"type": "string"}, "required": True},
-    "Idempotent-Replayed": {
-        "description": "`true` when an earlier submission with this key is answered.",
-        "schema": {"type": "string", "enum": ["true"]},
-    },
+    "Idempotent-Replayed": REPLAYED_HEADER,
 }
 
 

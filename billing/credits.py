@@ -12,14 +12,17 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from billing import ledger
 from billing.accounts import get_account, move_status
-from billing.errors import AmountMismatch, InvalidInput
+from billing.errors import AmountMismatch, IdempotencyConflict, InvalidInput
 from billing.lifecycle import grant_period
 from billing.periods import add_months
 from billing.plans import is_renewable
+from billing.submission import check_idempotency_key
 from models import Account, CreditTransaction, Plan, Purchase, as_utc
 
 
@@ -197,3 +200,50 @@ def grant_period_credits(session: Session, account: Account, now: datetime) -> b
     if account.period_start is None or account.period_end is None:
         account.period_start, account.period_end = now, add_months(now, 1)
     return grant_period(session, account, plan, " (activated by an admin)")
+
+
+def adjust(
+    session: Session, account_id: str, amount: int, reason: str, idempotency_key: str | None
+) -> bool:
+    """An admin's adjustment (credits in, or back out). With an `Idempotency-Key` it is
+    posted once: a retry of the same adjustment (a timeout after the commit) is answered,
+    not posted again, and the key with another amount or reason is a conflict. True when
+    this call posted it."""
+    if amount == 0:
+        raise InvalidInput("amount must not be 0.", fields={"amount": "non-zero integer"})
+    if idempotency_key is None:
+        ledger.grant(session, account_id, amount, "adjustment", reason)
+        return True
+    check_idempotency_key(idempotency_key)
+    reference = f"idempotency:{idempotency_key}"
+    if _same_adjustment(session, account_id, reference, amount, reason):
+        return False
+    try:
+        with session.begin_nested():
+            ledger.grant(session, account_id, amount, "adjustment", reason, reference=reference)
+    except IntegrityError:  # the same key, committed by a concurrent request just now
+        if not _same_adjustment(session, account_id, reference, amount, reason):
+            raise
+        return False
+    return True
+
+
+def _same_adjustment(
+    session: Session, account_id: str, reference: str, amount: int, reason: str
+) -> bool:
+    """Whether the adjustment under `reference` was posted; a different one is a conflict."""
+    earlier = session.execute(
+        select(CreditTransaction.amount, CreditTransaction.description).where(
+            CreditTransaction.account_id == account_id,
+            CreditTransaction.type == "adjustment",
+            CreditTransaction.reference == reference,
+        )
+    ).one_or_none()
+    if earlier is None:
+        return False
+    if tuple(earlier) != (amount, reason):
+        raise IdempotencyConflict(
+            "This Idempotency-Key was already used for a different adjustment "
+            f"({earlier.amount:+,} credits: {earlier.description!r}).",
+        )
+    return True

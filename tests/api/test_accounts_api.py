@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import assert_audit_clean
 from tests.support import auth, register
 
 ADMIN = {"X-Admin-Token": "test-admin-token"}
@@ -135,6 +136,32 @@ def test_admin_adjustment_posts_a_transaction(client: Any) -> None:
     latest = client.get("/v1/credits/transactions", headers=auth(key)).get_json()["data"][0]
     assert (latest["type"], latest["amount"], latest["balance_after"]) == ("adjustment", -500, 1500)
     assert latest["description"] == "refund reversal"
+
+
+def test_an_adjustment_with_an_idempotency_key_is_posted_once(client: Any) -> None:
+    """An admin's retry after a timeout (the first one committed) must not post twice."""
+    key, account = register(client)
+    url = f"/v1/admin/accounts/{account['id']}/credits"
+    body = {"amount": 500, "reason": "goodwill"}
+    once = {**ADMIN, "Idempotency-Key": "ticket-42"}
+
+    first = client.post(url, json=body, headers=once)
+    retry = client.post(url, json=body, headers=once)
+    other = client.post(url, json={**body, "amount": 600}, headers=once)
+    unkeyed = [client.post(url, json=body, headers=ADMIN) for _ in range(2)]
+    blank = client.post(url, json=body, headers={**ADMIN, "Idempotency-Key": "a\tb"})
+
+    assert (first.status_code, first.headers.get("Idempotent-Replayed")) == (200, None)
+    assert (retry.status_code, retry.headers.get("Idempotent-Replayed")) == (200, "true")
+    assert retry.get_json()["credits"]["balance"] == 2500
+    assert (other.status_code, other.get_json()["error"]["code"]) == (409, "idempotency_conflict")
+    assert [r.status_code for r in unkeyed] == [200, 200]  # no key: each one is posted
+    assert blank.status_code == 422
+    txns = client.get("/v1/credits/transactions", headers=auth(key)).get_json()["data"]
+    assert [(t["type"], t["amount"]) for t in txns] == [
+        ("adjustment", 500), ("adjustment", 500), ("adjustment", 500), ("registration", 2000),
+    ]  # fmt: skip
+    assert_audit_clean()
 
 
 @pytest.mark.parametrize(
