@@ -68,6 +68,27 @@ def transaction(url: str | None = None) -> Iterator[Session]:
         yield session
 
 
+@contextmanager
+def snapshot(url: str | None = None) -> Iterator[Session]:
+    """A read-only transaction that sees one moment of the whole database, for checks
+    that read many tables (the audit): under PostgreSQL's default READ COMMITTED each
+    statement would see the commits made between them, and a grant landing between the
+    sum of transactions and the balances reads as a violation. SQLite's deferred read
+    transaction is a snapshot already (WAL) and blocks no writer."""
+    with session_factory(url, read_only=True)() as session:
+        if not is_sqlite(url):
+            session.connection(
+                execution_options={
+                    "isolation_level": "REPEATABLE READ",
+                    "postgresql_readonly": True,
+                }
+            )
+        try:
+            yield session
+        finally:
+            session.rollback()
+
+
 def dispose_engines() -> None:
     """Drop pooled connections; called in each forked worker process."""
     with _lock:

@@ -21,7 +21,7 @@ from alembic.config import Config
 from billing import catalog
 from billing.audit import audit
 from models import utcnow
-from models.db import database_url, transaction
+from models.db import database_url, snapshot, transaction
 
 ROOT = Path(__file__).resolve().parent.parent
 # tasks.periodic.JOBS; named here so the parser does not load Celery for other commands.
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             catalog.seed(session)
         print(f"seeded {len(catalog.PLANS)} plans and {len(catalog.MODELS)} models")
     elif args.command == "audit":
-        with transaction() as session:
+        with snapshot() as session:
             violations = audit(session)
         for violation in violations:
             print("VIOLATION:", violation)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -15,7 +15,7 @@ from billing.audit import audit
 from billing.pricing import Usage
 from billing.runs import complete_job, fail_job, start_job
 from models import Account
-from models.db import get_engine, transaction
+from models.db import get_engine, snapshot, transaction
 from tests.factories import balances, make_account, make_job, request, submit
 
 IMAGES = {"operation": "image_generation", "input": {"prompt": "a heron", "count": 4}}
@@ -253,3 +253,32 @@ def test_a_pending_purchase_with_credits_granted(
     with transaction(db_url) as session:
         violations = audit(session)
     assert violations == [f"purchase {pending}: pending, but credits were granted"]
+
+
+def test_the_audit_sees_one_moment_while_grants_commit_between_its_reads(
+    db_url: str, books: Ledger
+) -> None:
+    """On a live database the audit's statements run while grants commit: read at
+    READ COMMITTED, the balances could be newer than the sum of transactions read a
+    moment before, a violation that is not there (`python -m ops audit` at 3 a.m.)."""
+    engine = get_engine(db_url)
+    granted: list[int] = []
+
+    def grant_between(*_args: object) -> None:
+        if granted:
+            return
+        granted.append(1)
+        with transaction(db_url) as session:  # another connection, committed now
+            ledger.grant(session, books.account, 5, "adjustment", "during the audit")
+
+    with snapshot(db_url) as session:
+        event.listen(engine, "after_cursor_execute", grant_between)
+        try:
+            violations = audit(session)
+        finally:
+            event.remove(engine, "after_cursor_execute", grant_between)
+
+    assert granted == [1]
+    assert violations == []
+    with snapshot(db_url) as session:
+        assert audit(session) == []
