@@ -50,6 +50,9 @@ class FaultRule:
     match: str | None
     retry_after: float | None
     answer: str | None = None
+    # The error body's `code` (default: the status's usual one), e.g. a 429
+    # "insufficient_quota": the account is out of money, not over a rate.
+    code: str | None = None
 
 
 class FaultInjector:
@@ -71,10 +74,11 @@ class FaultInjector:
         match: str | None,
         retry_after: float | None,
         answer: str | None = None,
+        code: str | None = None,
     ) -> FaultRule:
         with self._lock:
             rule = FaultRule(
-                self._next_rule_id, status, times, latency_ms, match, retry_after, answer
+                self._next_rule_id, status, times, latency_ms, match, retry_after, answer, code
             )
             self._next_rule_id += 1
             self._rules.append(rule)
@@ -165,19 +169,20 @@ def _injected_failure(
     """Sleep the injected latency; the error response to send instead, if one is due."""
     latency_ms = faults.base_latency_ms if queued else 0
     latency_ms += _header_int("X-Sim-Latency-Ms", 0, MAX_LATENCY_MS) or 0
-    status, retry_after = None, None
+    status, retry_after, code = None, None, None
     if rule is not None:
         latency_ms += rule.latency_ms
-        status, retry_after = rule.status, rule.retry_after
+        status, retry_after, code = rule.status, rule.retry_after, rule.code
     header_status = _header_int("X-Sim-Fail-Status", 400, 599)
     if header_status is not None:
-        status, retry_after = header_status, None
+        status, retry_after, code = header_status, None, None
     if latency_ms:
         time.sleep(latency_ms / 1000)
     if status is None:
         return None
     headers = () if retry_after is None else (("Retry-After", _format_seconds(retry_after)),)
-    return error_response(status, f"Simulated failure with status {status}.", headers=headers)
+    message = f"Simulated failure with status {status}."
+    return error_response(status, message, code, headers=headers)
 
 
 def _header_int(name: str, low: int, high: int) -> int | None:
@@ -221,7 +226,10 @@ def add_fault() -> Response:
     answer = payload.get("answer")
     if answer is not None and answer not in ANSWERS:
         raise RequestError(400, f"'answer' must be one of {list(ANSWERS)} or null.")
-    rule = injector().add_rule(status, times, latency_ms, match, retry_after, answer)
+    code = payload.get("code")
+    if code is not None and not (isinstance(code, str) and 0 < len(code) <= 100):
+        raise RequestError(400, "'code' must be a short string or null.")
+    rule = injector().add_rule(status, times, latency_ms, match, retry_after, answer, code)
     return json_response(201, asdict(rule))
 
 

@@ -46,6 +46,12 @@ RETRYABLE = (
 )
 
 
+# OpenAI answers a 429 with this code when the account's credit or quota is spent: it
+# lasts until someone pays, so it is a failure at once, not a rate to wait out (retrying
+# would take every job's full deadline and pause the model for every worker).
+QUOTA_EXHAUSTED = "insufficient_quota"
+
+
 class ProviderError(Exception):
     """The provider could not produce a usable answer; the job fails, the hold is released."""
 
@@ -177,6 +183,13 @@ def _call(
         try:
             answer = fn(model=model, **kwargs)
         except openai.RateLimitError as exc:
+            if exc.code == QUOTA_EXHAUSTED:
+                _count_call(model, sent, "quota_exhausted")
+                raise ProviderError(
+                    "provider_quota_exhausted",
+                    "The AI provider refused: its account is out of quota (billing), "
+                    "not over a rate limit; retrying would not help.",
+                ) from exc
             _count_call(model, sent, "rate_limited")
             ratelimit.pause(model, ratelimit.reset_seconds(exc.response.headers))
             raise

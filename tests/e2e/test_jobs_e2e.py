@@ -154,6 +154,27 @@ def test_provider_validation_error_is_not_retried(e2e: Any, sim_control: Any) ->
     assert sim_control.get("/_sim/stats").json()["requests"]["images"] == 1
 
 
+def test_a_provider_out_of_quota_fails_the_job_at_once(e2e: Any, sim_control: Any) -> None:
+    """A 429 `insufficient_quota` is the provider account out of money: waiting it out
+    like a rate limit would spend every job's whole deadline and pause the model."""
+    key, _ = register(e2e)
+    quota = {"status": 429, "code": "insufficient_quota", "times": 5}
+    assert sim_control.post("/_sim/faults", json=quota).status_code == 201
+
+    submitted = e2e.post(
+        "/v1/jobs",
+        json={"operation": "image_generation", "input": {"prompt": "x"}},
+        headers=auth(key),
+    ).get_json()
+    job = wait_for_job(e2e, key, submitted["id"])
+
+    assert (job["status"], job["credits_charged"]) == ("failed", 0)
+    assert job["error"]["code"] == "provider_quota_exhausted"
+    assert sim_control.get("/_sim/stats").json()["requests"]["images"] == 1
+    account = e2e.get("/v1/account", headers=auth(key)).get_json()
+    assert account["credits"]["reserved"] == 0
+
+
 def test_too_few_credits_is_402_with_nothing_written(
     e2e: Any, redis_server: Any, sim_control: Any
 ) -> None:
