@@ -28,6 +28,7 @@ SERVICES = {
     "worker-text",
     "worker-image",
     "worker-webhooks",
+    "worker-default",
     "beat",
     "flower",
     "proxy",
@@ -132,13 +133,32 @@ def test_celery_services_cover_every_queue(services: dict[str, dict[str, Any]]) 
         if "worker" in args:
             workers += 1
             queues |= set(option(args, "-Q").split(","))
-    assert workers >= 3
+    assert workers >= 4
     assert queues >= {"text", "image", "webhooks", "default"}
-    assert "-Q text,default" in command_text(services["worker-text"])
-    assert "--prefetch-multiplier 1" in command_text(services["worker-text"])
-    assert "-Q image" in command_text(services["worker-image"])
-    assert "-Q webhooks" in command_text(services["worker-webhooks"])
+    # The periodic work has a worker of its own: AI jobs never hold it back.
+    for queue in ("text", "image", "webhooks", "default"):
+        service = services[f"worker-{queue}"]
+        args = command_of(service)
+        assert option(args, "-Q") == queue
+        assert option(args, "-n") == f"{queue}@%h"
+        assert "--prefetch-multiplier 1" in command_text(service)
+        assert service["environment"]["WORKER_NAME"] == queue
+        assert "inspect ping -d $$WORKER_NAME@$$HOSTNAME" in json.dumps(service["healthcheck"])
     assert "beat" in command_of(services["beat"])
+
+
+def test_secrets_come_from_the_environment_and_beat_keeps_its_schedule(
+    services: dict[str, dict[str, Any]], compose: dict[str, Any]
+) -> None:
+    """One SECRET_KEY for every replica (login tokens), required, never baked in; beat's
+    schedule on a volume, so a re-created beat does not postpone every hourly entry."""
+    for name in APP_SERVICES:
+        assert services[name]["environment"]["SECRET_KEY"] == "${SECRET_KEY:?set SECRET_KEY}"
+    schedule = option(command_of(services["beat"]), "-s")
+    (volume,) = services["beat"]["volumes"]
+    name, mount = volume.split(":")
+    assert schedule.startswith(mount + "/")
+    assert name in compose["volumes"]
 
 
 def test_commands_name_real_modules_of_this_repo(services: dict[str, dict[str, Any]]) -> None:
@@ -273,7 +293,8 @@ def test_flower_is_behind_auth_persistent_and_starts_after_the_worker(
     assert "flowerdata:/app/var" in flower["volumes"]
     assert flower["depends_on"]["worker-text"]["condition"] == "service_healthy"
     ping = " ".join(services["worker-text"]["healthcheck"]["test"])
-    assert "inspect ping -d text@$$HOSTNAME" in ping
+    assert "inspect ping -d $$WORKER_NAME@$$HOSTNAME" in ping
+    assert services["worker-text"]["environment"]["WORKER_NAME"] == "text"
 
 
 def test_webhooks_may_never_target_the_stacks_own_ports(
