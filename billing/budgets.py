@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from billing.errors import BudgetExceeded, InvalidInput
 from billing.limits import lock_account
 from billing.operations import OPERATIONS
+from billing.usage import current_period
 from models import (
     FINAL_RUN_STATUSES,
     Account,
@@ -30,7 +31,7 @@ from models import (
     CreditReservation,
     CreditTransaction,
     Job,
-    as_utc,
+    utcnow,
 )
 
 MAX_BUDGET = 1_000_000_000
@@ -104,25 +105,30 @@ def exceeded(
 ) -> tuple[Budget, int, int] | None:
     """The first budget `holds` would take past, with what it has used and what they
     need; None when every budget has room. Reads only (`check` locks first)."""
+    period = current_period(account, utcnow())
     needs: dict[Budget, int] = {}
     for operation, hold in holds.items():
         for budget in budgets_for(account, operation):
             needs[budget] = needs.get(budget, 0) + hold
     for budget, required in needs.items():
-        used = spent(session, account, None if budget.name == "monthly" else budget.name)
+        used = spent(session, account, None if budget.name == "monthly" else budget.name, period)
         if used + required > budget.credits:
             return budget, used, required
     return None
 
 
-def spent(session: Session, account: Account, operation: str | None) -> int:
-    """Credits charged since the period started plus credits held now (of `operation`),
-    counting what open automation runs still hold for jobs they have not made yet."""
-    since = _period_start(account)
+def spent(
+    session: Session, account: Account, operation: str | None, period: tuple[datetime, datetime]
+) -> int:
+    """Credits charged in `period` (`usage.current_period`: the one holding now, even
+    before the rollover stores it) plus credits held now (of `operation`), counting what
+    open automation runs still hold for jobs they have not made yet."""
+    start, end = period
     charged: Select[Any] = select(func.coalesce(func.sum(-CreditTransaction.amount), 0)).where(
         CreditTransaction.account_id == account.id,
         CreditTransaction.type == "deduction",
-        CreditTransaction.created_at >= since,
+        CreditTransaction.created_at >= start,
+        CreditTransaction.created_at < end,
     )
     held: Select[Any] = select(func.coalesce(func.sum(CreditReservation.amount), 0)).where(
         CreditReservation.account_id == account.id, CreditReservation.status == "held"
@@ -167,21 +173,19 @@ def _pooled(session: Session, account: Account, operation: str | None) -> int:
     return total
 
 
-def _period_start(account: Account) -> datetime:
-    if account.period_start is not None:
-        return as_utc(account.period_start)
-    return as_utc(account.created_at)
-
-
 def budget_view(session: Session, account: Account) -> dict[str, Any]:
+    """The budgets, and the period their `used` figures count (the one holding now)."""
     per_operation = account.budget_per_operation or {}
+    period = current_period(account, utcnow())
     return {
         "monthly_credits": account.budget_monthly_credits,
         "per_operation": per_operation,
-        "period_start": as_utc(account.period_start).isoformat() if account.period_start else None,
-        "period_end": as_utc(account.period_end).isoformat() if account.period_end else None,
+        "period_start": period[0].isoformat(),
+        "period_end": period[1].isoformat(),
         "used": {
-            "monthly": spent(session, account, None),
-            "per_operation": {name: spent(session, account, name) for name in per_operation},
+            "monthly": spent(session, account, None, period),
+            "per_operation": {
+                name: spent(session, account, name, period) for name in per_operation
+            },
         },
     }

@@ -25,3 +25,15 @@ def next_period_end(start: datetime, end: datetime) -> datetime:
     following = add_months(end.replace(day=1), 1)
     last_day = calendar.monthrange(following.year, following.month)[1]
     return following.replace(day=min(max(start.day, end.day), last_day))
+
+
+def period_containing(start: datetime, end: datetime, now: datetime) -> tuple[datetime, datetime]:
+    """The period [start, end) if it holds `now`, else the later one that does.
+
+    It steps as `lifecycle.roll_over_periods` does, so a "this period" figure is right in
+    the gap between a period's end and the hourly rollover that stores the next one, and
+    matches what that rollover will store. The stored period is the rollover's to move.
+    """
+    while end <= now:
+        start, end = end, next_period_end(start, end)
+    return start, end

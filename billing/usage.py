@@ -52,7 +52,7 @@ from billing.job_views import get_job
 from billing.limits import limits_report
 from billing.operations import OPERATIONS
 from billing.paging import Page, decode_time_int_cursor, encode_cursor, page_of, page_size
-from billing.periods import add_months
+from billing.periods import add_months, period_containing
 from billing.sites import get_site
 from models import JOB_STATUSES, Account, AIModelConfig, CreditUsageLog, Job, Site, as_utc
 
@@ -508,9 +508,11 @@ def insights(session: Session, account: Account, span: Window) -> dict[str, Any]
 
 
 def current_period(account: Account, now: datetime) -> tuple[datetime, datetime]:
-    """The account's usage period; without one, the calendar month (local) around now."""
+    """[start, end) of the account's usage period holding `now`, even before the hourly
+    rollover has stored it (the usage summary and the budgets both count this one);
+    without a period, the calendar month (local) around now."""
     if account.period_start is not None and account.period_end is not None:
-        return as_utc(account.period_start), as_utc(account.period_end)
+        return period_containing(as_utc(account.period_start), as_utc(account.period_end), now)
     zone = account_zone(account)
     first = now.astimezone(zone).date().replace(day=1)
     start = _midnight(first, zone)
@@ -522,7 +524,7 @@ def summary(session: Session, account: Account, now: datetime) -> dict[str, Any]
     start, end = current_period(account, now)
     used = session.scalar(
         select(func.coalesce(func.sum(U.credits), 0)).where(
-            U.account_id == account.id, U.created_at >= start
+            U.account_id == account.id, U.created_at >= start, U.created_at < end
         )
     )
     zone = account_zone(account)

@@ -6,11 +6,18 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import update
 from werkzeug.serving import make_server
 
+from billing.periods import add_months
+from billing.pricing import Usage
+from billing.runs import complete_job, start_job
+from models import Account, Cluster, utcnow
+from models.db import transaction
 from ops.processes import CeleryWorker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,3 +129,29 @@ class Worker(CeleryWorker):
     """A real `celery worker` process consuming our queues."""
 
     metrics_port: int | None = None
+
+
+def settle(job_id: str, clusters: int = 2) -> None:
+    """What the worker does with the provider's answer (API tests run no worker)."""
+    with transaction() as session:
+        run = start_job(session, job_id)
+        assert run is not None
+        made = [
+            Cluster(name=f"c{n}", keywords=["running shoes"], account_id=run.account_id,
+                    job_id=run.job_id, site_id=run.site_id)
+            for n in range(clusters)
+        ]  # fmt: skip
+        assert complete_job(session, run, Usage(200, 100), {"clusters": []}, made)
+
+
+def end_period_now(account_id: str) -> datetime:
+    """Stores the month ending now as the account's usage period, as if its end had just
+    passed and the hourly rollover had not run yet: the end."""
+    end = utcnow()
+    with transaction() as session:
+        session.execute(
+            update(Account)
+            .where(Account.id == account_id)
+            .values(period_start=add_months(end, -1), period_end=end)
+        )
+    return end

@@ -4,16 +4,18 @@ credits over a budget is refused with 402 `budget_exceeded`, also under concurre
 from __future__ import annotations
 
 import threading
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import event
 
+from billing import lifecycle
 from billing.submission import submit_job
-from models import Account
+from models import Account, utcnow
 from models.db import get_engine, transaction
 from tests.conftest import assert_audit_clean
 from tests.factories import HOLD_TTL, make_account, request
-from tests.support import auth, join_team, register
+from tests.support import auth, end_period_now, join_team, register, settle
 
 ADMIN = {"X-Admin-Token": "test-admin-token"}
 CLUSTERING = {"operation": "clustering", "input": {"keywords": ["running shoes", "trail shoes"]}}
@@ -108,6 +110,39 @@ def test_a_cancelled_job_gives_its_budget_back(client: Any) -> None:
     assert client.post("/v1/jobs", json=CLUSTERING, headers=auth(key)).status_code == 402
     client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth(key))
     assert client.post("/v1/jobs", json=CLUSTERING, headers=auth(key)).status_code == 202
+
+
+def test_a_budget_check_after_the_period_end_leaves_the_old_periods_spending_out(
+    client: Any, no_enqueue: None
+) -> None:
+    """The budget counts the period holding now, even before the hourly rollover has
+    stored it: what the ended period charged is not this period's."""
+    key = funded(client)
+    account_id = client.get("/v1/account", headers=auth(key)).get_json()["id"]
+    hold = hold_of(client, key, CLUSTERING)
+    client.put("/v1/account/budget", json={"monthly_credits": hold}, headers=auth(key))
+    spent = client.post("/v1/jobs", json=CLUSTERING, headers=auth(key)).get_json()["id"]
+    settle(spent)
+    charged = client.get(f"/v1/jobs/{spent}", headers=auth(key)).get_json()["credits_charged"]
+    full = client.post("/v1/jobs", json=CLUSTERING, headers=auth(key))
+
+    end = end_period_now(account_id)
+    fresh = client.get("/v1/account/budget", headers=auth(key)).get_json()
+    allowed = client.post("/v1/jobs", json=CLUSTERING, headers=auth(key))
+    held = client.get("/v1/account/budget", headers=auth(key)).get_json()
+    with transaction() as session:
+        lifecycle.roll_over_periods(session, utcnow())
+    rolled = client.get("/v1/account/budget", headers=auth(key)).get_json()
+
+    assert full.status_code == 402, full.get_json()
+    assert full.get_json()["error"]["used"] == charged > 0
+    assert fresh["used"]["monthly"] == 0
+    assert allowed.status_code == 202, allowed.get_json()
+    for view in (held, rolled):
+        assert datetime.fromisoformat(view["period_start"]) == end
+        assert view["used"]["monthly"] == hold
+    assert rolled["period_end"] == held["period_end"]
+    assert client.post("/v1/jobs", json=CLUSTERING, headers=auth(key)).status_code == 402
 
 
 def test_budgets_are_the_owners_to_set_and_validated(client: Any) -> None:

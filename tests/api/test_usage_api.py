@@ -6,33 +6,20 @@ from __future__ import annotations
 import base64
 import csv
 import io
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
-from billing.pricing import Usage
-from billing.runs import complete_job, start_job
-from models import Cluster, CreditReservation, Job, utcnow
+from billing import lifecycle
+from billing.periods import add_months, next_period_end
+from models import CreditReservation, Job, utcnow
 from models.db import transaction
-from tests.support import all_pages, auth, paid_account, register
+from tests.support import all_pages, auth, end_period_now, paid_account, register, settle
 
 ADMIN = {"X-Admin-Token": "test-admin-token"}
 CLUSTERING = {"operation": "clustering", "input": {"keywords": ["running shoes", "trail shoes"]}}
-
-
-def settle(job_id: str, clusters: int = 2) -> None:
-    """What the worker does with the provider's answer (API tests run no worker)."""
-    with transaction() as session:
-        run = start_job(session, job_id)
-        assert run is not None
-        made = [
-            Cluster(name=f"c{n}", keywords=["running shoes"], account_id=run.account_id,
-                    job_id=run.job_id, site_id=run.site_id)
-            for n in range(clusters)
-        ]  # fmt: skip
-        assert complete_job(session, run, Usage(200, 100), {"clusters": []}, made)
 
 
 @pytest.fixture
@@ -65,6 +52,47 @@ def test_summary_has_the_fields_api_md_fixes(
     assert body["credits"]["plan_allocation"] == 40_000
     assert body["limits"]["sites"] == {"used": 2, "limit": 5, "display_name": "Sites"}
     assert set(body["limits"]) == {"sites", "users", "keywords", "ahrefs_queries"}
+
+
+def charged(client: Any, key: str, job_id: str) -> int:
+    job = client.get(f"/v1/jobs/{job_id}", headers=auth(key)).get_json()
+    return int(job["credits_charged"])
+
+
+def test_spending_counts_in_the_period_it_was_made_in_before_and_after_the_rollover(
+    client: Any, no_enqueue: None
+) -> None:
+    """Between a period's end and the hourly rollover, the summary is already the next
+    period's: spending from before the end stays in the old one, spending after it counts
+    in the new one, and the rollover changes neither (nothing is counted twice)."""
+    key, account_id, _ = paid_account(client, sites=0)
+    before = client.post("/v1/jobs", json=CLUSTERING, headers=auth(key)).get_json()["id"]
+    settle(before)
+    old = client.get("/v1/usage/summary", headers=auth(key)).get_json()
+    end = end_period_now(account_id)
+    after = client.post("/v1/jobs", json=CLUSTERING, headers=auth(key)).get_json()["id"]
+    settle(after)
+
+    gap = client.get("/v1/usage/summary", headers=auth(key)).get_json()
+    with transaction() as session:
+        assert lifecycle.roll_over_periods(session, utcnow()).accounts == [account_id]
+    rolled = client.get("/v1/usage/summary", headers=auth(key)).get_json()
+    stored = client.get("/v1/account", headers=auth(key)).get_json()
+
+    assert old["credits"]["used_this_period"] == charged(client, key, before) > 0
+    next_end = next_period_end(add_months(end, -1), end)
+    for body in (gap, rolled):
+        period = body["period"]
+        assert (datetime.fromisoformat(period["start"]), datetime.fromisoformat(period["end"])) == (
+            end,
+            next_end,
+        )
+        assert period["days_remaining"] >= 28
+        assert body["credits"]["used_this_period"] == charged(client, key, after) > 0
+    assert (stored["period_start"], stored["period_end"]) == (
+        end.isoformat(),
+        next_end.isoformat(),
+    )
 
 
 @pytest.mark.parametrize("days", ["7", "30", "90"])
