@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.sql import ColumnElement
 
 from billing.errors import Conflict, NotFound
 from billing.job_views import get_job, job_view
@@ -227,6 +228,8 @@ class Outgoing:
     body: bytes
     secrets: list[str]
     account_id: str
+    # The lease end the claim wrote: it names this claim, and `record_attempt` needs it.
+    claim: datetime
     job_id: str | None = None
 
 
@@ -244,11 +247,22 @@ class AttemptResult:
         return self.status_code is not None and 200 <= self.status_code < 300
 
 
+def attempt_lease(deadline: float) -> timedelta:
+    """How long a claim holds for an attempt whose send is cut at `deadline` seconds:
+    twice that plus a minute (the DNS lookup, which the deadline cannot cut short, and
+    the two transactions around the send), so only a crashed worker's claim runs out."""
+    return timedelta(seconds=2 * deadline + 60)
+
+
 def claim_attempt(
     session: Session, delivery_id: str, now: datetime, lease: timedelta, grace: timedelta
 ) -> Outgoing | None:
     """Take the next attempt of a due delivery, or None (not due, final, or another
-    worker holds it). The lease lets a crashed worker's attempt be taken again later."""
+    worker holds it). The lease lets a crashed worker's attempt be taken again later.
+
+    Each claim's lease end is later than the one it replaced (it is only taken once that
+    one is past), so `Outgoing.claim` tells this claim from every other."""
+    lease_end = now + lease
     claimed = session.execute(
         update(WebhookDelivery)
         .where(
@@ -257,7 +271,7 @@ def claim_attempt(
             WebhookDelivery.next_attempt_at <= now + DUE_SLACK,
             or_(WebhookDelivery.claimed_until.is_(None), WebhookDelivery.claimed_until < now),
         )
-        .values(claimed_until=now + lease)
+        .values(claimed_until=lease_end)
         .execution_options(synchronize_session=False)
     ).rowcount  # type: ignore[attr-defined]
     if not claimed:
@@ -276,6 +290,7 @@ def claim_attempt(
         body=encode(delivery.payload),
         secrets=signing_secrets(account, now, grace),
         account_id=account.id,
+        claim=lease_end,
         job_id=delivery.job_id,
     )
 
@@ -288,20 +303,52 @@ def _endpoint_disabled(account: Account, delivery: WebhookDelivery) -> bool:
     )
 
 
+@dataclass(frozen=True)
+class Recorded:
+    """What an attempt's record decided. `outcome` (the metric's label): delivered,
+    retrying, given_up (failed or disabled), or stale (the attempt had lost its claim
+    and was only logged); `retry_in`: seconds until the retry."""
+
+    outcome: str
+    retry_in: float | None = None
+
+
 def record_attempt(
     session: Session,
     delivery_id: str,
+    claim: datetime,
     result: AttemptResult,
     now: datetime,
     schedule: tuple[float, ...],
     rng: random.Random | None = None,
-) -> float | None:
-    """Write the attempt and decide what follows: seconds until the retry, or None.
+) -> Recorded:
+    """Write the attempt and decide what follows.
+
+    Only the claim's holder decides: the delivery must still be pending with `claim`
+    (`Outgoing.claim`) as its lease. An attempt that outlived its lease may have been
+    claimed again, and its late 500 must not end or reschedule the attempt running
+    now; it is only logged. A 2xx is recorded whoever sent it, over a pending or even
+    a failed delivery (the receiver has the event), never over a disabled one.
 
     2xx succeeds; 410 Gone disables the URL (the account's default endpoint is
     switched off, a job's own URL gets nothing more); a URL our policy refuses fails
     at once; anything else is retried on `schedule` until its attempts run out.
     """
+    held: ColumnElement[bool]
+    if result.ok:
+        held = WebhookDelivery.status.in_(("pending", "failed"))
+    else:
+        held = and_(WebhookDelivery.status == "pending", WebhookDelivery.claimed_until == claim)
+    taken = session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id == delivery_id, held)
+        .values(
+            attempts=WebhookDelivery.attempts + 1,
+            last_status_code=result.status_code,
+            claimed_until=None,
+        )
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
     delivery = session.get(WebhookDelivery, delivery_id, populate_existing=True)
     if delivery is None:
         raise NotFound(f"Webhook delivery {delivery_id!r} not found.")
@@ -314,12 +361,13 @@ def record_attempt(
             error=(result.error or "")[:2000] or None,
         )
     )
-    delivery.attempts += 1
-    delivery.last_status_code = result.status_code
-    delivery.claimed_until = None
+    if not taken:
+        session.flush()
+        return Recorded("stale")
     max_attempts = delivery.max_attempts or len(schedule) + 1
     if result.ok:
         _finish(delivery, "succeeded", now)
+        outcome = "delivered"
     elif result.status_code == 410:
         _finish(delivery, "disabled", now)
         if delivery.to_account_endpoint:
@@ -329,15 +377,17 @@ def record_attempt(
                 .values(webhook_url_disabled_at=now)
                 .execution_options(synchronize_session=False)
             )
+        outcome = "given_up"
     elif result.refused or delivery.attempts >= max_attempts or not schedule:
         _finish(delivery, "failed", now)
+        outcome = "given_up"
     else:
         delay = retry_delay(schedule, delivery.attempts, result.retry_after, rng or _JITTER)
         delivery.next_attempt_at = now + timedelta(seconds=delay)
         session.flush()
-        return delay
+        return Recorded("retrying", delay)
     session.flush()
-    return None
+    return Recorded(outcome)
 
 
 def retry_delay(

@@ -29,28 +29,37 @@ log = logging.getLogger(__name__)
 )
 def deliver(delivery_id: str) -> str:
     """One attempt of one delivery; a duplicate or early message finds no claim and
-    does nothing, so at most one attempt runs at a time per delivery."""
+    does nothing, so at most one attempt runs at a time per delivery. The time limits
+    above do nothing on the threads pool: the send's own deadline bounds an attempt."""
     settings = get_settings()
-    timeout = settings.webhook_timeout_seconds
+    deadline = settings.webhook_timeout_seconds
     with transaction() as session:
         outgoing = webhooks.claim_attempt(
             session,
             delivery_id,
             utcnow(),
-            lease=timedelta(seconds=2 * timeout + 60),
+            lease=webhooks.attempt_lease(deadline),
             grace=timedelta(seconds=settings.webhook_secret_grace_seconds),
         )
     if outgoing is None:
         return "skipped"
     logs.bind(account_id=outgoing.account_id, job_id=outgoing.job_id)
-    result = send(outgoing, timeout=timeout, allow_private=settings.webhook_allow_private_urls)
+    result = send(outgoing, timeout=deadline, allow_private=settings.webhook_allow_private_urls)
     with transaction() as session:
-        delay = webhooks.record_attempt(
-            session, delivery_id, result, utcnow(), settings.webhook_retry_schedule
+        recorded = webhooks.record_attempt(
+            session,
+            delivery_id,
+            outgoing.claim,
+            result,
+            utcnow(),
+            settings.webhook_retry_schedule,
         )
     outcome = result.status_code if result.status_code is not None else result.error
-    counted = "delivered" if result.ok else "retrying" if delay is not None else "given_up"
-    metrics.WEBHOOK_DELIVERIES.labels(counted).inc()
+    metrics.WEBHOOK_DELIVERIES.labels(recorded.outcome).inc()
+    if recorded.outcome == "stale":
+        log.warning("webhook %s: %s, after its claim ran out: logged only", delivery_id, outcome)
+        return "stale"
+    delay = recorded.retry_in
     if delay is None:
         log.info("webhook %s: %s, done", delivery_id, outcome)
         return "done"

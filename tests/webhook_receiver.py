@@ -29,6 +29,11 @@ class Reply:
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
+    body: bytes = b"ok"
+    # Seconds between bytes: the answer trickles in, each read short, the whole slow.
+    trickle: float = 0.0
+    # With `trickle`: the status line and headers come at once, only the body trickles.
+    headers_first: bool = False
 
 
 class Receiver:
@@ -54,9 +59,19 @@ class Receiver:
                 self.send_response(reply.status)
                 for name, value in reply.headers.items():
                     self.send_header(name, value)
-                self.send_header("content-length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
+                self.send_header("content-length", str(len(reply.body)))
+                if not reply.trickle:
+                    self.end_headers()
+                    self.wfile.write(reply.body)
+                    return
+                head = b"".join(self._headers_buffer) + b"\r\n"
+                self._headers_buffer = []
+                if reply.headers_first:
+                    self.wfile.write(head)
+                    head = b""
+                for byte in head + reply.body:
+                    time.sleep(reply.trickle)
+                    self.wfile.write(bytes([byte]))
 
             def log_message(self, *_: Any) -> None:
                 pass

@@ -5,16 +5,24 @@ host resolves to, and the request then goes to the vetted address itself (the na
 travels in the Host header and TLS SNI, so certificates are still checked against
 it). A DNS answer that changes between the check and the connect (rebinding) cannot
 send us anywhere the check did not see. No redirects, no proxies from the
-environment, a hard timeout.
+environment.
+
+One deadline bounds the whole attempt: connect, TLS, sending, the status line and
+headers, and the few error-body bytes we keep. A per-read timeout alone would not: a
+receiver that answers one byte at a time never lets a read wait long, and would hold a
+worker thread (and, once its claim ran out, the next one) for as long as it liked. The
+exchange runs on a short-lived event loop so the deadline can cancel it wherever it is.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit, urlunsplit
 
@@ -57,11 +65,14 @@ def send(
     resolve: Callable[[str, int], list[IPAddress]] = resolve_host,
     clock: Callable[[], float] = time.time,
 ) -> AttemptResult:
-    """One attempt: check, sign, POST to the pinned address; never raises for the
-    receiver's or the network's failures, which become the attempt's result.
+    """One attempt: check, sign, POST to the pinned address, all within `timeout`
+    seconds; never raises for the receiver's or the network's failures, which become
+    the attempt's result.
 
-    `deny_ports` defaults to WEBHOOK_DENY_PORTS, so every sender re-checks the stack's
-    own ports without having to pass them."""
+    The DNS lookup counts against `timeout` but cannot be cut short (the system
+    resolver bounds it). `deny_ports` defaults to WEBHOOK_DENY_PORTS, so every sender
+    re-checks the stack's own ports without having to pass them."""
+    started = time.monotonic()
     if deny_ports is None:
         deny_ports = get_settings().webhook_deny_ports
     try:
@@ -77,37 +88,81 @@ def send(
         return AttemptResult(status_code=None, latency_ms=0, error=f"DNS lookup failed: {exc}")
     headers = signed_headers(outgoing.delivery_id, int(clock()), outgoing.body, outgoing.secrets)
     headers["host"] = target.host_header
-    extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
-    started = time.monotonic()
+    answer = _Answer()
     try:
-        with (
-            httpx.Client(follow_redirects=False, timeout=timeout, trust_env=False) as client,
-            client.stream(
-                "POST",
-                _pinned(target, target.addresses[0]),
-                content=outgoing.body,
-                headers=headers,
-                extensions=extensions,
-            ) as response,
-        ):
-            snippet = _head(response) if not response.is_success else b""
+        asyncio.run(_post(target, headers, outgoing.body, started + timeout, answer))
+    except TimeoutError:
+        return AttemptResult(
+            status_code=None,
+            latency_ms=_since(started),
+            error=f"Timeout: no answer within the {timeout:g} s deadline",
+        )
     except httpx.HTTPError as exc:
         error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         return AttemptResult(status_code=None, latency_ms=_since(started), error=error)
     latency = _since(started)
+    response = answer.response
+    assert response is not None
     if response.is_success:
         return AttemptResult(status_code=response.status_code, latency_ms=latency)
     error = f"HTTP {response.status_code}"
     if response.is_redirect:
         error += " (redirects are not followed)"
-    if snippet:
-        error += ": " + snippet.decode(errors="replace")
+    if answer.snippet:
+        error += ": " + bytes(answer.snippet[:ERROR_BODY_BYTES]).decode(errors="replace")
+    if answer.cut:
+        error += " (body cut at the deadline)"
     return AttemptResult(
         status_code=response.status_code,
         latency_ms=latency,
         error=error,
         retry_after=parse_retry_after(response.headers.get("retry-after"), clock()),
     )
+
+
+@dataclass
+class _Answer:
+    """What `_post` got before the deadline: a response whose headers arrived counts,
+    even if its error body was still trickling in."""
+
+    response: httpx.Response | None = None
+    snippet: bytearray = field(default_factory=bytearray)
+    cut: bool = False
+
+
+async def _post(
+    target: WebhookTarget, headers: dict[str, str], body: bytes, deadline: float, answer: _Answer
+) -> None:
+    """The POST, and up to ERROR_BODY_BYTES of an error body, before `deadline` (a
+    `time.monotonic()` value, which is also the event loop's clock); a success's body is
+    never read. Raises TimeoutError when no headers arrived in time."""
+    extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+    try:
+        async with (
+            asyncio.timeout(deadline - time.monotonic()),
+            httpx.AsyncClient(
+                follow_redirects=False,
+                timeout=None,  # noqa: S113 - the deadline above bounds every step
+                trust_env=False,
+            ) as client,
+            client.stream(
+                "POST",
+                _pinned(target, target.addresses[0]),
+                content=body,
+                headers=headers,
+                extensions=extensions,
+            ) as response,
+        ):
+            answer.response = response
+            if not response.is_success:
+                async for chunk in response.aiter_bytes():
+                    answer.snippet += chunk
+                    if len(answer.snippet) >= ERROR_BODY_BYTES:
+                        break
+    except TimeoutError:
+        if answer.response is None:
+            raise
+        answer.cut = True
 
 
 class LookupFailed(Exception):
@@ -134,16 +189,6 @@ def _pinned(target: WebhookTarget, address: IPAddress) -> str:
     parts = urlsplit(target.url)
     host = f"[{address}]" if address.version == 6 else str(address)
     return urlunsplit((target.scheme, f"{host}:{target.port}", parts.path or "/", parts.query, ""))
-
-
-def _head(response: httpx.Response) -> bytes:
-    """The start of an error body, for the attempt log; the rest is never read."""
-    data = b""
-    for chunk in response.iter_bytes():
-        data += chunk
-        if len(data) >= ERROR_BODY_BYTES:
-            break
-    return data[:ERROR_BODY_BYTES]
 
 
 def _since(started: float) -> int:

@@ -1,10 +1,12 @@
 """The delivery task called directly (no broker): claim, send to a real receiver,
-record, decide the retry; 410, refused URLs, truncation, leases, redelivery."""
+record, decide the retry; 410, refused URLs, truncation, leases and stale attempts, the
+attempt's deadline, redelivery."""
 
 from __future__ import annotations
 
+import time
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -15,13 +17,16 @@ from billing.pricing import Usage
 from billing.runs import cancel_job, complete_job, start_job
 from billing.submission import JobRequest, submit_job
 from billing.webhook_urls import UrlPolicy
-from models import Account, Job, WebhookAttempt, WebhookDelivery, utcnow
+from billing.webhooks import AttemptResult, Outgoing, Recorded
+from models import Account, Job, WebhookAttempt, WebhookDelivery, as_utc, utcnow
 from models.db import transaction
 from tasks.webhooks import deliver
 from tests.webhook_receiver import Receiver, Reply
 
 KEYWORDS = {"keywords": ["red shoes", "red boots"]}
 DEV_URLS = UrlPolicy(allow_private=True)
+LEASE, GRACE = timedelta(seconds=60), timedelta(hours=1)
+SECOND = timedelta(seconds=1)
 
 
 @pytest.fixture
@@ -72,6 +77,22 @@ def delivery(delivery_id: str) -> tuple[WebhookDelivery, list[WebhookAttempt]]:
             .order_by(WebhookAttempt.id)
         ).all()
         return row, list(attempts)
+
+
+def claim(delivery_id: str, at: datetime) -> Outgoing | None:
+    with transaction() as session:
+        return webhooks.claim_attempt(session, delivery_id, at, LEASE, GRACE)
+
+
+def record(
+    outgoing: Outgoing, status: int, at: datetime, schedule: tuple[float, ...] = (0, 0)
+) -> Recorded:
+    """`outgoing`'s attempt answered `status` at `at` (schedule "0,0": 3 attempts)."""
+    result = AttemptResult(status, 5, None if status == 200 else f"HTTP {status}")
+    with transaction() as session:
+        return webhooks.record_attempt(
+            session, outgoing.delivery_id, outgoing.claim, result, at, schedule
+        )
 
 
 def secret_of(account_id: str) -> str:
@@ -274,6 +295,110 @@ def test_an_attempt_is_claimed_by_one_worker_until_its_lease_ends(env: dict[str,
     assert overdue_while_held == []
     assert overdue == [delivery_id]
     assert third is not None
+
+
+def test_the_lease_outlasts_the_attempts_deadline() -> None:
+    for deadline in (1.0, 15.0, 120.0):
+        assert webhooks.attempt_lease(deadline) >= timedelta(seconds=2 * deadline + 60)
+
+
+def test_a_stale_attempt_never_overwrites_the_claim_holders_record(env: dict[str, str]) -> None:
+    """A's lease runs out mid-send and B claims; A's late 500 only logs itself (B keeps
+    its claim: C cannot take it yet). B outlives its lease too and C claims; B's 200 is
+    a delivery, and C's late 500 cannot turn it into a failure."""
+    _, delivery_id = cancelled_job(new_account(), "https://hooks.example.com/in")
+    assert delivery_id is not None
+    t0 = utcnow()
+
+    a = claim(delivery_id, t0)
+    assert a is not None
+    b = claim(delivery_id, t0 + LEASE + SECOND)
+    assert b is not None
+    assert record(a, 500, t0 + LEASE + 2 * SECOND) == Recorded("stale")
+    assert claim(delivery_id, t0 + LEASE + 3 * SECOND) is None  # still B's
+    row, _ = delivery(delivery_id)
+    assert (row.status, row.attempts) == ("pending", 0)
+    assert row.claimed_until is not None
+    assert as_utc(row.claimed_until) == b.claim
+
+    c = claim(delivery_id, t0 + 2 * LEASE + 2 * SECOND)
+    assert c is not None
+    assert record(b, 200, t0 + 2 * LEASE + 3 * SECOND) == Recorded("delivered")
+    assert record(c, 500, t0 + 2 * LEASE + 4 * SECOND) == Recorded("stale")
+
+    row, attempts = delivery(delivery_id)
+    assert (row.status, row.attempts, row.last_status_code) == ("succeeded", 1, 200)
+    assert (row.claimed_until, row.next_attempt_at) == (None, None)
+    assert [x.status_code for x in attempts] == [500, 200, 500]  # every send is logged
+    assert claim(delivery_id, t0 + 4 * LEASE) is None
+
+
+@pytest.mark.parametrize(
+    ("holders_answer", "status_after", "late_outcome", "final_status"),
+    [(500, "failed", "delivered", "succeeded"), (410, "disabled", "stale", "disabled")],
+)
+def test_a_late_2xx_counts_unless_the_url_is_gone(
+    env: dict[str, str],
+    holders_answer: int,
+    status_after: str,
+    late_outcome: str,
+    final_status: str,
+) -> None:
+    """The holder's last attempt failed; the stale one that reached the receiver still
+    delivered the event, but a 410 switched the URL off for good."""
+    _, delivery_id = cancelled_job(new_account(), "https://hooks.example.com/in")
+    assert delivery_id is not None
+    t0 = utcnow()
+    a = claim(delivery_id, t0)
+    b = claim(delivery_id, t0 + LEASE + SECOND)
+    assert a is not None
+    assert b is not None
+
+    assert record(b, holders_answer, t0 + LEASE + 2 * SECOND, schedule=()) == Recorded("given_up")
+    assert delivery(delivery_id)[0].status == status_after
+    assert record(a, 200, t0 + LEASE + 3 * SECOND) == Recorded(late_outcome)
+
+    row, attempts = delivery(delivery_id)
+    assert row.status == final_status
+    assert len(attempts) == 2
+
+
+def test_an_attempt_past_its_lease_that_nobody_took_over_still_counts(
+    env: dict[str, str],
+) -> None:
+    _, delivery_id = cancelled_job(new_account(), "https://hooks.example.com/in")
+    assert delivery_id is not None
+    t0 = utcnow()
+    a = claim(delivery_id, t0)
+    assert a is not None
+
+    assert record(a, 503, t0 + 2 * LEASE) == Recorded("retrying", 0.0)
+    row, _ = delivery(delivery_id)
+    assert (row.status, row.attempts, row.claimed_until) == ("pending", 1, None)
+
+
+def test_a_trickling_receiver_is_cut_at_the_deadline_and_retried(
+    queued: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One byte every 0.2 s would take some 20 s; the attempt ends at its 1 s deadline
+    (plus the two short transactions around it) as a timeout, to be retried."""
+    monkeypatch.setenv("WEBHOOK_TIMEOUT_SECONDS", "1")
+    with Receiver(Reply(200, trickle=0.2)) as receiver:
+        _, delivery_id = cancelled_job(new_account(), receiver.url)
+        assert delivery_id is not None
+        started = time.monotonic()
+
+        assert deliver.run(delivery_id) == "retry"
+        took = time.monotonic() - started
+
+    assert 1.0 <= took < 1.75
+    row, attempts = delivery(delivery_id)
+    assert (row.status, row.attempts, row.claimed_until) == ("pending", 1, None)
+    (attempt,) = attempts
+    assert attempt.status_code is None
+    assert "Timeout" in (attempt.error or "")
+    assert 1000 <= attempt.latency_ms < 1500
+    assert queued == [([delivery_id], 0)]
 
 
 def test_redelivering_a_failed_delivery_makes_one_more_attempt(queued: list[Any]) -> None:

@@ -1,5 +1,6 @@
 """Signing (checked by the independent `standardwebhooks` verifier) and the HTTP send:
-pinned addresses, no redirects, timeouts, Retry-After, and the SSRF guard at send time."""
+pinned addresses, no redirects, the attempt's deadline, Retry-After, and the SSRF guard
+at send time."""
 
 from __future__ import annotations
 
@@ -14,14 +15,17 @@ from standardwebhooks.webhooks import WebhookVerificationError
 
 from billing.webhooks import Outgoing, new_secret
 from tests.webhook_receiver import Receiver, Reply
-from workers.webhooks import parse_retry_after, send, sign, signed_headers
+from workers.webhooks import ERROR_BODY_BYTES, parse_retry_after, send, sign, signed_headers
 
 BODY = b'{"type":"job.succeeded","data":{"id":"job_1"}}'
 LOOPBACK = ipaddress.ip_address("127.0.0.1")
+# How far past its deadline an attempt may end (event loop start and teardown, a busy CI).
+MARGIN = 0.5
 
 
 def outgoing(url: str, *secrets: str) -> Outgoing:
-    return Outgoing("msg_test1", url, BODY, list(secrets) or [new_secret()], "acc_test1")
+    secrets_ = list(secrets) or [new_secret()]
+    return Outgoing("msg_test1", url, BODY, secrets_, "acc_test1", claim=datetime.now(UTC))
 
 
 def test_secrets_are_whsec_and_32_random_bytes() -> None:
@@ -114,6 +118,58 @@ def test_a_slow_receiver_times_out() -> None:
     assert result.status_code is None
     assert "Timeout" in (result.error or "")
     assert not result.refused
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [Reply(200, trickle=0.2), Reply(200, trickle=0.05)],
+    ids=["byte-per-200ms", "byte-per-50ms"],
+)
+def test_a_receiver_that_trickles_its_answer_is_cut_at_the_deadline(reply: Reply) -> None:
+    """The status line and headers one byte at a time: no read ever waits long (a
+    per-read timeout of a second would never fire), the whole answer would take 5-20 s."""
+    with Receiver(reply) as receiver:
+        started = time.monotonic()
+        result = send(outgoing(receiver.url), timeout=1.0, allow_private=True)
+        took = time.monotonic() - started
+
+    assert 1.0 <= took < 1.0 + MARGIN
+    assert result.status_code is None
+    assert "Timeout" in (result.error or "")
+    assert "1 s deadline" in (result.error or "")
+    assert 1000 <= result.latency_ms < 1000 + MARGIN * 1000
+    assert not result.refused
+    assert len(receiver.requests) == 1
+
+
+def test_an_error_body_that_trickles_is_cut_at_the_deadline_and_its_status_kept() -> None:
+    reply = Reply(410, trickle=0.1, headers_first=True, body=b"gone " * 80)
+    with Receiver(reply) as receiver:
+        started = time.monotonic()
+        result = send(outgoing(receiver.url), timeout=1.0, allow_private=True)
+        took = time.monotonic() - started
+
+    assert 1.0 <= took < 1.0 + MARGIN
+    assert result.status_code == 410  # the status line came in time: the URL is gone
+    assert (result.error or "").startswith("HTTP 410: gone")
+    assert (result.error or "").endswith("(body cut at the deadline)")
+
+
+def test_a_success_is_not_kept_waiting_for_its_body() -> None:
+    reply = Reply(200, trickle=0.5, headers_first=True, body=b"x" * 100)
+    with Receiver(reply) as receiver:
+        started = time.monotonic()
+        result = send(outgoing(receiver.url), timeout=5.0, allow_private=True)
+
+    assert result.ok
+    assert time.monotonic() - started < 0.5 + MARGIN
+
+
+def test_an_error_body_is_read_no_further_than_its_snippet() -> None:
+    with Receiver(Reply(500, body=b"e" * 100_000)) as receiver:
+        result = send(outgoing(receiver.url), timeout=5.0, allow_private=True)
+
+    assert result.error == "HTTP 500: " + "e" * ERROR_BODY_BYTES
 
 
 def test_retry_after_is_read_in_seconds_or_as_a_date() -> None:
