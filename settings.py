@@ -273,6 +273,11 @@ class Settings:
     )
     # Runs of one job that may die (worker killed) before it fails uncharged.
     job_max_attempts: int = field(default_factory=lambda: _env_int("JOB_MAX_ATTEMPTS", 5))
+    # A dispatched job still queued (no worker took it) this long fails uncharged with
+    # `queue_timeout`; until then waiting is not lost work and its hold stays (the sweeper).
+    job_max_queue_seconds: int = field(
+        default_factory=lambda: _env_int("JOB_MAX_QUEUE_SECONDS", 24 * 3600)
+    )
     # After the provider answered, keep retrying the settle this long (database down).
     settle_retry_seconds: float = field(
         default_factory=lambda: _env_float("SETTLE_RETRY_SECONDS", 300.0)

@@ -446,21 +446,29 @@ def end_dead_job(session: Session, job_id: str, *, cancelled: bool, attempts: in
     return ended(session, [(job_id, account_id)]) if account_id else Ending()
 
 
-def sweep_expired_holds(session: Session, now: datetime, hold_ttl: timedelta) -> Ending:
-    """Release the holds of truly dead jobs and fail them.
+def sweep_expired_holds(
+    session: Session,
+    now: datetime,
+    hold_ttl: timedelta,
+    max_queue_age: timedelta,
+) -> Ending:
+    """Release the holds of jobs with no live work left, and fail them uncharged.
 
-    A hold expires only for a job that holds a slot, is past its hold's `expires_at`, and
-    showed no sign of life (its dispatch, a heartbeat) for a whole `hold_ttl`: live work
-    keeps its hold, and a job waiting for a slot is live (its account's earlier jobs run).
+    Holds do not lapse under live work, so a hold past its `expires_at` expires only for
+    a dispatched job that is dead (`_no_live_work`): a running job whose heartbeat
+    stopped for a whole `hold_ttl` (`hold_expired`), or a queued one that waited for a
+    worker longer than `max_queue_age` (`queue_timeout`, JOB_MAX_QUEUE_SECONDS). A
+    queued job that merely waits is not lost (the reconciler re-sends a lost message), and
+    a job waiting for a slot is live (its account's earlier jobs run).
     """
     rows = session.execute(
-        select(Job.id, Job.account_id)
+        select(Job.id, Job.account_id, Job.status, Job.dispatched_at)
         .join(CreditReservation, CreditReservation.job_id == Job.id)
         .where(
             CreditReservation.status == "held",
             CreditReservation.expires_at < now,
             holds_slot(),
-            func.coalesce(Job.heartbeat_at, Job.dispatched_at) < now - hold_ttl,
+            _no_live_work(now, hold_ttl, max_queue_age),
         )
         .order_by(CreditReservation.expires_at)
         .limit(500)
@@ -473,12 +481,38 @@ def sweep_expired_holds(session: Session, now: datetime, hold_ttl: timedelta) ->
             session,
             row.id,
             "failed",
-            "hold_expired",
-            "The job showed no sign of life before its credit hold expired; nothing was charged.",
+            *_sweep_error(row.status, now, row.dispatched_at),
             expired=True,
         )
     ]
     return ended(session, swept, now)
+
+
+def _no_live_work(
+    now: datetime, hold_ttl: timedelta, max_queue_age: timedelta
+) -> ColumnElement[bool]:
+    """SQL: a running job silent for `hold_ttl`, or a queued one that waited in the broker
+    for `max_queue_age` (its reconciler re-sends do not reset the wait)."""
+    return or_(
+        and_(
+            Job.status == "running",
+            func.coalesce(Job.heartbeat_at, Job.dispatched_at) < now - hold_ttl,
+        ),
+        and_(Job.status == "queued", Job.dispatched_at < now - max_queue_age),
+    )
+
+
+def _sweep_error(status: str, now: datetime, dispatched_at: datetime) -> tuple[str, str]:
+    """The error code and message of a job the sweeper ends."""
+    if status == "running":
+        return (
+            "hold_expired",
+            "The job's worker stopped heart-beating and its credit hold expired; "
+            "nothing was charged.",
+        )
+    waited = int((now - as_utc(dispatched_at)).total_seconds() // 60)
+    span = f"{waited // 60} hours" if waited >= 120 else f"{waited} minutes"
+    return "queue_timeout", f"The job waited {span} without a worker; nothing was charged."
 
 
 def stale_running(now: datetime, stale_after: timedelta) -> ColumnElement[bool]:

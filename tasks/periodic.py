@@ -64,8 +64,10 @@ def _renewal(session: Session, now: datetime) -> PeriodicReport:
 
 
 def _sweep(session: Session, now: datetime) -> PeriodicReport:
-    hold_ttl = timedelta(seconds=get_settings().hold_ttl_seconds)
-    swept = release_expired_holds(session, now, hold_ttl)
+    settings = get_settings()
+    hold_ttl = timedelta(seconds=settings.hold_ttl_seconds)
+    max_queue_age = timedelta(seconds=settings.job_max_queue_seconds)
+    swept = release_expired_holds(session, now, hold_ttl, max_queue_age)
     if swept:
         log.warning("released %d expired holds: %s", len(swept.job_ids), swept.job_ids[:20])
         metrics.RECONCILER_ACTIONS.labels("hold_expired").inc(len(swept.job_ids))

@@ -4,12 +4,13 @@ Jobs are driven with `start_job` / `finish_run` as a worker would; on both datab
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select, text
 
-from billing import automation, ledger
+from billing import automation, ledger, runs
 from billing.audit import audit
 from billing.errors import AutomationNotCancellable, InsufficientCredits, InvalidInput
 from billing.pricing import Usage
@@ -208,6 +209,44 @@ def test_the_last_ending_ends_the_run_and_releases_the_rest(db_url: str) -> None
         assert (
             automation.run_view(session, run)["released_credits"] == run.reserved_credits - charged
         )
+    clean(db_url)
+
+
+def test_a_runs_jobs_waiting_for_a_worker_keep_their_holds_until_the_maximum_queue_age(
+    db_url: str,
+) -> None:
+    """The hold sweeper treats a run's job as any job: dispatched and waiting for a worker
+    it keeps its carved hold past the hold TTL; past the maximum queue age it fails
+    (`queue_timeout`, uncharged), which ends its branch, and the last ending ends the run
+    and releases the pool."""
+    with transaction(db_url) as session:
+        account = make_account(session, credits=100_000).id
+    run_id = submit(db_url, account, TWO_STAGES)
+    run_job(db_url, open_jobs(db_url, run_id)[0])
+    first, *stuck = open_jobs(db_url, run_id, "idea_generation")
+    run_job(db_url, first)
+    hold_ttl, max_queue = timedelta(minutes=15), timedelta(hours=24)
+
+    with transaction(db_url) as session:
+        assert all(session.get(Job, job_id).dispatched_at for job_id in stuck)
+        later = utcnow() + HOLD_TTL + timedelta(hours=1)
+        assert runs.sweep_expired_holds(session, later, hold_ttl, max_queue).job_ids == []
+    assert the_run(db_url, run_id).status == "queued"
+    clean(db_url)
+
+    with transaction(db_url) as session:
+        too_late = utcnow() + max_queue + timedelta(hours=1)
+        swept = runs.sweep_expired_holds(session, too_late, hold_ttl, max_queue)
+    assert sorted(swept.job_ids) == sorted(stuck)
+    run = the_run(db_url, run_id)
+    assert (run.status, run.held_credits) == ("partially_succeeded", 0)
+    with transaction(db_url) as session:
+        errors = session.scalars(select(Job.error_code).where(Job.id.in_(stuck))).all()
+        assert errors == ["queue_timeout"] * len(stuck)
+        charged = sum(
+            session.scalars(select(Job.credits_charged).where(Job.automation_id == run_id))
+        )
+        assert balances(session, account) == (100_000 - charged, 0)
     clean(db_url)
 
 

@@ -48,6 +48,8 @@ from tests.factories import (
 )
 
 TTL = timedelta(minutes=30)
+# JOB_MAX_QUEUE_SECONDS's default.
+MAX_QUEUE = timedelta(hours=24)
 IMAGES = {"operation": "image_generation", "input": {"prompt": "a red fox", "count": 3}}
 
 
@@ -452,9 +454,9 @@ def test_fail_after_success_changes_nothing(db_url: str) -> None:
 
 
 def test_sweep_releases_only_the_holds_of_dead_jobs(db_url: str) -> None:
-    """Expired = past the hold's expiry AND no sign of life (dispatch, heartbeat) for a
-    whole hold TTL. A job waiting for a slot, or running with a fresh heartbeat, keeps
-    its hold however old it is."""
+    """Expired = past the hold's expiry AND no live work: a running job silent (no
+    heartbeat) for a whole hold TTL. A job waiting for a slot, running with a fresh
+    heartbeat, or dispatched and waiting for a worker keeps its hold."""
     account_id = new_account(db_url, credits=1000, plan_slug="free-trial")  # 2 slots
     with transaction(db_url) as session:
         acct = session.get(Account, account_id)
@@ -462,35 +464,98 @@ def test_sweep_releases_only_the_holds_of_dead_jobs(db_url: str) -> None:
         def go(ttl: timedelta) -> str:
             return submit_job(session, acct, request(IMAGES), ttl).job.id
 
-        dead_dispatched = go(timedelta(minutes=1))
+        dead_running = go(timedelta(minutes=1))
         live_running = go(timedelta(minutes=1))
         waiting = go(timedelta(minutes=1))
     later = utcnow() + timedelta(minutes=10)
     with transaction(db_url) as session:
+        assert start_job(session, dead_running) is not None  # its worker dies at once
         assert start_job(session, live_running) is not None
         # Its worker heart-beats right up to the sweep.
         runs.record_heartbeats(session, [live_running], later - timedelta(seconds=5))
 
     with transaction(db_url) as session:
-        swept = runs.sweep_expired_holds(session, later, timedelta(minutes=5))
-    assert swept.job_ids == [dead_dispatched]
+        swept = runs.sweep_expired_holds(session, later, timedelta(minutes=5), MAX_QUEUE)
+    assert swept.job_ids == [dead_running]
     # The slot it freed went to the waiting job.
     assert [d.job_id for d in swept.dispatches] == [waiting]
 
     with transaction(db_url) as session:
-        job = session.get(Job, dead_dispatched)
+        job = session.get(Job, dead_running)
         assert (job.status, job.error_code) == ("failed", "hold_expired")
-        assert hold_of(session, dead_dispatched).status == "expired"
+        assert "stopped heart-beating" in job.error_message
+        assert hold_of(session, dead_running).status == "expired"
         assert session.get(Job, live_running).status == "running"
         assert hold_of(session, live_running).status == "held"
         assert hold_of(session, waiting).status == "held"
-        assert runs.sweep_expired_holds(session, later, timedelta(minutes=5)).job_ids == []
-        # Once silent for a whole TTL, the running job is dead too, and so is the job
-        # dispatched at `later` that no worker ever started.
+        assert (
+            runs.sweep_expired_holds(session, later, timedelta(minutes=5), MAX_QUEUE).job_ids == []
+        )
+        # Once silent for a whole TTL, the running job is dead too; the job dispatched at
+        # `later` that no worker started yet only waits for one, and keeps its hold.
         silent = later + timedelta(minutes=6)
-        swept_later = runs.sweep_expired_holds(session, silent, timedelta(minutes=5)).job_ids
-        assert sorted(swept_later) == sorted([live_running, waiting])
-        assert balances(session, account_id) == (1000, 0)
+        swept_later = runs.sweep_expired_holds(session, silent, timedelta(minutes=5), MAX_QUEUE)
+        assert swept_later.job_ids == [live_running]
+        assert (session.get(Job, waiting).status, hold_of(session, waiting).status) == (
+            "queued",
+            "held",
+        )
+        assert balances(session, account_id) == (1000, hold_of(session, waiting).amount)
+    assert_audit_clean(db_url)
+
+
+@pytest.mark.parametrize("waited", [timedelta(hours=2), timedelta(hours=23, minutes=59)])
+def test_a_dispatched_job_waiting_for_a_worker_keeps_its_hold(
+    db_url: str, waited: timedelta
+) -> None:
+    """Workers crash-looping or a long backlog: a job sent to the broker but not taken by
+    a worker is not lost work (the reconciler re-sends a lost message), so its hold
+    outlives HOLD_TTL and `expires_at` until the maximum queue age."""
+    account_id = new_account(db_url, credits=1000)
+    job_id = submitted(db_url, account_id)
+    with transaction(db_url) as session:
+        hold = hold_of(session, job_id)
+        assert session.get(Job, job_id).dispatched_at is not None
+        assert as_utc(hold.expires_at) < utcnow() + waited  # past its own expiry
+        swept = runs.sweep_expired_holds(session, utcnow() + waited, TTL, MAX_QUEUE)
+        assert swept.job_ids == []
+    with transaction(db_url) as session:
+        assert session.get(Job, job_id).status == "queued"
+        assert hold_of(session, job_id).status == "held"
+        assert balances(session, account_id) == (1000, hold_of(session, job_id).amount)
+        # A worker that finally takes it runs and settles it as usual.
+        run = start_job(session, job_id, now=utcnow() + waited)
+        assert run is not None
+        assert complete_job(session, run, Usage(10, 10), {"clusters": []}, [])
+        assert hold_of(session, job_id).status == "settled"
+    assert_audit_clean(db_url)
+
+
+def test_a_job_queued_past_the_maximum_queue_age_fails_with_queue_timeout(db_url: str) -> None:
+    account_id = new_account(db_url, credits=1000, plan_slug="free-trial")  # 2 slots
+    first, second, waiting = (submitted(db_url, account_id, IMAGES) for _ in range(3))
+    too_late = utcnow() + MAX_QUEUE + timedelta(hours=1)
+    with transaction(db_url) as session:
+        swept = runs.sweep_expired_holds(session, too_late, TTL, MAX_QUEUE)
+    assert sorted(swept.job_ids) == sorted([first, second])
+    # The freed slot goes to the job that waited for one (it waits from its dispatch now).
+    assert [d.job_id for d in swept.dispatches] == [waiting]
+    with transaction(db_url) as session:
+        job = session.get(Job, first)
+        assert (job.status, job.error_code, job.credits_charged) == ("failed", "queue_timeout", 0)
+        assert job.error_message == (
+            "The job waited 25 hours without a worker; nothing was charged."
+        )
+        assert hold_of(session, first).status == "expired"
+        assert hold_of(session, second).status == "expired"
+        assert (session.get(Job, waiting).status, hold_of(session, waiting).status) == (
+            "queued",
+            "held",
+        )
+        assert balances(session, account_id) == (1000, hold_of(session, waiting).amount)
+        # A worker that takes a message of the failed job later does nothing.
+        assert start_job(session, first, now=too_late) is None
+        assert runs.sweep_expired_holds(session, too_late, TTL, MAX_QUEUE).job_ids == []
     assert_audit_clean(db_url)
 
 
@@ -500,9 +565,8 @@ def _expired_run(db_url: str, credits: int) -> tuple[str, str, Any]:
     with transaction(db_url) as session:
         run = start_job(session, job_id)
     with transaction(db_url) as session:
-        assert runs.sweep_expired_holds(session, utcnow() + timedelta(hours=2), TTL).job_ids == [
-            job_id
-        ]
+        swept = runs.sweep_expired_holds(session, utcnow() + timedelta(hours=2), TTL, MAX_QUEUE)
+        assert swept.job_ids == [job_id]
     return account_id, job_id, run
 
 

@@ -334,13 +334,14 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(minutes=st.integers(0, 180))
     def sweep(self, minutes: int) -> None:
         """Only dispatched jobs can look dead; a job waiting for a slot keeps its hold
-        (with no heartbeat and a zero TTL, every dispatched job past its expiry is dead)."""
+        (with a zero hold TTL and maximum queue age, every dispatched job past its expiry
+        is dead)."""
         now = utcnow() + timedelta(minutes=minutes)
         expected = {j for j in self.dispatched() if self.jobs[j].expires_at < now}
         swept: set[str] = set()
         with transaction(self.url) as session:
             # Loop: the sweep works in batches, and other examples' holds may be due too.
-            while batch := sweep_expired_holds(session, now, timedelta(0)).job_ids:
+            while batch := sweep_expired_holds(session, now, timedelta(0), timedelta(0)).job_ids:
                 swept |= set(batch)
         assert swept & set(self.jobs) == expected
         for job_id in expected:

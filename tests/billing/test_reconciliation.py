@@ -5,6 +5,7 @@ accounts with free slots get their waiting jobs. Each job at most once per thres
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import select, update
 
@@ -13,7 +14,7 @@ from billing.audit import audit
 from billing.runs import start_job
 from models import CreditReservation, Job, utcnow
 from models.db import transaction
-from tests.factories import IMAGE, catalog_restored, make_account, request, submit
+from tests.factories import IMAGE, balances, catalog_restored, make_account, request, submit
 
 POLICY = reconciliation.Policy(
     heartbeat_stale=timedelta(seconds=45), dispatch_stale=timedelta(seconds=45), max_attempts=3
@@ -24,6 +25,12 @@ def jobs_for(url: str, n: int, plan: str = "starter") -> tuple[str, list[str]]:
     with transaction(url) as session:
         account = make_account(session, plan_slug=plan, credits=1000)
         return account.id, [submit(session, account.id, request(IMAGE)).id for _ in range(n)]
+
+
+def hold_amount(session: Any, job_id: str) -> int:
+    return int(
+        session.scalar(select(CreditReservation.amount).where(CreditReservation.job_id == job_id))
+    )
 
 
 def reconcile(
@@ -105,3 +112,41 @@ def test_waiting_jobs_get_the_slots_of_a_raised_cap(db_url: str) -> None:
         done = reconcile(db_url, 0)
     assert [d.job_id for d in done.admitted] == [ids[2]]
     assert done.summary() == "0 job(s) sent again, 0 dead job(s) ended, 1 waiting job(s) admitted"
+
+
+def test_jobs_waiting_in_the_broker_keep_their_holds_until_the_maximum_queue_age(
+    db_url: str,
+) -> None:
+    """The image worker crash-loops for a day: dispatched jobs of several accounts (each
+    at its cap, more waiting for a slot) wait in the broker. The reconciler re-sends the
+    messages it finds missing, and the hold sweeper (HOLD_TTL 15 min) leaves every hold
+    alone until the maximum queue age; then the dispatched ones fail with
+    `queue_timeout`, uncharged, and the waiting ones get their slots."""
+    hold_ttl, max_queue = timedelta(minutes=15), timedelta(hours=24)
+    accounts = [jobs_for(db_url, 3, plan="free-trial") for _ in range(3)]  # 2 slots each
+    dispatched = sorted(job_id for _, ids in accounts for job_id in ids[:2])
+    waiting = sorted(ids[2] for _, ids in accounts)
+    for hours in (0.5, 1, 6, 23.9):
+        now = utcnow() + timedelta(hours=hours)
+        done = reconcile(db_url, hours * 60, {"image": 0})
+        assert sorted(d.job_id for d in done.resent) == dispatched
+        with transaction(db_url) as session:
+            assert runs.sweep_expired_holds(session, now, hold_ttl, max_queue).job_ids == []
+
+    with transaction(db_url) as session:
+        swept = runs.sweep_expired_holds(
+            session, utcnow() + timedelta(hours=25), hold_ttl, max_queue
+        )
+    assert sorted(swept.job_ids) == dispatched
+    assert sorted(d.job_id for d in swept.dispatches) == waiting
+    with transaction(db_url) as session:
+        ended = session.execute(
+            select(Job.status, Job.error_code, CreditReservation.status)
+            .join(CreditReservation, CreditReservation.job_id == Job.id)
+            .where(Job.id.in_(dispatched))
+        ).all()
+        assert set(ended) == {("failed", "queue_timeout", "expired")}
+        for account_id, ids in accounts:
+            assert session.get(Job, ids[2]).status == "queued"
+            assert balances(session, account_id)[1] == hold_amount(session, ids[2])
+        assert audit(session) == []

@@ -107,7 +107,8 @@ def test_each_job_runs_as_of_a_given_instant(sent: list[str]) -> None:
 
 def seed_expired_jobs(count: int) -> None:
     """`count` dispatched jobs (with webhook URLs), one per account so each holds a slot,
-    whose holds have expired by NOW with no worker ever starting them."""
+    that by NOW have waited longer than JOB_MAX_QUEUE_SECONDS with no worker starting
+    them."""
     with transaction() as session:
         for n in range(count):
             email = f"holds{n}@example.com"
@@ -162,7 +163,7 @@ def test_two_processes_running_the_same_period_at_once_have_one_effect(
     assert sorted(changed) == [0, accounts_each], summaries
     assert EFFECTS[job]() == accounts_each
     if job == "sweep":
-        assert count(Job, Job.error_code == "hold_expired") == accounts_each
+        assert count(Job, Job.error_code == "queue_timeout") == accounts_each
     audit_clean()
 
 
@@ -187,6 +188,8 @@ def test_the_cli_runs_a_period_once_however_often_it_is_started(env: dict[str, s
 
 
 def test_the_sweep_releases_expired_holds_and_announces_the_failures(sent: list[str]) -> None:
+    """A dispatched job no worker took keeps its hold past HOLD_TTL_SECONDS (it only
+    waits); past JOB_MAX_QUEUE_SECONDS (default 24 h) it fails with `queue_timeout`."""
     with transaction() as session:
         account = accounts.register(session, "sweep@example.com", "long enough", "", 14).account
         job = submit_job(
@@ -201,18 +204,49 @@ def test_the_sweep_releases_expired_holds_and_announces_the_failures(sent: list[
             url_policy=UrlPolicy(),
         ).job
 
-    assert periodic.run_periodic("sweep", utcnow()) == "0 expired hold(s) released"
-    summary = periodic.run_periodic("sweep", utcnow() + timedelta(hours=1))
+    for waited in (timedelta(0), timedelta(hours=1), timedelta(hours=23)):
+        summary = periodic.run_periodic("sweep", utcnow() + waited)
+        assert summary == "0 expired hold(s) released"
+    summary = periodic.run_periodic("sweep", utcnow() + timedelta(hours=25))
 
     assert summary == "1 expired hold(s) released"
     with transaction() as session:
         failed = session.get(Job, job.id)
         assert failed is not None
-        assert (failed.status, failed.error_code) == ("failed", "hold_expired")
+        assert (failed.status, failed.error_code) == ("failed", "queue_timeout")
         delivery = session.scalar(select(WebhookDelivery).where(WebhookDelivery.job_id == job.id))
         assert delivery is not None
         assert delivery.event_type == "job.failed"
     assert sent == [delivery.id]
+    audit_clean()
+
+
+def test_the_maximum_queue_age_is_read_from_the_settings(
+    sent: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JOB_MAX_QUEUE_SECONDS", str(2 * 3600))
+    with transaction() as session:
+        account = accounts.register(session, "queue@example.com", "long enough", "", 14).account
+        job = submit_job(
+            session,
+            account,
+            JobRequest(operation="clustering", input={"keywords": ["a", "b"]}),
+            timedelta(minutes=15),
+        ).job
+
+    assert periodic.run_periodic("sweep", utcnow() + timedelta(hours=1)) == (
+        "0 expired hold(s) released"
+    )
+    assert periodic.run_periodic("sweep", utcnow() + timedelta(hours=3)) == (
+        "1 expired hold(s) released"
+    )
+    with transaction() as session:
+        failed = session.get(Job, job.id)
+        assert failed is not None
+        assert (failed.error_code, failed.error_message) == (
+            "queue_timeout",
+            "The job waited 3 hours without a worker; nothing was charged.",
+        )
     audit_clean()
 
 
