@@ -151,7 +151,17 @@ class JobTask(Task):  # type: ignore[misc]
             try:
                 ending = _end(run, outcome, settings.settle_retry_seconds, context)
             except SQLAlchemyError as exc:
-                log.error("%s: could not record the outcome; the task will run again", context)
+                # The database could not take the usage either: the log is its only record
+                # (the run that follows is charged; this one's provider usage is not).
+                usage = outcome.usage
+                log.error(
+                    "%s: could not record the outcome; the task will run again; this run's "
+                    "provider usage is unrecorded: tokens_in=%s tokens_out=%s images=%s",
+                    context,
+                    usage.tokens_in if usage else 0,
+                    usage.tokens_out if usage else 0,
+                    usage.images if usage else 0,
+                )
                 raise self.retry(exc=exc, countdown=30, max_retries=None) from exc
         send_ending(ending)
         if ending.status:

@@ -166,10 +166,11 @@ def test_an_ending_the_database_refuses_for_a_while_is_retried(
 
 
 def test_an_ending_that_cannot_be_recorded_is_not_acknowledged_as_done(
-    env: Any, monkeypatch: Any
+    env: Any, monkeypatch: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Past SETTLE_RETRY_SECONDS the task asks Celery to retry it (here, called directly,
-    the error surfaces): the job stays running, uncharged, for a new run to finish."""
+    the error surfaces): the job stays running, uncharged, for a new run to finish. The
+    provider usage of the run that could not be recorded is in the log, its only record."""
     monkeypatch.setenv("SETTLE_RETRY_SECONDS", "0.3")
     _flaky_finish(monkeypatch, 1000, _locked())
     job_id = _submit("clustering", KEYWORDS)
@@ -179,6 +180,10 @@ def test_an_ending_that_cannot_be_recorded_is_not_acknowledged_as_done(
 
     assert _job(job_id).status == "running"
     assert _charges(job_id) == (0, 0)
+    (line,) = [r.getMessage() for r in caplog.records if "usage is unrecorded" in r.getMessage()]
+    tokens = dict(part.split("=") for part in line.split(": ")[-1].split())
+    assert int(tokens["tokens_in"]) > 0
+    assert int(tokens["tokens_out"]) > 0
 
 
 def test_a_result_the_database_refuses_ends_failed_paying_its_usage(
