@@ -22,13 +22,15 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from billing import ledger
+from billing import ledger, policy
 from billing.errors import InvalidInput
 from billing.operations import get_operation, validate_input
 from billing.webhooks import queue_automation_event
 from models import (
+    CATALOG_VERSION,
     FINAL_JOB_STATUSES,
     FINAL_RUN_STATUSES,
+    Account,
     AIModelConfig,
     AutomationRun,
     Base,
@@ -39,6 +41,7 @@ from models import (
     Image,
     ImagePrompt,
     Job,
+    Plan,
     as_utc,
     new_id,
 )
@@ -175,14 +178,32 @@ def _make_children(session: Session, run: AutomationRun, job_id: str) -> None:
         select(artifact).where(artifact.job_id == parent.id).order_by(artifact.id)
     ).all()
     # Outputs beyond the bound the run was priced for are not used (asked for, not a
-    # failure); an output that cannot make a child is one (`skipped_children`).
-    limit = fan_out(run.options)[parent.operation]
+    # failure); an output that cannot make a child is one (`skipped_children`), and so is
+    # every child of a stage whose model the account's plan no longer allows (nothing is
+    # carved for them: the pool keeps their share until the run ends).
+    items = items[: fan_out(run.options)[parent.operation]]
+    if not _model_still_allowed(session, run, stage):
+        run.skipped_children += len(items)
+        return
     skipped = 0
-    for index, item in enumerate(items[:limit]):
+    for index, item in enumerate(items):
         if not _make_child(session, run, parent, stage, index, item):
             skipped += 1
     if skipped:
         run.skipped_children += skipped
+
+
+def _model_still_allowed(session: Session, run: AutomationRun, stage: str) -> bool:
+    """Whether the model the run was priced with for `stage` may still run on the
+    account's plan (it may have been downgraded, the model switched off, since)."""
+    plan, catalog_version = session.execute(
+        select(Plan, CATALOG_VERSION)
+        .select_from(Account)
+        .outerjoin(Plan, Plan.id == Account.plan_id)
+        .where(Account.id == run.account_id)
+    ).one()
+    model = run.plan[stage]["model"]
+    return policy.may_run(session, plan, get_operation(stage), model, catalog_version)
 
 
 def _make_child(

@@ -130,6 +130,23 @@ def allowed_model_names(session: Session, plan: Plan | None, model_type: str) ->
     return _allowed(_active_models(session, model_type), plan, model_type)
 
 
+def may_run(
+    session: Session,
+    plan: Plan | None,
+    operation: Operation,
+    model: str,
+    catalog_version: int | None = None,
+) -> bool:
+    """Whether a job submitted on `model` may still run for `operation` on `plan` now: what
+    `resolve_model` allows an explicit model (the plan's policy, among the active models).
+    The plan may change and a model be switched off while a job waits, and its hold was
+    priced for that model, so the worker asks again before the provider call.
+    `catalog_version`: the stamp as read in this transaction (a warm price list then costs
+    no statement; None: read here)."""
+    active = _active_models(session, operation.model_type, catalog_version)
+    return model in _allowed(active, plan, operation.model_type)
+
+
 def resolve_model(
     session: Session,
     account: Account,

@@ -27,20 +27,24 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from billing import ledger, pipeline, unbilled
+from billing import ledger, pipeline, policy, unbilled
 from billing.admission import Dispatch, admit, holds_slot
 from billing.errors import JobNotCancellable
 from billing.job_views import get_job
 from billing.ledger import UsageRecord
+from billing.operations import get_operation
 from billing.pricing import Charge, Usage, actual_charge
 from billing.webhooks import queue_job_event
 from models import (
+    CATALOG_VERSION,
     FINAL_JOB_STATUSES,
+    Account,
     AIModelConfig,
     AutomationRun,
     Base,
     CreditReservation,
     Job,
+    Plan,
     as_utc,
     utcnow,
 )
@@ -96,6 +100,14 @@ class Ending:
         return bool(self.job_ids)
 
 
+@dataclass(frozen=True)
+class Refused:
+    """A start that ended the job instead (`_refuse_model`): its ending, to send once the
+    start's transaction commits."""
+
+    ending: Ending
+
+
 def ended(session: Session, jobs: list[tuple[str, str]], now: datetime | None = None) -> Ending:
     """After `jobs` ((job id, account id) pairs) reached their final state: queue their
     events and give their accounts' free slots to the next waiting jobs."""
@@ -117,14 +129,16 @@ def start_job(
     *,
     now: datetime | None = None,
     stale_after: timedelta | None = None,
-) -> JobRun | None:
-    """Mark running and return what to run, or None when there is nothing to do.
+) -> JobRun | Refused | None:
+    """Mark running and return what to run, or None when there is nothing to do
+    (`Refused`: the job ended instead).
 
     Only a dispatched job starts (the broker carries admitted work only). A `running`
     job starts again when its worker stopped heart-beating for `stale_after` (a task
     redelivered after its worker died; None: whatever its heartbeat); one whose worker
     is alive is left alone, and the settle gate keeps a duplicate's charge single. A job
-    whose cancel was requested does not start (the reconciler ends it).
+    whose cancel was requested does not start (the reconciler ends it). A job whose model
+    its account's plan no longer allows does not run: it ends failed (`_refuse_model`).
     """
     now = now or utcnow()
     running_again = Job.status == "running"
@@ -149,15 +163,20 @@ def start_job(
     ).rowcount  # type: ignore[attr-defined]
     if not started:
         return None
+    # The account's plan and the catalog's stamp ride on the read the start makes anyway.
     row = session.execute(
-        select(Job, CreditReservation.amount, AIModelConfig.provider_model)
+        select(Job, CreditReservation.amount, AIModelConfig.provider_model, Plan, CATALOG_VERSION)
         .join(CreditReservation, CreditReservation.job_id == Job.id)
-        .join(AIModelConfig, AIModelConfig.name == Job.model)
+        .join(Account, Account.id == Job.account_id)
+        .outerjoin(Plan, Plan.id == Account.plan_id)
+        .outerjoin(AIModelConfig, AIModelConfig.name == Job.model)
         .where(Job.id == job_id, CreditReservation.status == "held")
     ).one_or_none()
     if row is None:
         return None
-    job, hold, provider_model = row
+    job, hold, provider_model, plan, catalog_version = row
+    if not policy.may_run(session, plan, get_operation(job.operation), job.model, catalog_version):
+        return Refused(_refuse_model(session, job.id, job.model, job.operation))
     return JobRun(
         job_id=job.id,
         account_id=job.account_id,
@@ -169,6 +188,18 @@ def start_job(
         hold=hold,
         attempts=job.attempts,
         submitted_at=as_utc(job.created_at),
+    )
+
+
+def _refuse_model(session: Session, job_id: str, model: str, operation: str) -> Ending:
+    """A job whose model its account's plan no longer allows (a downgrade, a model
+    switched off while it waited) ends failed, uncharged, by the ending every failure
+    takes; it does not run on another model, its hold was priced for this one."""
+    return fail_job(
+        session,
+        job_id,
+        "model_not_allowed",
+        f"Your plan no longer allows {model} for {operation}; nothing was charged.",
     )
 
 

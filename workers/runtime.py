@@ -38,7 +38,7 @@ from tenacity import (
 import logs
 from billing.operations import OPERATIONS
 from billing.pricing import Usage, input_token_bound
-from billing.runs import Ending, JobRun, Outcome, finish_run, start_job
+from billing.runs import Ending, JobRun, Outcome, Refused, finish_run, start_job
 from models import Base
 from models.db import transaction
 from settings import get_settings
@@ -142,6 +142,10 @@ class JobTask(Task):  # type: ignore[misc]
         if run is None:
             log.info("job %s: final, waiting, cancelled or running elsewhere; skipped", job_id)
             return "skipped"
+        if isinstance(run, Refused):
+            log.info("job %s: its model is no longer allowed on its plan; failed", job_id)
+            send_ending(run.ending)
+            return "failed"
         logs.bind(account_id=run.account_id, model=run.model)
         started = task_metrics.record_start(run)
         context = f"job={run.job_id} account={run.account_id} op={run.operation}"

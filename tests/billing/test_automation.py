@@ -14,7 +14,7 @@ from billing import automation, ledger, runs
 from billing.audit import audit
 from billing.errors import AutomationNotCancellable, InsufficientCredits, InvalidInput
 from billing.pricing import Usage
-from billing.runs import Outcome, finish_run, start_job
+from billing.runs import Outcome, Refused, finish_run, start_job
 from models import (
     Account,
     AutomationRun,
@@ -277,6 +277,83 @@ def test_a_failed_clustering_fails_the_run(db_url: str) -> None:
     with transaction(db_url) as session:
         assert balances(session, account) == (100_000, 0)
     clean(db_url)
+
+
+ON_GPT_4O = {
+    **TWO_STAGES,
+    "options": {"models": {"clustering": "gpt-4o", "idea_generation": "gpt-4o"}},
+}
+
+
+def move_to_free(client: Any, account_id: str) -> None:
+    moved = client.patch(
+        f"/v1/admin/accounts/{account_id}",
+        json={"plan": "free"},
+        headers={"X-Admin-Token": "test-admin-token"},
+    )
+    assert moved.status_code == 200, moved.get_json()
+
+
+def assert_ended_with_the_pool_released(url: str, account_id: str, run_id: str) -> None:
+    run = the_run(url, run_id)
+    assert (run.status, run.held_credits) == ("failed", 0)
+    with transaction(url) as session:
+        charged = sum(
+            session.scalars(select(Job.credits_charged).where(Job.automation_id == run_id))
+        )
+        assert balances(session, account_id) == (100_000 - charged, 0)
+        assert automation.run_view(session, run)["released_credits"] == (
+            run.reserved_credits - charged
+        )
+    clean(url)
+
+
+def test_a_runs_jobs_made_before_a_downgrade_do_not_run_on_the_refused_model(
+    client: Any, db_url: str
+) -> None:
+    with transaction(db_url) as session:
+        account = make_account(session, credits=100_000).id
+    run_id = submit(db_url, account, ON_GPT_4O)
+    run_job(db_url, open_jobs(db_url, run_id)[0])
+    children = open_jobs(db_url, run_id, "idea_generation")
+    assert len(children) == 3
+    move_to_free(client, account)
+
+    for job_id in children:
+        with transaction(db_url) as session:
+            assert isinstance(dispatch_and_start(session, job_id), Refused)
+
+    with transaction(db_url) as session:
+        ended = session.execute(
+            select(Job.status, Job.error_code, Job.credits_charged).where(Job.id.in_(children))
+        ).all()
+        assert ended == [("failed", "model_not_allowed", 0)] * 3
+    assert_ended_with_the_pool_released(db_url, account, run_id)
+
+
+def test_no_child_is_made_on_a_model_the_plan_no_longer_allows(client: Any, db_url: str) -> None:
+    """Moved to free while the (allowed) first stage ran: the next stage's model is
+    refused, so its children are not made (nothing carved); the run ends, pool released."""
+    with transaction(db_url) as session:
+        account = make_account(session, credits=100_000).id
+    options = {"models": {"clustering": "gpt-4o-mini", "idea_generation": "gpt-4o"}}
+    run_id = submit(db_url, account, {**TWO_STAGES, "options": options})
+    [clustering] = open_jobs(db_url, run_id)
+    with transaction(db_url) as session:
+        run = dispatch_and_start(session, clustering)
+        assert run is not None
+    move_to_free(client, account)
+
+    with transaction(db_url) as session:
+        finish_run(session, run, Outcome(Usage(tokens_in=50, tokens_out=50), {}, _artifacts(run)))
+
+    with transaction(db_url) as session:
+        made = session.scalar(
+            select(func.count()).select_from(Job).where(Job.parent_job_id == clustering)
+        )
+        assert made == 0
+    assert the_run(db_url, run_id).skipped_children == 3
+    assert_ended_with_the_pool_released(db_url, account, run_id)
 
 
 def test_cancel_ends_queued_jobs_and_closes_the_hold(db_url: str) -> None:

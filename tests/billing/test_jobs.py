@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, inspect, select
+from sqlalchemy import func, inspect, select, update
 
 from billing import job_views, ledger, runs, unbilled
 from billing.audit import audit
@@ -21,10 +21,11 @@ from billing.errors import (
     NotFound,
 )
 from billing.pricing import Usage
-from billing.runs import complete_job, fail_job, start_job
+from billing.runs import Refused, complete_job, fail_job, start_job
 from billing.submission import JobRequest, submit_job
 from models import (
     Account,
+    AIModelConfig,
     Cluster,
     CreditReservation,
     CreditTransaction,
@@ -33,6 +34,7 @@ from models import (
     Keyword,
     Site,
     UnbilledUsage,
+    WebhookDelivery,
     utcnow,
 )
 from models.base import as_utc
@@ -40,6 +42,7 @@ from models.db import session_factory, transaction
 from tests.factories import (
     CLUSTERING,
     balances,
+    catalog_restored,
     hold_for,
     make_account,
     request,
@@ -447,6 +450,102 @@ def test_fail_after_success_changes_nothing(db_url: str) -> None:
         assert session.get(Job, job_id).status == "succeeded"
         assert hold_of(session, job_id).status == "settled"
         assert balances(session, account_id) == (999, 0)
+    assert_audit_clean(db_url)
+
+
+# --- the plan's model policy, asked again at start ---------------------------------------
+
+ADMIN = {"X-Admin-Token": "test-admin-token"}
+HOOK = "https://hooks.example.com/jobs"
+
+
+def assert_refused_uncharged(url: str, account_id: str, job_id: str, model: str) -> None:
+    """Ended failed `model_not_allowed` without running: hold released, nothing charged."""
+    with transaction(url) as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        assert (job.status, job.error_code, job.credits_charged, job.result) == (
+            "failed",
+            "model_not_allowed",
+            0,
+            None,
+        )
+        assert job.error_message == (
+            f"Your plan no longer allows {model} for clustering; nothing was charged."
+        )
+        assert hold_of(session, job_id).status == "released"
+        assert count(session, CreditUsageLog, job_id=job_id) == 0
+        assert count(session, CreditTransaction, type="deduction") == 0
+        assert start_job(session, job_id) is None  # a redelivered message finds it final
+    assert_audit_clean(url)
+
+
+def test_a_queued_job_on_a_model_the_new_plan_refuses_fails_uncharged(
+    client: Any, db_url: str
+) -> None:
+    """Submitted on starter with gpt-4o, then moved to free by an admin: the worker does
+    not run gpt-4o for a free account, and the job ends by the path every failure takes
+    (its webhook event, its slot to the next waiting job)."""
+    account_id = new_account(db_url, credits=1000)
+    with transaction(db_url) as session:
+        body = JobRequest("clustering", CLUSTERING["input"], model="gpt-4o", webhook_url=HOOK)
+        job_id = submit(session, account_id, body).id
+    moved = client.patch(f"/v1/admin/accounts/{account_id}", json={"plan": "free"}, headers=ADMIN)
+    assert moved.status_code == 200, moved.get_json()
+    # Free: 2 slots, the refused job holds one of them; the third job waits for it.
+    running, waiting = submitted(db_url, account_id), submitted(db_url, account_id)
+    with transaction(db_url) as session:
+        assert session.get(Job, waiting).dispatched_at is None
+
+    with transaction(db_url) as session:
+        refused = start_job(session, job_id)
+    assert isinstance(refused, Refused)
+    assert refused.ending.job_ids == [job_id]  # what the worker sends once it commits
+    assert [d.job_id for d in refused.ending.dispatches] == [waiting]
+
+    assert_refused_uncharged(db_url, account_id, job_id, "gpt-4o")
+    with transaction(db_url) as session:
+        events = session.scalars(select(WebhookDelivery).where(WebhookDelivery.job_id == job_id))
+        assert [(e.event_type, e.url) for e in events] == [("job.failed", HOOK)]
+        assert session.get(Job, waiting).dispatched_at is not None
+        others = hold_of(session, running).amount + hold_of(session, waiting).amount
+        assert balances(session, account_id) == (1000, others)
+
+
+def test_a_queued_job_on_a_model_switched_off_meanwhile_fails_uncharged(db_url: str) -> None:
+    """The price list is cached warm by the submission; the stamp tells the start."""
+    account_id = new_account(db_url, credits=1000)
+    with catalog_restored(db_url):
+        job_id = submitted(db_url, account_id, model="gpt-4.1")
+        with transaction(db_url) as session:
+            session.execute(
+                update(AIModelConfig).where(AIModelConfig.name == "gpt-4.1").values(is_active=False)
+            )
+        with transaction(db_url) as session:
+            assert isinstance(start_job(session, job_id), Refused)
+    assert_refused_uncharged(db_url, account_id, job_id, "gpt-4.1")
+    with transaction(db_url) as session:
+        assert balances(session, account_id) == (1000, 0)
+
+
+def test_a_model_the_plan_still_allows_runs_for_no_extra_statement(db_url: str) -> None:
+    """The plan and the catalog stamp ride on the start's own read: with the price list
+    warm, the start is still one UPDATE and one SELECT."""
+    account_id = new_account(db_url, credits=1000)
+    job_id = submitted(db_url, account_id, model="gpt-4o")  # warms the price list
+    with transaction(db_url) as session:
+        session.get(Account, account_id)  # the transaction is open
+        with statements_of(db_url) as statements:
+            run = start_job(session, job_id)
+        assert run is not None
+        assert (run.model, run.provider_model, run.attempts) == ("gpt-4o", "gpt-4o", 1)
+    assert len(statements) == 2, statements
+
+    with transaction(db_url) as session:
+        assert complete_job(session, run, Usage(100, 100), {}, [])
+    with transaction(db_url) as session:
+        job = session.get(Job, job_id)
+        assert (job.status, job.credits_charged) == ("succeeded", 8)  # gpt-4o: 25 tokens/credit
     assert_audit_clean(db_url)
 
 

@@ -187,6 +187,33 @@ def test_forcing_the_defaults_beats_the_plans_allow_list(
             resolved(session, acct, "clustering", "gpt-4.1")
 
 
+def test_may_run_allows_what_an_explicit_request_would_be_allowed_now(
+    db_url: str, restore_catalog: None
+) -> None:
+    """The worker's question before the provider call: the plan's policy, among the
+    active models of the operation's type."""
+    clustering = OPERATIONS["clustering"]
+    with transaction(db_url) as session:
+        starter, free = (
+            session.scalar(select(Plan).where(Plan.slug == slug)) for slug in ("starter", "free")
+        )
+        assert policy.may_run(session, starter, clustering, "gpt-4o")
+        assert policy.may_run(session, None, clustering, "gpt-4o")  # no plan: no policy
+        assert not policy.may_run(session, free, clustering, "gpt-4o")
+        assert policy.may_run(session, free, clustering, "gpt-4o-mini")
+        assert not policy.may_run(session, starter, clustering, "hidream-full")  # an image model
+        assert not policy.may_run(session, starter, clustering, "gpt-9")
+        session.execute(
+            update(AIModelConfig).where(AIModelConfig.name == "gpt-4.1").values(is_active=False)
+        )
+        assert not policy.may_run(session, starter, clustering, "gpt-4.1")
+
+        version = stamp(session)
+        with statements_of(db_url) as statements:
+            assert policy.may_run(session, starter, clustering, "gpt-4o", version)
+        assert statements == []  # the price list read at this stamp above
+
+
 # --- the price list: cached per process, keyed by the catalog's stamp ----------------------
 
 
