@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.db import db
 from api.payments import with_checkout
 from api.schemas import AccountOut, BudgetOut, OperationName, PlanChangeOut, responds
-from api.security import current_account, require_key, require_role
+from api.security import current_account, require_key, require_key_to_choose_plan, require_role
 from api.validation import json_body
 from billing import accounts, budgets, subscriptions, usage
 from billing.budgets import MAX_BUDGET
@@ -24,9 +24,9 @@ bp = Blueprint("accounts", __name__, url_prefix="/v1")
 
 @bp.get("/account")
 @responds(AccountOut)
-@require_key
+@require_key_to_choose_plan
 def get_account() -> dict[str, Any]:
-    """Your account: status, plan, credits and the four limits."""
+    """Your account: status, plan, credits and the four limits (also on a retired plan)."""
     return accounts.account_view(db(), current_account())
 
 
@@ -80,11 +80,12 @@ class PlanChangeBody(BaseModel):
 
 @bp.post("/account/plan")
 @responds(PlanChangeOut, errors=(409, 502))
-@require_key
+@require_key_to_choose_plan
 @require_role("manage_plan")
 @json_body(PlanChangeBody)
 def change_plan(body: PlanChangeBody) -> dict[str, Any]:
-    """Upgrade (pay the purchase it returns), or downgrade at the period end."""
+    """Upgrade (pay the purchase it returns), or downgrade at the period end. An account
+    on a retired plan leaves it: a free plan at once, a paid one when paid."""
     session = db()
     account = current_account()
     change = subscriptions.request_change(session, account, body.plan, utcnow())

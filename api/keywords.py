@@ -129,13 +129,13 @@ def keyword_research(body: ResearchBody) -> dict[str, Any]:
 
     Each result carries its metrics; POST them to /v1/keywords to save them in a site."""
     account = current_account()
-    used = limits.consume_ahrefs_query(db(), account)
+    counted = limits.consume_ahrefs_query(db(), account)
     commit_now()
     try:
         result = ahrefs.research(body.seed, body.limit, body.country)
     except ahrefs.ResearchUnavailable:
         with transaction() as session:
-            limits.refund_ahrefs_query(session, account.id)
+            limits.refund_ahrefs_query(session, account.id, counted)
         raise ApiError(
             502,
             "research_unavailable",
@@ -144,5 +144,8 @@ def keyword_research(body: ResearchBody) -> dict[str, Any]:
     return {
         "seed": result.seed,
         "keywords": result.keywords,
-        "queries": {"used": used, "limit": limits.plan_limit(account.plan, "ahrefs_queries")},
+        "queries": {
+            "used": counted.used,
+            "limit": limits.plan_limit(account.plan, "ahrefs_queries"),
+        },
     }

@@ -40,7 +40,17 @@ def policy_seen() -> policy.Seen:
 
 def require_key(view: Callable[P, R]) -> Callable[P, R]:
     """`Authorization: Bearer <api key | login token>`, then the account's rate limit."""
+    return _authenticated(view, choosing_plan=False)
 
+
+def require_key_to_choose_plan(view: Callable[P, R]) -> Callable[P, R]:
+    """`require_key` for the views an account needs to choose a plan (its account, the
+    plan change): these also let in an account whose plan is missing or retired, which
+    everywhere else gets 402 `subscription_required` (billing.accounts.check_access)."""
+    return _authenticated(view, choosing_plan=True)
+
+
+def _authenticated(view: Callable[P, R], *, choosing_plan: bool) -> Callable[P, R]:
     @functools.wraps(view)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         scheme, _, bearer = request.headers.get("Authorization", "").partition(" ")
@@ -51,7 +61,11 @@ def require_key(view: Callable[P, R]) -> Callable[P, R]:
         settings = get_settings()
         try:
             caller = accounts.authenticate(
-                caller_read(), bearer.strip(), settings.secret_key, settings.login_token_ttl_seconds
+                caller_read(),
+                bearer.strip(),
+                settings.secret_key,
+                settings.login_token_ttl_seconds,
+                choosing_plan=choosing_plan,
             )
         except NotFound as exc:
             raise ApiError(401, "invalid_api_key", exc.message) from None

@@ -190,22 +190,25 @@ class Caller(NamedTuple):
     has_model_preferences: bool | None = None
 
 
-def authenticate(session: Session, bearer: str, secret: str, max_age: int) -> Caller:
+def authenticate(
+    session: Session, bearer: str, secret: str, max_age: int, *, choosing_plan: bool = False
+) -> Caller:
     """The caller behind an API key or a login token, after the one access check.
 
     Both auth paths end in `check_access`, so a suspended or cancelled account is
     refused whichever credential it presents. Nothing about a key is cached: a revoked
-    key fails on its very next request, in every process.
+    key fails on its very next request, in every process. `choosing_plan`: the request
+    is one that lets an account without an active plan choose one (`check_access`).
     """
     if bearer.startswith(LOGIN_TOKEN_PREFIX):
         user = _user_for_token(session, bearer, secret, max_age)
         account = session.get(Account, user.account_id)
         if account is None:
             raise NotFound("Invalid credentials.")
-        check_access(account)
+        check_access(account, choosing_plan=choosing_plan)
         return Caller(account, user)
     caller = _owner_of_api_key(session, bearer)
-    check_access(caller.account)
+    check_access(caller.account, choosing_plan=choosing_plan)
     return caller
 
 
@@ -272,7 +275,9 @@ def login(session: Session, email: str, password: str, secret: str) -> tuple[Use
     """Email + password -> a signed, expiring login token (the second auth path).
 
     An unknown email is checked against a dummy hash, so both paths cost one scrypt and
-    the response time does not tell whether an email has an account.
+    the response time does not tell whether an email has an account. An account without
+    an active plan may log in: its token reaches only what choosing a plan needs
+    (`check_access` runs again on every request).
     """
     user = session.scalar(select(User).where(User.email == email.strip().lower()))
     stored = user.password_hash if user is not None else _dummy_password_hash()
@@ -281,7 +286,7 @@ def login(session: Session, email: str, password: str, secret: str) -> tuple[Use
     account = session.get(Account, user.account_id)
     if account is None:
         raise NotFound("Wrong email or password.")
-    check_access(account)
+    check_access(account, choosing_plan=True)
     return user, issue_login_token(user, secret)
 
 
@@ -347,9 +352,14 @@ def api_key_view(api_key: ApiKey) -> dict[str, Any]:
     }
 
 
-def check_access(account: Account) -> None:
+def check_access(account: Account, *, choosing_plan: bool = False) -> None:
+    """The one refusal for every auth path. Suspended and cancelled accounts get nothing;
+    an account whose plan is missing or retired (inactive) gets only what it needs to
+    choose a plan (`choosing_plan`: its account and the plan change), as the 402 says."""
     if account.status in ("suspended", "cancelled"):
         raise AccountInactive(account.status)
+    if choosing_plan:
+        return
     if account.plan is None or not account.plan.is_active:
         raise SubscriptionRequired(
             "Active subscription required. Choose a plan to continue.", plan=None
@@ -402,7 +412,9 @@ def move_status(
 def admin_update(
     session: Session, account_id: str, status: str | None, plan_slug: str | None
 ) -> Account:
-    """Status or plan change; a plan change keeps the account's data and balance."""
+    """Status or plan change; a plan change keeps the account's data and balance, and
+    calls off a downgrade the owner scheduled (it would otherwise undo the admin's plan
+    at the rollover)."""
     account = get_account(session, account_id)
     if status is not None and move_status(session, account_id, status, "admin"):
         session.refresh(account, ["status"])
@@ -410,7 +422,20 @@ def admin_update(
         plan = session.scalar(select(Plan).where(Plan.slug == plan_slug))
         if plan is None:
             raise NotFound(f"Plan {plan_slug!r} not found.")
-        account.plan = plan
+        lock_account(session, account_id)  # an owner's plan change goes before or after
+        session.refresh(account)
+        if account.plan_id != plan.id:
+            cancelled = account.scheduled_plan.slug if account.scheduled_plan else None
+            data = {"from": account.plan.slug if account.plan else None, "to": plan.slug}
+            account.plan, account.scheduled_plan = plan, None
+            record_event(
+                session,
+                account_id,
+                "plan_changed",
+                **data,
+                reason="admin",
+                scheduled_plan_cancelled=cancelled,
+            )
     session.flush()
     return account
 

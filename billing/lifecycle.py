@@ -22,6 +22,7 @@ are not back-filled: the account gets the current one.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -31,6 +32,7 @@ from sqlalchemy.orm import Session
 
 from billing import ledger
 from billing.accounts import move_status
+from billing.limits import excess
 from billing.periods import next_period_end
 from billing.plans import is_renewable
 from billing.webhooks import queue_account_event
@@ -40,6 +42,8 @@ TRIAL_WARNING = "trial_warning"
 TRIAL_EXPIRY = "trial_expiry"
 PERIOD_ROLLOVER = "period_rollover"
 RENEWAL = "renewal"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -179,11 +183,37 @@ def roll_over_periods(session: Session, now: datetime) -> RunReport:
 
 def _apply_scheduled_plan(session: Session, account: Account) -> None:
     """A downgrade waiting for the period end takes effect now. A plan that is not paid
-    for (free) ends the prepaid time too, so nothing asks for a payment."""
+    for (free) ends the prepaid time too, so nothing asks for a payment.
+
+    It was accepted because the account fitted, and additions since were held to it,
+    but one that slipped through anyway would leave the account over its new limits:
+    then the account keeps its plan, the downgrade is called off, and the event says
+    what did not fit (the owner may remove it and ask again). The period's UPDATE holds
+    the account's row lock, so the count is not racing an addition."""
+    session.refresh(account, ["plan_id", "scheduled_plan_id", "plan", "scheduled_plan"])
     later = account.scheduled_plan
     if later is None:
         return
     data = {"from": account.plan.slug if account.plan else None, "to": later.slug}
+    over = excess(session, account, later)
+    if over:
+        account.scheduled_plan = None
+        session.add(
+            AccountEvent(
+                account_id=account.id,
+                type="plan_change_skipped",
+                data={**data, "reason": "over_limits", "over": over},
+            )
+        )
+        log.warning(
+            "account %s stays on %s: the scheduled %s plan does not fit it (%s)",
+            account.id,
+            data["from"],
+            later.slug,
+            over,
+        )
+        session.flush()
+        return
     account.plan, account.scheduled_plan = later, None
     if not is_renewable(later):
         account.paid_until = None

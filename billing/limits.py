@@ -8,7 +8,8 @@ SQLite's `BEGIN IMMEDIATE` already serialises writers).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import Any, NamedTuple
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -99,25 +100,46 @@ def limits_report(
     }
 
 
-def lock_account(session: Session, account_id: str) -> None:
-    session.execute(select(Account.id).where(Account.id == account_id).with_for_update())
+class Locked(NamedTuple):
+    """The account's plans as the lock found them (a read before the lock may be stale)."""
+
+    plan_id: int | None
+    scheduled_plan_id: int | None
+
+
+def lock_account(session: Session, account_id: str) -> Locked:
+    """Take the account's row lock; the plans it returns are the ones committed now."""
+    row = session.execute(
+        select(Account.plan_id, Account.scheduled_plan_id)
+        .where(Account.id == account_id)
+        .with_for_update()
+    ).one_or_none()
+    return Locked(None, None) if row is None else Locked(row.plan_id, row.scheduled_plan_id)
 
 
 def ensure_room(session: Session, account: Account, name: str, adding: int = 1) -> None:
     """Raise the friendly LimitReached unless `adding` more items still fit, in the plan
-    and in a downgrade waiting for the period end (which was accepted because it fit)."""
-    lock_account(session, account.id)
-    limit, extra = plan_limit(account.plan, name), ""
-    later = plan_limit(account.scheduled_plan, name) if account.scheduled_plan else None
-    if later is not None and (limit is None or later < limit):
-        assert account.scheduled_plan is not None
+    and in a downgrade waiting for the period end (which was accepted because it fit).
+
+    The plans are the ones read under the lock, not the caller's (read before it): a
+    downgrade committed in between counts."""
+    locked = lock_account(session, account.id)
+    plan = session.get(Plan, locked.plan_id) if locked.plan_id is not None else None
+    scheduled = (
+        session.get(Plan, locked.scheduled_plan_id)
+        if locked.scheduled_plan_id is not None
+        else None
+    )
+    limit, extra = plan_limit(plan, name), ""
+    later = plan_limit(scheduled, name) if scheduled is not None else None
+    if scheduled is not None and later is not None and (limit is None or later < limit):
         limit = later
-        extra = f" (The {account.scheduled_plan.name} plan you move to at the period end.)"
+        extra = f" (The {scheduled.name} plan you move to at the period end.)"
     if limit is None:
         return
     current = used(session, account, name)
     if current + adding > limit:
-        raise _reached(account, name, current, limit, adding, extra)
+        raise _reached(plan, name, current, limit, adding, extra)
 
 
 def excess(session: Session, account: Account, plan: Plan) -> dict[str, dict[str, int]]:
@@ -132,10 +154,10 @@ def excess(session: Session, account: Account, plan: Plan) -> dict[str, dict[str
 
 
 def _reached(
-    account: Account, name: str, current: int, limit: int, adding: int, extra: str = ""
+    plan: Plan | None, name: str, current: int, limit: int, adding: int, extra: str = ""
 ) -> LimitReached:
     spec = LIMITS[name]
-    plan_name = account.plan.name if account.plan else "your"
+    plan_name = plan.name if plan else "your"
     wanted = f" This request would add {adding:,}." if adding > 1 else ""
     return LimitReached(
         f"{spec.title}: you have {current:,} of {limit:,} {spec.noun} on the {plan_name} plan."
@@ -147,8 +169,16 @@ def _reached(
     )
 
 
-def consume_ahrefs_query(session: Session, account: Account) -> int:
-    """Count one live keyword-research query against the month, or refuse. Returns usage."""
+@dataclass(frozen=True)
+class AhrefsQuery:
+    """A counted query: the month's usage with it, and the period it was counted in."""
+
+    used: int
+    period_start: datetime | None
+
+
+def consume_ahrefs_query(session: Session, account: Account) -> AhrefsQuery:
+    """Count one live keyword-research query against the month, or refuse."""
     limit = plan_limit(account.plan, "ahrefs_queries")
     if limit == 0:
         plan_name = account.plan.name if account.plan else "your"
@@ -163,23 +193,30 @@ def consume_ahrefs_query(session: Session, account: Account) -> int:
     query = update(Account).where(Account.id == account.id)
     if limit is not None:
         query = query.where(Account.usage_ahrefs_queries < limit)
-    usage = session.execute(
+    row = session.execute(
         query.values(usage_ahrefs_queries=Account.usage_ahrefs_queries + 1)
-        .returning(Account.usage_ahrefs_queries)
+        .returning(Account.usage_ahrefs_queries, Account.period_start)
         .execution_options(synchronize_session=False)
-    ).scalar_one_or_none()
-    if usage is None:
+    ).one_or_none()
+    if row is None:
         reset = account.period_end
         extra = f" Your queries reset on {as_utc(reset).date()}." if reset else ""
-        raise _reached(account, "ahrefs_queries", limit or 0, limit or 0, 1, extra)
-    return int(usage)
+        raise _reached(account.plan, "ahrefs_queries", limit or 0, limit or 0, 1, extra)
+    return AhrefsQuery(int(row[0]), row[1])
 
 
-def refund_ahrefs_query(session: Session, account_id: str) -> None:
-    """The query never reached Ahrefs (it failed): give it back."""
-    session.execute(
+def refund_ahrefs_query(session: Session, account_id: str, counted: AhrefsQuery) -> bool:
+    """The query never reached Ahrefs (it failed): give it back, to the period it was
+    counted in only. If the rollover reset the count meanwhile, that period is gone and
+    the new one owes nothing: False, nothing changes."""
+    refunded = session.execute(
         update(Account)
-        .where(Account.id == account_id, Account.usage_ahrefs_queries > 0)
+        .where(
+            Account.id == account_id,
+            Account.usage_ahrefs_queries > 0,
+            Account.period_start.is_not_distinct_from(counted.period_start),
+        )
         .values(usage_ahrefs_queries=Account.usage_ahrefs_queries - 1)
         .execution_options(synchronize_session=False)
-    )
+    ).rowcount  # type: ignore[attr-defined]
+    return bool(refunded)

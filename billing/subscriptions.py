@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from billing import accounts, purchases
 from billing.credits import grant_period_credits
 from billing.errors import Conflict, InvalidInput, PlanTooSmall
-from billing.limits import LIMITS, excess
+from billing.limits import LIMITS, excess, lock_account
 from billing.plans import is_renewable
 from models import Account, Plan, Purchase, as_utc
 
@@ -80,9 +80,19 @@ def plan_of(account: Account) -> Plan:
 
 def request_change(session: Session, account: Account, slug: str, now: datetime) -> PlanChange:
     """An owner's plan change: pay for an upgrade, schedule a downgrade, or pay again for
-    the current plan when its prepaid time ran out (`pending_payment`)."""
+    the current plan when its prepaid time ran out (`pending_payment`).
+
+    The account is locked and re-read first, so what it holds is counted after any
+    addition that got in before (and one that comes after sees the scheduled plan).
+    An account on a retired (inactive) plan, or on none, leaves it: a free plan now, a
+    paid one when its purchase is paid."""
+    lock_account(session, account.id)
+    session.refresh(account)
     plan = public_plan(session, slug)
-    current = plan_of(account)
+    current = account.plan
+    if current is None or not current.is_active:
+        check_fits(session, account, plan)
+        return _leave_retired_plan(session, account, plan, now)
     if plan.id == current.id:
         if account.status == "pending_payment" and is_renewable(plan):
             purchase = purchases.create_subscription(session, account, plan)
@@ -99,6 +109,24 @@ def request_change(session: Session, account: Account, slug: str, now: datetime)
     account.scheduled_plan = plan
     session.flush()
     return PlanChange("downgrade", plan, account.period_end, None)
+
+
+def _leave_retired_plan(
+    session: Session, account: Account, plan: Plan, now: datetime
+) -> PlanChange:
+    """Nothing to wait for on a plan that is no longer offered: a paid plan starts when
+    its purchase is paid (as an upgrade does), a free one at once (and, as a downgrade
+    to it does, ends any prepaid time)."""
+    if plan.price > 0:
+        purchase = purchases.create_subscription(session, account, plan)
+        return PlanChange("upgrade", plan, None, purchase)
+    retired = account.plan.slug if account.plan else None
+    account.plan, account.scheduled_plan = plan, None
+    account.paid_until = None  # nothing is prepaid on a free plan
+    data = {"from": retired, "to": plan.slug, "reason": "retired_plan"}
+    accounts.record_event(session, account.id, "plan_changed", **data)
+    session.flush()
+    return PlanChange("downgrade", plan, now, None)
 
 
 def check_fits(session: Session, account: Account, plan: Plan) -> None:

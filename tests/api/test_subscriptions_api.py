@@ -8,8 +8,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from billing import lifecycle
+from models import AccountEvent
 from models.db import transaction
 from tests.api.test_purchases_api import (
     ADMIN,
@@ -245,3 +247,92 @@ def test_an_admin_activation_and_the_renewal_credit_a_period_once(client: Any) -
     txns = client.get("/v1/credits/transactions", headers=auth(key)).get_json()["data"]
     assert [(t["type"], t["amount"]) for t in txns] == [("renewal", 40000), ("registration", 2000)]
     assert_audit_clean()
+
+
+def test_an_admin_plan_change_calls_off_the_owners_waiting_downgrade(client: Any) -> None:
+    """Owner schedules Growth -> Starter; an admin then moves the account to Scale: the
+    rollover keeps Scale (the downgrade would otherwise undo the admin's change)."""
+    key, account = register(client)
+    client.patch(f"/v1/admin/accounts/{account['id']}", json={"plan": "growth"}, headers=ADMIN)
+    asked = client.post("/v1/account/plan", json={"plan": "starter"}, headers=auth(key))
+    assert asked.get_json()["account"]["scheduled_plan"] == "starter"
+
+    moved = client.patch(
+        f"/v1/admin/accounts/{account['id']}", json={"plan": "scale"}, headers=ADMIN
+    )
+
+    assert moved.status_code == 200, moved.get_json()
+    after = client.get("/v1/account", headers=auth(key)).get_json()
+    assert (after["plan"]["slug"], after["scheduled_plan"]) == ("scale", None)
+    with transaction() as session:
+        lifecycle.roll_over_periods(
+            session, datetime.fromisoformat(after["period_end"]) + timedelta(minutes=1)
+        )
+        recorded = session.scalars(
+            select(AccountEvent.data).where(
+                AccountEvent.account_id == account["id"], AccountEvent.type == "plan_changed"
+            )
+        ).all()
+    assert client.get("/v1/account", headers=auth(key)).get_json()["plan"]["slug"] == "scale"
+    assert {
+        "from": "growth",
+        "to": "scale",
+        "reason": "admin",
+        "scheduled_plan_cancelled": "starter",
+    } in recorded
+
+
+def _on_a_retired_plan(client: Any, path: str) -> tuple[str, str]:
+    """A free-trial account whose plan an admin retired: (its credential, account id)."""
+    key, account = register(client, "retired@example.com")
+    client.patch("/v1/admin/plans/free-trial", json={"is_active": False}, headers=ADMIN)
+    if path == "api_key":
+        return key, account["id"]
+    login = client.post(
+        "/v1/auth/login", json={"email": "retired@example.com", "password": "correct horse"}
+    )
+    assert login.status_code == 200, login.get_json()
+    return login.get_json()["token"], account["id"]
+
+
+@pytest.mark.parametrize("path", ["api_key", "login_token"])
+def test_an_account_on_a_retired_plan_switches_to_a_free_plan_at_once(
+    client: Any, path: str
+) -> None:
+    credential, _ = _on_a_retired_plan(client, path)
+    assert client.get("/v1/sites", headers=auth(credential)).status_code == 402
+
+    chosen = client.post("/v1/account/plan", json={"plan": "free"}, headers=auth(credential))
+
+    assert chosen.status_code == 200, chosen.get_json()
+    change, account = chosen.get_json()["change"], chosen.get_json()["account"]
+    assert (change["kind"], change["plan"], change["purchase"]) == ("downgrade", "free", None)
+    assert change["effective_at"] is not None
+    assert (account["plan"]["slug"], account["scheduled_plan"]) == ("free", None)
+    assert client.get("/v1/sites", headers=auth(credential)).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["api_key", "login_token"])
+def test_an_account_on_a_retired_plan_pays_for_a_paid_one(client: Any, path: str) -> None:
+    credential, _ = _on_a_retired_plan(client, path)
+
+    chosen = client.post("/v1/account/plan", json={"plan": "starter"}, headers=auth(credential))
+
+    assert chosen.status_code == 200, chosen.get_json()
+    change = chosen.get_json()["change"]
+    assert (change["kind"], change["purchase"]["status"]) == ("upgrade", "pending")
+    assert client.get("/v1/sites", headers=auth(credential)).status_code == 402  # until paid
+
+    confirm(client, change["purchase"]["id"])
+
+    account = client.get("/v1/account", headers=auth(credential)).get_json()
+    assert (account["status"], account["plan"]["slug"]) == ("active", "starter")
+    assert account["credits"]["balance"] == 2000 + 10000
+    assert client.get("/v1/sites", headers=auth(credential)).status_code == 200
+    assert_audit_clean()
+
+
+def test_a_retired_plan_cannot_be_chosen_again(client: Any) -> None:
+    key, _ = _on_a_retired_plan(client, "api_key")
+    again = client.post("/v1/account/plan", json={"plan": "free-trial"}, headers=auth(key))
+    assert again.status_code == 422

@@ -76,11 +76,79 @@ def test_inactive_plan_is_402_subscription_required(client: Any, path: str) -> N
     credential = key if path == "api_key" else _login(client, "plan@example.com")
     client.patch("/v1/admin/plans/free-trial", json={"is_active": False}, headers=ADMIN)
 
-    response = client.get("/v1/account", headers=auth(credential))
+    response = client.get("/v1/sites", headers=auth(credential))
 
     assert response.status_code == 402
     assert response.get_json()["error"]["code"] == "subscription_required"
     assert "Active subscription required" in response.get_json()["error"]["message"]
+
+
+# What an account on a retired plan needs to choose another (GET /v1/plans is public).
+CHOOSING_PLAN = {("GET", "accounts.get_account"), ("POST", "accounts.change_plan")}
+
+
+def _key_endpoints(app: Any) -> list[tuple[str, str, str]]:
+    """(method, url, endpoint) of every view behind an API key or login token, its path
+    arguments filled with placeholders (auth is checked before they are looked up)."""
+    found = []
+    for rule in app.url_map.iter_rules():
+        if getattr(app.view_functions[rule.endpoint], "openapi_auth", None) != "apiKey":
+            continue
+        values = {
+            name: 1 if type(rule._converters[name]).__name__ == "IntegerConverter" else "x_1"
+            for name in rule.arguments
+        }
+        url = rule.build(values, append_unknown=False)[1]
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            found.append((method, url, rule.endpoint))
+    return found
+
+
+@pytest.mark.parametrize("path", ["api_key", "login_token"])
+def test_a_retired_plan_reaches_only_what_choosing_a_plan_needs(
+    app: Any, client: Any, path: str
+) -> None:
+    """Every auth path: the account and the plan change answer; everything else is 402.
+    Logging in still works, so a password-only owner can get there too."""
+    key, _ = register(client, "retired@example.com")
+    client.patch("/v1/admin/plans/free-trial", json={"is_active": False}, headers=ADMIN)
+    credential = key if path == "api_key" else _login(client, "retired@example.com")
+
+    endpoints = _key_endpoints(app)
+    answers = {
+        (method, endpoint): client.open(url, method=method, json={}, headers=auth(credential))
+        for method, url, endpoint in endpoints
+    }
+
+    assert set(answers) >= CHOOSING_PLAN
+    assert len(answers) > 20
+    for (method, endpoint), response in answers.items():
+        code = response.get_json()["error"]["code"] if response.status_code >= 400 else None
+        if (method, endpoint) in CHOOSING_PLAN:
+            assert code != "subscription_required", (method, endpoint)
+        else:
+            assert (response.status_code, code) == (402, "subscription_required"), (
+                method,
+                endpoint,
+            )
+    account = client.get("/v1/account", headers=auth(credential))
+    assert account.status_code == 200
+    assert (account.get_json()["plan"]["slug"], account.get_json()["plan"]["is_active"]) == (
+        "free-trial",
+        False,
+    )
+
+
+@pytest.mark.parametrize("status", ["suspended", "cancelled"])
+def test_a_suspended_account_on_a_retired_plan_cannot_choose_one(client: Any, status: str) -> None:
+    key, account = register(client, "both@example.com")
+    client.patch("/v1/admin/plans/free-trial", json={"is_active": False}, headers=ADMIN)
+    client.patch(f"/v1/admin/accounts/{account['id']}", json={"status": status}, headers=ADMIN)
+
+    response = client.post("/v1/account/plan", json={"plan": "free"}, headers=auth(key))
+
+    assert response.status_code == 403
+    assert response.get_json()["error"]["code"] == f"account_{status}"
 
 
 def _invite(client: Any, owner_key: str, role: str) -> str:

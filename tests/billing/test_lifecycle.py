@@ -3,6 +3,7 @@ every function takes `now`, so each test walks time forward by passing it."""
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -22,6 +23,7 @@ from models import (
     CreditTransaction,
     PeriodRun,
     Plan,
+    Site,
     WebhookDelivery,
     as_utc,
 )
@@ -255,6 +257,56 @@ def test_missed_periods_collapse_into_one_move(db_url: str) -> None:
     assert as_utc(moved.period_end) == at("2027-05-31T00:00:00")  # type: ignore[arg-type]
     assert moved.usage_ahrefs_queries == 0
     assert [kind for kind, _ in events(acct)] == ["period_started"]
+
+
+def _schedule(account_id: str, slug: str, sites: int) -> None:
+    """A downgrade to `slug` waiting, and `sites` live sites (however they got there)."""
+    with transaction() as session:
+        session.execute(
+            update(Account)
+            .where(Account.id == account_id)
+            .values(scheduled_plan_id=select(Plan.id).where(Plan.slug == slug).scalar_subquery())
+        )
+        session.add_all(Site(account_id=account_id, name=f"site {n}") for n in range(sites))
+
+
+def test_a_scheduled_downgrade_the_account_no_longer_fits_is_not_applied(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    acct = make_account("growth", period_start=at("2027-01-15T00:00:00"))
+    _schedule(acct, "free", sites=2)  # Free allows 1 site
+
+    rollover = at("2027-02-15T00:00:00")
+    with caplog.at_level(logging.WARNING, logger="billing.lifecycle"), transaction() as session:
+        assert lifecycle.roll_over_periods(session, rollover).accounts == [acct]
+
+    kept = account(acct)
+    assert (kept.plan.slug if kept.plan else None, kept.scheduled_plan_id) == ("growth", None)
+    assert [e for e in events(acct) if e[0] != "period_started"] == [
+        (
+            "plan_change_skipped",
+            {
+                "from": "growth",
+                "to": "free",
+                "reason": "over_limits",
+                "over": {"sites": {"used": 2, "limit": 1, "remove": 1}},
+            },
+        )
+    ]
+    assert any(acct in record.getMessage() for record in caplog.records)
+
+
+def test_a_scheduled_downgrade_that_fits_is_applied_at_the_rollover(db_url: str) -> None:
+    acct = make_account("growth", period_start=at("2027-01-15T00:00:00"))
+    _schedule(acct, "free", sites=1)
+
+    with transaction() as session:
+        lifecycle.roll_over_periods(session, at("2027-02-15T00:00:00"))
+
+    moved = account(acct)
+    assert (moved.plan.slug if moved.plan else None, moved.scheduled_plan_id) == ("free", None)
+    changes = [e for e in events(acct) if e[0] != "period_started"]
+    assert changes == [("plan_changed", {"from": "growth", "to": "free"})]
 
 
 # --- renewal ------------------------------------------------------------------------------
