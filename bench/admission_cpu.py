@@ -46,6 +46,7 @@ STAGES = (
     ("api.ratelimit", "enforce"),
     ("billing.submission", "submit_job"),
     ("billing.submission", "quote_job"),
+    ("billing.ledger", "reserve_new_job"),
     ("billing.ledger", "reserve"),
     ("billing.submission", "admit"),
     ("api.jobs", "_enqueue"),

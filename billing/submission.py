@@ -167,13 +167,14 @@ def submit_job(
         "created_at": utcnow(),
     }
     if request.idempotency_key is None:
-        session.connection().execute(_INSERT_JOB, row)
+        ledger.reserve_new_job(session, row, hold, hold_ttl)
+        job = _persistent(session, row)
     else:
         earlier = _insert_once(session, row, request)
         if earlier is not None:
             return Submission(earlier, created=False)
-    job = _persistent(session, row)
-    ledger.reserve(session, account.id, job.id, hold, hold_ttl)
+        job = _persistent(session, row)
+        ledger.reserve(session, account.id, job.id, hold, hold_ttl)
     # The reserve's UPDATE locked the account row: admission needs no lock of its own.
     dispatches = admit(session, account.id, utcnow(), account_locked=True)
     return Submission(job, created=True, dispatches=dispatches)

@@ -32,12 +32,13 @@ ADMIN = {"X-Admin-Token": "test-admin-token"}
 CLUSTER = {"operation": "clustering", "input": {"keywords": ["trail shoes", "road shoes"]}}
 # Per submission, in a warm process (its price list cached): the API-key read (with the
 # plan, the catalog stamp and whether the account has model preferences: it has none),
-# the job row, the hold, admission. PostgreSQL: the reserve is one statement and
-# admission one more (the reserve's UPDATE holds the account row's lock). SQLite: the
+# the job row, the hold, admission. PostgreSQL: the job row and the reserve are one
+# statement (ledger.reserve_new_job) and admission one more (the reserve's UPDATE holds
+# the account row's lock). SQLite: the
 # key read outside any transaction (api/db.py caller_read: no writer lock, no BEGIN),
 # then a BEGIN IMMEDIATE on the same connection, the writes, the final COMMIT
 # (models/sqlite.py writes these), and the reserve as its UPDATE and the hold's INSERT.
-STATEMENTS = {"postgresql": 4, "sqlite": 7}
+STATEMENTS = {"postgresql": 3, "sqlite": 7}
 
 
 @contextmanager

@@ -30,9 +30,10 @@ from models import (
     CreditUsageLog,
     Job,
     as_utc,
+    new_id,
     utcnow,
 )
-from models.db import get_engine, transaction
+from models.db import get_engine, session_factory, transaction
 from tests import factories
 from tests.factories import balances, hold_for, make_account, make_job, request, submit
 
@@ -108,6 +109,45 @@ def test_reserve_insufficient_names_required_and_available_and_writes_nothing(db
     with transaction(db_url) as session:
         ledger.reserve(session, account_id, job.id, 400, TTL)  # exactly what is left
         assert balances(session, account_id) == (1000, 1000)
+    assert_audit_clean(db_url)
+
+
+@pytest.mark.parametrize(("status", "amount"), [("active", 401), ("suspended", 10)])
+def test_a_new_jobs_refused_reserve_writes_neither_the_job_nor_the_hold(
+    db_url: str, status: str, amount: int
+) -> None:
+    """reserve_new_job: on PostgreSQL the job's INSERT rides on the reserve's statement,
+    so a refusal (credits, status) writes no job row even inside the transaction; on
+    SQLite the request's rollback removes it. Either way nothing is left."""
+    with transaction(db_url) as session:
+        account_id = make_account(session, credits=400, status=status).id
+    row = {
+        "id": new_id("job"), "account_id": account_id, "operation": "clustering",
+        "input": {"keywords": ["a"]}, "model": "gpt-4o-mini", "status": "queued",
+        "reserved_credits": amount, "credits_charged": 0, "attempts": 0,
+        "request_hash": "h", "created_at": utcnow(),
+    }  # fmt: skip
+    with session_factory(db_url)() as session, session.begin():
+        with pytest.raises((InsufficientCredits, AccountInactive)):
+            ledger.reserve_new_job(session, row, amount, TTL)
+        if db_url.startswith("postgresql"):
+            assert session.get(Job, row["id"]) is None
+        session.rollback()  # as a refused request does
+    with transaction(db_url) as session:
+        assert session.get(Job, row["id"]) is None
+        assert count(session, CreditReservation, account_id=account_id) == 0
+        assert balances(session, account_id) == (400, 0)
+
+    if status == "active":
+        with transaction(db_url) as session:
+            ledger.reserve_new_job(session, {**row, "reserved_credits": 400}, 400, TTL)
+        with transaction(db_url) as session:
+            assert session.get(Job, row["id"]) is not None
+            (held,) = session.scalars(
+                select(CreditReservation.amount).where(CreditReservation.job_id == row["id"])
+            )
+            assert held == 400
+            assert balances(session, account_id) == (400, 400)
     assert_audit_clean(db_url)
 
 
