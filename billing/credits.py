@@ -7,6 +7,7 @@ Every grant goes through `ledger.grant` with a once-only reference, so the same 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -18,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from billing import ledger
 from billing.accounts import get_account, move_status
-from billing.errors import AmountMismatch, IdempotencyConflict, InvalidInput
+from billing.errors import AmountMismatch, DuplicateReference, IdempotencyConflict, InvalidInput
 from billing.lifecycle import grant_period
 from billing.periods import add_months
 from billing.plans import is_renewable
@@ -215,13 +216,14 @@ def adjust(
         ledger.grant(session, account_id, amount, "adjustment", reason)
         return True
     check_idempotency_key(idempotency_key)
-    reference = f"idempotency:{idempotency_key}"
+    # Hashed: a key may be 255 characters, the reference column holds 200.
+    reference = "idempotency:" + hashlib.sha256(idempotency_key.encode()).hexdigest()
     if _same_adjustment(session, account_id, reference, amount, reason):
         return False
     try:
         with session.begin_nested():
             ledger.grant(session, account_id, amount, "adjustment", reason, reference=reference)
-    except IntegrityError:  # the same key, committed by a concurrent request just now
+    except (IntegrityError, DuplicateReference):  # the key, committed by a racer just now
         if not _same_adjustment(session, account_id, reference, amount, reason):
             raise
         return False

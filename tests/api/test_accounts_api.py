@@ -150,6 +150,8 @@ def test_an_adjustment_with_an_idempotency_key_is_posted_once(client: Any) -> No
     other = client.post(url, json={**body, "amount": 600}, headers=once)
     unkeyed = [client.post(url, json=body, headers=ADMIN) for _ in range(2)]
     blank = client.post(url, json=body, headers={**ADMIN, "Idempotency-Key": "a\tb"})
+    longest = {**ADMIN, "Idempotency-Key": "k" * 255}  # longer than a reference column
+    long_keyed = [client.post(url, json=body, headers=longest) for _ in range(2)]
 
     assert (first.status_code, first.headers.get("Idempotent-Replayed")) == (200, None)
     assert (retry.status_code, retry.headers.get("Idempotent-Replayed")) == (200, "true")
@@ -157,9 +159,13 @@ def test_an_adjustment_with_an_idempotency_key_is_posted_once(client: Any) -> No
     assert (other.status_code, other.get_json()["error"]["code"]) == (409, "idempotency_conflict")
     assert [r.status_code for r in unkeyed] == [200, 200]  # no key: each one is posted
     assert blank.status_code == 422
+    assert [(r.status_code, r.headers.get("Idempotent-Replayed")) for r in long_keyed] == [
+        (200, None), (200, "true"),
+    ]  # fmt: skip
     txns = client.get("/v1/credits/transactions", headers=auth(key)).get_json()["data"]
     assert [(t["type"], t["amount"]) for t in txns] == [
-        ("adjustment", 500), ("adjustment", 500), ("adjustment", 500), ("registration", 2000),
+        ("adjustment", 500), ("adjustment", 500), ("adjustment", 500), ("adjustment", 500),
+        ("registration", 2000),
     ]  # fmt: skip
     assert_audit_clean()
 

@@ -473,6 +473,7 @@ def test_stats_count_and_reset(client, server):
             "match": "zzz",
             "retry_after": 1.5,
             "answer": None,
+            "code": None,
         }
     ]
 
