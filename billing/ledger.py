@@ -289,7 +289,7 @@ def reserve_new_job(session: Session, job: dict[str, Any], amount: int, ttl: tim
         raise ValueError("a hold must be positive")
     connection = session.connection()
     if not _on_postgresql(connection):
-        connection.execute(_insert_job(), job)
+        connection.execute(INSERT_JOB, job)
         reserve(session, job["account_id"], job["id"], amount, ttl)
         return
     params = {f"job_{name}": value for name, value in job.items()}
@@ -299,11 +299,9 @@ def reserve_new_job(session: Session, job: dict[str, Any], amount: int, ttl: tim
 
 
 _jobs = cast(Table, Job.__table__)
-
-
-@functools.cache
-def _insert_job() -> Insert:
-    return insert(_jobs)
+# A job row exactly as its columns dict says (one Core INSERT, no unit of work); also
+# `submission`'s keyed path, which needs its own savepoint around it.
+INSERT_JOB = insert(_jobs)
 
 
 @functools.cache
