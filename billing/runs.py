@@ -519,6 +519,16 @@ def sweep_expired_holds(
     return ended(session, swept, now)
 
 
+def error_codes(session: Session, job_ids: list[str]) -> dict[str, int]:
+    """How many of `job_ids` ended with each error code (the sweep's metric labels)."""
+    rows = session.execute(
+        select(Job.error_code, func.count())
+        .where(Job.id.in_(job_ids), Job.error_code.is_not(None))
+        .group_by(Job.error_code)
+    ).all()
+    return {code: count for code, count in rows}
+
+
 def _no_live_work(
     now: datetime, hold_ttl: timedelta, max_queue_age: timedelta
 ) -> ColumnElement[bool]:

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 import metrics
 from billing import lifecycle, reconciliation, webhooks
 from billing.admission import Dispatch
+from billing.runs import error_codes
 from billing.runs import sweep_expired_holds as release_expired_holds
 from models import utcnow
 from models.db import transaction
@@ -70,7 +71,9 @@ def _sweep(session: Session, now: datetime) -> PeriodicReport:
     swept = release_expired_holds(session, now, hold_ttl, max_queue_age)
     if swept:
         log.warning("released %d expired holds: %s", len(swept.job_ids), swept.job_ids[:20])
-        metrics.RECONCILER_ACTIONS.labels("hold_expired").inc(len(swept.job_ids))
+        # hold_expired (a silent worker) or queue_timeout (no worker took it): two alerts.
+        for code, count in error_codes(session, swept.job_ids).items():
+            metrics.RECONCILER_ACTIONS.labels(code).inc(count)
     return PeriodicReport(
         f"{len(swept.job_ids)} expired hold(s) released", swept.deliveries, swept.dispatches
     )

@@ -12,10 +12,12 @@ from typing import Any
 
 import pytest
 import redis
+from prometheus_client import REGISTRY
 from sqlalchemy import func, select
 
 from billing import accounts, webhooks
 from billing.audit import audit
+from billing.runs import start_job
 from billing.submission import JobRequest, submit_job
 from billing.webhook_urls import UrlPolicy
 from models import (
@@ -218,6 +220,41 @@ def test_the_sweep_releases_expired_holds_and_announces_the_failures(sent: list[
         assert delivery is not None
         assert delivery.event_type == "job.failed"
     assert sent == [delivery.id]
+    audit_clean()
+
+
+def test_the_sweep_counts_each_reason_under_its_own_metric_label(
+    sent: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A silent worker (`hold_expired`) and work no worker took (`queue_timeout`) call
+    for different fixes at 3 a.m., so the metric tells them apart."""
+    monkeypatch.setenv("HOLD_TTL_SECONDS", "600")
+    monkeypatch.setenv("JOB_MAX_QUEUE_SECONDS", "3600")
+    with transaction() as session:
+        account = accounts.register(session, "labels@example.com", "long enough", "", 14).account
+        ids = [
+            submit_job(
+                session,
+                account,
+                JobRequest(operation="clustering", input={"keywords": ["a", "b"]}),
+                timedelta(minutes=10),
+            ).job.id
+            for _ in range(2)
+        ]
+    with transaction() as session:
+        assert start_job(session, ids[0]) is not None  # its worker dies at once
+
+    def swept(reason: str) -> float:
+        value = REGISTRY.get_sample_value("aijobs_reconciler_actions_total", {"action": reason})
+        return value or 0.0
+
+    before = {reason: swept(reason) for reason in ("hold_expired", "queue_timeout")}
+    assert periodic.run_periodic("sweep", utcnow() + timedelta(hours=2)) == (
+        "2 expired hold(s) released"
+    )
+
+    assert swept("hold_expired") - before["hold_expired"] == 1
+    assert swept("queue_timeout") - before["queue_timeout"] == 1
     audit_clean()
 
 
