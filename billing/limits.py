@@ -15,7 +15,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from billing.errors import LimitReached
-from models import Account, Keyword, Plan, Site, User, as_utc
+from models import Account, Keyword, Plan, Site, User, as_utc, utcnow
 
 
 @dataclass(frozen=True)
@@ -199,10 +199,22 @@ def consume_ahrefs_query(session: Session, account: Account) -> AhrefsQuery:
         .execution_options(synchronize_session=False)
     ).one_or_none()
     if row is None:
-        reset = account.period_end
-        extra = f" Your queries reset on {as_utc(reset).date()}." if reset else ""
+        extra = _ahrefs_reset_note(account.period_end, utcnow())
         raise _reached(account.plan, "ahrefs_queries", limit or 0, limit or 0, 1, extra)
     return AhrefsQuery(int(row[0]), row[1])
+
+
+def _ahrefs_reset_note(period_end: datetime | None, now: datetime) -> str:
+    """When the count resets. Between a period's end and the periodic rollover that resets
+    it, the end date is already past: promise the rollover, not a day gone by."""
+    if period_end is None:
+        return ""
+    if as_utc(period_end) > now:
+        return f" Your queries reset on {as_utc(period_end).date()}."
+    return (
+        f" Your month ended on {as_utc(period_end).date()}; "
+        "your queries reset at the next rollover (hourly)."
+    )
 
 
 def refund_ahrefs_query(session: Session, account_id: str, counted: AhrefsQuery) -> bool:

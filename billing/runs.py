@@ -526,7 +526,7 @@ def error_codes(session: Session, job_ids: list[str]) -> dict[str, int]:
         .where(Job.id.in_(job_ids), Job.error_code.is_not(None))
         .group_by(Job.error_code)
     ).all()
-    return {code: count for code, count in rows}
+    return {code: count for code, count in rows if code is not None}
 
 
 def _no_live_work(

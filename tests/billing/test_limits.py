@@ -3,7 +3,7 @@ account lock, and a refunded Ahrefs query goes back to the period that counted i
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select, update
@@ -98,3 +98,27 @@ def test_a_refund_after_the_rollover_does_not_reach_the_next_period(db_url: str)
         assert limits.refund_ahrefs_query(session, account_id, january) is False
 
     assert _usage(account_id) == 1
+
+
+def test_the_limit_message_promises_the_rollover_once_the_month_has_ended(db_url: str) -> None:
+    """Between a period's end and the rollover that resets the count, the reset date is
+    already past: the message says the rollover is coming, not a day gone by."""
+    with transaction() as session:
+        account_id = make_account(session, "starter").id
+        limit = limits.plan_limit(session.get(Account, account_id).plan, "ahrefs_queries")
+        assert limit
+    now = utcnow()
+    _in_a_period(account_id, now - timedelta(days=10), now + timedelta(days=21))
+    for _ in range(limit):
+        _counted(account_id)
+    with pytest.raises(LimitReached) as upcoming:
+        _counted(account_id)
+    assert f"reset on {(now + timedelta(days=21)).date()}." in upcoming.value.message
+
+    _in_a_period(account_id, now - timedelta(days=31), now - timedelta(minutes=20))
+    with pytest.raises(LimitReached) as ended:
+        _counted(account_id)
+
+    assert "reset on" not in ended.value.message
+    assert f"Your month ended on {(now - timedelta(minutes=20)).date()}" in ended.value.message
+    assert "next rollover" in ended.value.message
