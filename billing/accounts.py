@@ -378,6 +378,21 @@ def record_event(session: Session, account_id: str, type_: str, **data: Any) -> 
     session.add(AccountEvent(account_id=account_id, type=type_, data=data))
 
 
+def held_by_admin(session: Session, account_id: str, status: str | None) -> bool:
+    """Whether `status` is a stop an admin put the account in (a suspension or a
+    cancellation): a payment grants credits but never lifts it. A trial that merely
+    expired (`trial_expired`) is lifted by paying."""
+    if status not in ("suspended", "cancelled"):
+        return False
+    latest = session.scalar(
+        select(AccountEvent)
+        .where(AccountEvent.account_id == account_id, AccountEvent.type == "status_changed")
+        .order_by(AccountEvent.id.desc())
+        .limit(1)
+    )
+    return latest is None or latest.data.get("reason") != "trial_expired"
+
+
 def move_status(
     session: Session,
     account_id: str,

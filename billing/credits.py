@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from billing import ledger
-from billing.accounts import get_account, move_status
+from billing.accounts import get_account, held_by_admin, move_status
 from billing.errors import AmountMismatch, DuplicateReference, IdempotencyConflict, InvalidInput
 from billing.lifecycle import grant_period
 from billing.periods import add_months
@@ -49,6 +49,8 @@ class PlanPayment:
     method: str
     description: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    # What a purchase priced and sold (its snapshot); None: the plan's credits x months now.
+    credits: int | None = None
 
 
 def _check_payable(plan: Plan, months: int) -> None:
@@ -61,7 +63,8 @@ def _check_payable(plan: Plan, months: int) -> None:
 def start_paid_period(
     session: Session, account: Account, payment: PlanPayment, now: datetime
 ) -> CreditTransaction:
-    """Grant `months` of the plan's credits at once, switch to the plan, and activate.
+    """Grant `months` of the plan's credits at once (a purchase: the credits it sold, not
+    what the plan includes by the time it is paid), switch to the plan, and activate.
 
     The months' credits are posted in one grant keyed on the payment's reference, so a
     payment is credited exactly once and a 3-month payment never yields 1 month of
@@ -73,7 +76,9 @@ def start_paid_period(
     cancels a downgrade that was waiting for the period end.
     """
     plan, months = payment.plan, payment.months
-    _check_payable(plan, months)
+    if payment.credits is None:
+        _check_payable(plan, months)
+    credits = plan.included_credits * months if payment.credits is None else payment.credits
     prepaid_until = as_utc(account.paid_until) if account.paid_until else None
     extending = (
         account.status == "active"
@@ -85,7 +90,7 @@ def start_paid_period(
     txn = ledger.grant(
         session,
         account.id,
-        plan.included_credits * months,
+        credits,
         payment.type_,
         payment.description,
         reference=payment.reference,
@@ -93,7 +98,7 @@ def start_paid_period(
             **payment.metadata,
             "plan": plan.slug,
             "period_months": months,
-            "credits_per_month": plan.included_credits,
+            "credits_per_month": credits // months,
             "paid_until": paid_until.isoformat(),
         },
     )
@@ -102,11 +107,15 @@ def start_paid_period(
     account.paid_until = paid_until
     account.payment_method = payment.method
     if not extending:
-        if move_status(
+        # A payment never lifts an admin's suspension or a cancellation: it is granted,
+        # and the status stays the admin's call (an expired trial's is lifted).
+        status = session.scalar(select(Account.status).where(Account.id == account.id))
+        if not held_by_admin(session, account.id, status) and move_status(
             session,
             account.id,
             "active",
             payment.type_,
+            expected=status,
             plan=plan.slug,
             reference=payment.reference,
         ):

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from billing.errors import LimitReached
+from billing.errors import LimitReached, SubscriptionRequired
 from models import Account, Keyword, Plan, Site, User, as_utc, utcnow
 
 
@@ -177,8 +177,24 @@ class AhrefsQuery:
     period_start: datetime | None
 
 
+def require_paid_plan(account: Account, what: str) -> None:
+    """Refuse what the plan's payment buys beyond credits (Ahrefs queries cost us money,
+    top-ups are priced by the plan) while that payment is awaited: a paid sign-up never
+    paid, or prepaid time that ran out. The account keeps what it has and may pay."""
+    if account.status != "pending_payment":
+        return
+    plan_name = account.plan.name if account.plan else "your"
+    raise SubscriptionRequired(
+        f"The {plan_name} plan is awaiting payment: {what} is available once it is paid. "
+        "Finish the payment (GET /v1/billing/payments lists it) or choose another plan.",
+        plan=account.plan.slug if account.plan else None,
+        reason="payment_pending",
+    )
+
+
 def consume_ahrefs_query(session: Session, account: Account) -> AhrefsQuery:
     """Count one live keyword-research query against the month, or refuse."""
+    require_paid_plan(account, "keyword research")
     limit = plan_limit(account.plan, "ahrefs_queries")
     if limit == 0:
         plan_name = account.plan.name if account.plan else "your"

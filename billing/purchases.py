@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from billing import ledger
 from billing.credits import PlanPayment, start_paid_period
 from billing.errors import Forbidden, InvalidInput, NotFound, PurchaseNotPending
+from billing.limits import require_paid_plan
 from billing.paging import Page, newest_first, page_of, page_size, time_cursor
 from models import PURCHASE_STATUSES, Account, CreditTransaction, Plan, Purchase, as_utc
 
@@ -52,7 +53,8 @@ def price_of_credits(plan: Plan, credits: int) -> Decimal:
 
 
 def create_topup(session: Session, account: Account, credits: int) -> Purchase:
-    """A pending purchase of `credits`, priced from the account's plan."""
+    """A pending purchase of `credits`, priced from the account's plan (a paid one)."""
+    require_paid_plan(account, "buying credits")
     plan = account.plan
     if plan is None or not plan.allow_credit_topup:
         plan_name = plan.name if plan else "your"
@@ -200,6 +202,7 @@ def _grant(
             method=method,
             description=f"{purchase.plan.name} plan paid ({method}): purchase {purchase.id}",
             metadata={**details, "payment_reference": reference},
+            credits=purchase.credits,
         ),
         now,
     )
@@ -249,9 +252,11 @@ def apply_stripe_event(session: Session, event: dict[str, Any], now: datetime) -
     if kind in ("checkout.session.expired", "checkout.session.async_payment_failed"):
         fail(session, purchase.id, kind.rsplit(".", 1)[-1], now)
         return "failed"
-    paid = kind == "checkout.session.async_payment_succeeded" or (
-        kind == "checkout.session.completed" and checkout.get("payment_status") == "paid"
-    )
+    # Whatever the event type says, the session itself must say it was paid.
+    paid = kind in (
+        "checkout.session.completed",
+        "checkout.session.async_payment_succeeded",
+    ) and (checkout.get("payment_status") == "paid")
     if not paid:
         return "awaiting_payment"
     if checkout.get("amount_total") != minor_units(purchase.amount) or (

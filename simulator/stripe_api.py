@@ -66,8 +66,11 @@ class CheckoutSessions:
                 )
             return dict(session)
 
-    def move(self, session_id: str, event_type: str) -> dict[str, Any]:
-        """Apply what the customer did (pay, abandon) and return the session after it."""
+    def move(self, session_id: str, event_type: str, delayed: bool = False) -> dict[str, Any]:
+        """Apply what the customer did (pay, abandon) and return the session after it.
+
+        As Stripe: a delayed method (bank debit) completes `unpaid`, and only such a
+        session later has its async payment succeed (-> paid) or fail (stays unpaid)."""
         with self._lock:
             session = self._sessions.get(session_id)
             if session is None:
@@ -87,12 +90,17 @@ class CheckoutSessions:
                     raise RequestError(400, "This Checkout Session is no longer open.")
                 session.update(
                     status="complete",
-                    payment_status="paid",
+                    payment_status="unpaid" if delayed else "paid",
                     payment_intent="pi_" + secrets.token_hex(12),
                     url=None,
                 )
-            elif event_type == "checkout.session.async_payment_failed":
-                session.update(status="complete", payment_status="unpaid", url=None)
+            else:  # the async outcome of a delayed payment
+                if (session["status"], session["payment_status"]) != ("complete", "unpaid"):
+                    raise RequestError(
+                        400, "Only a completed Checkout Session awaiting payment settles later."
+                    )
+                if event_type == "checkout.session.async_payment_succeeded":
+                    session.update(payment_status="paid")
             return dict(session)
 
 
@@ -198,7 +206,8 @@ def checkout_page(session_id: str) -> Response:
 
 @stripe.post("/_sim/stripe/checkout/sessions/<session_id>/events")
 def customer_event(session_id: str) -> Response:
-    """Play the customer: `{"type", "webhook_secret"?, "deliver_to"?, "timestamp"?}`.
+    """Play the customer: `{"type", "webhook_secret"?, "deliver_to"?, "timestamp"?,
+    "delayed"?}` (`delayed`: a completed checkout paid by a delayed method, still unpaid).
 
     The secret defaults to `STRIPE_WEBHOOK_SECRET` (what `make run` gives both sides).
     Moves the session as that event says, signs the event with `webhook_secret` (at
@@ -215,7 +224,7 @@ def customer_event(session_id: str) -> Response:
     timestamp = body.get("timestamp", int(time.time()))
     if isinstance(timestamp, bool) or not isinstance(timestamp, int):
         raise RequestError(400, "'timestamp' must be Unix seconds.")
-    session = sessions().move(session_id, event_type)
+    session = sessions().move(session_id, event_type, delayed=body.get("delayed") is True)
     event = {
         "id": "evt_" + secrets.token_hex(12),
         "object": "event",

@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import re
 import runpy
 import shlex
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +163,30 @@ def test_secrets_come_from_the_environment_and_beat_keeps_its_schedule(
     name, mount = volume.split(":")
     assert schedule.startswith(mount + "/")
     assert name in compose["volumes"]
+
+
+def test_beat_is_unhealthy_once_it_stops_saving_its_schedule(
+    services: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    """The healthcheck itself, run here on a stand-in for the schedule volume: healthy
+    while a schedule file was saved in the last 10 minutes (beat saves every ~3)."""
+    beat = services["beat"]
+    (mount,) = [volume.split(":")[1] for volume in beat["volumes"]]
+    kind, executable, flag, code = beat["healthcheck"]["test"]
+    assert (kind, executable, flag) == ("CMD", "python", "-c")
+    assert option(command_of(beat), "-s").startswith(mount + "/")
+    check = [sys.executable, "-c", code.replace(mount, str(tmp_path))]
+
+    def healthy() -> bool:
+        return subprocess.run(check, timeout=30).returncode == 0
+
+    assert not healthy()  # no schedule yet
+    saved = tmp_path / "celerybeat-schedule.dat"
+    saved.write_bytes(b"schedule")
+    assert healthy()
+    eleven_minutes_ago = time.time() - 660
+    os.utime(saved, (eleven_minutes_ago, eleven_minutes_ago))
+    assert not healthy()
 
 
 def test_commands_name_real_modules_of_this_repo(services: dict[str, dict[str, Any]]) -> None:

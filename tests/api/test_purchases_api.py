@@ -4,12 +4,14 @@ simulator's Stripe stand-in), and each purchase grants once whatever arrives twi
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
 import httpx
 import pytest
 
+from simulator.stripe_api import sign
 from tests.conftest import assert_audit_clean
 from tests.support import auth, register
 
@@ -204,8 +206,47 @@ def test_a_declined_async_payment_fails_the_purchase(
 ) -> None:
     key, _ = buyer
     purchase = topup(client, key, 1000)
+    completed = customer(sim, purchase, delayed=True)  # a bank debit: complete, unpaid
+    assert deliver(client, completed).get_json()["outcome"] == "awaiting_payment"
     signed = customer(sim, purchase, type="checkout.session.async_payment_failed")
     assert deliver(client, signed).get_json()["outcome"] == "failed"
+    assert balance(client, key) == 2000
+    assert_audit_clean()
+
+
+def test_a_delayed_payment_is_granted_when_it_succeeds(
+    client: Any, buyer: tuple[str, str], stripe_on: None, sim: Any
+) -> None:
+    key, _ = buyer
+    purchase = topup(client, key, 1000)
+    assert deliver(client, customer(sim, purchase, delayed=True)).get_json()["outcome"] == (
+        "awaiting_payment"
+    )
+    assert balance(client, key) == 2000
+
+    succeeded = customer(sim, purchase, type="checkout.session.async_payment_succeeded")
+
+    assert deliver(client, succeeded).get_json()["outcome"] == "granted"
+    assert balance(client, key) == 3000
+    assert_audit_clean()
+
+
+def test_an_async_success_event_for_an_unpaid_session_grants_nothing(
+    client: Any, buyer: tuple[str, str], stripe_on: None, sim: Any
+) -> None:
+    """The event type alone is no proof: a correctly signed `async_payment_succeeded`
+    whose session says unpaid (or expired) moves nothing."""
+    key, _ = buyer
+    purchase = topup(client, key, 1000)
+    unpaid = customer(sim, purchase, delayed=True)
+    event = json.loads(unpaid["payload"])
+    event["type"] = "checkout.session.async_payment_succeeded"
+    payload = json.dumps(event)
+    signature = sign(payload, WEBHOOK_SECRET, int(time.time()))
+
+    answer = deliver(client, {"payload": payload}, signature)
+
+    assert answer.get_json()["outcome"] == "awaiting_payment"
     assert balance(client, key) == 2000
     assert_audit_clean()
 

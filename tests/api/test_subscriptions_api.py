@@ -336,3 +336,101 @@ def test_a_retired_plan_cannot_be_chosen_again(client: Any) -> None:
     key, _ = _on_a_retired_plan(client, "api_key")
     again = client.post("/v1/account/plan", json={"plan": "free-trial"}, headers=auth(key))
     assert again.status_code == 422
+
+
+def test_an_unpaid_plan_gives_no_keyword_research_and_no_top_ups(
+    client: Any, sim_control: Any
+) -> None:
+    """A paid sign-up that never pays keeps its account, not the plan's paid extras:
+    Ahrefs queries cost us money, and top-ups are priced by a plan nobody paid for."""
+    body = sign_up(client, "scale")
+    key, purchase = body["api_key"], body["purchase"]
+
+    research = client.post("/v1/keyword-research", json={"seed": "shoes"}, headers=auth(key))
+    topup = client.post("/v1/credits/topup", json={"credits": 500}, headers=auth(key))
+
+    for refused in (research, topup):
+        assert refused.status_code == 402, refused.get_json()
+        error = refused.get_json()["error"]
+        assert (error["code"], error["reason"], error["plan"]) == (
+            "subscription_required",
+            "payment_pending",
+            "scale",
+        )
+        assert "awaiting payment" in error["message"]
+    assert sim_control.get("/_sim/stats").json()["requests"]["ahrefs"] == 0
+    assert client.get("/v1/billing/payments", headers=auth(key)).get_json()["data"] == [
+        client.get(f"/v1/billing/payments/{purchase['id']}", headers=auth(key)).get_json()[
+            "purchase"
+        ]
+    ]  # no top-up purchase was written
+
+    assert confirm(client, purchase["id"], "BT-SCALE").get_json()["granted"] is True
+    research = client.post("/v1/keyword-research", json={"seed": "shoes"}, headers=auth(key))
+    assert research.status_code == 200, research.get_json()
+    assert research.get_json()["queries"]["used"] == 1
+    topup = client.post("/v1/credits/topup", json={"credits": 500}, headers=auth(key))
+    assert topup.status_code == 201, topup.get_json()
+    assert_audit_clean()
+
+
+def test_a_plan_purchase_grants_what_it_sold_not_the_plan_as_edited_since(
+    client: Any,
+) -> None:
+    """Starter sold at 10,000 credits; an admin cuts the plan to 5,000 (or to none)
+    before the payment arrives: the customer gets the 10,000 paid for, and the audit
+    agrees."""
+    key, _ = register(client)
+    asked = client.post("/v1/account/plan", json={"plan": "starter"}, headers=auth(key))
+    purchase = asked.get_json()["change"]["purchase"]
+    assert purchase["credits"] == 10000
+    edited = client.patch("/v1/admin/plans/starter", json={"included_credits": 0}, headers=ADMIN)
+    assert edited.status_code == 200, edited.get_json()
+
+    paid = confirm(client, purchase["id"], "BT-STARTER")
+
+    assert paid.status_code == 200, paid.get_json()
+    assert paid.get_json()["granted"] is True
+    txns = client.get("/v1/credits/transactions", headers=auth(key)).get_json()["data"]
+    assert ("subscription", 10000) in [(t["type"], t["amount"]) for t in txns]
+    assert_audit_clean()
+
+
+@pytest.mark.parametrize("stop", ["suspended", "cancelled"])
+def test_a_payment_does_not_lift_an_admins_stop(client: Any, stop: str) -> None:
+    """The customer pays a checkout opened before the admin suspended the account: the
+    credits are granted, the account stays as the admin left it."""
+    key, account = register(client)
+    purchase = client.post(
+        "/v1/account/plan", json={"plan": "starter"}, headers=auth(key)
+    ).get_json()["change"]["purchase"]
+    stopped = client.patch(
+        f"/v1/admin/accounts/{account['id']}", json={"status": stop}, headers=ADMIN
+    )
+    assert stopped.status_code == 200, stopped.get_json()
+
+    assert confirm(client, purchase["id"], "BT-LATE").get_json()["granted"] is True
+
+    assert client.get("/v1/account", headers=auth(key)).status_code == 403
+    seen = client.get(f"/v1/admin/accounts/{account['id']}", headers=ADMIN).get_json()
+    assert seen["status"] == stop
+    assert seen["credits"]["balance"] == 2000 + 10000
+    assert_audit_clean()
+
+
+def test_a_payment_lifts_a_trial_that_merely_expired(client: Any) -> None:
+    """A trial ends (suspended: trial_expired) while its upgrade's payment is on the way:
+    the payment makes it active on the plan it paid for."""
+    key, _ = register(client)
+    purchase = client.post(
+        "/v1/account/plan", json={"plan": "starter"}, headers=auth(key)
+    ).get_json()["change"]["purchase"]
+    with transaction() as session:
+        lifecycle.expire_trials(session, datetime.now() + timedelta(days=400), timedelta(0))
+    assert client.get("/v1/account", headers=auth(key)).status_code == 403
+
+    assert confirm(client, purchase["id"], "BT-AFTER-TRIAL").get_json()["granted"] is True
+
+    seen = client.get("/v1/account", headers=auth(key)).get_json()
+    assert (seen["status"], seen["plan"]["slug"]) == ("active", "starter")
+    assert_audit_clean()
