@@ -10,8 +10,8 @@ from zoneinfo import available_timezones
 from flask import Blueprint
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.db import db
-from api.payments import with_checkout
+from api.db import after_commit, db
+from api.payments import expire_checkout, with_checkout
 from api.schemas import AccountOut, BudgetOut, OperationName, PlanChangeOut, responds
 from api.security import current_account, require_key, require_key_to_choose_plan, require_role
 from api.validation import json_body
@@ -89,6 +89,8 @@ def change_plan(body: PlanChangeBody) -> dict[str, Any]:
     session = db()
     account = current_account()
     change = subscriptions.request_change(session, account, body.plan, utcnow())
+    for checkout in change.closed_checkouts:
+        after_commit(lambda checkout=checkout: expire_checkout(checkout))
     answer = subscriptions.plan_change_view(change)
     if change.purchase is not None:
         answer["purchase"] = with_checkout(change.purchase)

@@ -96,6 +96,26 @@ def create_subscription(
     )
 
 
+def supersede_plan_purchases(
+    session: Session, account_id: str, now: datetime, keep: str | None = None
+) -> tuple[str, ...]:
+    """Fail the account's pending plan purchases but `keep` (`superseded`); the Stripe
+    checkouts they had, to close once this commits."""
+    query = update(Purchase).where(
+        Purchase.account_id == account_id,
+        Purchase.kind == "subscription",
+        Purchase.status == "pending",
+    )
+    if keep is not None:
+        query = query.where(Purchase.id != keep)
+    checkouts = session.scalars(
+        query.values(status="failed", failure_reason="superseded", failed_at=now)
+        .returning(Purchase.stripe_session_id)
+        .execution_options(synchronize_session=False)
+    ).all()
+    return tuple(checkout for checkout in checkouts if checkout)
+
+
 def _pending(
     session: Session,
     account_id: str,

@@ -11,7 +11,7 @@ plan changes, and admin changes that activate an account.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -38,6 +38,8 @@ class PlanChange:
     plan: Plan
     effective_at: datetime | None  # None: when the purchase is paid
     purchase: Purchase | None
+    # Stripe checkouts of the plan purchases this change superseded, to close after commit.
+    closed_checkouts: tuple[str, ...] = ()
 
 
 def public_plan(session: Session, slug: str) -> Plan:
@@ -88,7 +90,15 @@ def request_change(session: Session, account: Account, slug: str, now: datetime)
     paid one when its purchase is paid."""
     lock_account(session, account.id)
     session.refresh(account)
-    plan = public_plan(session, slug)
+    change = _change(session, account, public_plan(session, slug), now)
+    # One plan change waits for payment at a time: paying a superseded purchase later
+    # would switch plans behind this choice, past its checks.
+    keep = change.purchase.id if change.purchase else None
+    closed = purchases.supersede_plan_purchases(session, account.id, now, keep=keep)
+    return replace(change, closed_checkouts=closed)
+
+
+def _change(session: Session, account: Account, plan: Plan, now: datetime) -> PlanChange:
     current = account.plan
     if current is None or not current.is_active:
         check_fits(session, account, plan)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import select
 
@@ -434,3 +435,51 @@ def test_a_payment_lifts_a_trial_that_merely_expired(client: Any) -> None:
     seen = client.get("/v1/account", headers=auth(key)).get_json()
     assert (seen["status"], seen["plan"]["slug"]) == ("active", "starter")
     assert_audit_clean()
+
+
+def test_a_new_plan_choice_supersedes_the_one_waiting_for_payment(
+    client: Any,
+    stripe_on: None,  # noqa: F811 - the fixture
+    sim: Any,
+) -> None:
+    """Starter asked for, then Scale: Starter's purchase fails `superseded` and its
+    checkout is closed, so paying it later cannot move a Scale account back to Starter
+    past the checks a downgrade gets."""
+    key, _ = register(client)
+    starter = client.post("/v1/account/plan", json={"plan": "starter"}, headers=auth(key))
+    old = starter.get_json()["change"]["purchase"]
+    scale = client.post("/v1/account/plan", json={"plan": "scale"}, headers=auth(key))
+    assert scale.status_code == 200, scale.get_json()
+    new = scale.get_json()["change"]["purchase"]
+
+    seen = client.get(f"/v1/billing/payments/{old['id']}", headers=auth(key)).get_json()
+    assert (seen["purchase"]["status"], seen["purchase"]["failure_reason"]) == (
+        "failed",
+        "superseded",
+    )
+    old_checkout = old["checkout_url"].rsplit("/", 1)[-1]
+    at_stripe = httpx.get(f"{sim.url}/stripe/v1/checkout/sessions/{old_checkout}")
+    assert at_stripe.json()["status"] == "expired"
+    late = httpx.post(
+        f"{sim.url}/_sim/stripe/checkout/sessions/{old_checkout}/events",
+        json={"webhook_secret": "whsec_test_endpoint_secret"},
+    )
+    assert late.status_code == 400  # no longer payable
+    assert confirm(client, old["id"], "BT-OLD").status_code == 409
+
+    assert deliver(client, customer(sim, new)).get_json()["outcome"] == "granted"
+    account = client.get("/v1/account", headers=auth(key)).get_json()
+    assert (account["status"], account["plan"]["slug"]) == ("active", "scale")
+    assert_audit_clean()
+
+
+def test_a_refused_plan_change_leaves_the_waiting_purchase_alone(client: Any) -> None:
+    key, _ = register(client)
+    starter = client.post("/v1/account/plan", json={"plan": "starter"}, headers=auth(key))
+    waiting = starter.get_json()["change"]["purchase"]
+
+    same = client.post("/v1/account/plan", json={"plan": "free-trial"}, headers=auth(key))
+
+    assert same.status_code == 409
+    seen = client.get(f"/v1/billing/payments/{waiting['id']}", headers=auth(key)).get_json()
+    assert seen["purchase"]["status"] == "pending"
