@@ -350,12 +350,24 @@ def _stop(session: Session, run: AutomationRun) -> Ending:
     session.execute(
         select(Account.id).where(Account.id == run.account_id).with_for_update(key_share=True)
     )
-    session.execute(
+    flagged = session.execute(
         update(AutomationRun)
-        .where(AutomationRun.id == run.id, AutomationRun.cancel_requested_at.is_(None))
+        .where(
+            AutomationRun.id == run.id,
+            AutomationRun.cancel_requested_at.is_(None),
+            AutomationRun.status.not_in(FINAL_RUN_STATUSES),
+        )
         .values(cancel_requested_at=utcnow())
         .execution_options(synchronize_session=False)
-    )
+    ).rowcount  # type: ignore[attr-defined]
+    if not flagged:
+        # Ended since the caller read it (its last job's ending won the race): a 409, as
+        # for any ended run, not a cancel flag on a finished run.
+        status = session.scalar(select(AutomationRun.status).where(AutomationRun.id == run.id))
+        if status in FINAL_RUN_STATUSES:
+            raise AutomationNotCancellable(
+                f"Automation run is {status}; it has already ended.", status=status
+            )
     open_jobs = session.scalars(
         select(Job.id)
         .where(Job.automation_id == run.id, Job.status.not_in(FINAL_JOB_STATUSES))

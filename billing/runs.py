@@ -244,9 +244,10 @@ def finish_run(session: Session, run: JobRun, outcome: Outcome) -> Ending:
         .where(Job.id == run.job_id)
         .with_for_update(key_share=True)
     ).one()
+    cancelled = job.cancel_requested_at is not None
     if job.status in FINAL_JOB_STATUSES:
-        return _late_answer(session, run, outcome)
-    status = _final_status(outcome, cancelled=job.cancel_requested_at is not None)
+        return _late_answer(session, run, outcome, cancelled=cancelled)
+    status = _final_status(outcome, cancelled=cancelled)
     posted = _charge(session, run, outcome, status)
     if posted is None:  # the hold was closed although the job was not final
         raise RuntimeError(f"job {run.job_id} is {job.status} but its hold is closed")
@@ -335,17 +336,18 @@ def _error(outcome: Outcome, status: str, charged: int) -> tuple[str | None, str
     return code, (message[:1900] + paid)
 
 
-def _late_answer(session: Session, run: JobRun, outcome: Outcome) -> Ending:
+def _late_answer(session: Session, run: JobRun, outcome: Outcome, *, cancelled: bool) -> Ending:
     """The job ended before this answer arrived. If its hold expired (the job looked
     dead), charge the usage from what the account still has; otherwise (another run or
-    a cancel ended it) or if the account cannot cover it, record it as unbilled."""
+    a cancel ended it) or if the account cannot cover it, record it as unbilled. A job
+    the account cancelled stays `cancelled` (charged, as a cancel while answering is)."""
     if outcome.usage is None:
         return Ending()
     # A run's job spends only from the run's hold: once that is closed, a late answer
     # is unbilled rather than charged from the account's balance.
     in_run = session.scalar(select(Job.automation_id).where(Job.id == run.job_id))
     if outcome.billable and in_run is None:
-        status = _final_status(outcome, cancelled=False)
+        status = _final_status(outcome, cancelled=cancelled)
         posted = ledger.settle_late(
             session,
             run.job_id,
@@ -493,7 +495,7 @@ def sweep_expired_holds(
     a job waiting for a slot is live (its account's earlier jobs run).
     """
     rows = session.execute(
-        select(Job.id, Job.account_id, Job.status, Job.dispatched_at)
+        select(Job.id, Job.account_id, Job.status, Job.dispatched_at, Job.cancel_requested_at)
         .join(CreditReservation, CreditReservation.job_id == Job.id)
         .where(
             CreditReservation.status == "held",
@@ -511,8 +513,8 @@ def sweep_expired_holds(
         if _end_uncharged(
             session,
             row.id,
-            "failed",
-            *_sweep_error(row.status, now, row.dispatched_at),
+            "cancelled" if row.cancel_requested_at is not None else "failed",
+            *_sweep_error(row.status, now, row.dispatched_at, row.cancel_requested_at),
             expired=True,
         )
     ]
@@ -543,8 +545,12 @@ def _no_live_work(
     )
 
 
-def _sweep_error(status: str, now: datetime, dispatched_at: datetime) -> tuple[str, str]:
+def _sweep_error(
+    status: str, now: datetime, dispatched_at: datetime, cancel_requested_at: datetime | None
+) -> tuple[str, str]:
     """The error code and message of a job the sweeper ends."""
+    if cancel_requested_at is not None:  # the account's cancel, that its worker never saw
+        return "cancelled", "Cancelled by the account while it ran. Nothing was charged."
     if status == "running":
         return (
             "hold_expired",

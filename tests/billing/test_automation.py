@@ -388,6 +388,32 @@ def test_a_cancelled_runs_job_does_not_start(db_url: str) -> None:
     clean(db_url)
 
 
+def test_a_cancel_that_meets_the_runs_end_is_refused_not_flagged(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cancel read the run open; its last job's ending finished the run before the
+    cancel wrote (a request's read and its write are apart). The cancel answers 409, and
+    the succeeded run carries no cancel flag."""
+    with transaction(db_url) as session:
+        account = make_account(session, credits=100_000).id
+    run_id = submit(db_url, account, {"keywords": KEYWORDS, "stages": ["clustering"]})
+    [last_job] = open_jobs(db_url, run_id)
+    with transaction(db_url) as session:
+        read_open = session.get(AutomationRun, run_id)
+        assert read_open is not None
+        assert read_open.status == "queued"
+        session.expunge(read_open)
+    run_job(db_url, last_job)  # another worker ends the run's last job now
+    monkeypatch.setattr(automation, "get_run", lambda *_: read_open)
+
+    with transaction(db_url) as session, pytest.raises(AutomationNotCancellable):
+        automation.cancel_run(session, account, run_id)
+
+    run = the_run(db_url, run_id)
+    assert (run.status, run.cancel_requested_at) == ("succeeded", None)
+    clean(db_url)
+
+
 def test_the_idempotency_key_returns_the_first_run(db_url: str) -> None:
     with transaction(db_url) as session:
         account = make_account(session, credits=100_000).id

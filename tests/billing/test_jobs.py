@@ -691,6 +691,38 @@ def test_a_late_answer_for_an_expired_job_is_charged_if_the_account_covers_it(
     assert_audit_clean(db_url)
 
 
+def test_a_cancelled_job_stays_cancelled_when_swept_and_when_answered_late(
+    db_url: str,
+) -> None:
+    """The account cancels a running job; its worker goes silent, so the sweeper ends it
+    before the reconciler does: `cancelled`, not `hold_expired`. The answer that comes
+    late is charged (as a cancel while answering is) and the job stays cancelled, with
+    no result."""
+    account_id = new_account(db_url, credits=1000)
+    job_id = submitted(db_url, account_id)
+    with transaction(db_url) as session:
+        run = start_job(session, job_id)
+        assert run is not None
+    with transaction(db_url) as session:
+        runs.cancel_job(session, account_id, job_id)
+    with transaction(db_url) as session:
+        swept = runs.sweep_expired_holds(session, utcnow() + timedelta(hours=2), TTL, MAX_QUEUE)
+        assert swept.job_ids == [job_id]
+        job = session.get(Job, job_id)
+        assert (job.status, job.error_code) == ("cancelled", "cancelled")
+
+    with transaction(db_url) as session:
+        late = complete_job(session, run, Usage(10, 10), {"clusters": []}, [])
+
+    assert (late.job_ids, late.status) == ([job_id], "cancelled")
+    with transaction(db_url) as session:
+        job = session.get(Job, job_id)
+        assert (job.status, job.credits_charged, job.result) == ("cancelled", 1, None)
+        assert "while the provider answered" in job.error_message
+        assert balances(session, account_id) == (999, 0)
+    assert_audit_clean(db_url)
+
+
 def test_a_late_answer_the_account_cannot_cover_is_recorded_unbilled(db_url: str) -> None:
     account_id, job_id, run = _expired_run(db_url, credits=10)
     with transaction(db_url) as session:
