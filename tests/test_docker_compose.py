@@ -285,8 +285,19 @@ def test_the_proxy_buffers_requests_with_the_apis_limits_and_answers_json(
     # Every error nginx answers itself is the API's JSON error shape, from an internal
     # location returning the status the error_page maps to.
     locations: dict[str, tuple[int, dict[str, Any]]] = {}
+    metrics_closed = False
     for index, (name, args) in enumerate(directives):
-        if name == "location" and args[:1] == ["="]:
+        if name == "location" and args == ["=", "/metrics"]:
+            # Platform-wide figures never leave through the public port.
+            metrics_closed = True
+            assert directives[index + 1 : index + 3] == [
+                ("default_type", ["application/json"]),
+                (
+                    "return",
+                    ["404", """'{"error": {"code": "not_found", "message": "Not found."}}'"""],
+                ),
+            ]
+        elif name == "location" and args[:1] == ["="]:
             following = directives[index + 1 : index + 6]
             body = dict(
                 following[: next((n for n, d in enumerate(following) if d[0] == "location"), 5)]
@@ -295,6 +306,7 @@ def test_the_proxy_buffers_requests_with_the_apis_limits_and_answers_json(
             assert body["default_type"] == ["application/json"]
             status, text = body["return"]
             locations[args[1]] = (int(status), json.loads(text.strip("'")))
+    assert metrics_closed
     mapped = [args for name, args in directives if name == "error_page"]
     assert {code for args in mapped for code in args[:-1] if code.isdigit()} >= {
         "400", "413", "414", "494", "502", "503", "504",
@@ -305,6 +317,29 @@ def test_the_proxy_buffers_requests_with_the_apis_limits_and_answers_json(
         answered = next((int(a[1:]) for a in args if a.startswith("=")), None)
         assert status == (answered or int(args[0])), args
         assert set(body["error"]) >= {"code", "message"}, target
+
+
+def test_prometheus_reaches_every_process_that_counts(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """The API's gunicorn processes share one samples directory (a fresh tmpfs), and every
+    worker serves its own registry on the internal network, listed in prometheus.yml."""
+    api = services["api"]
+    samples = api["environment"]["PROMETHEUS_MULTIPROC_DIR"]
+    assert int(api["environment"]["WEB_CONCURRENCY"]) > 1
+    assert api["tmpfs"] == [samples]
+    scrape = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in scrape["scrape_configs"]}
+    assert jobs["api"]["static_configs"][0]["targets"] == ["api:5000"]
+    workers = [name for name in services if name.startswith("worker-")]
+    targets = jobs["worker"]["static_configs"][0]["targets"]
+    for name in workers:
+        environment = services[name]["environment"]
+        assert environment["WORKER_METRICS_ADDR"] == "0.0.0.0"
+        assert f"{name}:{environment['WORKER_METRICS_PORT']}" in targets
+        assert environment["WORKER_METRICS_PORT"] in environment["WEBHOOK_DENY_PORTS"].split(",")
+    assert len(targets) == len(workers)
+    assert services["api"]["environment"]["METRICS_TOKEN"] == "${METRICS_TOKEN:-}"
 
 
 def test_flower_is_behind_auth_persistent_and_starts_after_the_worker(
