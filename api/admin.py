@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.db import after_commit, db
 from api.jobs import IDEMPOTENCY_KEY, REPLAYED_HEADER
-from api.payments import expire_checkout, retrieve_checkout
+from api.payments import close_checkout_first, expire_checkout, retrieve_checkout
 from api.schemas import (
     AccountDetailOut,
     AccountOut,
@@ -252,13 +252,13 @@ def confirm_purchase(purchase_id: str, body: ConfirmBody) -> dict[str, Any]:
 
 
 @bp.post("/purchases/<purchase_id>/fail")
-@responds(PurchaseAnswer, errors=(409,))
+@responds(PurchaseAnswer, errors=(409, 502))
 @require_admin
 @json_body(FailBody)
 def fail_purchase(purchase_id: str, body: FailBody) -> dict[str, Any]:
     """The payment will not come (declined, bounced): the purchase fails, nothing granted."""
+    close_checkout_first(purchases.get_purchase(db(), purchase_id))
     purchase = purchases.cancel(db(), purchase_id, utcnow(), reason=body.reason)
-    after_commit(lambda: expire_checkout(purchase.stripe_session_id))
     return {"purchase": purchases.purchase_view(purchase)}
 
 

@@ -7,8 +7,8 @@ from typing import Any, Literal
 
 from flask import Blueprint, request
 
-from api.db import after_commit, db
-from api.payments import expire_checkout, verified_event
+from api.db import db
+from api.payments import close_checkout_first, verified_event
 from api.schemas import Page, PurchaseAnswer, PurchaseOut, StripeEventOut, responds
 from api.security import current_account, require_key, require_role
 from api.validation import PageQuery, query_params
@@ -46,15 +46,14 @@ def payment(purchase_id: str) -> dict[str, Any]:
 
 
 @bp.post("/payments/<purchase_id>/cancel")
-@responds(PurchaseAnswer, errors=(409,))
+@responds(PurchaseAnswer, errors=(409, 502))
 @require_key
 @require_role("manage_billing")
 def cancel(purchase_id: str) -> dict[str, Any]:
     """Give up a pending purchase: it fails, and its checkout can no longer be paid."""
     session = db()
-    purchases.get_purchase(session, purchase_id, current_account().id)
+    close_checkout_first(purchases.get_purchase(session, purchase_id, current_account().id))
     purchase = purchases.cancel(session, purchase_id, utcnow())
-    after_commit(lambda: expire_checkout(purchase.stripe_session_id))
     return {"purchase": purchases.purchase_view(purchase)}
 
 

@@ -93,6 +93,42 @@ def _checkout_params(purchase: Purchase) -> dict[str, Any]:
     }
 
 
+def close_checkout_first(purchase: Purchase) -> None:
+    """Before a pending purchase is given up: close its checkout at Stripe, so no payment
+    can complete after we failed it. A checkout Stripe already completed (its event not
+    here yet) is applied now, committed, and the cancel refused with a 409; Stripe not
+    answering is a 502 and changes nothing."""
+    checkout_id = purchase.stripe_session_id
+    if purchase.status != "pending" or not checkout_id or not get_settings().stripe_api_key:
+        return
+    session, purchase_id = db(), purchase.id
+    commit_now()
+    try:
+        _client().v1.checkout.sessions.expire(checkout_id)
+        return
+    except stripe.InvalidRequestError:
+        pass  # no longer open: completed, or expired already
+    except stripe.StripeError:
+        raise ApiError(
+            502,
+            "payment_provider_unavailable",
+            "The payment provider did not answer; the purchase is unchanged. Retry.",
+            purchase_id=purchase_id,
+        ) from None
+    checkout = retrieve_checkout(checkout_id)
+    if checkout.get("status") != "complete":
+        return
+    outcome = purchases.apply_stripe_event(session, purchases.event_for(checkout), utcnow())
+    commit_now()
+    raise ApiError(
+        409,
+        "purchase_not_pending",
+        "The checkout was already completed at Stripe: the payment is applied, not cancelled.",
+        purchase_id=purchase_id,
+        outcome=outcome,
+    )
+
+
 def expire_checkout(session_id: str | None) -> None:
     """Close a purchase's checkout so it cannot be paid after we settled it otherwise.
 

@@ -19,6 +19,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from billing import ledger
+from billing.accounts import record_event
 from billing.credits import PlanPayment, start_paid_period
 from billing.errors import Forbidden, InvalidInput, NotFound, PurchaseNotPending
 from billing.limits import require_paid_plan
@@ -293,6 +294,16 @@ def apply_stripe_event(session: Session, event: dict[str, Any], now: datetime) -
         confirmation = confirm(session, purchase.id, "stripe", reference, now)
     except PurchaseNotPending:
         log.error("stripe says purchase %s was paid, but it is failed: refund it", purchase.id)
+        # On the account's record too, where an admin looks (the log line alone got lost).
+        record_event(
+            session,
+            purchase.account_id,
+            "payment_not_granted",
+            purchase_id=purchase.id,
+            payment_reference=reference,
+            amount=str(purchase.amount),
+            action="refund",
+        )
         return "not_pending"
     if not confirmation.granted and confirmation.purchase.payment_reference != reference:
         log.warning(

@@ -10,7 +10,11 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 
+from billing import purchases
+from models import AccountEvent, utcnow
+from models.db import transaction
 from simulator.stripe_api import sign
 from tests.conftest import assert_audit_clean
 from tests.support import auth, register
@@ -320,6 +324,58 @@ def test_cancelling_a_pending_purchase_expires_its_checkout(
     assert admin_fail.get_json()["purchase"]["failure_reason"] == "cancelled"
     assert confirm(client, purchase["id"]).status_code == 409
     assert balance(client, key) == 2000
+
+
+@pytest.mark.parametrize("who", ["buyer", "admin"])
+def test_a_cancel_after_the_customer_paid_at_stripe_applies_the_payment(
+    client: Any, buyer: tuple[str, str], stripe_on: None, sim: Any, who: str
+) -> None:
+    """Paid at Checkout, the event not delivered yet: giving the purchase up would keep
+    the money and grant nothing. The cancel asks Stripe first, finds the checkout
+    completed, grants it and answers 409."""
+    key, _ = buyer
+    purchase = topup(client, key, 1000)
+    customer(sim, purchase)  # paid at Stripe; its event is still on the way
+
+    if who == "buyer":
+        refused = client.post(f"/v1/billing/payments/{purchase['id']}/cancel", headers=auth(key))
+    else:
+        refused = client.post(
+            f"/v1/admin/purchases/{purchase['id']}/fail", json={"reason": "gone"}, headers=ADMIN
+        )
+
+    assert refused.status_code == 409, refused.get_json()
+    assert refused.get_json()["error"]["outcome"] == "granted"
+    seen = client.get(f"/v1/billing/payments/{purchase['id']}", headers=auth(key)).get_json()
+    assert seen["purchase"]["status"] == "paid"
+    assert balance(client, key) == 3000
+    assert_audit_clean()
+
+
+def test_a_payment_for_a_purchase_given_up_is_put_on_the_accounts_record(
+    client: Any, buyer: tuple[str, str], stripe_on: None, sim: Any
+) -> None:
+    """Stripe took money for a purchase we had failed: nothing is granted, and the
+    account's record says to refund it (not only a log line)."""
+    key, account_id = buyer
+    purchase = topup(client, key, 1000)
+    signed = customer(sim, purchase)
+    with transaction() as session:
+        purchases.fail(session, purchase["id"], "cancelled", utcnow())
+
+    assert deliver(client, signed).get_json()["outcome"] == "not_pending"
+
+    assert balance(client, key) == 2000
+    with transaction() as session:
+        event = session.scalar(
+            select(AccountEvent).where(
+                AccountEvent.account_id == account_id, AccountEvent.type == "payment_not_granted"
+            )
+        )
+        assert event is not None
+        assert event.data["purchase_id"] == purchase["id"]
+        assert event.data["action"] == "refund"
+        assert event.data["payment_reference"].startswith("pi_")
 
 
 def test_billing_history_pages_purchases_and_bank_transfers(client: Any) -> None:
