@@ -217,6 +217,8 @@ def _apply_scheduled_plan(session: Session, account: Account) -> None:
     account.plan, account.scheduled_plan = later, None
     if not is_renewable(later):
         account.paid_until = None
+        # A free plan waits for no payment.
+        move_status(session, account.id, "active", "free_plan", expected="pending_payment")
     session.add(AccountEvent(account_id=account.id, type="plan_changed", data=data))
     session.flush()
 

@@ -102,7 +102,12 @@ def _change(session: Session, account: Account, plan: Plan, now: datetime) -> Pl
     current = account.plan
     if current is None or not current.is_active:
         check_fits(session, account, plan)
-        return _leave_retired_plan(session, account, plan, now)
+        return _leave_plan_now(session, account, plan, now, "retired_plan")
+    unpaid = account.status == "pending_payment"
+    if unpaid and plan.id != current.id:
+        # Nothing paid to wait out: the plan starts when paid, a free one at once.
+        check_fits(session, account, plan)
+        return _leave_plan_now(session, account, plan, now, "unpaid_plan")
     if plan.id == current.id:
         if account.status == "pending_payment" and is_renewable(plan):
             purchase = purchases.create_subscription(session, account, plan)
@@ -121,20 +126,22 @@ def _change(session: Session, account: Account, plan: Plan, now: datetime) -> Pl
     return PlanChange("downgrade", plan, account.period_end, None)
 
 
-def _leave_retired_plan(
-    session: Session, account: Account, plan: Plan, now: datetime
+def _leave_plan_now(
+    session: Session, account: Account, plan: Plan, now: datetime, reason: str
 ) -> PlanChange:
-    """Nothing to wait for on a plan that is no longer offered: a paid plan starts when
-    its purchase is paid (as an upgrade does), a free one at once (and, as a downgrade
-    to it does, ends any prepaid time)."""
+    """Nothing to wait for on a plan that is no longer offered, or one never paid for
+    (`pending_payment`): a paid plan starts when its purchase is paid (as an upgrade
+    does), a free one at once (ending any prepaid time, and the wait for a payment)."""
+    current = account.plan
     if plan.price > 0:
         purchase = purchases.create_subscription(session, account, plan)
-        return PlanChange("upgrade", plan, None, purchase)
-    retired = account.plan.slug if account.plan else None
+        return PlanChange("upgrade", plan, None, purchase)  # "when paid", whatever the price
     account.plan, account.scheduled_plan = plan, None
     account.paid_until = None  # nothing is prepaid on a free plan
-    data = {"from": retired, "to": plan.slug, "reason": "retired_plan"}
+    data = {"from": current.slug if current else None, "to": plan.slug, "reason": reason}
     accounts.record_event(session, account.id, "plan_changed", **data)
+    if accounts.move_status(session, account.id, "active", reason, expected="pending_payment"):
+        session.refresh(account, ["status"])
     session.flush()
     return PlanChange("downgrade", plan, now, None)
 

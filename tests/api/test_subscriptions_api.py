@@ -483,3 +483,42 @@ def test_a_refused_plan_change_leaves_the_waiting_purchase_alone(client: Any) ->
     assert same.status_code == 409
     seen = client.get(f"/v1/billing/payments/{waiting['id']}", headers=auth(key)).get_json()
     assert seen["purchase"]["status"] == "pending"
+
+
+def test_an_unpaid_account_switches_plans_without_waiting_for_a_period_end(
+    client: Any,
+) -> None:
+    """Signed up for Scale, never paid, chooses Growth: nothing paid to wait out, so
+    Growth's purchase replaces Scale's (not a downgrade scheduled a month away with
+    nothing left to pay); choosing Free then applies at once and ends the wait."""
+    body = sign_up(client, "scale")
+    key, scale = body["api_key"], body["purchase"]
+
+    growth = client.post("/v1/account/plan", json={"plan": "growth"}, headers=auth(key))
+
+    assert growth.status_code == 200, growth.get_json()
+    change = growth.get_json()["change"]
+    assert (change["kind"], change["effective_at"]) == ("upgrade", None)  # when paid
+    assert change["purchase"]["plan"] == "growth"
+    history = client.get("/v1/billing/payments", headers=auth(key)).get_json()["data"]
+    assert {(p["plan"], p["status"]) for p in history} == {
+        ("scale", "failed"),
+        ("growth", "pending"),
+    }
+    assert scale["id"] in {p["id"] for p in history}
+
+    free = client.post("/v1/account/plan", json={"plan": "free"}, headers=auth(key))
+
+    assert free.get_json()["change"]["effective_at"] is not None
+    account = client.get("/v1/account", headers=auth(key)).get_json()
+    assert (account["status"], account["plan"]["slug"], account["scheduled_plan"]) == (
+        "active",
+        "free",
+        None,
+    )
+    history = client.get("/v1/billing/payments", headers=auth(key)).get_json()["data"]
+    assert {p["status"] for p in history} == {"failed"}
+
+    confirm_growth = confirm(client, change["purchase"]["id"], "BT-LATE-GROWTH")
+    assert confirm_growth.status_code == 409
+    assert_audit_clean()

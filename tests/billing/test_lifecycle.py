@@ -309,6 +309,23 @@ def test_a_scheduled_downgrade_that_fits_is_applied_at_the_rollover(db_url: str)
     assert changes == [("plan_changed", {"from": "growth", "to": "free"})]
 
 
+def test_a_downgrade_to_a_free_plan_ends_the_wait_for_a_payment(db_url: str) -> None:
+    """An account waiting for a payment (pending_payment) whose downgrade to Free comes
+    due: on a free plan there is nothing to pay, so it is active again."""
+    acct = make_account("growth", "pending_payment", period_start=at("2027-01-15T00:00:00"))
+    _schedule(acct, "free", sites=0)
+
+    with transaction() as session:
+        lifecycle.roll_over_periods(session, at("2027-02-15T00:00:00"))
+
+    moved = account(acct)
+    assert (moved.plan.slug if moved.plan else None, moved.status) == ("free", "active")
+    assert (
+        "status_changed",
+        {"from": "pending_payment", "to": "active", "reason": "free_plan"},
+    ) in (events(acct))
+
+
 # --- renewal ------------------------------------------------------------------------------
 
 
