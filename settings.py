@@ -105,6 +105,16 @@ class Settings:
         default_factory=lambda: os.environ.get("AHREFS_API_URL") or _simulator_root() + "/ahrefs"
     )
     ahrefs_api_key: str = field(default_factory=lambda: os.environ.get("AHREFS_API_KEY") or "")
+    # One call's whole deadline and largest answer (both: a 502, the query given back), and
+    # the calls one API process runs at once (beyond: a 503), so a slow service cannot
+    # take every API thread.
+    ahrefs_timeout_seconds: float = field(
+        default_factory=lambda: _env_float("AHREFS_TIMEOUT_SECONDS", 20)
+    )
+    ahrefs_max_response_bytes: int = field(
+        default_factory=lambda: _env_int("AHREFS_MAX_RESPONSE_BYTES", 1_000_000)
+    )
+    ahrefs_max_concurrent: int = field(default_factory=lambda: _env_int("AHREFS_MAX_CONCURRENT", 4))
     admin_token: str = field(default_factory=lambda: os.environ.get("ADMIN_TOKEN") or "")
     # Stripe Checkout for purchases; without a key, purchases are confirmed by an admin.
     stripe_api_key: str = field(default_factory=lambda: os.environ.get("STRIPE_API_KEY") or "")

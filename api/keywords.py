@@ -24,6 +24,7 @@ from models.keyword_library import MAX_DIFFICULTY
 bp = Blueprint("keywords", __name__, url_prefix="/v1")
 
 KeywordText = ShortText
+RESEARCH_BUSY_RETRY_SECONDS = 5
 
 
 class KeywordItem(BaseModel):
@@ -125,7 +126,8 @@ def delete_keyword(keyword_id: int) -> tuple[str, int]:
 @require_role("research_keywords")
 @json_body(ResearchBody)
 def keyword_research(body: ResearchBody) -> dict[str, Any]:
-    """One live query counted against the month; given back if the service fails.
+    """One live query counted against the month; given back if the service fails (502)
+    or this server already runs as many as it allows (503, retry shortly).
 
     Each result carries its metrics; POST them to /v1/keywords to save them in a site."""
     account = current_account()
@@ -133,9 +135,17 @@ def keyword_research(body: ResearchBody) -> dict[str, Any]:
     commit_now()
     try:
         result = ahrefs.research(body.seed, body.limit, body.country)
-    except ahrefs.ResearchUnavailable:
+    except ahrefs.ResearchUnavailable as exc:
         with transaction() as session:
             limits.refund_ahrefs_query(session, account.id, counted)
+        if isinstance(exc, ahrefs.ResearchBusy):
+            raise ApiError(
+                503,
+                "research_busy",
+                "Too many keyword research queries are running; retry in a few seconds. "
+                "The query was not counted.",
+                retry_after=RESEARCH_BUSY_RETRY_SECONDS,
+            ) from None
         raise ApiError(
             502,
             "research_unavailable",

@@ -39,6 +39,12 @@ _STRUCTURE = re.compile(r'[\[\]{}"\\]')
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
+def storable(text: str) -> bool:
+    """Text a request body may carry (no NUL, no lone surrogate): what we hand clients to
+    send back must pass this too."""
+    return not _UNSTORABLE.search(text)
+
+
 def parse_json(data: str | bytes) -> Any:
     """A JSON document, or a 422 naming what is wrong with it (`ValueError` for text
     that is not JSON at all, which the caller reports as it sees fit)."""
