@@ -250,6 +250,10 @@ class Settings:
     # PostgreSQL connections per process; threads hold one only for a short transaction.
     db_pool_size: int = field(default_factory=lambda: _env_int("DB_POOL_SIZE", 20))
     db_max_overflow: int = field(default_factory=lambda: _env_int("DB_MAX_OVERFLOW", 20))
+    # A connect to a server that accepts and never answers fails after this (libpq: >= 2 s).
+    db_connect_timeout_seconds: int = field(
+        default_factory=lambda: _env_int("DB_CONNECT_TIMEOUT_SECONDS", 5)
+    )
     # No new provider attempt after this long (the threads pool has no task time limits).
     provider_deadline_seconds: float = field(
         default_factory=lambda: _env_float("PROVIDER_DEADLINE_SECONDS", 300.0)

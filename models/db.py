@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -37,10 +37,28 @@ def make_engine(url: str) -> Engine:
     # transactions, never across a provider call (DB_POOL_SIZE, DB_MAX_OVERFLOW).
     settings = get_settings()
     engine = create_engine(
-        url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow
+        url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        connect_args=_connect_args(url, settings.db_connect_timeout_seconds),
     )
     _ping_after_idle(engine)
     return engine
+
+
+# Idle 30 s, then a probe every 10 s, 3 unanswered: a peer gone without a FIN (a dead
+# host, a dropped NAT entry) fails the connection in about a minute, not hours.
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
+              "keepalives_count": 3}  # fmt: skip
+
+
+def _connect_args(url: str, connect_timeout: int) -> dict[str, Any]:
+    """libpq waits for a server that accepts and never answers (a hung postmaster, a
+    black-holed proxy) for psycopg's default of 130 s, holding the caller's thread and a
+    pool slot; bound it. Parameters in the URL's query win over these defaults."""
+    given = make_url(url).query
+    wanted = {"connect_timeout": connect_timeout, **KEEPALIVES}
+    return {name: value for name, value in wanted.items() if name not in given}
 
 
 # A pooled connection checked in this recently was working a moment ago; one idle for

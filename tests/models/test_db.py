@@ -1,14 +1,18 @@
 """The PostgreSQL engine's pool: connections in steady use are not pinged; one idle past
-PING_AFTER_IDLE_SECONDS is, and a dead one is replaced before the caller sees it."""
+PING_AFTER_IDLE_SECONDS is, and a dead one is replaced before the caller sees it. A server
+that accepts and never answers fails a connect within DB_CONNECT_TIMEOUT_SECONDS."""
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import OperationalError
 
 import models.db
@@ -90,3 +94,63 @@ def test_without_the_ping_the_caller_would_see_the_dead_connection(pg_url: str) 
             pid(plain)
     finally:
         plain.dispose()
+
+
+@contextmanager
+def silent_listener() -> Iterator[str]:
+    """A PostgreSQL URL whose server accepts the TCP connection and never says a word
+    (a hung postmaster, a black-holed proxy): the kernel completes the handshake."""
+    with socket.create_server(("127.0.0.1", 0), backlog=64) as server:
+        port = server.getsockname()[1]
+        yield f"postgresql+psycopg://aijobs@127.0.0.1:{port}/aijobs"
+
+
+def within(seconds: float, call: Callable[[], object]) -> BaseException | None:
+    """Run `call` in a thread: the exception it raised, None if it returned, and a
+    failed test (not a hung one) if it is still waiting after `seconds`."""
+    outcome: list[BaseException | None] = []
+
+    def target() -> None:
+        try:
+            call()
+        except BaseException as exc:  # handed back to the test
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert outcome, f"still waiting after {seconds:g}s"
+    return outcome[0]
+
+
+def test_a_connect_to_a_server_that_never_answers_fails_within_the_connect_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DB_CONNECT_TIMEOUT_SECONDS", "2")  # libpq's minimum
+    with silent_listener() as url:
+        hung = make_engine(url)
+        try:
+            started = time.monotonic()
+            error = within(8, hung.connect)
+            assert isinstance(error, OperationalError)
+            assert time.monotonic() - started < 4.5
+        finally:
+            hung.dispose()
+
+
+def test_the_engine_asks_for_tcp_keepalives(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server gone without a FIN (a dead host, a dropped NAT entry) is noticed by the
+    kernel instead of hanging a query until the OS gives up (hours)."""
+    monkeypatch.setenv("DB_CONNECT_TIMEOUT_SECONDS", "7")
+    seen: list[dict[str, Any]] = []
+    engine = make_engine("postgresql+psycopg://aijobs@127.0.0.1:1/aijobs")
+    event.listen(engine, "do_connect", lambda _d, _r, _a, kwargs: seen.append(kwargs))
+    try:
+        with pytest.raises(OperationalError):
+            engine.connect()
+    finally:
+        engine.dispose()
+    assert seen[0]["connect_timeout"] == 7
+    assert seen[0]["keepalives"] == 1
