@@ -3,6 +3,7 @@ and the API under gunicorn, each stopped by its process group so its children go
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -12,7 +13,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Self
 
@@ -22,6 +23,42 @@ ROOT = Path(__file__).resolve().parent.parent
 CELERY_APP = "workers.celery_app:celery"
 BIN = Path(sys.executable).parent
 HOST = "127.0.0.1"
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    """libc's prctl, resolved once in the parent: the child then only makes the call."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return prctl
+
+
+_prctl = _load_prctl()
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A `preexec_fn` that has the kernel send the child SIGTERM when its parent dies, so
+    children in their own sessions (out of reach of the terminal's SIGHUP) cannot outlive
+    a supervisor that was SIGKILLed. None where there is no prctl (not Linux).
+
+    The kernel's "parent" is the thread that started the child: call Popen from a thread
+    that lives as long as the process (the main one). The child runs only a foreign call
+    and a getppid between fork and exec, nothing that takes a lock another thread of the
+    parent may have held. A parent that died before the prctl is seen by getppid."""
+    if _prctl is None:
+        return None
+    prctl, parent, sigterm = _prctl, os.getpid(), int(signal.SIGTERM)
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, sigterm, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return preexec
 
 
 def stop_group(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, timeout: float = 30) -> None:

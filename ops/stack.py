@@ -9,11 +9,15 @@ polls them:
   capped at 30 s); one that exits `STACK_RESTART_LIMIT` (5) times within
   `STACK_RESTART_WINDOW` (60) seconds stops the whole stack with a clear message, and so
   does a child that dies while the stack is starting (it would only fail again).
-- SIGTERM or Ctrl-C is a graceful stop: the API, worker, beat and Flower get SIGTERM and
-  up to `STACK_STOP_GRACE_SECONDS` (30) to finish what they are doing (the worker its
-  running jobs), then the provider, then Redis, which writes its file. SIGKILL only for
-  what outlives the grace period, or at once on a second signal. The same signal twice
-  within a second (the process group's and the copy `make` forwards) counts once.
+- SIGTERM, Ctrl-C, SIGHUP (the terminal closed) or SIGQUIT is a graceful stop: the API,
+  worker, beat and Flower get SIGTERM and up to `STACK_STOP_GRACE_SECONDS` (30) to finish
+  what they are doing (the worker its running jobs), then the provider, then Redis, which
+  writes its file. SIGKILL only for what outlives the grace period, or at once on a second
+  signal. The same signal twice within a second (the process group's and the copy `make`
+  forwards) counts once. Output that has nowhere to go (a closed terminal) is dropped.
+- Each child gets SIGTERM from the kernel if the supervisor dies without stopping it
+  (SIGKILL, a crash; Linux's PR_SET_PDEATHSIG): nothing keeps serving, or holds var/'s
+  Redis files, after the supervisor is gone.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import redis
 from sqlalchemy.engine import make_url
 
 from ops.ports import free_port, port_is_free
+from ops.processes import die_with_parent
 from ops.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,15 +57,23 @@ BACKOFF_CAP_SECONDS = 30.0
 # A second signal this soon after the first is the same request delivered twice.
 DUPLICATE_SIGNAL_SECONDS = 1.0
 INFRA_STOP_SECONDS = 5.0
+# A graceful stop: Ctrl-C, `kill`, the terminal closing (HUP), Ctrl-\ (QUIT).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 _print_lock = threading.Lock()
 # Health probes must never go through an HTTP(S)_PROXY from the developer's shell.
 _http = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def log(name: str, message: str) -> None:
-    """One line, prefixed, atomic with respect to the other children's lines."""
+    """One line, prefixed, atomic with respect to the other children's lines. Once the
+    terminal is gone (the SIGHUP of a closed window), output goes to /dev/null: a write
+    error must not cut the stop short, nor kill a reader thread a child's pipe needs."""
     with _print_lock:
-        print(f"[{name}] {message}", flush=True)
+        try:
+            print(f"[{name}] {message}", flush=True)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 class StackError(Exception):
@@ -244,6 +257,7 @@ class Stack:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own group: our Ctrl-C doesn't race our shutdown
+            preexec_fn=die_with_parent(),  # a single prctl: safe beside threads
         )
         event = threading.Event()
         reader = threading.Thread(
@@ -513,7 +527,7 @@ curl -s "$API/v1/jobs?limit=5" -H "Authorization: Bearer $KEY"
             child.proc.wait()
 
     def run(self) -> int:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             signal.signal(sig, self._on_signal)
         code = 1
         try:

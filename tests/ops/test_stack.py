@@ -1,15 +1,26 @@
 """The `make run` supervisor's policy on its own (tests/e2e/test_stack.py runs it for
-real): back-off, the crash window, giving up, start-up failures, duplicate signals."""
+real): back-off, the crash window, giving up, start-up failures, duplicate signals; and a
+small stack (embedded Redis and one child) in a real supervisor process, to show that
+nothing outlives it: not a hang-up, not a SIGKILL."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
 import signal
 import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ops.stack import Child, Stack, StackError
+from ops.ports import free_port
+from ops.stack import ROOT, Child, Stack, StackError
+from tests.ops.test_redis_server import _process_gone
 
 
 class FakeProcess:
@@ -97,3 +108,81 @@ def test_bad_policy_values_are_a_clear_error(monkeypatch: pytest.MonkeyPatch) ->
 
     with pytest.raises(StackError, match="STACK_STOP_GRACE_SECONDS='soon' is not a number"):
         Stack()
+
+
+# The supervisor's own loop, signals and stop, on a stack of Redis and one sleeper.
+SMALL_STACK = """
+import sys
+from ops.stack import Stack, log
+
+class Small(Stack):
+    def start(self):
+        self.start_redis()
+        self.spawn("sleeper", [sys.executable, "-c", "import time; time.sleep(600)"])
+        self.up = True
+        return {}
+
+    def banner(self, urls):
+        log("stack", "up")
+
+sys.exit(Small().run())
+"""
+
+
+@pytest.fixture
+def small_stack(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], list[int]]]:
+    """The supervisor, in its own session as under `setsid make run`, once it is up;
+    and the pids of its children."""
+    env = {**os.environ, "API_PORT": str(free_port()), "STACK_VAR_DIR": str(tmp_path)}
+    env.pop("REDIS_URL", None)
+    process = subprocess.Popen(
+        [sys.executable, "-c", SMALL_STACK],
+        cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    assert process.stdout is not None
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith("[stack] up"):
+            break
+    pids = [int(pid) for pid in re.findall(r"started \w+ \(pid (\d+)\)", "".join(lines))]
+    assert len(pids) == 2, "".join(lines)
+    yield process, pids
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    if process.poll() is None:
+        process.kill()
+    process.wait()
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGHUP, signal.SIGQUIT], ids=["HUP", "QUIT"])
+def test_a_hang_up_or_quit_is_a_graceful_stop(
+    small_stack: tuple[subprocess.Popen[str], list[int]], stop_signal: signal.Signals
+) -> None:
+    """The terminal closed (or the SSH session dropped): the group gets SIGHUP, and the
+    supervisor's output has nowhere to go any more. It stops the stack as on SIGTERM."""
+    process, pids = small_stack
+    assert process.stdout is not None
+    process.stdout.close()  # the terminal is gone: writes fail
+
+    os.killpg(process.pid, stop_signal)
+
+    assert process.wait(30) == 0
+    assert [pid for pid in pids if not _process_gone(pid)] == []
+
+
+def test_children_die_with_a_killed_supervisor(
+    small_stack: tuple[subprocess.Popen[str], list[int]],
+) -> None:
+    """SIGKILL leaves the supervisor no chance to stop anything: each child was told by
+    the kernel to take SIGTERM when it dies (PR_SET_PDEATHSIG)."""
+    process, pids = small_stack
+
+    process.kill()
+    process.wait()
+    started = time.monotonic()
+
+    assert [pid for pid in pids if not _process_gone(pid, timeout=10)] == []
+    assert time.monotonic() - started < 10
