@@ -6,12 +6,14 @@ laptop or CI box gets a real server (real BRPOP, real Lua, real expiry) without 
 Throwaway by default (a temp dir, no persistence). Given a `data_dir` it persists there
 with an append-only file (`appendfsync everysec`: at most a second of writes lost to a
 power cut, none to a crash of Redis itself), and a restart on the same dir finds what
-was queued: `make run` keeps its broker in `var/` this way.
+was queued: `make run` keeps its broker in `var/` this way. A data dir serves one
+redis-server at a time (an flock on `redis.lock`).
 """
 
 from __future__ import annotations
 
 import atexit
+import fcntl
 import os
 import shutil
 import subprocess
@@ -57,6 +59,7 @@ class RedisServer(ThrowawayServer):
         self.data_dir = data_dir
         self.proc: subprocess.Popen[bytes] | None = None
         self.executable = find_redis_server()
+        self._dir_lock: int | None = None
 
     @property
     def workdir(self) -> Path:
@@ -80,6 +83,7 @@ class RedisServer(ThrowawayServer):
             self._make_tmpdir("aijobs-redis-")
         else:
             self.data_dir.mkdir(parents=True, exist_ok=True)
+            self._lock_data_dir(self.data_dir)
             atexit.register(self.stop)
         try:
             self._launch_on_free_port(self._launch, self._shutdown)
@@ -87,6 +91,27 @@ class RedisServer(ThrowawayServer):
             self.stop()
             raise
         return self
+
+    def _lock_data_dir(self, data_dir: Path) -> None:
+        """Two redis-servers appending to one file corrupt it. The lock is also held by
+        each redis-server we start (an inherited descriptor), so it lasts as long as
+        either of us: a server left running by a supervisor that died keeps it too."""
+        fd = os.open(data_dir / "redis.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RuntimeError(
+                f"another redis-server is using {data_dir} (see `fuser {data_dir}/redis.lock`);"
+                " stop it first"
+            ) from None
+        self._dir_lock = fd
+
+    def stop(self) -> None:
+        super().stop()
+        fd, self._dir_lock = self._dir_lock, None
+        if fd is not None:
+            os.close(fd)
 
     def restart(self) -> None:
         """Stop (if still running) and start again on the same port and data dir."""
@@ -119,6 +144,7 @@ class RedisServer(ThrowawayServer):
                 cwd=self.workdir,
                 start_new_session=True,
                 preexec_fn=die_with_parent(),  # a single prctl: safe beside threads
+                pass_fds=() if self._dir_lock is None else (self._dir_lock,),
             )
         client = redis.Redis(host=HOST, port=self.port, socket_timeout=1, socket_connect_timeout=1)
         deadline = time.monotonic() + self.start_timeout

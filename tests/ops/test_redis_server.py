@@ -138,3 +138,25 @@ def test_a_new_server_on_the_same_data_dir_finds_the_queue(tmp_path: Path) -> No
         app.close()
     with RedisServer(data_dir=tmp_path) as second:
         assert _queued_job_ids(second.url, "image") == ["job_img"]
+
+
+def test_a_data_dir_serves_one_redis_server_at_a_time(tmp_path: Path) -> None:
+    """Two servers appending to one file would corrupt it; the second is refused, and
+    still is while a server started by the first owner outlives it."""
+    first = RedisServer(data_dir=tmp_path).start()
+    try:
+        with pytest.raises(RuntimeError, match="another redis-server is using"):
+            RedisServer(data_dir=tmp_path).start()
+        orphan, first.proc = first.proc, None  # as if its owner died and it did not
+        assert orphan is not None
+        first.stop()
+        with pytest.raises(RuntimeError, match="another redis-server is using"):
+            RedisServer(data_dir=tmp_path).start()
+        orphan.terminate()
+        orphan.wait(10)
+    finally:
+        first.stop()
+    with RedisServer(data_dir=tmp_path) as again:
+        client = redis.Redis.from_url(again.url)
+        assert client.ping()
+        client.close()
