@@ -44,7 +44,8 @@ ERROR_RESPONSES = {
     422: "Invalid input (`fields` names each problem), or a body over MAX_REQUEST_BYTES.",
     429: "Rate limited: retry after `Retry-After` seconds.",
     502: "An outside service (Stripe, keyword research) did not answer; nothing was charged.",
-    503: "Database, broker or rate limiter unavailable; nothing was charged.",
+    503: "Database, broker or rate limiter unavailable, or keyword research busy "
+    "(`research_busy`); nothing was charged.",
 }
 _PATH_PARAMETER = re.compile(r"<(?:(?P<converter>[^:>]+):)?(?P<name>\w+)>")
 REQUEST_ID = {
