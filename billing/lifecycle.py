@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from billing import ledger
@@ -277,7 +277,15 @@ def renew_credits(session: Session, now: datetime) -> RunReport:
         assert account.period_start is not None
         if not _opened_by_rollover(session, account.id, _key(account.period_start)):
             continue
-        if grant_period(session, account, plan):
+        try:
+            # One account's failure (a value the database refuses) must not cost every
+            # other account its month: its grant is undone alone, and tried next run.
+            with session.begin_nested():
+                granted = grant_period(session, account, plan)
+        except SQLAlchemyError:
+            log.exception("renewal of account %s failed; the others go on", account.id)
+            continue
+        if granted:
             report.accounts.append(account.id)
     return report
 

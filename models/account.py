@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import CheckConstraint, ForeignKey, Numeric, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from models.base import Base, CreatedAt, new_id, one_of
+from models.base import BIG_INT, Base, CreatedAt, new_id, one_of
 from models.plan import Plan
 
 USER_ROLES = ("owner", "admin", "editor", "viewer")
@@ -31,8 +31,8 @@ class Account(CreatedAt, Base):
     name: Mapped[str] = mapped_column(String(200), default="")
     plan_id: Mapped[int | None] = mapped_column(ForeignKey("plans.id"))
     status: Mapped[str] = mapped_column(String(20), default="trial")
-    credits: Mapped[int] = mapped_column(default=0)
-    reserved_credits: Mapped[int] = mapped_column(default=0)
+    credits: Mapped[int] = mapped_column(BIG_INT, default=0)
+    reserved_credits: Mapped[int] = mapped_column(BIG_INT, default=0)
     trial_ends_at: Mapped[datetime | None]
     period_start: Mapped[datetime | None]
     period_end: Mapped[datetime | None]
@@ -44,7 +44,7 @@ class Account(CreatedAt, Base):
     # A downgrade the owner asked for: the period rollover switches to it (billing/lifecycle).
     scheduled_plan_id: Mapped[int | None] = mapped_column(ForeignKey("plans.id"))
     # Spending budgets (credits per usage period): the whole account, and per operation.
-    budget_monthly_credits: Mapped[int | None]
+    budget_monthly_credits: Mapped[int | None] = mapped_column(BIG_INT)
     budget_per_operation: Mapped[dict[str, Any] | None]
     webhook_url: Mapped[str | None] = mapped_column(String(2000))
     # Set when the default endpoint answered 410 Gone; setting a URL again clears it.

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import CheckConstraint, ForeignKey, Index, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from models.base import Base, CreatedAt, new_id, one_of
+from models.base import BIG_INT, Base, CreatedAt, new_id, one_of
 
 RUN_STATUSES = ("queued", "running", "succeeded", "partially_succeeded", "failed", "cancelled")
 FINAL_RUN_STATUSES = ("succeeded", "partially_succeeded", "failed", "cancelled")
@@ -43,9 +43,9 @@ class AutomationRun(CreatedAt, Base):
     # as priced at submission (children are cut to fit those holds).
     options: Mapped[dict[str, Any]]
     plan: Mapped[dict[str, Any]]
-    reserved_credits: Mapped[int]
-    held_credits: Mapped[int] = mapped_column(default=0)
-    released_credits: Mapped[int] = mapped_column(default=0)
+    reserved_credits: Mapped[int] = mapped_column(BIG_INT)
+    held_credits: Mapped[int] = mapped_column(BIG_INT, default=0)
+    released_credits: Mapped[int] = mapped_column(BIG_INT, default=0)
     # Children that could not be made (an unusable input, or one beyond the priced hold).
     skipped_children: Mapped[int] = mapped_column(default=0)
     hold_ttl_seconds: Mapped[int]

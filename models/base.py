@@ -6,7 +6,7 @@ import secrets
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, DateTime, MetaData
+from sqlalchemy import JSON, BigInteger, DateTime, Integer, MetaData
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING_CONVENTION = {
@@ -25,6 +25,11 @@ def utcnow() -> datetime:
 def new_id(prefix: str) -> str:
     """Opaque, non-sequential public ids (`job_3f9c...`), so ids leak no volume."""
     return f"{prefix}_{secrets.token_hex(12)}"
+
+
+# Credits and token counts: 64-bit on PostgreSQL (int4 overflowed at 2^31); SQLite's
+# INTEGER is 64-bit already, so its declared type stays as it was.
+BIG_INT = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class Base(DeclarativeBase):

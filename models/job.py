@@ -5,10 +5,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, String, Text, UniqueConstraint, text
+from sqlalchemy import (
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
-from models.base import Base, CreatedAt, new_id, one_of
+from models.base import BIG_INT, Base, CreatedAt, new_id, one_of
 
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINAL_JOB_STATUSES = ("succeeded", "failed", "cancelled")
@@ -53,8 +61,8 @@ class Job(CreatedAt, Base):
     input: Mapped[dict[str, Any]]
     model: Mapped[str] = mapped_column(String(100))
     status: Mapped[str] = mapped_column(String(20), default="queued")
-    reserved_credits: Mapped[int] = mapped_column(default=0)
-    credits_charged: Mapped[int] = mapped_column(default=0)
+    reserved_credits: Mapped[int] = mapped_column(BIG_INT, default=0)
+    credits_charged: Mapped[int] = mapped_column(BIG_INT, default=0)
     result: Mapped[dict[str, Any] | None]
     error_code: Mapped[str | None] = mapped_column(String(50))
     error_message: Mapped[str | None] = mapped_column(Text)

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import CheckConstraint, ForeignKey, Index, Numeric, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from models.base import Base, CreatedAt, one_of
+from models.base import BIG_INT, Base, CreatedAt, one_of
 
 HOLD_STATUSES = ("held", "settled", "released", "expired")
 TRANSACTION_TYPES = (
@@ -37,7 +37,7 @@ class CreditReservation(CreatedAt, Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), unique=True)
     # The automation run whose hold this one was carved from (None: reserved directly).
     automation_id: Mapped[str | None] = mapped_column(ForeignKey("automation_runs.id"), index=True)
-    amount: Mapped[int]
+    amount: Mapped[int] = mapped_column(BIG_INT)
     status: Mapped[str] = mapped_column(String(20), default="held")
     expires_at: Mapped[datetime]
     resolved_at: Mapped[datetime | None]
@@ -71,8 +71,8 @@ class CreditTransaction(CreatedAt, Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
     type: Mapped[str] = mapped_column(String(20))
-    amount: Mapped[int]
-    balance_after: Mapped[int]
+    amount: Mapped[int] = mapped_column(BIG_INT)
+    balance_after: Mapped[int] = mapped_column(BIG_INT)
     description: Mapped[str] = mapped_column(Text, default="")
     job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"))
     reference: Mapped[str | None] = mapped_column(String(200))
@@ -109,10 +109,10 @@ class CreditUsageLog(CreatedAt, Base):
     site_id: Mapped[str | None] = mapped_column(ForeignKey("sites.id"))
     operation: Mapped[str] = mapped_column(String(40))
     model: Mapped[str] = mapped_column(String(100))
-    tokens_in: Mapped[int] = mapped_column(default=0)
-    tokens_out: Mapped[int] = mapped_column(default=0)
-    images: Mapped[int] = mapped_column(default=0)
-    credits: Mapped[int]
+    tokens_in: Mapped[int] = mapped_column(BIG_INT, default=0)
+    tokens_out: Mapped[int] = mapped_column(BIG_INT, default=0)
+    images: Mapped[int] = mapped_column(BIG_INT, default=0)
+    credits: Mapped[int] = mapped_column(BIG_INT)
     cost_usd: Mapped[Decimal] = mapped_column(Numeric(14, 6))
     items_created: Mapped[int] = mapped_column(default=0)
     # The job's automation run, copied by settle: usage counts the row as `automation`.
@@ -142,10 +142,10 @@ class UnbilledUsage(CreatedAt, Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
     operation: Mapped[str] = mapped_column(String(40))
     model: Mapped[str] = mapped_column(String(100))
-    tokens_in: Mapped[int] = mapped_column(default=0)
-    tokens_out: Mapped[int] = mapped_column(default=0)
-    images: Mapped[int] = mapped_column(default=0)
+    tokens_in: Mapped[int] = mapped_column(BIG_INT, default=0)
+    tokens_out: Mapped[int] = mapped_column(BIG_INT, default=0)
+    images: Mapped[int] = mapped_column(BIG_INT, default=0)
     # What it would have cost the account, and what it cost us.
-    credits: Mapped[int]
+    credits: Mapped[int] = mapped_column(BIG_INT)
     cost_usd: Mapped[Decimal] = mapped_column(Numeric(14, 6))
     reason: Mapped[str] = mapped_column(String(30))

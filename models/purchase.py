@@ -13,7 +13,7 @@ from sqlalchemy import CheckConstraint, ForeignKey, Index, Numeric, String
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from models.account import PAYMENT_METHODS
-from models.base import Base, CreatedAt, new_id, one_of
+from models.base import BIG_INT, Base, CreatedAt, new_id, one_of
 from models.plan import Plan
 
 PURCHASE_KINDS = ("credits", "subscription")
@@ -37,7 +37,7 @@ class Purchase(CreatedAt, Base):
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
     kind: Mapped[str] = mapped_column(String(20))
     status: Mapped[str] = mapped_column(String(20), default="pending")
-    credits: Mapped[int]
+    credits: Mapped[int] = mapped_column(BIG_INT)
     amount: Mapped[Decimal] = mapped_column(Numeric(12, 2))
     currency: Mapped[str] = mapped_column(String(3), default="usd")
     # A subscription payment: the plan it pays for, and how many months.

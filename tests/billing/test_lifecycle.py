@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 
 from billing import ledger, lifecycle
 from billing.audit import audit
@@ -350,6 +351,42 @@ def test_renewal_grants_the_plans_credits_once_per_period_and_balances_roll_over
         lifecycle.renew_credits(session, at("2027-03-31T00:00:01"))
     assert len(renewals(acct)) == 2
     assert account(acct).credits == 1234 + 20_000
+    audit_clean()
+
+
+def test_renewal_past_two_billion_credits_and_one_failure_stops_no_one(
+    db_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A plan of 10^9 credits a month rolls a balance past 2^31 (PostgreSQL's int4 made
+    the grant fail, and with it every account's renewal); and should one account's grant
+    fail anyway, the others are still renewed and it is tried again next run."""
+    with transaction() as session:
+        session.add(Plan(slug="unlimited", name="Unlimited", price=Decimal("999.00"),
+                         included_credits=10**9))  # fmt: skip
+    start = at("2027-01-31T00:00:00")
+    big = make_account("unlimited", period_start=start, credits=1_200_000_000)
+    starter = make_account("starter", period_start=start)
+    failing = make_account("starter", period_start=start)
+    grant = ledger.grant
+
+    def refuse_one(session: Any, account_id: str, *args: Any, **kwargs: Any) -> Any:
+        if account_id == failing:
+            raise IntegrityError("INSERT", {}, Exception("refused"))
+        return grant(session, account_id, *args, **kwargs)
+
+    monkeypatch.setattr(ledger, "grant", refuse_one)
+    with caplog.at_level(logging.ERROR, logger="billing.lifecycle"), transaction() as session:
+        renewed = lifecycle.renew_credits(session, at("2027-02-28T00:00:00"))
+
+    assert sorted(renewed.accounts) == sorted([big, starter])
+    assert account(big).credits == 2_200_000_000
+    assert account(starter).credits == 10_000
+    assert renewals(failing) == []
+    assert any(failing in record.getMessage() for record in caplog.records)
+    monkeypatch.setattr(ledger, "grant", grant)
+    with transaction() as session:
+        assert lifecycle.renew_credits(session, at("2027-02-28T01:00:00")).accounts == [failing]
+    assert account(failing).credits == 10_000
     audit_clean()
 
 
