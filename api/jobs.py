@@ -153,9 +153,7 @@ def _enqueue(job_id: str, dispatches: list[Dispatch]) -> Response | None:
     except Exception:
         log.exception("could not enqueue job %s", job_id)
         with transaction() as session:
-            ending = runs.fail_job(
-                session, job_id, "broker_unavailable", "The job could not be queued."
-            )
+            ending = runs.fail_unqueued(session, job_id)
         # Its webhook is sent by the periodic requeue once the broker is back.
         send_ending(ending)
         return error_response(

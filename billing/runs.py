@@ -402,6 +402,19 @@ def _unbilled(session: Session, run: JobRun, usage: Usage, reason: str) -> None:
     )
 
 
+def fail_unqueued(session: Session, job_id: str) -> Ending:
+    """The broker refused the job just admitted: it fails uncharged, and its
+    Idempotency-Key is freed, since the client was told to retry (a retry with that key
+    submits anew rather than replaying the failure)."""
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.not_in(FINAL_JOB_STATUSES))
+        .values(idempotency_key=None)
+        .execution_options(synchronize_session=False)
+    )
+    return fail_job(session, job_id, "broker_unavailable", "The job could not be queued.")
+
+
 def fail_job(
     session: Session, job_id: str, code: str, message: str, *, expired: bool = False
 ) -> Ending:

@@ -108,6 +108,38 @@ def test_idempotency_key_replays_the_first_job(client: Any, key: str) -> None:
     assert account["credits"]["reserved"] == first.get_json()["reserved_credits"]
 
 
+def test_a_job_the_broker_refused_frees_its_idempotency_key(
+    client: Any, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """503 says 'retry': the retry with the same key submits anew instead of replaying
+    the failed job forever."""
+    sent: list[str] = []
+
+    def broker(job_id: str, operation: str) -> None:
+        if not sent:
+            sent.append("refused")
+            raise ConnectionError("broker down")
+        sent.append(job_id)
+
+    monkeypatch.setattr("api.jobs.enqueue_job", broker)
+    headers = {**auth(key), "Idempotency-Key": "order-43"}
+    refused = client.post("/v1/jobs", json=CLUSTER, headers=headers)
+    assert refused.status_code == 503
+    failed = refused.get_json()["error"]["job_id"]
+
+    retried = client.post("/v1/jobs", json=CLUSTER, headers=headers)
+    again = client.post("/v1/jobs", json=CLUSTER, headers=headers)
+
+    assert retried.status_code == 202, retried.get_json()
+    assert "Idempotent-Replayed" not in retried.headers
+    assert retried.get_json()["id"] != failed
+    assert sent == ["refused", retried.get_json()["id"]]
+    assert again.headers["Idempotent-Replayed"] == "true"  # the key now names the new job
+    assert again.get_json()["id"] == retried.get_json()["id"]
+    old = client.get(f"/v1/jobs/{failed}", headers=auth(key)).get_json()
+    assert (old["status"], old["error"]["code"]) == ("failed", "broker_unavailable")
+
+
 def test_idempotency_keys_are_per_account(client: Any, key: str) -> None:
     other = register(client, "other@example.com")[0]
     mine = client.post("/v1/jobs", json=CLUSTER, headers={**auth(key), "Idempotency-Key": "k"})
