@@ -226,6 +226,52 @@ def _describe(exc: BaseException) -> str:
     return f"{status} {text}" if status else str(text)
 
 
+# The most input tokens one request is billed for: above any model's context window,
+# far below what the usage columns hold.
+MAX_INPUT_TOKENS = 2_000_000
+
+
+def token_count(value: object) -> int | None:
+    """A count as the provider reported it, or None when it is not a whole number >= 0:
+    the SDK does not check types, so 100.0, "100", -1 and null all reach us."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if isinstance(value, float) and value.is_integer() and value >= 0:
+        return int(value)
+    return None
+
+
+def billed_tokens(
+    usage: Any, messages: list[dict[str, str]], text: str, max_tokens: int
+) -> tuple[int, int]:
+    """The (input, output) tokens an answer is billed for, from the SDK's `usage`.
+
+    A count that is not a whole number (or no usage at all) is taken at the bound the
+    hold is built on, the bytes sent and the bytes answered (a token is at least one
+    byte): the provider billed us for them, and the charge never exceeds the hold.
+    Output is clamped to `max_tokens`, which the provider cannot exceed; input to
+    MAX_INPUT_TOKENS.
+    """
+    sent = sum(len(message["content"].encode()) for message in messages)
+    reported = (
+        token_count(getattr(usage, "prompt_tokens", None)),
+        token_count(getattr(usage, "completion_tokens", None)),
+    )
+    tokens_in = min(sent if reported[0] is None else reported[0], MAX_INPUT_TOKENS)
+    tokens_out = min(len(text.encode()) if reported[1] is None else reported[1], max_tokens)
+    if reported != (tokens_in, tokens_out):
+        log.warning(
+            "provider usage prompt_tokens=%r completion_tokens=%r billed as %s in, %s out",
+            getattr(usage, "prompt_tokens", None),
+            getattr(usage, "completion_tokens", None),
+            tokens_in,
+            tokens_out,
+        )
+    return tokens_in, tokens_out
+
+
 def chat_messages(system: str, job_input: dict[str, Any]) -> list[dict[str, str]]:
     """Our prompt protocol: instructions in the system message, the input as JSON."""
     user = "Follow the instructions for this input.\nINPUT:\n" + json.dumps(
@@ -253,14 +299,14 @@ def chat(
         response_format={"type": "json_object"},
     )
     choice = completion.choices[0]
-    usage = completion.usage
-    if usage:
-        metrics.PROVIDER_TOKENS.labels(model, "input").inc(usage.prompt_tokens)
-        metrics.PROVIDER_TOKENS.labels(model, "output").inc(usage.completion_tokens)
+    text = choice.message.content or ""
+    tokens_in, tokens_out = billed_tokens(completion.usage, messages, text, max_tokens)
+    metrics.PROVIDER_TOKENS.labels(model, "input").inc(tokens_in)
+    metrics.PROVIDER_TOKENS.labels(model, "output").inc(tokens_out)
     return ChatResult(
-        text=choice.message.content or "",
-        tokens_in=usage.prompt_tokens if usage else 0,
-        tokens_out=usage.completion_tokens if usage else 0,
+        text=text,
+        tokens_in=tokens_in,
+        tokens_out=tokens_out,
         finish_reason=choice.finish_reason or "stop",
     )
 

@@ -3,12 +3,15 @@ simulated provider over HTTP through the openai SDK."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
+import httpx
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded
+from openai import OpenAI
 from sqlalchemy import func, select
 
 from billing import accounts
@@ -201,3 +204,100 @@ def test_a_result_the_database_refuses_ends_failed_paying_its_usage(
     assert job.result is None
     assert job.credits_charged > 0
     assert _charges(job_id) == (1, 1)
+
+
+ANSWER = json.dumps({"clusters": [{"name": "Footwear", "keywords": KEYWORDS["keywords"]}]})
+
+
+def _provider_reports(monkeypatch: Any, usage: dict[str, Any] | None) -> None:
+    """Answer every chat call with a good clustering and `usage` as given, through the
+    real openai SDK (which does not check the types of its fields)."""
+    from workers import provider
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        body: dict[str, Any] = {
+            "id": "chatcmpl-odd",
+            "object": "chat.completion",
+            "created": 0,
+            "model": json.loads(request.content)["model"],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": ANSWER},
+                    "finish_reason": "stop",
+                }
+            ],
+        }
+        if usage is not None:
+            body["usage"] = usage
+        return httpx.Response(200, json=body)
+
+    sdk = OpenAI(
+        base_url="http://provider.test/v1",
+        api_key="test",
+        max_retries=0,
+        http_client=httpx.Client(transport=httpx.MockTransport(answer)),
+    )
+    monkeypatch.setattr(provider, "_client", lambda settings=None: sdk)
+
+
+def _usage_log(job_id: str) -> CreditUsageLog:
+    with transaction() as session:
+        return session.execute(select(CreditUsageLog).filter_by(job_id=job_id)).scalar_one()
+
+
+def test_whole_float_token_counts_are_billed_as_integers(env: Any, monkeypatch: Any) -> None:
+    _provider_reports(monkeypatch, {"prompt_tokens": 100.0, "completion_tokens": 50.0})
+    job_id = _submit("clustering", KEYWORDS)
+
+    assert clustering.run(job_id) == "succeeded"
+
+    log = _usage_log(job_id)
+    assert (log.tokens_in, log.tokens_out) == (100, 50)
+    assert _job(job_id).credits_charged == log.credits > 0
+    assert _charges(job_id) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": -5, "completion_tokens": None},
+        {"prompt_tokens": "100", "completion_tokens": 12.5},
+        None,
+    ],
+)
+def test_odd_token_counts_are_billed_at_the_bytes_bound(
+    env: Any, monkeypatch: Any, usage: dict[str, Any] | None
+) -> None:
+    """An unknown count is billed at the bytes sent or answered (a token is at least a
+    byte), so an answer is never free because its usage was garbled or missing."""
+    _provider_reports(monkeypatch, usage)
+    job_id = _submit("clustering", KEYWORDS)
+
+    assert clustering.run(job_id) == "succeeded"
+
+    job, log = _job(job_id), _usage_log(job_id)
+    assert job.attempts == 1
+    assert log.tokens_in > len(json.dumps(KEYWORDS))
+    assert log.tokens_out == len(ANSWER.encode())
+    assert 0 < job.credits_charged == log.credits <= job.reserved_credits
+    assert _charges(job_id) == (1, 1)
+
+
+def test_absurd_token_counts_are_clamped_and_charged_at_most_the_hold(
+    env: Any, monkeypatch: Any
+) -> None:
+    from workers.provider import MAX_INPUT_TOKENS
+
+    huge = 3_000_000_000
+    _provider_reports(monkeypatch, {"prompt_tokens": huge, "completion_tokens": huge})
+    job_id = _submit("clustering", KEYWORDS)
+
+    assert clustering.run(job_id) == "succeeded"
+
+    job, log = _job(job_id), _usage_log(job_id)
+    max_tokens = OPERATIONS["clustering"].max_output_tokens(KEYWORDS)
+    assert (log.tokens_in, log.tokens_out) == (MAX_INPUT_TOKENS, max_tokens)
+    assert job.credits_charged == job.reserved_credits
+    assert _charges(job_id) == (1, 1)
+
