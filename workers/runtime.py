@@ -191,7 +191,9 @@ def _execute(handler: Handler, run: JobRun, flight: Flight, context: str) -> Out
 
 def _end(run: JobRun, outcome: Outcome, retry_seconds: float, context: str) -> Ending:
     """End the run, retrying while the database is unavailable. A value the database
-    refuses ends the job failed without its result, still paying the billed usage."""
+    refuses ends the job failed without its result, still paying the billed usage; any
+    other error (our bug) ends it failed with the usage unbilled. Either way the job
+    ends now: left running, the reconciler would run it, and call the provider, again."""
 
     def before_sleep(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
@@ -210,12 +212,35 @@ def _end(run: JobRun, outcome: Outcome, retry_seconds: float, context: str) -> E
         if is_transient(exc):
             raise
         log.exception("%s: the database refused the outcome", context)
-        refused = Outcome(
-            outcome.usage,
-            error=("result_rejected", "The result could not be stored."),
-            billable=outcome.billable,
+        error, billable = ("result_rejected", "The result could not be stored."), outcome.billable
+    except Exception:
+        log.exception("%s: the outcome could not be recorded", context)
+        error, billable = ("internal_error", "The job failed unexpectedly."), False
+    usage = _recordable(outcome.usage)
+    try:
+        return retrying(_finish, run, Outcome(usage, error=error, billable=billable))
+    except Exception as exc:
+        if isinstance(exc, SQLAlchemyError) and is_transient(exc):
+            raise
+        log.exception(
+            "%s: the usage could not be recorded either; the hold is released; this run's "
+            "provider usage is unrecorded: %s",
+            context,
+            usage,
         )
-        return retrying(_finish, run, refused)
+    return retrying(_finish, run, Outcome(error=error))
+
+
+def _recordable(usage: Usage | None) -> Usage | None:
+    """`usage` with any count that is not a whole number >= 0 as 0 and none above
+    MAX_INPUT_TOKENS: the failed ending must be able to price and store it."""
+    if usage is None:
+        return None
+
+    def count(value: object) -> int:
+        return min(provider.token_count(value) or 0, provider.MAX_INPUT_TOKENS)
+
+    return Usage(count(usage.tokens_in), count(usage.tokens_out), count(usage.images))
 
 
 def _finish(run: JobRun, outcome: Outcome) -> Ending:

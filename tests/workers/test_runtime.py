@@ -19,7 +19,7 @@ from billing.audit import audit
 from billing.operations import OPERATIONS
 from billing.runs import JobRun, Outcome, cancel_job
 from billing.submission import JobRequest, submit_job
-from models import CreditTransaction, CreditUsageLog, Job
+from models import CreditTransaction, CreditUsageLog, Job, UnbilledUsage
 from models.db import transaction
 from tasks.clustering import clustering
 from tasks.content_generation import content_generation
@@ -301,3 +301,40 @@ def test_absurd_token_counts_are_clamped_and_charged_at_most_the_hold(
     assert job.credits_charged == job.reserved_credits
     assert _charges(job_id) == (1, 1)
 
+
+@pytest.mark.parametrize("tokens_in", [100.0, 3_000_000_000])
+def test_an_ending_that_raises_fails_the_job_once(
+    env: Any, monkeypatch: Any, tokens_in: Any
+) -> None:
+    """Usage that slipped past the provider client (a float the pricing cannot multiply,
+    a count the usage log cannot store on PostgreSQL) ends the job failed on its first
+    run, hold closed, usage recorded: the job is not left running for the reconciler to
+    run it, and call the provider, again and again."""
+    from workers import provider
+
+    def chat(*args: Any, **kwargs: Any) -> provider.ChatResult:
+        return provider.ChatResult(ANSWER, tokens_in, 50, "stop")
+
+    monkeypatch.setattr(provider, "chat", chat)
+    job_id = _submit("clustering", KEYWORDS)
+
+    status = clustering.run(job_id)
+
+    job = _job(job_id)
+    assert (job.status, job.attempts) == (status, 1)
+    with transaction() as session:
+        assert audit(session) == []
+        unbilled = session.scalars(select(UnbilledUsage).filter_by(job_id=job_id)).all()
+        logs = session.scalars(select(CreditUsageLog).filter_by(job_id=job_id)).all()
+    if isinstance(tokens_in, float):
+        assert (job.status, job.error_code, job.credits_charged) == ("failed", "internal_error", 0)
+        assert [(u.tokens_in, u.tokens_out, u.reason) for u in unbilled] == [
+            (100, 50, "internal_error")
+        ]
+        assert logs == []
+    else:  # stored as is on SQLite; refused on PostgreSQL, then billed clamped
+        assert job.status in ("succeeded", "failed")
+        assert job.error_code in (None, "result_rejected")
+        assert job.credits_charged == job.reserved_credits
+        assert len(logs) == 1
+        assert unbilled == []
