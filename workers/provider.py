@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ from settings import Settings, get_settings
 from workers import ratelimit
 
 log = logging.getLogger(__name__)
+# A provider error code worth showing a tenant: an identifier, never free text.
+_ERROR_CODE = re.compile(r"[a-z0-9_]{1,64}")
 
 RETRYABLE = (
     openai.RateLimitError,
@@ -207,11 +210,11 @@ def _call(
     except RETRYABLE as exc:
         raise ProviderError(
             "provider_unavailable",
-            f"The AI provider failed after {budget.failures} attempts: {_describe(exc)}",
+            f"The AI provider failed after {budget.failures} attempts: {describe_error(exc)}",
         ) from exc
     except openai.APIStatusError as exc:
         raise ProviderError(
-            "provider_rejected", f"The AI provider rejected the request: {_describe(exc)}"
+            "provider_rejected", f"The AI provider rejected the request: {describe_error(exc)}"
         ) from exc
 
 
@@ -220,10 +223,15 @@ def _count_call(model: str, sent: float, outcome: str) -> None:
     metrics.PROVIDER_LATENCY.labels(model).observe(time.monotonic() - sent)
 
 
-def _describe(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
+    """What the tenant reads (the job's error, its webhook): the HTTP status and the
+    provider's error code only. The provider's own text can quote our API key (masked,
+    but partly) or internal model names, so it goes to the log alone."""
+    log.warning("provider error: %s", getattr(exc, "message", None) or exc)
     status = getattr(exc, "status_code", None)
-    text = getattr(exc, "message", None) or exc.__class__.__name__
-    return f"{status} {text}" if status else str(text)
+    code = getattr(exc, "code", None)
+    named = f" ({code})" if isinstance(code, str) and _ERROR_CODE.fullmatch(code) else ""
+    return f"HTTP {status}{named}" if status else exc.__class__.__name__
 
 
 # The most input tokens one request is billed for: above any model's context window,

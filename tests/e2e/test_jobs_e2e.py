@@ -151,6 +151,10 @@ def test_provider_validation_error_is_not_retried(e2e: Any, sim_control: Any) ->
 
     assert job["status"] == "failed"
     assert job["error"]["code"] == "provider_rejected"
+    # The status and the provider's error code; its own text (which can quote our API
+    # key, masked, or internal model names) stays in our logs.
+    assert job["error"]["message"].startswith("The AI provider rejected the request: HTTP 400")
+    assert "Simulated failure" not in job["error"]["message"]
     assert sim_control.get("/_sim/stats").json()["requests"]["images"] == 1
 
 

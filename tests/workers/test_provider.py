@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
 from typing import Any
 
+import httpx
+import openai
 import pytest
 
-from workers.provider import MAX_INPUT_TOKENS, billed_tokens, token_count
+from workers.provider import MAX_INPUT_TOKENS, billed_tokens, describe_error, token_count
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "héllo"}]
 SENT = len(b"Be brief.") + len("héllo".encode())
@@ -54,3 +57,29 @@ def _usage(prompt: Any, completion: Any) -> SimpleNamespace:
 def test_billed_tokens(usage: Any, max_tokens: int, expected: tuple[int, int]) -> None:
     """Whole floats count; other odd counts are the bytes bound; all are clamped."""
     assert billed_tokens(usage, MESSAGES, TEXT, max_tokens) == expected
+
+
+def test_a_provider_error_shows_the_tenant_its_status_and_code_not_its_text(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """OpenAI's 401 body quotes the key it was given (masked, but partly): the job's
+    error (and its webhook) gets the status and the error code; the text is logged."""
+    body = {
+        "error": {
+            "message": "Incorrect API key provided: sk-proj-AbCd****WXYZ.",
+            "type": "invalid_request_error",
+            "code": "invalid_api_key",
+        }
+    }
+    request = httpx.Request("POST", "https://api.openai.com/v1/chat/completions")
+    error = openai.AuthenticationError(
+        "Error code: 401 - " + str(body),
+        response=httpx.Response(401, json=body, request=request),
+        body=body["error"],
+    )
+
+    with caplog.at_level(logging.WARNING, logger="workers.provider"):
+        described = describe_error(error)
+
+    assert described == "HTTP 401 (invalid_api_key)"
+    assert "sk-proj" in caplog.text
