@@ -144,8 +144,20 @@ class Operation:
         return self.output_tokens(job_input)
 
     def hold(self, model: AIModelConfig, job_input: dict[str, Any]) -> int:
-        """The credits a submission holds: the most this job can cost on `model`."""
+        """The credits a submission holds: the most this job can cost on `model`. An
+        input whose answer could need more than the model may write is refused here:
+        the provider would refuse its `max_tokens` after the hold was taken."""
         bound = self.max_output_tokens(job_input) if self.output_tokens else 0
+        cap = model.max_output_tokens
+        if cap is not None and bound > cap:
+            raise InvalidInput(
+                f"This {self.name} input may need up to {bound:,} output tokens, and "
+                f"{model.name} writes at most {cap:,} in one answer: split it into smaller "
+                "jobs (fewer or shorter items).",
+                fields={"input": f"an answer of at most {cap:,} tokens on {model.name}"},
+                output_tokens=bound,
+                max_output_tokens=cap,
+            )
         return pricing.estimate_hold(model, job_input, bound)
 
     def detail(self, job_input: dict[str, Any], width: int = 100) -> str:

@@ -33,6 +33,9 @@ class AIModelConfig(CreatedAt, Base):
     cost_per_image: Mapped[Decimal] = mapped_column(Numeric(12, 6), default=Decimal("0"))
     tokens_per_credit: Mapped[int] = mapped_column(default=100)
     credits_per_image: Mapped[int] = mapped_column(default=1)
+    # Text models: the most output tokens the provider lets one answer ask for (a larger
+    # `max_tokens` is refused outright); None: not known, not checked.
+    max_output_tokens: Mapped[int | None]
     quality_tier: Mapped[str] = mapped_column(String(20), default="basic")
     is_default: Mapped[bool] = mapped_column(default=False)
     is_active: Mapped[bool] = mapped_column(default=True)

@@ -29,6 +29,8 @@ from simulator.faults import counted
 from simulator.ratelimits import rate_limited
 
 MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-4.1", "hidream-full", "dall-e-3", "gpt-image-1")
+# The output caps OpenAI enforces: a larger max_tokens is a 400, not a shorter answer.
+OUTPUT_CAPS = {"gpt-4o-mini": 16_384, "gpt-4o": 16_384, "gpt-4.1": 32_768}
 IMAGE_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
 HOST_HEADER_RE = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
 
@@ -55,6 +57,14 @@ def chat() -> Response:
     limit = int_field(payload, "max_completion_tokens", None, 1, 1_000_000)
     if limit is None:
         limit = int_field(payload, "max_tokens", None, 1, 1_000_000)
+    cap = OUTPUT_CAPS.get(model)
+    if limit is not None and cap is not None and limit > cap:
+        raise RequestError(
+            400,
+            f"max_tokens is too large: {limit}. This model supports at most {cap} "
+            f"completion tokens, whereas you provided {limit}.",
+            "invalid_value",
+        )
     n = int_field(payload, "n", 1, 1, 8) or 1
 
     content, truncated = spoiled(generate_content_for(messages), limit), False

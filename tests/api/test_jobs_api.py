@@ -235,3 +235,34 @@ def test_nul_bytes_in_ids_and_bodies_are_refused_not_500(client: Any, key: str) 
     assert by_id.status_code in (404, 422)
     assert in_body.status_code in (201, 403, 422)
     assert by_id.get_json()["error"]["code"] in ("not_found", "invalid_request")
+
+
+def test_an_input_whose_answer_exceeds_the_models_output_cap_is_refused_up_front(
+    client: Any, key: str
+) -> None:
+    """1,000 keywords (within the input limits) would ask gpt-4o-mini for ~50,000 output
+    tokens; OpenAI refuses any max_tokens above 16,384, after the hold was taken. The
+    submission, its estimate and an automation run with such keywords are a 422 that
+    says why; a smaller job goes through."""
+    keywords = [f"best trail running shoes {n}" for n in range(1000)]
+    big = {"operation": "clustering", "input": {"keywords": keywords}}
+    long_keywords = [f"{'very long keyword phrase ' * 11}{n}" for n in range(100)]
+
+    answers = [
+        client.post("/v1/jobs", json=big, headers=auth(key)),
+        client.post("/v1/jobs/estimate", json=big, headers=auth(key)),
+        client.post("/v1/automations", json={"keywords": long_keywords}, headers=auth(key)),
+    ]
+
+    for refused in answers:
+        assert refused.status_code == 422, refused.get_json()
+        error = refused.get_json()["error"]
+        assert error["max_output_tokens"] == 16_384
+        assert error["output_tokens"] > 16_384
+        assert "gpt-4o-mini writes at most 16,384" in error["message"]
+    assert client.get("/v1/jobs", headers=auth(key)).get_json()["data"] == []
+    assert client.get("/v1/automations", headers=auth(key)).get_json()["data"] == []
+    small = {"operation": "clustering", "input": {"keywords": keywords[:100]}}
+    assert client.post("/v1/jobs", json=small, headers=auth(key)).status_code == 202
+    account = client.get("/v1/account", headers=auth(key)).get_json()
+    assert account["credits"]["reserved"] > 0

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from billing import catalog
+from billing.errors import InvalidInput
 from billing.operations import OPERATIONS, validate_input
 from billing.pricing import (
     PROMPT_OVERHEAD_TOKENS,
@@ -84,6 +85,12 @@ def check_hold(operation: str, raw_input: dict[str, Any]) -> None:
     assert input_token_bound(job_input) >= tokens_in
     assert tokens_out <= max_output_tokens(operation, job_input)
     for model in TEXT_MODELS:
+        cap = model.max_output_tokens
+        if cap is not None and max_output_tokens(operation, job_input) > cap:
+            # The provider would refuse such a max_tokens: refused before any hold.
+            with pytest.raises(InvalidInput, match=f"at most {cap:,}"):
+                estimate_hold(operation, model, job_input)
+            continue
         hold = estimate_hold(operation, model, job_input)
         assert text_credits(model, tokens_in + tokens_out) <= hold, model.name
         charge = actual_charge(model, Usage(tokens_in, tokens_out), hold)

@@ -716,3 +716,14 @@ def test_cli_serves_and_stops_on_sigterm():
             proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def test_a_max_tokens_above_the_models_output_cap_is_refused_as_openai_does(client):
+    with pytest.raises(openai.BadRequestError) as refused:
+        chat(client, "clustering", {"keywords": ["a b"]}, max_tokens=16_385)
+    assert refused.value.code == "invalid_value"
+    assert "at most 16384 completion tokens" in refused.value.message
+    wide = client.chat.completions.create(  # gpt-4.1 writes up to 32,768
+        model="gpt-4.1", messages=messages("clustering", {"keywords": ["a b"]}), max_tokens=32_768
+    )
+    assert content_of(wide)["clusters"]
