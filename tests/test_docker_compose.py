@@ -92,7 +92,10 @@ def test_all_services_exist_with_an_image_or_build(services: dict[str, dict[str,
 def test_app_services_share_the_environment(services: dict[str, dict[str, Any]]) -> None:
     for name in APP_SERVICES:
         env = services[name]["environment"]
-        assert env["DATABASE_URL"] == "postgresql+psycopg://aijobs:aijobs@postgres:5432/aijobs"
+        assert env["DATABASE_URL"] == (
+            "postgresql+psycopg://aijobs:${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD}"
+            "@postgres:5432/aijobs"
+        )
         assert env["REDIS_URL"] == "redis://redis:6379/0"
         for key in ("ADMIN_TOKEN", "OPENAI_API_KEY", "OPENAI_BASE_URL"):
             assert key in env, (name, key)
@@ -158,6 +161,13 @@ def test_secrets_come_from_the_environment_and_beat_keeps_its_schedule(
     schedule on a volume, so a re-created beat does not postpone every hourly entry."""
     for name in APP_SERVICES:
         assert services[name]["environment"]["SECRET_KEY"] == "${SECRET_KEY:?set SECRET_KEY}"
+        assert (
+            "${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD}@"
+            in (services[name]["environment"]["DATABASE_URL"])
+        )
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD"] == (
+        "${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD}"
+    )
     schedule = option(command_of(services["beat"]), "-s")
     (volume,) = services["beat"]["volumes"]
     name, mount = volume.split(":")
@@ -279,7 +289,10 @@ def test_the_proxy_buffers_requests_with_the_apis_limits_and_answers_json(
     assert int(size.removesuffix("k")) * 1024 == Settings().max_request_bytes
     assert values["listen"] == ["8080"]  # the proxy's published container port
     upstreams = [args for name, args in directives if name == "server" and args]
-    assert upstreams == [["api:5000"]]  # the api service and its bind
+    assert upstreams == [["api:5000", "resolve"]]  # the api service and its bind
+    # re-resolved through Docker's DNS, so a re-created api container is found
+    assert values["resolver"][0] == "127.0.0.11"
+    assert values["zone"][0] == "api"
     assert values["proxy_pass"] == ["http://api"]
 
     # Every error nginx answers itself is the API's JSON error shape, from an internal
