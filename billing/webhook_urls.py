@@ -72,6 +72,11 @@ NAT64 = ipaddress.ip_network("64:ff9b::/96")
 # (`2130706433`, `0x7f.1`, `0177.0.0.1` all mean 127.0.0.1), so anything ending in a
 # numeric label must be a canonical dotted quad or it is refused.
 _NUMERIC_LABEL = re.compile(r"^(0x[0-9a-f]*|[0-9]+)$", re.IGNORECASE)
+# A DNS name (lowercased): labels of 1-63 letters, digits, '-' or '_', 253 characters in
+# all. Anything else cannot resolve, and some of it (`a..com`, a 64-character label)
+# makes the resolver's IDNA step raise UnicodeError instead of answering.
+_HOST_LABEL = re.compile(r"^[a-z0-9_-]{1,63}$")
+MAX_HOST_LENGTH = 253
 
 
 class UnsafeWebhookUrl(InvalidInput):
@@ -175,6 +180,8 @@ def check_url(
             addresses = tuple(resolve(host, parts.port))
         except OSError:
             addresses = ()
+        except UnicodeError:
+            raise _invalid(field, f"webhook_url host {host!r} is not a valid host name.") from None
         if not addresses and must_resolve:
             raise _refused(field, f"webhook_url host {host!r} does not resolve.")
     for address in addresses:
@@ -231,8 +238,11 @@ class _Parts:
 def _parse(url: str, field: str) -> _Parts:
     if not isinstance(url, str) or not url or len(url) > MAX_URL_LENGTH:
         raise _invalid(field, f"webhook_url must be an http(s) URL of at most {MAX_URL_LENGTH}.")
-    if any(ch.isspace() or ord(ch) < 0x20 or ch == "\\" for ch in url):
-        raise _invalid(field, "webhook_url must not contain spaces, control characters or '\\'.")
+    if any(ch.isspace() or not ch.isprintable() or ch == "\\" for ch in url):
+        raise _invalid(
+            field,
+            "webhook_url must not contain spaces, control or non-printable characters or '\\'.",
+        )
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -248,9 +258,20 @@ def _parse(url: str, field: str) -> _Parts:
         raise _invalid(field, "webhook_url must name a host.")
     if not host.isascii():
         raise _invalid(field, "webhook_url host must be ASCII (use the punycode form).")
+    host = host.lower()
+    if ":" not in host and not _is_host_name(host):
+        raise _invalid(
+            field,
+            "webhook_url host must be a DNS name (labels of 1-63 letters, digits, '-' or '_', "
+            f"at most {MAX_HOST_LENGTH} characters) or an IP address.",
+        )
     if port == 0:
         raise _invalid(field, "webhook_url port must be 1-65535.")
-    return _Parts(scheme, host.lower(), port or (443 if scheme == "https" else 80))
+    return _Parts(scheme, host, port or (443 if scheme == "https" else 80))
+
+
+def _is_host_name(host: str) -> bool:
+    return len(host) <= MAX_HOST_LENGTH and all(_HOST_LABEL.match(x) for x in host.split("."))
 
 
 def _literal_address(host: str, field: str) -> IPAddress | None:

@@ -11,7 +11,14 @@ from sqlalchemy import select
 
 from models import WebhookDelivery
 from models.db import transaction
-from tests.billing.test_webhook_urls import MALFORMED, NEVER, ODD_SPELLINGS, PRIVATE
+from tests.billing.test_webhook_urls import (
+    BAD_CHARACTERS,
+    BAD_HOSTS,
+    MALFORMED,
+    NEVER,
+    ODD_SPELLINGS,
+    PRIVATE,
+)
 from tests.support import auth, register
 
 CLUSTER = {"operation": "clustering", "input": {"keywords": ["a b", "a c"]}}
@@ -96,6 +103,19 @@ def test_every_refused_url_form_is_422_at_submission(client: Any, key: str) -> N
     assert answers == {url: (422, "invalid_request", True) for url in REFUSED}
     assert client.get("/v1/account", headers=auth(key)).get_json()["credits"] == before
     assert client.get("/v1/jobs", headers=auth(key)).get_json()["data"] == []
+
+
+@pytest.mark.parametrize("url", BAD_CHARACTERS + BAD_HOSTS)
+def test_urls_httpx_or_the_resolver_cannot_handle_are_422_on_both_routes(
+    client: Any, key: str, url: str
+) -> None:
+    """A DEL in the path (httpx refuses it at send), an empty or 64-character label (the
+    real resolver raises UnicodeError): a clear 422, never a 500 or an unsendable URL."""
+    job = client.post("/v1/jobs", json={**CLUSTER, "webhook_url": url}, headers=auth(key))
+    endpoint = client.put("/v1/webhooks/endpoint", json={"url": url}, headers=auth(key))
+
+    assert (job.status_code, endpoint.status_code) == (422, 422)
+    assert job.get_json()["error"]["fields"] == {"webhook_url": "invalid URL"}
 
 
 def test_development_mode_accepts_a_localhost_receiver(

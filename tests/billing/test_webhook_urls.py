@@ -31,6 +31,16 @@ def resolve(host: str, _port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv
     return DNS[host]
 
 
+# What httpx refuses to send (it raised at every attempt) and hosts that are no DNS name
+# (the real resolver raised UnicodeError on the first two): refused as malformed.
+BAD_CHARACTERS = ["https://8.8.8.8/hook\x7f", "https://8.8.8.8/\x9f", "https://8.8.8.8/\u200b"]
+BAD_HOSTS = [
+    "https://a..com/",
+    "https://" + "a" * 64 + ".com/",
+    "https://" + "a." * 127 + "com/",
+    "http://exa%41mple.com/",
+    "http://exa<mple.com/",
+]
 # Refused whatever WEBHOOK_ALLOW_PRIVATE_URLS says: not a URL we would ever call.
 MALFORMED = [
     "ftp://example.com/hook",
@@ -48,6 +58,8 @@ MALFORMED = [
     "http://example.com\\@127.0.0.1/",
     "http://[::1/",
     "http://" + "a" * 2000 + ".com/",
+    *BAD_CHARACTERS,
+    *BAD_HOSTS,
 ]
 # Odd spellings of IPv4 addresses: decimal, octal, hex, short forms.
 ODD_SPELLINGS = [
@@ -213,6 +225,16 @@ def test_public_urls_pass_with_their_vetted_addresses() -> None:
     assert check_url("http://8.8.8.8/", allow_private=False).addresses == (
         ipaddress.ip_address("8.8.8.8"),
     )
+
+
+def test_a_resolver_that_cannot_encode_the_name_is_a_refusal_not_a_crash() -> None:
+    """getaddrinfo's IDNA step raises UnicodeError (not OSError) on some names."""
+
+    def resolve(host: str, _port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        raise UnicodeError("label empty or too long")
+
+    with pytest.raises(InvalidInput, match="not a valid host name"):
+        UrlPolicy(resolve=resolve).check("https://hooks.example.com/", must_resolve=False)
 
 
 def test_an_unresolvable_name_is_refused_at_send_time_but_accepted_at_submission() -> None:
