@@ -18,6 +18,7 @@ production, a dict in tests).
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
 import socket
 from collections.abc import Callable, Sequence
@@ -25,6 +26,8 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from billing.errors import InvalidInput
+
+log = logging.getLogger(__name__)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Sequence[IPAddress]]
@@ -168,6 +171,7 @@ def check_url(
         raise _refused(field, f"webhook_url port {parts.port} belongs to this service's stack.")
     literal = _literal_address(host, field)
     if literal is not None:
+        check_address(literal, allow_private=allow_private, field=field)
         addresses: tuple[IPAddress, ...] = (literal,)
     elif host in METADATA_HOSTS:
         raise _refused(field, f"webhook_url host {host!r} is a cloud metadata service.")
@@ -184,8 +188,8 @@ def check_url(
             raise _invalid(field, f"webhook_url host {host!r} is not a valid host name.") from None
         if not addresses and must_resolve:
             raise _refused(field, f"webhook_url host {host!r} does not resolve.")
-    for address in addresses:
-        check_address(address, allow_private=allow_private, field=field)
+        for address in addresses:
+            _check_resolved(host, address, allow_private=allow_private, field=field)
     return WebhookTarget(url, parts.scheme, host, parts.port, addresses)
 
 
@@ -193,10 +197,20 @@ def check_address(
     address: IPAddress, *, allow_private: bool = False, field: str = "webhook_url"
 ) -> None:
     """Refuse anything but a globally routable unicast address (or, in development, a
-    loopback or private LAN one)."""
+    loopback or private LAN one). The message names the address: for addresses the
+    tenant wrote, not for what their names resolve to (`_check_resolved`)."""
     reason = refusal_reason(address, allow_private=allow_private)
     if reason is not None:
         raise _refused(field, f"webhook_url resolves to {address}, a {reason} address.")
+
+
+def _check_resolved(host: str, address: IPAddress, *, allow_private: bool, field: str) -> None:
+    """`check_address` for an address `host` resolved to. The tenant is not told which
+    address (that would map our internal DNS for them); the server log says."""
+    reason = refusal_reason(address, allow_private=allow_private)
+    if reason is not None:
+        log.warning("webhook_url host %r resolves to %s, a %s address", host, address, reason)
+        raise _refused(field, f"webhook_url host {host!r} resolves to a non-public address.")
 
 
 def refusal_reason(address: IPAddress, *, allow_private: bool = False) -> str | None:

@@ -4,6 +4,7 @@ refused URL form at submission (422, nothing charged), delivery logs and redeliv
 from __future__ import annotations
 
 import base64
+import ipaddress
 from typing import Any
 
 import pytest
@@ -116,6 +117,25 @@ def test_urls_httpx_or_the_resolver_cannot_handle_are_422_on_both_routes(
 
     assert (job.status_code, endpoint.status_code) == (422, 422)
     assert job.get_json()["error"]["fields"] == {"webhook_url": "invalid URL"}
+
+
+def test_a_refusal_does_not_say_which_internal_address_a_name_resolves_to(
+    client: Any, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Echoing the address would let a tenant map our internal DNS, name by name."""
+    internal = ipaddress.ip_address("172.18.0.5")
+    monkeypatch.setattr("billing.webhook_urls.resolve_host", lambda host, _port: [internal])
+    url = "http://postgres.example.com/"
+
+    job = client.post("/v1/jobs", json={**CLUSTER, "webhook_url": url}, headers=auth(key))
+    endpoint = client.put("/v1/webhooks/endpoint", json={"url": url}, headers=auth(key))
+
+    for response in (job, endpoint):
+        assert response.status_code == 422
+        message = response.get_json()["error"]["message"]
+        assert "resolves to a non-public address" in message
+        assert "172.18" not in message
+        assert "private" not in message.replace("non-public", "")
 
 
 def test_development_mode_accepts_a_localhost_receiver(
