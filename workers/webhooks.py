@@ -20,6 +20,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ from billing.errors import InvalidInput
 from billing.webhook_urls import IPAddress, WebhookTarget, check_url, resolve_host
 from billing.webhooks import SECRET_PREFIX, AttemptResult, Outgoing
 from settings import get_settings
+
+log = logging.getLogger(__name__)
 
 USER_AGENT = "aijobs-webhooks/1"
 ERROR_BODY_BYTES = 300
@@ -66,13 +69,34 @@ def send(
     clock: Callable[[], float] = time.time,
 ) -> AttemptResult:
     """One attempt: check, sign, POST to the pinned address, all within `timeout`
-    seconds; never raises for the receiver's or the network's failures, which become
-    the attempt's result.
+    seconds. Never raises: the receiver's and the network's failures, and our own
+    bugs, become the attempt's result. An attempt that raised would go unrecorded and
+    be sent again by the requeue for ever.
 
     The DNS lookup counts against `timeout` but cannot be cut short (the system
     resolver bounds it). `deny_ports` defaults to WEBHOOK_DENY_PORTS, so every sender
     re-checks the stack's own ports without having to pass them."""
     started = time.monotonic()
+    try:
+        return _attempt(outgoing, timeout, allow_private, deny_ports, resolve, clock, started)
+    except Exception as exc:
+        log.exception("webhook %s: the sender raised", outgoing.delivery_id)
+        return AttemptResult(
+            status_code=None,
+            latency_ms=_since(started),
+            error=f"{type(exc).__name__} in the sender (logged for the operators)",
+        )
+
+
+def _attempt(
+    outgoing: Outgoing,
+    timeout: float,
+    allow_private: bool,
+    deny_ports: frozenset[int] | None,
+    resolve: Callable[[str, int], list[IPAddress]],
+    clock: Callable[[], float],
+    started: float,
+) -> AttemptResult:
     if deny_ports is None:
         deny_ports = get_settings().webhook_deny_ports
     try:
@@ -100,6 +124,11 @@ def send(
     except httpx.HTTPError as exc:
         error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         return AttemptResult(status_code=None, latency_ms=_since(started), error=error)
+    except httpx.InvalidURL as exc:
+        # Not an HTTPError: httpx will never send this URL, so retrying cannot help.
+        return AttemptResult(
+            status_code=None, latency_ms=_since(started), error=f"InvalidURL: {exc}", refused=True
+        )
     latency = _since(started)
     response = answer.response
     assert response is not None
@@ -197,14 +226,13 @@ def _since(started: float) -> int:
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
     """Retry-After as seconds from now: delta-seconds or an HTTP date; None if absent
-    or unreadable."""
+    or unreadable. ASCII digits only: `"²".isdigit()` is true, yet float() refuses it."""
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        return max(parsedate_to_datetime(value).timestamp() - now, 0.0)
+    except (TypeError, ValueError, OverflowError, OSError):
         return None
-    return max(when.timestamp() - now, 0.0)

@@ -243,6 +243,45 @@ def test_the_stacks_own_port_is_refused_at_send_time_with_private_urls_allowed(
     assert queued == []
 
 
+def test_a_url_stored_before_the_policy_refused_it_fails_once_instead_of_looping(
+    queued: list[Any],
+) -> None:
+    """A DEL in the path passed the old policy and made every send raise InvalidURL:
+    nothing was recorded and the requeue sent it again for ever. A row queued back then
+    is refused at its next send."""
+    _, delivery_id = cancelled_job(new_account(), "https://8.8.8.8/hook")
+    assert delivery_id is not None
+    with transaction() as session:
+        row = session.get(WebhookDelivery, delivery_id)
+        assert row is not None
+        row.url = "https://8.8.8.8/hook\x7f"
+
+    assert deliver.run(delivery_id) == "done"
+
+    row, attempts = delivery(delivery_id)
+    assert (row.status, row.attempts) == ("failed", 1)
+    assert "non-printable" in (attempts[0].error or "")
+    assert queued == []
+
+
+def test_a_retry_after_the_sender_cannot_read_is_recorded_and_retried(
+    queued: list[Any],
+) -> None:
+    """`Retry-After: ²` made the send raise after the request: never recorded, resent
+    for ever by the requeue. Now each attempt counts and they run out."""
+    with Receiver(*[Reply(503, {"retry-after": "\u00b2"})] * 3) as receiver:
+        _, delivery_id = cancelled_job(new_account(), receiver.url)
+        assert delivery_id is not None
+
+        results = [deliver.run(delivery_id) for _ in range(4)]
+
+    assert results == ["retry", "retry", "done", "skipped"]
+    row, attempts = delivery(delivery_id)
+    assert (row.status, row.attempts) == ("failed", 3)
+    assert [a.status_code for a in attempts] == [503, 503, 503]
+    assert len(receiver.requests) == 3
+
+
 def test_large_results_are_referenced_not_inlined(env: dict[str, str]) -> None:
     account_id = new_account(endpoint="https://hooks.example.com/in")
     with transaction() as session:

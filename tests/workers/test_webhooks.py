@@ -183,6 +183,43 @@ def test_retry_after_is_read_in_seconds_or_as_a_date() -> None:
     assert parse_retry_after(None, now) is None
 
 
+@pytest.mark.parametrize("value", ["\u00b2", "1\u00b2", "\u00b9\u00b2\u00b3"])
+def test_a_retry_after_of_non_ascii_digits_is_ignored_not_a_crash(value: str) -> None:
+    """str.isdigit() says yes to superscript digits; float() says no."""
+    with Receiver(Reply(503, {"retry-after": value})) as receiver:
+        result = send(outgoing(receiver.url), timeout=5, allow_private=True)
+
+    assert (result.status_code, result.retry_after) == (503, None)
+    assert parse_retry_after(value, time.time()) is None
+
+
+def test_a_url_httpx_will_not_send_is_a_refused_attempt(monkeypatch: pytest.MonkeyPatch) -> None:
+    """httpx raises InvalidURL (not an HTTPError) for a DEL in the path; the policy now
+    refuses such URLs first, so the pinned URL stands in for one it let through."""
+    with Receiver() as receiver:
+        monkeypatch.setattr("workers.webhooks._pinned", lambda *_: receiver.url + "\x7f")
+        result = send(outgoing(receiver.url), timeout=5, allow_private=True)
+
+    assert result.refused
+    assert (result.error or "").startswith("InvalidURL")
+    assert receiver.connections == 0
+
+
+def test_anything_the_sender_raises_becomes_a_failed_attempt(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*_: object) -> str:
+        raise RuntimeError("a bug of ours, with internal details")
+
+    monkeypatch.setattr("workers.webhooks._pinned", broken)
+    result = send(outgoing("http://127.0.0.1:9/hooks"), timeout=5, allow_private=True)
+
+    assert not result.refused  # perhaps a passing fault: retried on the schedule
+    assert result.status_code is None
+    assert result.error == "RuntimeError in the sender (logged for the operators)"
+    assert "internal details" in caplog.text
+
+
 @pytest.mark.parametrize(
     "host",
     ["127.0.0.1", "localhost", "2130706433", "0x7f.1", "0177.0.0.1", "[::ffff:127.0.0.1]"],
