@@ -36,6 +36,7 @@ MAX_RETRY_AFTER_SECONDS = 24 * 3600.0
 # still counts as due.
 DUE_SLACK = timedelta(seconds=5)
 _JITTER = random.Random()
+LAPSED = "No result within the attempt's lease: the sending worker stopped or crashed."
 
 
 class WebhookDisabled(Conflict):
@@ -255,29 +256,52 @@ def attempt_lease(deadline: float) -> timedelta:
 
 
 def claim_attempt(
-    session: Session, delivery_id: str, now: datetime, lease: timedelta, grace: timedelta
+    session: Session,
+    delivery_id: str,
+    now: datetime,
+    lease: timedelta,
+    grace: timedelta,
+    schedule: tuple[float, ...],
 ) -> Outgoing | None:
     """Take the next attempt of a due delivery, or None (not due, final, or another
     worker holds it). The lease lets a crashed worker's attempt be taken again later.
 
+    A lease that ran out with nothing recorded is an attempt that died (its worker was
+    killed, or the send crashed): it is logged and counted like any failed attempt, and
+    the last one (`schedule`, as in `record_attempt`) fails the delivery. Without that,
+    an event whose send kills the worker would be resent by the requeue for ever.
+
     Each claim's lease end is later than the one it replaced (it is only taken once that
     one is past), so `Outgoing.claim` tells this claim from every other."""
     lease_end = now + lease
-    claimed = session.execute(
+    due = and_(
+        WebhookDelivery.id == delivery_id,
+        WebhookDelivery.status == "pending",
+        WebhookDelivery.next_attempt_at <= now + DUE_SLACK,
+    )
+    lapsed = session.execute(
         update(WebhookDelivery)
-        .where(
-            WebhookDelivery.id == delivery_id,
-            WebhookDelivery.status == "pending",
-            WebhookDelivery.next_attempt_at <= now + DUE_SLACK,
-            or_(WebhookDelivery.claimed_until.is_(None), WebhookDelivery.claimed_until < now),
-        )
-        .values(claimed_until=lease_end)
+        .where(due, WebhookDelivery.claimed_until < now)
+        .values(claimed_until=lease_end, attempts=WebhookDelivery.attempts + 1)
         .execution_options(synchronize_session=False)
     ).rowcount  # type: ignore[attr-defined]
-    if not claimed:
-        return None
+    if not lapsed:
+        claimed = session.execute(
+            update(WebhookDelivery)
+            .where(due, WebhookDelivery.claimed_until.is_(None))
+            .values(claimed_until=lease_end)
+            .execution_options(synchronize_session=False)
+        ).rowcount  # type: ignore[attr-defined]
+        if not claimed:
+            return None
     delivery = session.get(WebhookDelivery, delivery_id, populate_existing=True)
     assert delivery is not None
+    if lapsed:
+        session.add(WebhookAttempt(delivery_id=delivery_id, attempted_at=now, error=LAPSED))
+        if delivery.attempts >= (delivery.max_attempts or len(schedule) + 1):
+            _finish(delivery, "failed", now)
+            session.flush()
+            return None
     account = session.get(Account, delivery.account_id)
     assert account is not None
     if _endpoint_disabled(account, delivery):
@@ -422,7 +446,11 @@ def overdue_delivery_ids(
 ) -> list[str]:
     """Pending deliveries whose attempt is past due by `grace` and held by nobody: their
     message was lost (broker down at commit, worker gone) or their wait was too long
-    for a broker countdown. The sweep sends them again; the claim keeps it single."""
+    for a broker countdown. The sweep sends them again; the claim keeps it single.
+
+    Those whose last claim ran out unrecorded (a worker killed mid-send, perhaps by the
+    event itself) come after the rest, so a batch of them cannot take the whole `limit`
+    tick after tick while every other tenant's retries wait."""
     return list(
         session.scalars(
             select(WebhookDelivery.id)
@@ -431,7 +459,7 @@ def overdue_delivery_ids(
                 WebhookDelivery.next_attempt_at <= now - grace,
                 or_(WebhookDelivery.claimed_until.is_(None), WebhookDelivery.claimed_until < now),
             )
-            .order_by(WebhookDelivery.next_attempt_at)
+            .order_by(WebhookDelivery.claimed_until.is_not(None), WebhookDelivery.next_attempt_at)
             .limit(limit)
         )
     )

@@ -40,6 +40,7 @@ def deliver(delivery_id: str) -> str:
             utcnow(),
             lease=webhooks.attempt_lease(deadline),
             grace=timedelta(seconds=settings.webhook_secret_grace_seconds),
+            schedule=settings.webhook_retry_schedule,
         )
     if outgoing is None:
         return "skipped"

@@ -26,6 +26,7 @@ from tests.webhook_receiver import Receiver, Reply
 KEYWORDS = {"keywords": ["red shoes", "red boots"]}
 DEV_URLS = UrlPolicy(allow_private=True)
 LEASE, GRACE = timedelta(seconds=60), timedelta(hours=1)
+SCHEDULE = (0.0, 0.0)  # as the `queued` fixture sets it: 3 attempts
 SECOND = timedelta(seconds=1)
 
 
@@ -81,7 +82,7 @@ def delivery(delivery_id: str) -> tuple[WebhookDelivery, list[WebhookAttempt]]:
 
 def claim(delivery_id: str, at: datetime) -> Outgoing | None:
     with transaction() as session:
-        return webhooks.claim_attempt(session, delivery_id, at, LEASE, GRACE)
+        return webhooks.claim_attempt(session, delivery_id, at, LEASE, GRACE, SCHEDULE)
 
 
 def record(
@@ -315,9 +316,9 @@ def test_an_attempt_is_claimed_by_one_worker_until_its_lease_ends(env: dict[str,
     now, lease, grace = utcnow(), timedelta(seconds=60), timedelta(hours=1)
 
     with transaction() as session:
-        first = webhooks.claim_attempt(session, delivery_id, now, lease, grace)
+        first = webhooks.claim_attempt(session, delivery_id, now, lease, grace, SCHEDULE)
     with transaction() as session:
-        second = webhooks.claim_attempt(session, delivery_id, now, lease, grace)
+        second = webhooks.claim_attempt(session, delivery_id, now, lease, grace, SCHEDULE)
         overdue_while_held = webhooks.overdue_delivery_ids(
             session, now + timedelta(seconds=40), timedelta(seconds=30)
         )
@@ -325,7 +326,7 @@ def test_an_attempt_is_claimed_by_one_worker_until_its_lease_ends(env: dict[str,
         # The first worker died mid-send: once its lease is over the attempt is free again.
         later = now + lease + timedelta(seconds=1)
         overdue = webhooks.overdue_delivery_ids(session, later, timedelta(seconds=30))
-        third = webhooks.claim_attempt(session, delivery_id, later, lease, grace)
+        third = webhooks.claim_attempt(session, delivery_id, later, lease, grace, SCHEDULE)
 
     assert first is not None
     assert first.url == "https://hooks.example.com/in"
@@ -336,15 +337,70 @@ def test_an_attempt_is_claimed_by_one_worker_until_its_lease_ends(env: dict[str,
     assert third is not None
 
 
+class Killed(BaseException):
+    """The worker process dies mid-send (OOM, SIGKILL): nothing after it runs."""
+
+
+def test_an_event_that_kills_its_worker_every_time_runs_out_of_attempts(
+    queued: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing records such an attempt, so without counting lapsed leases the requeue
+    would claim and send it again for ever (schedule "0,0": 3 attempts)."""
+    sends: list[str] = []
+
+    def dies(outgoing: Outgoing, **_: Any) -> AttemptResult:
+        sends.append(outgoing.delivery_id)
+        raise Killed
+
+    monkeypatch.setattr("tasks.webhooks.send", dies)
+    _, delivery_id = cancelled_job(new_account(), "https://8.8.8.8/hook")
+    assert delivery_id is not None
+
+    for _ in range(3):
+        with pytest.raises(Killed):
+            deliver.run(delivery_id)
+        with transaction() as session:  # the lease runs out
+            row = session.get(WebhookDelivery, delivery_id)
+            assert row is not None
+            row.claimed_until = utcnow() - SECOND
+    assert deliver.run(delivery_id) == "skipped"
+
+    assert len(sends) == 3
+    row, attempts = delivery(delivery_id)
+    assert (row.status, row.attempts, row.claimed_until) == ("failed", 3, None)
+    assert [(a.status_code, a.error) for a in attempts] == [(None, webhooks.LAPSED)] * 3
+    with transaction() as session:
+        assert webhooks.overdue_delivery_ids(session, utcnow() + GRACE, SECOND) == []
+
+
+def test_deliveries_whose_leases_lapsed_cannot_crowd_the_requeue_out(env: dict[str, str]) -> None:
+    """Scaled down (the requeue takes 500 a minute): three deliveries whose workers died
+    are older than another tenant's lost one, yet the lost one is taken first."""
+    now = utcnow()
+    dying = [cancelled_job(new_account(), "https://8.8.8.8/x")[1] for _ in range(3)]
+    for delivery_id in dying:
+        assert delivery_id is not None
+        assert claim(delivery_id, now) is not None  # and nothing is ever recorded
+    _, lost = cancelled_job(new_account(), "https://8.8.4.4/ok")
+    later = now + LEASE + timedelta(seconds=60)
+
+    with transaction() as session:
+        picked = webhooks.overdue_delivery_ids(session, later, timedelta(seconds=30), limit=3)
+
+    assert picked[0] == lost
+    assert set(picked[1:]) < set(dying)
+
+
 def test_the_lease_outlasts_the_attempts_deadline() -> None:
     for deadline in (1.0, 15.0, 120.0):
         assert webhooks.attempt_lease(deadline) >= timedelta(seconds=2 * deadline + 60)
 
 
 def test_a_stale_attempt_never_overwrites_the_claim_holders_record(env: dict[str, str]) -> None:
-    """A's lease runs out mid-send and B claims; A's late 500 only logs itself (B keeps
-    its claim: C cannot take it yet). B outlives its lease too and C claims; B's 200 is
-    a delivery, and C's late 500 cannot turn it into a failure."""
+    """A's lease runs out mid-send and B claims (A's lapse counts as an attempt); A's
+    late 500 only logs itself (B keeps its claim: C cannot take it yet). B outlives its
+    lease too and C claims; B's 200 is a delivery, and C's late 500 cannot turn it into
+    a failure."""
     _, delivery_id = cancelled_job(new_account(), "https://hooks.example.com/in")
     assert delivery_id is not None
     t0 = utcnow()
@@ -356,7 +412,7 @@ def test_a_stale_attempt_never_overwrites_the_claim_holders_record(env: dict[str
     assert record(a, 500, t0 + LEASE + 2 * SECOND) == Recorded("stale")
     assert claim(delivery_id, t0 + LEASE + 3 * SECOND) is None  # still B's
     row, _ = delivery(delivery_id)
-    assert (row.status, row.attempts) == ("pending", 0)
+    assert (row.status, row.attempts) == ("pending", 1)
     assert row.claimed_until is not None
     assert as_utc(row.claimed_until) == b.claim
 
@@ -366,9 +422,16 @@ def test_a_stale_attempt_never_overwrites_the_claim_holders_record(env: dict[str
     assert record(c, 500, t0 + 2 * LEASE + 4 * SECOND) == Recorded("stale")
 
     row, attempts = delivery(delivery_id)
-    assert (row.status, row.attempts, row.last_status_code) == ("succeeded", 1, 200)
+    assert (row.status, row.attempts, row.last_status_code) == ("succeeded", 3, 200)
     assert (row.claimed_until, row.next_attempt_at) == (None, None)
-    assert [x.status_code for x in attempts] == [500, 200, 500]  # every send is logged
+    # Every send is logged, and so is each lease that ran out before its send was.
+    assert [(x.status_code, x.error) for x in attempts] == [
+        (None, webhooks.LAPSED),
+        (500, "HTTP 500"),
+        (None, webhooks.LAPSED),
+        (200, None),
+        (500, "HTTP 500"),
+    ]
     assert claim(delivery_id, t0 + 4 * LEASE) is None
 
 
@@ -399,7 +462,7 @@ def test_a_late_2xx_counts_unless_the_url_is_gone(
 
     row, attempts = delivery(delivery_id)
     assert row.status == final_status
-    assert len(attempts) == 2
+    assert [x.status_code for x in attempts] == [None, holders_answer, 200]  # None: A's lapse
 
 
 def test_an_attempt_past_its_lease_that_nobody_took_over_still_counts(
