@@ -56,6 +56,9 @@ def signed_headers(msg_id: str, timestamp: int, body: bytes, secrets: list[str])
         "webhook-signature": " ".join(sign(s, msg_id, timestamp, body) for s in secrets),
         "content-type": "application/json",
         "user-agent": USER_AGENT,
+        # We read at most ERROR_BODY_BYTES of an answer, raw: a compressed one is not
+        # wanted (and not inflated if it comes anyway).
+        "accept-encoding": "identity",
     }
 
 
@@ -162,7 +165,7 @@ class _Answer:
 async def _post(
     target: WebhookTarget, headers: dict[str, str], body: bytes, deadline: float, answer: _Answer
 ) -> None:
-    """The POST, and up to ERROR_BODY_BYTES of an error body, before `deadline` (a
+    """The POST, and up to ERROR_BODY_BYTES of an error body as sent, before `deadline` (a
     `time.monotonic()` value, which is also the event loop's clock); a success's body is
     never read. Raises TimeoutError when no headers arrived in time."""
     extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
@@ -184,8 +187,9 @@ async def _post(
         ):
             answer.response = response
             if not response.is_success:
-                async for chunk in response.aiter_bytes():
-                    answer.snippet += chunk
+                # Raw, not decoded: 200 KB of gzip inflates to 200 MB in one chunk.
+                async for chunk in response.aiter_raw():
+                    answer.snippet += chunk[: ERROR_BODY_BYTES - len(answer.snippet)]
                     if len(answer.snippet) >= ERROR_BODY_BYTES:
                         break
     except TimeoutError:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import base64
 import ipaddress
 import time
+import tracemalloc
+import zlib
 from datetime import UTC, datetime
 
 import pytest
@@ -170,6 +172,31 @@ def test_an_error_body_is_read_no_further_than_its_snippet() -> None:
         result = send(outgoing(receiver.url), timeout=5.0, allow_private=True)
 
     assert result.error == "HTTP 500: " + "e" * ERROR_BODY_BYTES
+
+
+def gzip_of_zeros(size: int) -> bytes:
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: the gzip container
+    chunk = bytes(1 << 20)
+    return b"".join(packer.compress(chunk) for _ in range(size >> 20)) + packer.flush()
+
+
+def test_a_compressed_error_body_is_neither_asked_for_nor_inflated() -> None:
+    """A 50 KB gzip bomb that unpacks to 50 MB: the snippet is its first raw bytes, and
+    the attempt's memory stays small (it was some 50 MB per attempt, 150 MB for 200 MB)."""
+    bomb = gzip_of_zeros(50 << 20)
+    with Receiver(Reply(500, {"content-encoding": "gzip"}, body=bomb)) as receiver:
+        tracemalloc.start()
+        try:
+            result = send(outgoing(receiver.url), timeout=5.0, allow_private=True)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    assert receiver.requests[0].headers["accept-encoding"] == "identity"
+    assert result.status_code == 500
+    assert (result.error or "").startswith("HTTP 500: ")
+    assert len(result.error or "") <= len("HTTP 500: ") + ERROR_BODY_BYTES
+    assert peak < 5_000_000
 
 
 def test_retry_after_is_read_in_seconds_or_as_a_date() -> None:
