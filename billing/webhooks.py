@@ -66,7 +66,11 @@ def get_or_create_secret(session: Session, account: Account) -> str:
 
 
 def rotate_secret(session: Session, account: Account, now: datetime) -> str:
-    """A new secret; the old one keeps signing for the grace period (see `signing_secrets`)."""
+    """A new secret; the old one keeps signing for the grace period (see `signing_secrets`).
+
+    One previous secret is kept: a second rotation within the grace drops the secret
+    from before the first at once, ending the grace the first one promised (the README
+    says so)."""
     previous = get_or_create_secret(session, account)
     account.webhook_secret_previous = previous
     account.webhook_secret = new_secret()

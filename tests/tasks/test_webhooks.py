@@ -539,3 +539,22 @@ def test_a_rotated_secret_keeps_signing_for_the_grace_period(env: dict[str, str]
             old,
         ]
         assert webhooks.signing_secrets(account, rotated_at + grace, grace) == [new]
+
+
+def test_a_second_rotation_ends_the_first_ones_grace(env: dict[str, str]) -> None:
+    """Documented, not a promise kept: only one previous secret is stored."""
+    account_id = new_account()
+    grace = timedelta(hours=24)
+    with transaction() as session:
+        account = session.get(Account, account_id)
+        assert account is not None
+        first = webhooks.get_or_create_secret(session, account)
+        now = utcnow()
+        second = webhooks.rotate_secret(session, account, now)
+        third = webhooks.rotate_secret(session, account, now + timedelta(hours=1))
+
+        assert first not in webhooks.signing_secrets(account, now + timedelta(hours=2), grace)
+        assert webhooks.signing_secrets(account, now + timedelta(hours=2), grace) == [
+            third,
+            second,
+        ]
