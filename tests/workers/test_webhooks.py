@@ -6,19 +6,17 @@ from __future__ import annotations
 
 import base64
 import ipaddress
-import shutil
 import ssl
-import subprocess
 import time
 import tracemalloc
 import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import trustme
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
@@ -131,32 +129,16 @@ def test_every_attempt_shares_one_tls_context(monkeypatch: pytest.MonkeyPatch) -
     assert first is second
 
 
-def openssl(*args: str | Path) -> None:
-    subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
-
-
 @pytest.fixture
-def tls_receiver(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Receiver]:
+def tls_receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[Receiver]:
     """A receiver serving TLS with a certificate for hooks.customer.test only, signed by
     a throwaway CA that the sender's shared context is made to trust (as it trusts
     certifi's)."""
-    if shutil.which("openssl") is None:
-        pytest.skip("needs the openssl command")
-    ca, ca_key, key, csr, cert, ext = (
-        tmp_path / name for name in ("ca.pem", "ca.key", "key", "csr", "cert.pem", "ext")
-    )
-    new_key = ("-newkey", "rsa:2048", "-nodes", "-subj", "/CN=test")
-    openssl("req", "-x509", *new_key, "-days", "1", "-keyout", ca_key, "-out", ca)
-    openssl("req", *new_key, "-keyout", key, "-out", csr)
-    ext.write_text("subjectAltName=DNS:hooks.customer.test\nextendedKeyUsage=serverAuth\n")
-    openssl(
-        "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
-        "-days", "1", "-out", cert, "-extfile", ext,
-    )  # fmt: skip
+    ca = trustme.CA()
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server.load_cert_chain(cert, key)
+    ca.issue_cert("hooks.customer.test").configure_cert(server)
     trusting = httpx.create_ssl_context(trust_env=False)  # as the sender builds its own
-    trusting.load_verify_locations(ca)
+    ca.configure_trust(trusting)
     monkeypatch.setattr(webhooks_module, "_tls_context", lambda: trusting)
     receiver = Receiver()
     receiver.server.socket = server.wrap_socket(receiver.server.socket, server_side=True)
