@@ -532,6 +532,7 @@ class SecretOut(Out):
 
 
 class RotatedSecretOut(SecretOut):
+    # The replaced secret still signs until then, unless another rotation comes first.
     previous_valid_until: Timestamp
 
 

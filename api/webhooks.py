@@ -54,7 +54,8 @@ def get_secret() -> dict[str, Any]:
 @require_key
 @require_role("manage_settings")
 def rotate_secret() -> dict[str, Any]:
-    """A new secret; deliveries carry signatures by both until the grace period ends."""
+    """A new secret; deliveries carry signatures by both until the grace period ends (or
+    until the next rotation, which keeps only the secret it replaces)."""
     now = utcnow()
     secret = webhooks.rotate_secret(db(), current_account(), now)
     grace = timedelta(seconds=get_settings().webhook_secret_grace_seconds)
