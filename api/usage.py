@@ -47,6 +47,10 @@ DateOrTime = Annotated[
 CSV = {"text/csv": {"type": "string", "description": "A header row, one line per row."}}
 
 
+# A date ends the range after that whole day; a time is the range's (exclusive) end.
+TO_BOUND = " A date is included whole; a time is the exclusive end."
+
+
 class RangeQuery(Query):
     """The last `days` days, or `from`..`to` (at most 366 days; not both ways at once)."""
 
@@ -54,7 +58,7 @@ class RangeQuery(Query):
         default=None, description="The last N days, today included (default 30)."
     )
     from_: DateOrTime | None = Field(default=None, alias="from", description=DATE_OR_TIME)
-    to: DateOrTime | None = Field(default=None, description=DATE_OR_TIME + " Inclusive.")
+    to: DateOrTime | None = Field(default=None, description=DATE_OR_TIME + TO_BOUND)
 
     def window(self, zone: Any) -> usage.Window:
         days = str(self.days) if self.days is not None else None
@@ -72,7 +76,7 @@ class LogsQuery(PageQuery):
     )
     job_id: str | None = Field(default=None, max_length=40)
     from_: DateOrTime | None = Field(default=None, alias="from", description=DATE_OR_TIME)
-    to: DateOrTime | None = Field(default=None, description=DATE_OR_TIME + " Inclusive.")
+    to: DateOrTime | None = Field(default=None, description=DATE_OR_TIME + TO_BOUND)
     format: Literal["json", "csv"] | None = Field(
         default=None,
         description="`csv`: every matching row as CSV (ignores limit and cursor). Default: "

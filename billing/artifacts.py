@@ -65,7 +65,8 @@ def list_artifacts(
     model = kind.model
     query = select(model).where(model.account_id == account_id)
     if site_id is not None:
-        query = query.where(model.site_id == get_site(session, account_id, site_id).id)
+        site = get_site(session, account_id, site_id, include_deleted=True)  # history
+        query = query.where(model.site_id == site.id)
     if job_id is not None:
         query = query.where(model.job_id == get_job(session, account_id, job_id).id)
     if cursor:

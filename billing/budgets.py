@@ -84,7 +84,7 @@ def check(session: Session, account: Account, holds: Mapping[str, int]) -> None:
     credits past a budget. Call it before the ledger's reserve, in the same transaction."""
     if not any(budgets_for(account, operation) for operation in holds):
         return
-    lock_account(session, account.id)
+    _lock_with_budgets(session, account)
     over = exceeded(session, account, holds)
     if over is not None:
         budget, used, required = over
@@ -98,6 +98,23 @@ def check(session: Session, account: Account, holds: Mapping[str, int]) -> None:
             used=used,
             required=required,
         )
+
+
+def _lock_with_budgets(session: Session, account: Account) -> None:
+    """Lock the account, then count against its budgets as committed now (the caller's
+    read may predate an owner's change)."""
+    lock_account(session, account.id)
+    session.refresh(account, ["budget_monthly_credits", "budget_per_operation"])
+
+
+def allow_late_charge(session: Session, account_id: str, operation: str, credits: int) -> bool:
+    """Whether a late answer's charge (its hold expired, so its share went back to the
+    budgets and others may have used it) still fits the budgets; no budget: True."""
+    account = session.get(Account, account_id)
+    if account is None or not budgets_for(account, operation):
+        return True
+    _lock_with_budgets(session, account)
+    return exceeded(session, account, {operation: credits}) is None
 
 
 def exceeded(

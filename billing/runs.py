@@ -27,7 +27,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from billing import ledger, pipeline, policy, unbilled
+from billing import budgets, ledger, pipeline, policy, unbilled
 from billing.admission import Dispatch, admit, holds_slot
 from billing.errors import JobNotCancellable
 from billing.job_views import get_job
@@ -339,8 +339,9 @@ def _error(outcome: Outcome, status: str, charged: int) -> tuple[str | None, str
 def _late_answer(session: Session, run: JobRun, outcome: Outcome, *, cancelled: bool) -> Ending:
     """The job ended before this answer arrived. If its hold expired (the job looked
     dead), charge the usage from what the account still has; otherwise (another run or
-    a cancel ended it) or if the account cannot cover it, record it as unbilled. A job
-    the account cancelled stays `cancelled` (charged, as a cancel while answering is)."""
+    a cancel ended it) or if the account (its credits, or a budget its expired hold no
+    longer reserved) cannot cover it, record it as unbilled. A job the account cancelled
+    stays `cancelled` (charged, as a cancel while answering is)."""
     if outcome.usage is None:
         return Ending()
     # A run's job spends only from the run's hold: once that is closed, a late answer
@@ -348,11 +349,11 @@ def _late_answer(session: Session, run: JobRun, outcome: Outcome, *, cancelled: 
     in_run = session.scalar(select(Job.automation_id).where(Job.id == run.job_id))
     if outcome.billable and in_run is None:
         status = _final_status(outcome, cancelled=cancelled)
-        posted = ledger.settle_late(
-            session,
-            run.job_id,
-            _price(session, run, outcome.usage),
-            _usage_record(run, outcome, status),
+        charge = _price(session, run, outcome.usage)
+        posted = (
+            ledger.settle_late(session, run.job_id, charge, _usage_record(run, outcome, status))
+            if budgets.allow_late_charge(session, run.account_id, run.operation, charge.credits)
+            else None
         )
         if posted is not None:
             return _record_late_ending(session, run, outcome, status, -posted.amount)

@@ -578,8 +578,8 @@ def log_filter(
         )
     if model is not None and session.get(AIModelConfig, model) is None:
         raise InvalidInput(f"Unknown model {model!r}.", fields={"model": "a model name"})
-    if site_id is not None:
-        get_site(session, account.id, site_id)
+    if site_id is not None:  # a deleted site's usage is history, kept to be read
+        get_site(session, account.id, site_id, include_deleted=True)
     if job_id is not None:
         get_job(session, account.id, job_id)
     zone = account_zone(account)

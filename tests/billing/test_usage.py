@@ -688,3 +688,57 @@ def test_platform_daily_sums_every_account_per_utc_day(db_url: str, spending: Sp
     assert body["totals"]["credits"] == sum(credits.values())
     # both sites' jobs of June 12 and June 14, and the other account's
     assert sum(d["usage_rows"] for d in body["data"]) == len(logs) == 11
+
+
+def _on_a_deleted_site(db_url: str, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
+    """An account whose settled clustering job ran on a site deleted since."""
+    from billing.sites import delete_site
+
+    with transaction(db_url) as session:
+        account = make_account(session, "growth", credits=100_000)
+        site = Site(account_id=account.id, name="old blog")
+        session.add(site)
+        session.flush()
+        account_id, site_id = account.id, site.id
+    run_job(db_url, monkeypatch, account_id, "clustering", site_id=site_id, at=NOW - timedelta(1))
+    with transaction(db_url) as session:
+        delete_site(session, account_id, site_id, NOW)
+    return account_id, site_id
+
+
+def test_a_deleted_sites_usage_and_artifacts_can_still_be_filtered(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deleting a site keeps its usage and artifacts for history (insights name it): the
+    filters that read them take it too, as GET /v1/sites/{id} does."""
+    from billing.artifacts import KINDS, list_artifacts
+
+    account_id, site_id = _on_a_deleted_site(db_url, monkeypatch)
+    with transaction(db_url) as session:
+        account = session.get(Account, account_id)
+        where = usage.log_filter(session, account, site_id=site_id)
+        logs = usage.list_logs(session, account_id, where, cursor=None, limit=50).rows
+        clusters = list_artifacts(session, account_id, KINDS["clusters"], site_id=site_id).rows
+
+    assert len(logs) == 1
+    assert len(clusters) == 2
+    assert {log.site_id for log in logs} == {site_id}
+
+
+def test_a_to_time_is_the_exclusive_end_and_a_to_date_includes_the_day(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with transaction(db_url) as session:
+        account_id = make_account(session, "growth", credits=100_000).id
+    at = datetime(2026, 6, 14, 12, 0, tzinfo=UTC)
+    run_job(db_url, monkeypatch, account_id, "clustering", at=at)
+
+    def count(start: str, end: str) -> int:
+        with transaction(db_url) as session:
+            account = session.get(Account, account_id)
+            where = usage.log_filter(session, account, start=start, end=end)
+            return len(usage.list_logs(session, account_id, where, cursor=None, limit=50).rows)
+
+    assert count("2026-06-14T00:00:00", "2026-06-14T12:00:00") == 0
+    assert count("2026-06-14T00:00:00", "2026-06-14T12:00:01") == 1
+    assert count("2026-06-14", "2026-06-14") == 1
