@@ -10,6 +10,11 @@ never exceed its hold); a run's job holds only what was carved from that run; an
 run pools nothing. An account's reserved credits are its open job holds plus its runs'
 pools.
 
+Money links: a job's hold, deduction and usage log are on the job's account, its
+deduction is at most its hold and equals its usage log. Shapes: a deduction has a job,
+a grant adds credits (only an adjustment takes them back), a payment's or period's grant
+has its reference, a top-up is a paid purchase of those credits, no balance was ever < 0.
+
 Run by `python -m ops audit` / `make audit` and at the end of every end-to-end test.
 """
 
@@ -19,9 +24,10 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.orm import Session, aliased
 
+from billing.ledger import REFERENCED_GRANTS
 from models import (
     FINAL_JOB_STATUSES,
     FINAL_RUN_STATUSES,
@@ -80,6 +86,111 @@ def audit(session: Session) -> list[str]:
     violations += _usage_sources(session)
     violations += _automation_runs(session)
     violations += _purchases(session)
+    violations += _money_links(session)
+    violations += _grants(session)
+    return violations
+
+
+def _money_links(session: Session) -> list[str]:
+    """A job's money stays with it: its hold, deduction and usage log are on the job's
+    account; the deduction is at most the hold, and the usage log says what it took.
+    SQL returns only the rows that break this."""
+    deduction = aliased(CreditTransaction)
+    rows = session.execute(
+        select(
+            Job.id,
+            Job.account_id,
+            CreditReservation.account_id,
+            CreditReservation.amount,
+            deduction.account_id,
+            deduction.amount,
+            CreditUsageLog.account_id,
+            CreditUsageLog.credits,
+        )
+        .join(CreditReservation, CreditReservation.job_id == Job.id)
+        .outerjoin(deduction, and_(deduction.job_id == Job.id, deduction.type == "deduction"))
+        .outerjoin(CreditUsageLog, CreditUsageLog.job_id == Job.id)
+        .where(
+            or_(
+                CreditReservation.account_id != Job.account_id,
+                deduction.account_id != Job.account_id,
+                CreditUsageLog.account_id != Job.account_id,
+                deduction.amount > 0,
+                -deduction.amount > CreditReservation.amount,
+                CreditUsageLog.credits != -deduction.amount,
+            )
+        )
+    )
+    violations = []
+    for job_id, account, hold_account, hold, paid_by, amount, logged_for, logged in rows:
+        if {hold_account, paid_by or account, logged_for or account} != {account}:
+            violations.append(
+                f"job {job_id} of account {account}: hold on {hold_account}, deduction on "
+                f"{paid_by}, usage log on {logged_for}"
+            )
+        if amount is not None and (amount > 0 or -amount > hold):
+            violations.append(f"job {job_id}: deduction {amount} against a hold of {hold}")
+        if amount is not None and logged is not None and logged != -amount:
+            violations.append(f"job {job_id}: usage log of {logged} credits, deduction {amount}")
+    return violations
+
+
+def _grants(session: Session) -> list[str]:
+    """Every transaction has its kind's shape: a deduction belongs to a job, a grant adds
+    credits (only an adjustment may take them back), a payment's or a period's grant has
+    its reference, a top-up is a paid purchase of the account for those credits, and no
+    balance was ever below 0."""
+    paid = aliased(Purchase)
+    rows = session.execute(
+        select(
+            CreditTransaction.id,
+            CreditTransaction.type,
+            CreditTransaction.amount,
+            CreditTransaction.balance_after,
+            CreditTransaction.job_id,
+            CreditTransaction.reference,
+            paid.id,
+        )
+        .outerjoin(
+            paid,
+            and_(
+                paid.id == CreditTransaction.reference,
+                paid.account_id == CreditTransaction.account_id,
+                paid.status == "paid",
+                paid.credits == CreditTransaction.amount,
+            ),
+        )
+        .where(
+            or_(
+                CreditTransaction.balance_after < 0,
+                and_(CreditTransaction.type == "deduction", CreditTransaction.job_id.is_(None)),
+                and_(
+                    CreditTransaction.type.not_in(("deduction", "adjustment")),
+                    CreditTransaction.amount <= 0,
+                ),
+                and_(
+                    CreditTransaction.type.in_(REFERENCED_GRANTS),
+                    CreditTransaction.reference.is_(None),
+                ),
+                and_(CreditTransaction.type == "topup", paid.id.is_(None)),
+            )
+        )
+    )
+    violations = []
+    for txn_id, type_, amount, balance_after, job_id, reference, purchase in rows:
+        if balance_after < 0:
+            violations.append(f"transaction {txn_id}: balance after it {balance_after} < 0")
+        if type_ == "deduction" and job_id is None:
+            violations.append(f"transaction {txn_id}: a deduction without a job")
+        if type_ not in ("deduction", "adjustment") and amount <= 0:
+            violations.append(f"transaction {txn_id}: {type_} of {amount} credits")
+        if type_ in REFERENCED_GRANTS and reference is None:
+            violations.append(f"transaction {txn_id}: {type_} without its reference")
+        elif type_ == "topup" and purchase is None:
+            violations.append(
+                f"transaction {txn_id}: top-up of {amount} with no paid purchase of those "
+                f"credits for it ({reference})"
+            )
     return violations
 
 

@@ -28,6 +28,7 @@ from sqlalchemy import (
     true,
     update,
 )
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import BindParameter
 
@@ -56,6 +57,8 @@ log = logging.getLogger(__name__)
 # Statuses that may spend credits (DESIGN.md: the reserve UPDATE's WHERE clause).
 SPENDING_STATUSES = ("trial", "active", "pending_payment")
 GRANT_TYPES = ("registration", "renewal", "topup", "bank_transfer", "subscription", "adjustment")
+# Grants for a payment or a period: once-only, so never without their reference.
+REFERENCED_GRANTS = ("renewal", "topup", "bank_transfer", "subscription")
 
 
 @dataclass(frozen=True)
@@ -552,12 +555,18 @@ def grant(
     """Post credits in (or out, for a negative admin adjustment) with a transaction row.
 
     A negative amount may not take the balance below what open holds need.
-    `reference` makes the grant once-only (a bank reference, a renewal period).
+    `reference` makes the grant once-only (a bank reference, a renewal period); a payment
+    or a period's grant must have one. Of two racing the same reference, the loser gets
+    `DuplicateReference` (the unique index decides; nothing of it is left behind).
     """
     if type_ not in GRANT_TYPES:
         raise ValueError(f"unknown grant type {type_!r}")
     if amount == 0:
         raise ValueError("a grant must move credits")
+    if amount < 0 and type_ != "adjustment":
+        raise ValueError(f"a {type_} grant adds credits; only an adjustment takes them back")
+    if reference is None and type_ in REFERENCED_GRANTS:
+        raise ValueError(f"a {type_} grant is once-only: it needs its reference")
     if reference is not None and session.scalar(
         select(CreditTransaction.id).where(
             CreditTransaction.account_id == account_id,
@@ -568,6 +577,26 @@ def grant(
         raise DuplicateReference(
             f"Reference {reference!r} was already applied to this account.", reference=reference
         )
+    if reference is None:
+        return _post_grant(session, account_id, amount, type_, description, None, metadata)
+    try:
+        with session.begin_nested():
+            return _post_grant(session, account_id, amount, type_, description, reference, metadata)
+    except IntegrityError:  # a racer committed the same reference after our check
+        raise DuplicateReference(
+            f"Reference {reference!r} was already applied to this account.", reference=reference
+        ) from None
+
+
+def _post_grant(
+    session: Session,
+    account_id: str,
+    amount: int,
+    type_: str,
+    description: str,
+    reference: str | None,
+    metadata: dict[str, Any] | None,
+) -> CreditTransaction:
     balance_after = session.execute(
         update(Account)
         .where(Account.id == account_id, Account.credits + amount >= Account.reserved_credits)

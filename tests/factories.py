@@ -51,7 +51,7 @@ def make_account(
     session.add(account)
     session.flush()
     if credits:
-        ledger.grant(session, account.id, credits, "topup", "test funding")
+        ledger.grant(session, account.id, credits, "adjustment", "test funding")
     session.flush()
     session.refresh(account)
     return account

@@ -252,7 +252,9 @@ def test_a_pending_purchase_with_credits_granted(
         ledger.grant(session, books.account, 2000, "topup", "minted", reference=pending)
     with transaction(db_url) as session:
         violations = audit(session)
-    assert violations == [f"purchase {pending}: pending, but credits were granted"]
+    assert violations[0] == f"purchase {pending}: pending, but credits were granted"
+    assert len(violations) == 2
+    assert "top-up of 2000 with no paid purchase of those credits" in violations[1]
 
 
 def test_the_audit_sees_one_moment_while_grants_commit_between_its_reads(
@@ -282,3 +284,100 @@ def test_the_audit_sees_one_moment_while_grants_commit_between_its_reads(
     assert violations == []
     with snapshot(db_url) as session:
         assert audit(session) == []
+
+
+# --- money that moved consistently, but wrongly ------------------------------------------
+# Each corruption keeps the account's sums and balance chain right, so only the links
+# between a job, its hold, its deduction and its usage log (or a transaction's shape) show.
+
+MOVED = {
+    "a charge above its hold (4), everywhere consistent": (
+        [
+            "UPDATE credit_transactions SET amount = -6, balance_after = balance_after - 4"
+            " WHERE job_id = :j AND type = 'deduction'",
+            "UPDATE credit_transactions SET balance_after = balance_after - 4"
+            " WHERE account_id = :a AND id > (SELECT id FROM credit_transactions"
+            " WHERE job_id = :j AND type = 'deduction')",
+            "UPDATE accounts SET credits = credits - 4 WHERE id = :a",
+            "UPDATE jobs SET credits_charged = 6 WHERE id = :j",
+            "UPDATE credit_usage_logs SET credits = 6 WHERE job_id = :j",
+        ],
+        "deduction -6 against a hold of 4",
+    ),
+    "the usage log says another amount": (
+        ["UPDATE credit_usage_logs SET credits = credits + 40 WHERE job_id = :j"],
+        "usage log of 42 credits, deduction -2",
+    ),
+    "the usage log on another account": (
+        ["UPDATE credit_usage_logs SET account_id = :b WHERE job_id = :j"],
+        "usage log on",
+    ),
+    "an open hold moved to another account": (
+        [
+            "UPDATE credit_reservations SET account_id = :b WHERE job_id = :h",
+            "UPDATE accounts SET reserved_credits = reserved_credits - 4 WHERE id = :a",
+            "UPDATE accounts SET reserved_credits = reserved_credits + 4 WHERE id = :b",
+        ],
+        "hold on",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", MOVED)
+def test_money_moved_consistently_but_wrongly_is_found(
+    db_url: str, books: Ledger, case: str
+) -> None:
+    statements, expected = MOVED[case]
+    violations = broken(
+        db_url, *statements, a=books.account, b=books.bystander, j=books.settled, h=books.held
+    )
+    assert any(expected in v for v in violations), violations
+
+
+@pytest.mark.parametrize(
+    ("type_", "amount", "reference", "expected"),
+    [
+        ("topup", 500, None, "topup without its reference"),
+        ("topup", 500, "pur_made_up", "top-up of 500 with no paid purchase"),
+        ("renewal", 500, None, "renewal without its reference"),
+        ("registration", -5, None, "registration of -5 credits"),
+        ("deduction", -2, None, "a deduction without a job"),
+    ],
+)
+def test_a_transaction_of_the_wrong_shape_is_found(
+    db_url: str, books: Ledger, type_: str, amount: int, reference: str | None, expected: str
+) -> None:
+    """Posted around `ledger.grant` (which refuses them all): the chain and sums agree,
+    the transaction's kind does not."""
+    with transaction(db_url) as session:
+        balance = session.execute(
+            text("UPDATE accounts SET credits = credits + :n WHERE id = :a RETURNING credits"),
+            {"a": books.account, "n": amount},
+        ).scalar_one()
+        session.execute(
+            text(
+                "INSERT INTO credit_transactions (account_id, type, amount, balance_after,"
+                " description, reference, metadata, created_at) VALUES (:a, :t, :n, :b,"
+                " 'posted by hand', :r, '{}', CURRENT_TIMESTAMP)"
+            ),
+            {"a": books.account, "t": type_, "n": amount, "b": balance, "r": reference},
+        )
+    with transaction(db_url) as session:
+        violations = audit(session)
+    assert any(expected in v for v in violations), violations
+
+
+def test_a_balance_below_zero_on_the_way_is_found(db_url: str, books: Ledger) -> None:
+    """-10 then +10 ends where it started: the sums agree, the history went below 0."""
+    with transaction(db_url) as session:
+        session.execute(
+            text(
+                "INSERT INTO credit_transactions (account_id, type, amount, balance_after,"
+                " description, metadata, created_at) VALUES (:a, 'adjustment', -1008, -10,"
+                " 'out', '{}', CURRENT_TIMESTAMP), (:a, 'adjustment', 1008, 998, 'back',"
+                " '{}', CURRENT_TIMESTAMP)"
+            ),
+            {"a": books.account},
+        )
+        violations = audit(session)
+    assert any("balance after it -10 < 0" in v for v in violations), violations

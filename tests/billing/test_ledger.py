@@ -440,7 +440,17 @@ def test_negative_adjustment_cannot_take_credits_below_zero(db_url: str) -> None
         assert balances(session, acct.id) == (50, 0)
 
 
-@pytest.mark.parametrize(("amount", "type_"), [(0, "topup"), (10, "deduction"), (10, "gift")])
+@pytest.mark.parametrize(
+    ("amount", "type_"),
+    [
+        (0, "topup"),
+        (10, "deduction"),
+        (10, "gift"),
+        (10, "topup"),  # a payment's grant without its reference
+        (10, "renewal"),
+        (-5, "registration"),  # only an adjustment takes credits back
+    ],
+)
 def test_grant_rejects_zero_and_non_grant_types(db_url: str, amount: int, type_: str) -> None:
     with transaction(db_url) as session:
         acct = make_account(session, credits=50)
@@ -449,11 +459,44 @@ def test_grant_rejects_zero_and_non_grant_types(db_url: str, amount: int, type_:
         assert balances(session, acct.id) == (50, 0)
 
 
+def test_racing_grants_of_one_reference_post_once_and_the_others_are_told_why(
+    db_url: str,
+) -> None:
+    """Twelve threads, one bank reference: one grant; every other one is a
+    DuplicateReference (409 in the API), never a raw IntegrityError (500)."""
+    with transaction(db_url) as session:
+        account_id = make_account(session, credits=0).id
+    start = threading.Barrier(12)
+    outcomes: list[str] = []
+
+    def pay() -> None:
+        start.wait()
+        try:
+            with transaction(db_url) as session:
+                ledger.grant(session, account_id, 100, "bank_transfer", "BT", reference="BT-42")
+            outcomes.append("granted")
+        except DuplicateReference:
+            outcomes.append("duplicate")
+        except Exception as exc:  # what must not happen
+            outcomes.append(type(exc).__name__)
+
+    threads = [threading.Thread(target=pay) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sorted(outcomes) == ["duplicate"] * 11 + ["granted"]
+    with transaction(db_url) as session:
+        assert balances(session, account_id) == (100, 0)
+        assert audit(session) == []
+
+
 def test_list_transactions_pages_newest_first(db_url: str) -> None:
     with transaction(db_url) as session:
         acct = make_account(session, credits=1)
         for i in range(4):
-            ledger.grant(session, acct.id, 10 + i, "topup", f"t{i}")
+            ledger.grant(session, acct.id, 10 + i, "adjustment", f"t{i}")
         session.flush()
         first = ledger.list_transactions(session, acct.id, cursor=None, limit=3)
         assert [t.amount for t in first.rows] == [13, 12, 11]
@@ -475,7 +518,7 @@ class TestConcurrency:
         with transaction(url) as session:
             acct = make_account(session, credits=0)
             hold = hold_for(session, acct, request())
-            ledger.grant(session, acct.id, holds * hold, "topup", "exactly enough")
+            ledger.grant(session, acct.id, holds * hold, "adjustment", "exactly enough")
             return acct.id, hold
 
     def _check_final(self, url: str, account_id: str, hold: int, succeeded: int) -> None:
@@ -630,7 +673,7 @@ class TestConcurrency:
             account_id = acct.id
             hold = hold_for(session, acct, request())
             funding = 4 * cycles * hold
-            ledger.grant(session, acct.id, funding, "topup", "enough for every hold")
+            ledger.grant(session, acct.id, funding, "adjustment", "enough for every hold")
 
         outcomes = self._run_processes(
             factories.cycles_in_process, (db_url, account_id, cycles, usage)

@@ -156,7 +156,7 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(amount=st.integers(1, 2000))
     def top_up(self, amount: int) -> None:
         with transaction(self.url) as session:
-            posted = ledger.grant(session, self.account_id, amount, "topup", "top-up")
+            posted = ledger.grant(session, self.account_id, amount, "adjustment", "top-up")
             assert posted.balance_after == self.credits + amount
         self.credits += amount
 

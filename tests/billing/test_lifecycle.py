@@ -62,7 +62,7 @@ def make_account(
         session.add(account)
         session.flush()
         if credits:
-            ledger.grant(session, account.id, credits, "topup", "test funding")
+            ledger.grant(session, account.id, credits, "adjustment", "test funding")
         return account.id
 
 
