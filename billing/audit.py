@@ -20,7 +20,6 @@ Run by `python -m ops audit` / `make audit` and at the end of every end-to-end t
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
@@ -286,24 +285,26 @@ def _automation_runs(session: Session) -> list[str]:
 
 
 def _balance_chain(session: Session) -> list[str]:
-    """Each transaction's balance_after is the previous one plus its amount."""
-    violations = []
-    last: dict[str, int] = defaultdict(int)
-    for account_id, txn_id, amount, balance_after in session.execute(
-        select(
-            CreditTransaction.account_id,
-            CreditTransaction.id,
-            CreditTransaction.amount,
-            CreditTransaction.balance_after,
-        ).order_by(CreditTransaction.account_id, CreditTransaction.id)
-    ):
-        if balance_after != last[account_id] + amount:
-            violations.append(
-                f"transaction {txn_id} (account {account_id}): balance_after {balance_after} "
-                f"!= previous {last[account_id]} + amount {amount}"
-            )
-        last[account_id] = balance_after
-    return violations
+    """Each transaction's balance_after is the previous one plus its amount. Compared in
+    SQL (a window over each account's transactions): only the breaks come back, so a
+    ledger of millions of rows is not loaded into this process."""
+    txn = CreditTransaction
+    previous = func.coalesce(
+        func.lag(txn.balance_after).over(partition_by=txn.account_id, order_by=txn.id), 0
+    )
+    chain = select(
+        txn.account_id, txn.id, txn.amount, txn.balance_after, previous.label("previous")
+    ).subquery()
+    rows = session.execute(
+        select(chain)
+        .where(chain.c.balance_after != chain.c.previous + chain.c.amount)
+        .order_by(chain.c.account_id, chain.c.id)
+    )
+    return [
+        f"transaction {txn_id} (account {account_id}): balance_after {balance_after} "
+        f"!= previous {previous_balance} + amount {amount}"
+        for account_id, txn_id, amount, balance_after, previous_balance in rows
+    ]
 
 
 def _job_holds(session: Session) -> list[str]:
