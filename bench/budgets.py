@@ -37,8 +37,9 @@ if __package__ in (None, ""):
 from bench import print_table
 from billing import catalog, ledger, runs
 from billing.audit import audit
+from billing.pricing import Usage
 from billing.submission import JobRequest, submit_job
-from models import Account, CreditTransaction, Plan, new_id, utcnow
+from models import Account, Plan, new_id, utcnow
 from models.db import dispose_engines, transaction
 from ops.cli import migrate
 from ops.postgres_server import PostgresServer
@@ -62,6 +63,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def make_account(url: str, budget: int | None, history: int) -> str:
+    """An active Scale account, funded, with `history` real settled charges this period
+    (submitted, started and completed as a worker would: the audit checks each)."""
     with transaction(url) as session:
         plan = session.query(Plan).filter_by(slug="scale").one()
         account = Account(name="bench", plan=plan, status="active", period_start=utcnow())
@@ -69,18 +72,11 @@ def make_account(url: str, budget: int | None, history: int) -> str:
         session.add(account)
         session.flush()
         ledger.grant(session, account.id, 100_000_000, "adjustment", "bench funding")
-        balance = 100_000_000
         for _ in range(history):  # past charges the budget check has to sum
-            balance -= 1
-            session.add(
-                CreditTransaction(
-                    account_id=account.id, type="deduction", amount=-1,
-                    balance_after=balance, description="history",
-                )
-            )  # fmt: skip
-        session.execute(
-            Account.__table__.update().where(Account.id == account.id).values(credits=balance)
-        )
+            job_id = submit_job(session, account, REQUEST, TTL).job.id
+            run = runs.start_job(session, job_id)
+            assert isinstance(run, runs.JobRun)
+            runs.complete_job(session, run, Usage(tokens_in=50, tokens_out=50), {}, [])
         return account.id
 
 
