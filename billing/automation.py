@@ -178,6 +178,7 @@ def plan_run(session: Session, account: Account, request: AutomationOptions) -> 
         model = resolve_model(session, account, operation, getattr(asked.models, stage))
         if stage == "clustering":
             stage_input = job_input
+            operation.check_output_cap(model, stage_input)  # the one input known now
         else:
             stage_input = pipeline.worst_input(stage, keywords, options)
             jobs *= pipeline.fan_out(options)[pipeline.STAGES[pipeline.STAGES.index(stage) - 1]]

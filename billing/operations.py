@@ -145,10 +145,18 @@ class Operation:
 
     def hold(self, model: AIModelConfig, job_input: dict[str, Any]) -> int:
         """The credits a submission holds: the most this job can cost on `model`. An
-        input whose answer could need more than the model may write is refused here:
-        the provider would refuse its `max_tokens` after the hold was taken."""
+        answer never runs past the model's output cap (a job that could is refused, or
+        for an automation run's worst case, never made), so neither does the hold."""
         bound = self.max_output_tokens(job_input) if self.output_tokens else 0
+        if model.max_output_tokens is not None:
+            bound = min(bound, model.max_output_tokens)
+        return pricing.estimate_hold(model, job_input, bound)
+
+    def check_output_cap(self, model: AIModelConfig, job_input: dict[str, Any]) -> None:
+        """Refuse an input whose answer could need more than `model` writes in one: the
+        provider would refuse its `max_tokens` after the hold was taken."""
         cap = model.max_output_tokens
+        bound = self.max_output_tokens(job_input) if self.output_tokens else 0
         if cap is not None and bound > cap:
             raise InvalidInput(
                 f"This {self.name} input may need up to {bound:,} output tokens, and "
@@ -158,7 +166,6 @@ class Operation:
                 output_tokens=bound,
                 max_output_tokens=cap,
             )
-        return pricing.estimate_hold(model, job_input, bound)
 
     def detail(self, job_input: dict[str, Any], width: int = 100) -> str:
         """A one-line description of a job: its title, first keyword or prompt."""

@@ -210,15 +210,17 @@ def _make_child(
     session: Session, run: AutomationRun, parent: Job, stage: str, index: int, item: Base
 ) -> bool:
     """One child job, its hold carved from the run's pool; False (nothing written) if
-    its input is unusable or would hold more than its stage was priced at."""
+    its input is unusable (or could need a longer answer than its model writes) or would
+    hold more than its stage was priced at."""
     operation = get_operation(stage)
     planned = run.plan[stage]
-    try:
-        job_input = validate_input(operation, child_input(stage, item, dict(parent.input), run))
-    except InvalidInput:
-        return False
     model = session.get(AIModelConfig, planned["model"])
     if model is None:
+        return False
+    try:
+        job_input = validate_input(operation, child_input(stage, item, dict(parent.input), run))
+        operation.check_output_cap(model, job_input)  # the provider would refuse it
+    except InvalidInput:
         return False
     hold = operation.hold(model, job_input)
     if hold > planned["hold"]:

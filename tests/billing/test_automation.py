@@ -356,6 +356,40 @@ def test_no_child_is_made_on_a_model_the_plan_no_longer_allows(client: Any, db_u
     assert_ended_with_the_pool_released(db_url, account, run_id)
 
 
+def test_no_child_is_made_whose_answer_could_outgrow_its_models_output_cap(
+    db_url: str,
+) -> None:
+    """A keyword of 300 backslashes (valid, and cheap to cluster): ten ideas about its
+    cluster could need ~25,600 output tokens, more than gpt-4o-mini writes (the provider
+    would refuse the job); that child is skipped, the ordinary cluster's is made."""
+    slashes = "\\" * 300
+    with transaction(db_url) as session:
+        account = make_account(session, credits=100_000).id
+    body = {**TWO_STAGES, "keywords": [*KEYWORDS, slashes], "options": {"ideas_per_cluster": 10}}
+    run_id = submit(db_url, account, body)
+    [clustering] = open_jobs(db_url, run_id)
+    with transaction(db_url) as session:
+        run = dispatch_and_start(session, clustering)
+        assert run is not None
+        common = {"account_id": account, "job_id": clustering, "site_id": None}
+        clusters = [
+            Cluster(name="running", keywords=["running shoes"], **common),
+            Cluster(name="slashes", keywords=[slashes], **common),
+        ]
+
+    with transaction(db_url) as session:
+        finish_run(session, run, Outcome(Usage(tokens_in=50, tokens_out=50), {}, clusters))
+
+    made = open_jobs(db_url, run_id, "idea_generation")
+    assert len(made) == 1
+    with transaction(db_url) as session:
+        child = session.get(Job, made[0])
+        assert child is not None
+        assert child.input["cluster"]["name"] == "running"
+    assert the_run(db_url, run_id).skipped_children == 1
+    clean(db_url)
+
+
 def test_cancel_ends_queued_jobs_and_closes_the_hold(db_url: str) -> None:
     with transaction(db_url) as session:
         account = make_account(session, credits=100_000).id

@@ -170,6 +170,7 @@ def test_too_few_credits_is_a_402_with_nothing_created(e2e: Any) -> None:
     body = {"keywords": KEYWORDS, "options": {"ideas_per_cluster": 10, "prompts_per_article": 5,
             "images_per_prompt": 4, "word_count": 5000}}  # fmt: skip
     needed = e2e.post("/v1/automations/estimate", json=body, headers=auth(key)).get_json()
+    assert "affordable" in needed, needed
     assert not needed["affordable"]
 
     refused = e2e.post("/v1/automations", json=body, headers=auth(key))

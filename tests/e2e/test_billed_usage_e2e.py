@@ -5,11 +5,13 @@ success, never cut off. The ledger audit runs after each test."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
+from billing.operations import OPERATIONS, validate_input
 from models import CreditUsageLog
 from models.db import transaction
 from tests.support import auth, register, wait_for_job
@@ -70,24 +72,59 @@ def test_twelve_crafted_cut_off_jobs_each_pay_their_usage(e2e: Any, sim_control:
     assert credits["reserved"] == 0
 
 
-def largest_inputs() -> dict[str, dict[str, Any]]:
-    """Each operation's input at its limits, in shapes dense in tokens, and still within
-    MAX_REQUEST_BYTES (256 KB) as a request body."""
+# The output cap of the enterprise plan's default text model (gpt-4o-mini).
+OUTPUT_CAP = 16_384
+
+
+def sized_inputs() -> dict[str, tuple[int, Callable[[int], dict[str, Any]]]]:
+    """Each operation's input at its limits but for one size (keywords, count, words), in
+    shapes dense in tokens, and still within MAX_REQUEST_BYTES (256 KB) as a body."""
     dense = "!?" * 150
     return {
-        "clustering": {"keywords": [f"{i} " + "word " * 46 for i in range(1000)]},
-        "idea_generation": {
-            "cluster": {"name": dense, "keywords": [f"{i} {dense}"[:300] for i in range(200)]},
-            "count": 20,
-        },
-        "content_generation": {
-            "title": '"' * 300,
-            "word_count": 5000,
-            "keywords": [f"{i} {dense}"[:300] for i in range(50)],
-        },
-        "image_prompt_extraction": {"text": ('"' * 299 + ". ") * 165, "count": 10},
-        "image_generation": {"prompt": "a lighthouse at dusk, " * 180, "count": 10},
+        "clustering": (1000, lambda n: {"keywords": [f"{i} " + "word " * 46 for i in range(n)]}),
+        "idea_generation": (
+            20,
+            lambda n: {
+                "cluster": {"name": dense, "keywords": [f"{i} {dense}"[:300] for i in range(200)]},
+                "count": n,
+            },
+        ),
+        "content_generation": (
+            5000,
+            lambda n: {
+                "title": '"' * 300,
+                "word_count": n,
+                "keywords": [f"{i} {dense}"[:300] for i in range(50)],
+            },
+        ),
+        "image_prompt_extraction": (
+            10,
+            lambda n: {"text": ('"' * 299 + ". ") * 165, "count": n},
+        ),
+        "image_generation": (10, lambda n: {"prompt": "a lighthouse at dusk, " * 180, "count": n}),
     }
+
+
+def largest_inputs() -> dict[str, dict[str, Any]]:
+    """The largest of each that the API accepts: no answer could outgrow the model's
+    output cap (a larger one is refused up front, tests/api/test_jobs_api.py)."""
+    chosen = {}
+    for name, (most, make) in sized_inputs().items():
+        operation = OPERATIONS[name]
+
+        def fits(size: int, operation: Any = operation, make: Any = make) -> bool:
+            job_input = validate_input(operation, make(size))
+            return operation.output_tokens is None or (
+                operation.max_output_tokens(job_input) <= OUTPUT_CAP
+            )
+
+        low, high = 1, most
+        while low < high:  # the largest size that fits
+            middle = (low + high + 1) // 2
+            low, high = (middle, high) if fits(middle) else (low, middle - 1)
+        assert fits(low), name
+        chosen[name] = make(low)
+    return chosen
 
 
 def test_the_largest_input_of_each_operation_succeeds(e2e: Any) -> None:
