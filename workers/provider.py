@@ -36,6 +36,7 @@ from tenacity import (
 import metrics
 from settings import Settings, get_settings
 from workers import ratelimit
+from workers.provider_usage import billed_tokens
 
 log = logging.getLogger(__name__)
 # A provider error code worth showing a tenant: an identifier, never free text.
@@ -232,52 +233,6 @@ def describe_error(exc: BaseException) -> str:
     code = getattr(exc, "code", None)
     named = f" ({code})" if isinstance(code, str) and _ERROR_CODE.fullmatch(code) else ""
     return f"HTTP {status}{named}" if status else exc.__class__.__name__
-
-
-# The most input tokens one request is billed for: above any model's context window,
-# far below what the usage columns hold.
-MAX_INPUT_TOKENS = 2_000_000
-
-
-def token_count(value: object) -> int | None:
-    """A count as the provider reported it, or None when it is not a whole number >= 0:
-    the SDK does not check types, so 100.0, "100", -1 and null all reach us."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value if value >= 0 else None
-    if isinstance(value, float) and value.is_integer() and value >= 0:
-        return int(value)
-    return None
-
-
-def billed_tokens(
-    usage: Any, messages: list[dict[str, str]], text: str, max_tokens: int
-) -> tuple[int, int]:
-    """The (input, output) tokens an answer is billed for, from the SDK's `usage`.
-
-    A count that is not a whole number (or no usage at all) is taken at the bound the
-    hold is built on, the bytes sent and the bytes answered (a token is at least one
-    byte): the provider billed us for them, and the charge never exceeds the hold.
-    Output is clamped to `max_tokens`, which the provider cannot exceed; input to
-    MAX_INPUT_TOKENS.
-    """
-    sent = sum(len(message["content"].encode()) for message in messages)
-    reported = (
-        token_count(getattr(usage, "prompt_tokens", None)),
-        token_count(getattr(usage, "completion_tokens", None)),
-    )
-    tokens_in = min(sent if reported[0] is None else reported[0], MAX_INPUT_TOKENS)
-    tokens_out = min(len(text.encode()) if reported[1] is None else reported[1], max_tokens)
-    if reported != (tokens_in, tokens_out):
-        log.warning(
-            "provider usage prompt_tokens=%r completion_tokens=%r billed as %s in, %s out",
-            getattr(usage, "prompt_tokens", None),
-            getattr(usage, "completion_tokens", None),
-            tokens_in,
-            tokens_out,
-        )
-    return tokens_in, tokens_out
 
 
 def chat_messages(system: str, job_input: dict[str, Any]) -> list[dict[str, str]]:

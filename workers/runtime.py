@@ -42,7 +42,7 @@ from billing.runs import Ending, JobRun, Outcome, Refused, finish_run, start_job
 from models import Base
 from models.db import transaction
 from settings import get_settings
-from workers import inflight, provider, task_metrics
+from workers import inflight, provider, provider_usage, task_metrics
 from workers.dispatch import send_ending
 from workers.inflight import Flight, JobCancelled
 from workers.provider import ProviderError
@@ -238,7 +238,7 @@ def _recordable(usage: Usage | None) -> Usage | None:
         return None
 
     def count(value: object) -> int:
-        return min(provider.token_count(value) or 0, provider.MAX_INPUT_TOKENS)
+        return min(provider_usage.token_count(value) or 0, provider_usage.MAX_INPUT_TOKENS)
 
     return Usage(count(usage.tokens_in), count(usage.tokens_out), count(usage.images))
 

@@ -10,7 +10,8 @@ import httpx
 import openai
 import pytest
 
-from workers.provider import MAX_INPUT_TOKENS, billed_tokens, describe_error, token_count
+from workers.provider import describe_error
+from workers.provider_usage import MAX_INPUT_TOKENS, billed_tokens, token_count
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "héllo"}]
 SENT = len(b"Be brief.") + len("héllo".encode())
