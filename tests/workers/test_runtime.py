@@ -287,7 +287,7 @@ def test_odd_token_counts_are_billed_at_the_bytes_bound(
 def test_absurd_token_counts_are_clamped_and_charged_at_most_the_hold(
     env: Any, monkeypatch: Any
 ) -> None:
-    from workers.provider import MAX_INPUT_TOKENS
+    from workers.provider_usage import MAX_INPUT_TOKENS
 
     huge = 3_000_000_000
     _provider_reports(monkeypatch, {"prompt_tokens": huge, "completion_tokens": huge})
