@@ -94,6 +94,10 @@ class LedgerMachine(RuleBasedStateMachine):
         self.epoch = utcnow()
         self.prices: dict[str, AIModelConfig] = {}
         self.cap = 0
+        # The sweeps' clock only moves forward, as the real one does: a job a sweep admits
+        # into a freed slot is dispatched at that sweep's time, so it can look dead only
+        # to a later sweep.
+        self.swept_at = self.epoch
 
     # --- model helpers ---------------------------------------------------------------
 
@@ -336,7 +340,8 @@ class LedgerMachine(RuleBasedStateMachine):
         """Only dispatched jobs can look dead; a job waiting for a slot keeps its hold
         (with a zero hold TTL and maximum queue age, every dispatched job past its expiry
         is dead)."""
-        now = utcnow() + timedelta(minutes=minutes)
+        later = self.swept_at + timedelta(seconds=1)
+        now = self.swept_at = max(later, utcnow() + timedelta(minutes=minutes))
         expected = {j for j in self.dispatched() if self.jobs[j].expires_at < now}
         swept: set[str] = set()
         with transaction(self.url) as session:
