@@ -176,13 +176,13 @@ def plan_run(session: Session, account: Account, request: AutomationOptions) -> 
     for stage in request.stages:
         operation = get_operation(stage)
         model = resolve_model(session, account, operation, getattr(asked.models, stage))
-        if stage == "clustering":
-            stage_input = job_input
-            operation.check_output_cap(model, stage_input)  # the one input known now
-        else:
+        worst_case = stage != "clustering"  # the one input known now is the first
+        if worst_case:
             stage_input = pipeline.worst_input(stage, keywords, options)
             jobs *= pipeline.fan_out(options)[pipeline.STAGES[pipeline.STAGES.index(stage) - 1]]
-        hold = operation.hold(model, stage_input)
+        else:
+            stage_input = job_input
+        hold = operation.hold(model, stage_input, worst_case=worst_case)
         stages[stage] = {"model": model.name, "jobs": jobs, "hold": hold}
     for stage in pipeline.STAGES[len(request.stages) :]:  # a model named is checked anyway
         if getattr(asked.models, stage) is not None:

@@ -143,29 +143,29 @@ class Operation:
             raise ValueError(f"{self.name} is not a text operation")
         return self.output_tokens(job_input)
 
-    def hold(self, model: AIModelConfig, job_input: dict[str, Any]) -> int:
-        """The credits a submission holds: the most this job can cost on `model`. An
-        answer never runs past the model's output cap (a job that could is refused, or
-        for an automation run's worst case, never made), so neither does the hold."""
-        bound = self.max_output_tokens(job_input) if self.output_tokens else 0
-        if model.max_output_tokens is not None:
-            bound = min(bound, model.max_output_tokens)
-        return pricing.estimate_hold(model, job_input, bound)
+    def hold(
+        self, model: AIModelConfig, job_input: dict[str, Any], *, worst_case: bool = False
+    ) -> int:
+        """The credits a submission holds: the most this job can cost on `model`.
 
-    def check_output_cap(self, model: AIModelConfig, job_input: dict[str, Any]) -> None:
-        """Refuse an input whose answer could need more than `model` writes in one: the
-        provider would refuse its `max_tokens` after the hold was taken."""
-        cap = model.max_output_tokens
+        An answer never runs past the model's output cap: a job whose answer could need
+        more is refused here (the provider would refuse its `max_tokens` after the hold
+        was taken), and for an automation stage's `worst_case` input, whose jobs over the
+        cap are never made, the bound is the cap."""
         bound = self.max_output_tokens(job_input) if self.output_tokens else 0
+        cap = model.max_output_tokens
         if cap is not None and bound > cap:
-            raise InvalidInput(
-                f"This {self.name} input may need up to {bound:,} output tokens, and "
-                f"{model.name} writes at most {cap:,} in one answer: split it into smaller "
-                "jobs (fewer or shorter items).",
-                fields={"input": f"an answer of at most {cap:,} tokens on {model.name}"},
-                output_tokens=bound,
-                max_output_tokens=cap,
-            )
+            if not worst_case:
+                raise InvalidInput(
+                    f"This {self.name} input may need up to {bound:,} output tokens, and "
+                    f"{model.name} writes at most {cap:,} in one answer: split it into "
+                    "smaller jobs (fewer or shorter items).",
+                    fields={"input": f"an answer of at most {cap:,} tokens on {model.name}"},
+                    output_tokens=bound,
+                    max_output_tokens=cap,
+                )
+            bound = cap
+        return pricing.estimate_hold(model, job_input, bound)
 
     def detail(self, job_input: dict[str, Any], width: int = 100) -> str:
         """A one-line description of a job: its title, first keyword or prompt."""

@@ -219,10 +219,9 @@ def _make_child(
         return False
     try:
         job_input = validate_input(operation, child_input(stage, item, dict(parent.input), run))
-        operation.check_output_cap(model, job_input)  # the provider would refuse it
+        hold = operation.hold(model, job_input)  # refused over the model's output cap
     except InvalidInput:
         return False
-    hold = operation.hold(model, job_input)
     if hold > planned["hold"]:
         return False
     job = run_job(run, stage, model.name, job_input, hold)

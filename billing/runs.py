@@ -484,8 +484,7 @@ def end_dead_job(session: Session, job_id: str, *, cancelled: bool, attempts: in
     account asked for it, else failed after too many lost runs. Nothing is charged (no
     usage was reported back)."""
     if cancelled:
-        status, code = "cancelled", "cancelled"
-        message = "Cancelled by the account while it ran. Nothing was charged."
+        status, code, message = _CANCELLED_WHILE_RUNNING
     else:
         status, code = "failed", "worker_lost"
         message = f"The job's worker stopped during {attempts} runs. Nothing was charged."
@@ -527,8 +526,7 @@ def sweep_expired_holds(
         if _end_uncharged(
             session,
             row.id,
-            "cancelled" if row.cancel_requested_at is not None else "failed",
-            *_sweep_error(row.status, now, row.dispatched_at, row.cancel_requested_at),
+            *_sweep_ending(row.status, now, row.dispatched_at, row.cancel_requested_at),
             expired=True,
         )
     ]
@@ -559,21 +557,34 @@ def _no_live_work(
     )
 
 
-def _sweep_error(
+# A running job whose cancel its worker never acted on (it died), ended uncharged.
+_CANCELLED_WHILE_RUNNING = (
+    "cancelled",
+    "cancelled",
+    "Cancelled by the account while it ran. Nothing was charged.",
+)
+
+
+def _sweep_ending(
     status: str, now: datetime, dispatched_at: datetime, cancel_requested_at: datetime | None
-) -> tuple[str, str]:
-    """The error code and message of a job the sweeper ends."""
-    if cancel_requested_at is not None:  # the account's cancel, that its worker never saw
-        return "cancelled", "Cancelled by the account while it ran. Nothing was charged."
+) -> tuple[str, str, str]:
+    """The final status, error code and message of a job the sweeper ends."""
+    if cancel_requested_at is not None:
+        return _CANCELLED_WHILE_RUNNING
     if status == "running":
         return (
+            "failed",
             "hold_expired",
             "The job's worker stopped heart-beating and its credit hold expired; "
             "nothing was charged.",
         )
     waited = int((now - as_utc(dispatched_at)).total_seconds() // 60)
     span = f"{waited // 60} hours" if waited >= 120 else f"{waited} minutes"
-    return "queue_timeout", f"The job waited {span} without a worker; nothing was charged."
+    return (
+        "failed",
+        "queue_timeout",
+        f"The job waited {span} without a worker; nothing was charged.",
+    )
 
 
 def stale_running(now: datetime, stale_after: timedelta) -> ColumnElement[bool]:

@@ -105,7 +105,6 @@ def quote_job(
         get_site(session, account.id, site_id)
     job_input = operation.expand_input(session, account.id, site_id, job_input)
     model = resolve_model(session, account, operation, requested_model, seen)
-    operation.check_output_cap(model, job_input)
     return Quote(operation, job_input, model, operation.hold(model, job_input))
 
 

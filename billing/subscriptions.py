@@ -100,16 +100,14 @@ def request_change(session: Session, account: Account, slug: str, now: datetime)
 
 def _change(session: Session, account: Account, plan: Plan, now: datetime) -> PlanChange:
     current = account.plan
-    if current is None or not current.is_active:
-        check_fits(session, account, plan)
-        return _leave_plan_now(session, account, plan, now, "retired_plan")
     unpaid = account.status == "pending_payment"
-    if unpaid and plan.id != current.id:
+    if current is None or not current.is_active or (unpaid and plan.id != current.id):
         # Nothing paid to wait out: the plan starts when paid, a free one at once.
         check_fits(session, account, plan)
-        return _leave_plan_now(session, account, plan, now, "unpaid_plan")
+        reason = "unpaid_plan" if current is not None and current.is_active else "retired_plan"
+        return _leave_plan_now(session, account, plan, now, reason)
     if plan.id == current.id:
-        if account.status == "pending_payment" and is_renewable(plan):
+        if unpaid and is_renewable(plan):
             purchase = purchases.create_subscription(session, account, plan)
             return PlanChange("renewal", plan, None, purchase)
         if account.scheduled_plan_id is not None:
