@@ -5,8 +5,10 @@ worker was lost is found there and sent again (beat, every RECONCILE_INTERVAL_SE
   over, see `runs.start_job`); one whose cancel was requested is ended `cancelled`, and
   one that lost `max_attempts` runs is failed, both uncharged.
 - A dispatched job not started for `dispatch_stale` may have lost its message (Redis
-  restarted empty, a crash between commit and send): when its queue holds fewer messages
-  than the queue's dispatched jobs, the oldest ones are sent again.
+  restarted empty, a crash between commit and send): it is sent again when no message in
+  the broker carries its id. A broker whose queues cannot be listed gives counts only:
+  when a queue holds fewer messages than its dispatched jobs, the oldest are sent again
+  (there, messages of cancelled jobs waiting to be skipped can hide a lost one).
 - Accounts with free slots and waiting jobs (a plan's cap raised) are admitted.
 
 Duplicates are harmless: a message for a job that is final, waiting or running with a
@@ -16,7 +18,7 @@ again at most once per threshold (`sent_at`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -37,6 +39,16 @@ class Policy:
     heartbeat_stale: timedelta
     dispatch_stale: timedelta
     max_attempts: int
+
+
+@dataclass(frozen=True)
+class InBroker:
+    """What waits in the job queues right now: the jobs whose ids the messages carry, or,
+    from a broker that cannot list its messages, only how many wait per queue. Nothing
+    known (the broker unreachable): every stale dispatched job is sent again."""
+
+    job_ids: frozenset[str] | None = None
+    counts: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -63,10 +75,9 @@ class Reconciled:
         )
 
 
-def reconcile(
-    session: Session, now: datetime, policy: Policy, in_broker: Mapping[str, int]
-) -> Reconciled:
-    """One pass; `in_broker`: messages waiting in each job queue right now."""
+def reconcile(session: Session, now: datetime, policy: Policy, in_broker: InBroker) -> Reconciled:
+    """One pass; `in_broker`: read before it, so a job whose message was taken meanwhile
+    is running (not looked at) or, at worst, sent again (a harmless duplicate)."""
     done = Reconciled()
     _dead_runs(session, now, policy, done)
     # Automation runs whose cancel raced an ending (a child made meanwhile) end here.
@@ -104,7 +115,7 @@ def _lost_messages(
     session: Session,
     now: datetime,
     policy: Policy,
-    in_broker: Mapping[str, int],
+    in_broker: InBroker,
     done: Reconciled,
 ) -> None:
     rows = session.execute(
@@ -114,6 +125,25 @@ def _lost_messages(
         .limit(SCAN_LIMIT)
         .with_for_update(skip_locked=True, key_share=True)
     ).all()
+    if in_broker.job_ids is not None:
+        resend = [
+            Dispatch(row.id, row.operation)
+            for row in rows
+            if row.id not in in_broker.job_ids and _stale(row.sent_at, now, policy)
+        ]
+    else:
+        resend = _missing_by_count(rows, now, policy, in_broker.counts)
+    _mark_sent(session, resend, now)
+    done.resent += resend
+
+
+def _stale(sent_at: datetime | None, now: datetime, policy: Policy) -> bool:
+    return sent_at is None or as_utc(sent_at) < now - policy.dispatch_stale
+
+
+def _missing_by_count(
+    rows: Sequence[Any], now: datetime, policy: Policy, counts: Mapping[str, int]
+) -> list[Dispatch]:
     by_queue: dict[str, list[Any]] = {}
     for row in rows:
         by_queue.setdefault(OPERATIONS[row.operation].queue, []).append(row)
@@ -121,15 +151,12 @@ def _lost_messages(
     for queue, jobs in by_queue.items():
         # FIFO: the messages still waiting belong to the newest jobs; the oldest dispatched
         # jobs beyond that count lost theirs.
-        missing = len(jobs) - in_broker.get(queue, 0)
+        missing = len(jobs) - counts.get(queue, 0)
         stale = [
-            Dispatch(row.id, row.operation)
-            for row in jobs
-            if row.sent_at is None or as_utc(row.sent_at) < now - policy.dispatch_stale
+            Dispatch(row.id, row.operation) for row in jobs if _stale(row.sent_at, now, policy)
         ]
         resend += stale[: max(missing, 0)]
-    _mark_sent(session, resend, now)
-    done.resent += resend
+    return resend
 
 
 def _mark_sent(session: Session, dispatches: list[Dispatch], now: datetime) -> None:

@@ -28,7 +28,7 @@ from models import utcnow
 from models.db import transaction
 from settings import get_settings
 from workers.celery_app import celery
-from workers.dispatch import enqueue_dispatches, enqueue_webhooks, job_queue_lengths
+from workers.dispatch import enqueue_dispatches, enqueue_webhooks, jobs_in_broker
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +87,11 @@ def _reconcile(session: Session, now: datetime) -> PeriodicReport:
         max_attempts=settings.job_max_attempts,
     )
     try:
-        in_broker = job_queue_lengths()
+        in_broker = jobs_in_broker()
     except Exception:
         # Unknown: every stale dispatched job is sent again (duplicates are harmless).
-        log.warning("reconcile: broker queue lengths unavailable", exc_info=True)
-        in_broker = {}
+        log.warning("reconcile: broker queues unreadable", exc_info=True)
+        in_broker = reconciliation.InBroker()
     done = reconciliation.reconcile(session, now, policy, in_broker)
     for action, count in (
         ("sent_again", len(done.resent)),

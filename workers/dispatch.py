@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import base64
 import functools
+import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+
+from kombu.transport import redis as kombu_redis
 
 import logs
 from billing.admission import Dispatch
 from billing.operations import OPERATIONS
+from billing.reconciliation import InBroker
 from billing.runs import Ending
 from workers.celery_app import celery
 from workers.publisher import TaskPublisher
@@ -16,6 +21,8 @@ from workers.publisher import TaskPublisher
 log = logging.getLogger(__name__)
 DELIVER_WEBHOOK = "tasks.webhooks.deliver"
 JOB_QUEUES = tuple(dict.fromkeys(op.queue for op in OPERATIONS.values()))
+# Messages read per LRANGE when the reconciler lists the job queues.
+BROKER_PAGE = 1000
 
 
 def enqueue_job(job_id: str, operation: str) -> None:
@@ -67,11 +74,42 @@ def send_ending(ending: Ending) -> None:
     enqueue_webhooks(ending.deliveries)
 
 
-def job_queue_lengths() -> dict[str, int]:
-    """Messages waiting in each AI queue (all priority levels), for the reconciler."""
+def jobs_in_broker() -> InBroker:
+    """What waits in the AI queues, for the reconciler: on kombu's Redis transport the job
+    id of every message (all priority levels); on another broker, how many per queue."""
     with celery.connection_for_read() as connection:
         channel = connection.default_channel
-        return {
+        if isinstance(channel, kombu_redis.Channel):
+            return InBroker(job_ids=frozenset(_waiting_job_ids(channel)))
+        counts = {
             queue: int(channel.queue_declare(queue=queue, passive=True).message_count)
             for queue in JOB_QUEUES
         }
+        return InBroker(counts=counts)
+
+
+def _waiting_job_ids(channel: kombu_redis.Channel) -> Iterator[str]:
+    """Read a page at a time from the head: publishers push there, so a message pushed
+    meanwhile moves the rest further on (read twice at worst) and none is skipped."""
+    with channel.conn_or_acquire() as client:
+        for queue in JOB_QUEUES:
+            for priority in channel.priority_steps:
+                key = channel._q_for_pri(queue, priority)
+                start = 0
+                while page := client.lrange(key, start, start + BROKER_PAGE - 1):
+                    yield from filter(None, map(job_id_of, page))
+                    start += len(page)
+
+
+def job_id_of(raw: bytes | str) -> str | None:
+    """The job a task message in a job queue is for (its first argument); None for what
+    cannot be one, which the reconciler then does not count for any job."""
+    try:
+        message = json.loads(raw)
+        body = message["body"]
+        if message["properties"].get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        job_id = json.loads(body)[0][0]
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return None
+    return job_id if isinstance(job_id, str) else None

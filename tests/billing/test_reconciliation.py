@@ -34,11 +34,17 @@ def hold_amount(session: Any, job_id: str) -> int:
 
 
 def reconcile(
-    url: str, minutes: float, in_broker: dict[str, int] | None = None
+    url: str, minutes: float, in_broker: dict[str, int] | set[str] | None = None
 ) -> reconciliation.Reconciled:
+    """`in_broker`: the job ids the broker's messages carry, or per-queue counts only."""
+    seen = (
+        reconciliation.InBroker(job_ids=frozenset(in_broker))
+        if isinstance(in_broker, set)
+        else reconciliation.InBroker(counts=in_broker or {})
+    )
     with transaction(url) as session:
         return reconciliation.reconcile(
-            session, utcnow() + timedelta(minutes=minutes), POLICY, in_broker or {}
+            session, utcnow() + timedelta(minutes=minutes), POLICY, seen
         )
 
 
@@ -91,7 +97,23 @@ def test_a_job_that_lost_too_many_runs_fails_uncharged(db_url: str) -> None:
         assert audit(session) == []
 
 
-def test_dispatched_jobs_whose_messages_are_gone_are_sent_again_oldest_first(
+def test_dispatched_jobs_whose_messages_are_gone_are_sent_again(db_url: str) -> None:
+    account_id, ids = jobs_for(db_url, 5)
+    with transaction(db_url) as session:
+        for job_id in ids[:2]:  # their messages stay in the queue until a worker skips them
+            runs.cancel_job(session, account_id, job_id)
+
+    # Five messages for three live jobs: by count nothing is missing; one of the three
+    # is, and only its message is sent again.
+    assert reconcile(db_url, 0.5, set(ids[:2] + ids[3:])).resent == []  # not stale yet
+    assert [d.job_id for d in reconcile(db_url, 2, set(ids[:2] + ids[3:])).resent] == [ids[2]]
+    assert reconcile(db_url, 2.1, set(ids[:2] + ids[3:])).resent == []  # sent just now
+    # Redis restarted empty: the others too, the first one again past the threshold.
+    assert [d.job_id for d in reconcile(db_url, 2.2, set()).resent] == ids[3:]
+    assert [d.job_id for d in reconcile(db_url, 2.9, set()).resent] == [ids[2]]
+
+
+def test_by_count_only_the_oldest_dispatched_jobs_beyond_the_queue_are_sent_again(
     db_url: str,
 ) -> None:
     _, ids = jobs_for(db_url, 3)

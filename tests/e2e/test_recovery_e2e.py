@@ -10,6 +10,8 @@ runs the reconciler every 2 s and a run without a heartbeat for 4 s counts as de
 
 from __future__ import annotations
 
+import base64
+import json
 import signal
 import sqlite3
 import threading
@@ -26,7 +28,7 @@ from sqlalchemy import func, select, text
 from billing.audit import audit
 from models import CreditReservation, CreditTransaction, CreditUsageLog, Job, as_utc
 from models.db import get_engine, transaction
-from ops.processes import ApiServer, CeleryBeat, CeleryWorker
+from ops.processes import ApiServer, CeleryBeat, CeleryWorker, Child
 from ops.redis_server import RedisServer
 from tasks import periodic
 from tests.support import auth, register, wait_for_job
@@ -88,16 +90,17 @@ class PrivateStack:
         self.api = ApiServer(env)
         self.worker = CeleryWorker(env, concurrency=worker_concurrency, name="private")
         self.beat = CeleryBeat(env)
+        self.children: list[Child] = [self.api, self.worker, self.beat]  # stopped last first
         self.http = httpx.Client(base_url=self.api.url, timeout=30)
 
     def __enter__(self) -> PrivateStack:
-        for child in (self.api, self.worker, self.beat):
+        for child in self.children:
             child.start()
         return self
 
     def __exit__(self, *_: object) -> None:
         self.http.close()
-        for child in (self.beat, self.worker, self.api):
+        for child in reversed(self.children):
             child.stop()
 
     def account(self, email: str, plan: str) -> str:
@@ -161,6 +164,67 @@ def test_a_killed_workers_jobs_are_run_again_by_the_reconciler(
         assert sorted(job.attempts for job in final) == [1, 1, 1, 2, 2, 2, 2, 2]
         assert charges(ids) == dict.fromkeys(ids, (1, 1))
         assert stack.concurrency(key) == {"running": 0, "limit": 5, "queued": 0}
+    assert_audit_clean()
+
+
+def test_a_lost_message_behind_cancelled_jobs_messages_is_sent_again(
+    env: dict[str, str], private_redis: str, sim_control: Any
+) -> None:
+    """Cancelled jobs' messages wait in the queue until a worker skips them. Counted, two
+    of them hid the lost message of a live job until the queue drained; the reconciler
+    finds it missing by id and sends it again while the only worker thread is busy."""
+    sim_control.post("/_sim/faults", json={"latency_ms": 25000, "times": 1, "match": "blocker"})
+    broker = redis.Redis.from_url(private_redis)
+
+    def waiting_for(job_id: str) -> list[bytes]:
+        return [
+            raw
+            for raw in broker.lrange("text", 0, -1)
+            if job_id in base64.b64decode(json.loads(raw)["body"]).decode()
+        ]
+
+    stack_environment = stack_env(env, private_redis)
+    # The stack's one worker thread is held by the blocker; beat's reconciler runs here.
+    periodic_worker = CeleryWorker(stack_environment, queues="default", name="periodic")
+    with PrivateStack(stack_environment, worker_concurrency=1) as stack:
+        periodic_worker.start()
+        stack.children.append(periodic_worker)
+        key = stack.account("hidden@example.com", "starter")  # 5 slots
+        blocker = stack.submit(key, content("blocker"))
+        wait_sim_calls(sim_control, 1)  # the one worker thread is in the provider
+        cancelled = [stack.submit(key, content(f"hidden cancel {n}")) for n in range(2)]
+        lost = stack.submit(key, content("hidden lost"))
+        # A message in the image queue too: counted, an empty queue made the count
+        # unreadable and every stale job was sent again anyway.
+        image = stack.submit(key, {"operation": "image_generation", "input": {"prompt": "x"}})
+        for job_id in cancelled:
+            answer = stack.http.post(f"/v1/jobs/{job_id}/cancel", headers=auth(key))
+            assert answer.json()["status"] == "cancelled"
+        (message,) = waiting_for(lost)
+        assert broker.lrem("text", 1, message) == 1
+        assert (broker.llen("text"), broker.llen("image")) == (2, 1)  # for 1 and 1 jobs
+
+        deadline = time.monotonic() + 15  # stale after 4 s, reconciled every 2 s
+        while not waiting_for(lost):
+            print(
+                "DBG",
+                time.monotonic(),
+                broker.llen("text"),
+                [(j.id[-4:], j.status) for j in jobs([blocker, lost, *cancelled])],
+                flush=True,
+            )
+            assert time.monotonic() < deadline, "the lost message was not sent again"
+            time.sleep(0.2)
+        assert [job.status for job in jobs([blocker])] == ["running"]
+
+        everything = [blocker, lost, image, *cancelled]
+        final = {job.id: job.status for job in wait_final(everything, 90)}
+        assert final == dict.fromkeys([blocker, lost, image], "succeeded") | dict.fromkeys(
+            cancelled, "cancelled"
+        )
+        assert charges(everything) == dict.fromkeys([blocker, lost, image], (1, 1)) | (
+            dict.fromkeys(cancelled, (0, 0))
+        )
     assert_audit_clean()
 
 
