@@ -32,7 +32,7 @@ from billing.errors import (
 )
 from billing.limits import limits_report, lock_account
 from billing.periods import add_months
-from billing.permissions import require_outranks
+from billing.permissions import require, require_outranks
 from models import (
     ACCOUNT_STATUSES,
     CATALOG_VERSION,
@@ -303,7 +303,7 @@ def list_api_keys(session: Session, account_id: str) -> list[ApiKey]:
 def revoke_api_key(session: Session, account_id: str, actor: User, key_id: str) -> ApiKey:
     """Your own keys, or those of members below your role (never the owner's, for an
     admin)."""
-    role = acting_role(session, account_id, actor)
+    role = acting_role(session, account_id, actor, "manage_keys")
     api_key = session.get(ApiKey, key_id)
     if api_key is None or api_key.account_id != account_id:
         raise NotFound(f"API key {key_id!r} not found.")
@@ -316,15 +316,18 @@ def revoke_api_key(session: Session, account_id: str, actor: User, key_id: str) 
     return api_key
 
 
-def acting_role(session: Session, account_id: str, actor: User) -> str:
+def acting_role(session: Session, account_id: str, actor: User, action: str) -> str:
     """The actor's role as it is now, read under the account lock that serialises every
-    team change: a demotion or removal committed a moment ago counts."""
+    team change, and checked again for `action`: a demotion or removal committed a
+    moment ago counts (an admin demoted to editor still outranks a viewer, but may no
+    longer manage anyone)."""
     lock_account(session, account_id)
     role = session.scalar(
         select(User.role).where(User.id == actor.id, User.account_id == account_id)
     )
     if role is None:
         raise Forbidden("You are no longer a member of this account.")
+    require(role, action)
     return role
 
 

@@ -3,9 +3,9 @@
 The rules (billing/permissions.py): nobody acts on a member of their own role or a
 higher one; only the owner makes admins; the owner is never removed or demoted except
 by handing ownership to a member who has joined. Every change starts with
-`acting_role`, which locks the account row and re-reads the actor's role, so team
-changes of one account happen one at a time and a demotion committed a moment ago
-counts. Each change is written to `account_events` with who did it.
+`acting_role`, which locks the account row, re-reads the actor's role and checks it
+allows the action, so team changes of one account happen one at a time and a demotion
+committed a moment ago counts. Each change is written to `account_events` with who did it.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from billing.errors import (
     NotFound,
 )
 from billing.limits import ensure_room, lock_account
-from billing.permissions import require, require_can_grant, require_outranks
+from billing.permissions import require_can_grant, require_outranks
 from models import Account, ApiKey, Invitation, User, as_utc
 
 INVITATION_PREFIX = "inv_"
@@ -77,7 +77,7 @@ def invite_member(
 ) -> Invite:
     """A new member (limit: max_users) with an invitation to set a password; the seat is
     taken from the invitation on."""
-    require_can_grant(acting_role(session, account.id, actor), role)
+    require_can_grant(acting_role(session, account.id, actor, "manage_team"), role)
     email = email.strip().lower()
     ensure_room(session, account, "users")
     user = new_user(
@@ -92,7 +92,7 @@ def reissue_invitation(
     session: Session, account_id: str, actor: User, user_id: str, *, now: datetime, ttl: timedelta
 ) -> tuple[Invitation, str]:
     """A fresh token for a member who has not joined yet; earlier ones stop working."""
-    role = acting_role(session, account_id, actor)
+    role = acting_role(session, account_id, actor, "manage_team")
     user = _member(session, account_id, user_id)
     require_outranks(role, user.role, "the invitation")
     if user.joined_at is not None:
@@ -153,7 +153,7 @@ def accept_invitation(
 
 def change_role(session: Session, account_id: str, actor: User, user_id: str, role: str) -> User:
     """Only over members below you, only to roles you may grant; their login tokens end."""
-    acting = acting_role(session, account_id, actor)
+    acting = acting_role(session, account_id, actor, "manage_team")
     user = _member(session, account_id, user_id)
     require_outranks(acting, user.role, "the role")
     require_can_grant(acting, role)
@@ -172,7 +172,7 @@ def remove_member(
 ) -> Removal:
     """The member goes: their keys are revoked and their login tokens stop at once (the
     user row is deleted), and the seat is free. Jobs and usage stay with the account."""
-    role = acting_role(session, account_id, actor)
+    role = acting_role(session, account_id, actor, "manage_team")
     user = _member(session, account_id, user_id)
     require_outranks(role, user.role, "the membership")
     revoked = session.execute(
@@ -200,7 +200,7 @@ def transfer_ownership(
 ) -> tuple[User, User]:
     """The owner hands the account to a member who has joined (so the new owner can log
     in); the old owner becomes an admin. Returns (new owner, old owner)."""
-    require(acting_role(session, account_id, actor), "transfer_ownership")
+    acting_role(session, account_id, actor, "transfer_ownership")
     user = _member(session, account_id, user_id)
     if user.id == actor.id:
         raise Conflict("You already own this account: name another member.")

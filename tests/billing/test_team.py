@@ -10,9 +10,9 @@ import pytest
 from sqlalchemy import func, select
 
 from billing import permissions, team
-from billing.accounts import hash_password
+from billing.accounts import create_api_key, hash_password, revoke_api_key
 from billing.errors import Forbidden, InvalidInput
-from models import Account, User, utcnow
+from models import Account, ApiKey, User, utcnow
 from models.db import transaction
 from tests.factories import make_account
 
@@ -138,3 +138,37 @@ def test_an_invitation_is_accepted_once_even_when_raced(db_url: str) -> None:
         outcomes = sorted(pool.map(accept, ["first password", "second password"]))
 
     assert outcomes == ["InvitationUsed", "joined"]
+
+
+def test_an_admin_demoted_to_editor_meanwhile_manages_nobody(db_url: str) -> None:
+    """Editors outrank viewers but manage neither the team nor keys: the least role the
+    action needs is re-checked against the role read under the lock, not only the rank
+    over the target (the request's `require_role` saw the role before the demotion)."""
+    with transaction() as session:
+        account_id = make_account(session, "enterprise").id
+    owner, admin, viewer = _members(account_id, "owner", "admin", "viewer")
+    with transaction() as session:
+        stale_admin = session.get(User, admin)  # loaded as admin, like a request's caller
+        viewer_key = create_api_key(session, account_id, viewer, "viewer's")[0].id
+    assert stale_admin is not None
+    with transaction() as session:
+        actor = session.get(User, owner)
+        assert actor is not None
+        team.change_role(session, account_id, actor, admin, "editor")
+
+    attempts = [
+        lambda session: team.remove_member(session, account_id, stale_admin, viewer, utcnow()),
+        lambda session: team.reissue_invitation(
+            session, account_id, stale_admin, viewer, now=utcnow(), ttl=timedelta(hours=1)
+        ),
+        lambda session: revoke_api_key(session, account_id, stale_admin, viewer_key),
+    ]
+    for attempt in attempts:
+        with transaction() as session, pytest.raises(Forbidden):
+            attempt(session)
+
+    with transaction() as session:
+        assert session.get(User, viewer) is not None
+        key = session.get(ApiKey, viewer_key)
+        assert key is not None
+        assert key.revoked_at is None
