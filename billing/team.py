@@ -130,8 +130,11 @@ def accept_invitation(
         .execution_options(synchronize_session=False)
     ).rowcount  # type: ignore[attr-defined]
     if not claimed:
-        session.refresh(invitation)
-        raise _why_not(invitation)
+        # As committed now: a removal that went first deleted it (and the member).
+        current = session.get(Invitation, invitation.id, populate_existing=True)
+        if current is None:
+            raise NotFound("Invitation not found: ask the account's admin for a new one.")
+        raise _why_not(current)
     user = session.get(User, invitation.user_id)
     if user is None:  # pragma: no cover - removal deletes the member's invitations
         raise NotFound("Invitation not found.")

@@ -8,10 +8,12 @@ from datetime import timedelta
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from billing import permissions, team
 from billing.accounts import create_api_key, hash_password, revoke_api_key
-from billing.errors import Forbidden, InvalidInput
+from billing.errors import Forbidden, InvalidInput, NotFound
+from billing.limits import Locked
 from models import Account, ApiKey, User, utcnow
 from models.db import transaction
 from tests.factories import make_account
@@ -172,3 +174,39 @@ def test_an_admin_demoted_to_editor_meanwhile_manages_nobody(db_url: str) -> Non
         key = session.get(ApiKey, viewer_key)
         assert key is not None
         assert key.revoked_at is None
+
+
+def test_an_invitation_whose_member_is_removed_meanwhile_is_not_found(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The removal commits between the acceptance reading the invitation and taking the
+    account lock (it deletes the member's invitations): the answer is a 404, not a 500
+    from refreshing a row that is gone."""
+    if db_url.startswith("sqlite"):
+        pytest.skip("SQLite's one writer runs the two transactions one after the other")
+    with transaction() as session:
+        account_id = make_account(session, "enterprise").id
+    (owner_id,) = _members(account_id, "owner")
+    with transaction() as session:
+        account = session.get(Account, account_id)
+        owner = session.get(User, owner_id)
+        assert account is not None
+        assert owner is not None
+        made = team.invite_member(
+            session, account, owner, "new@example.com", "editor", "",
+            now=utcnow(), ttl=timedelta(hours=1),
+        )  # fmt: skip
+        member_id = made.user.id
+    lock_account = team.lock_account
+
+    def removed_first(session: Session, locked_id: str) -> Locked:
+        monkeypatch.setattr(team, "lock_account", lock_account)
+        with transaction() as other:
+            actor = other.get(User, owner_id)
+            assert actor is not None
+            team.remove_member(other, account_id, actor, member_id, utcnow())
+        return lock_account(session, locked_id)
+
+    monkeypatch.setattr(team, "lock_account", removed_first)
+    with transaction() as session, pytest.raises(NotFound):
+        team.accept_invitation(session, made.token, "a long password", None, utcnow())
