@@ -164,7 +164,7 @@ def list_keys() -> dict[str, Any]:
 @json_body(KeyBody)
 def create_key(body: KeyBody) -> tuple[dict[str, Any], int]:
     """A new key for you: shown once."""
-    api_key, key = accounts.create_api_key(db(), current_account().id, current_user().id, body.name)
+    api_key, key = accounts.issue_api_key(db(), current_account().id, current_user(), body.name)
     return {**accounts.api_key_view(api_key), "api_key": key}, 201
 
 

@@ -179,6 +179,14 @@ def create_api_key(
     return api_key, key
 
 
+def issue_api_key(session: Session, account_id: str, actor: User, name: str) -> tuple[ApiKey, str]:
+    """A new key of the actor's own, after `acting_role`: a removal committed since the
+    request read its caller must not leave a key naming a deleted member, nor a
+    demotion let a key be made with the role the member no longer has."""
+    acting_role(session, account_id, actor, "manage_keys")
+    return create_api_key(session, account_id, actor.id, name)
+
+
 class Caller(NamedTuple):
     """Who is calling, and what the same read saw for the model policy
     (billing.policy.Seen): the catalog's version stamp and whether the account has any

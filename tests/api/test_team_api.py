@@ -9,8 +9,10 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
+from api import security as api_security
+from billing import team as billing_team
 from billing.accounts import create_api_key
-from models import AccountEvent, Invitation, utcnow
+from models import AccountEvent, Invitation, User, utcnow
 from models.db import transaction
 from tests.support import auth, join_team, on_plan
 
@@ -492,3 +494,37 @@ def test_team_ids_of_another_account_are_404(client: Any) -> None:
     assert [r.status_code for r in attempts] == [404] * 4
     team = client.get("/v1/team", headers=auth(a_owner)).get_json()["data"]
     assert {u["email"]: u["role"] for u in team}["am@example.com"] == "viewer"
+
+
+# --- a change committed between a request's authentication and its view ----------------
+
+
+@pytest.mark.parametrize("change", ["removed", "demoted"])
+def test_a_key_is_not_made_for_an_admin_removed_or_demoted_meanwhile(
+    client: Any, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    """The owner's change commits after the admin's request read its caller: the key
+    creation re-reads the role under the account lock, like every team change, and
+    refuses (a removed member's key would point at a deleted user: a 500 before)."""
+    owner, _ = on_plan(client, "growth")
+    admin = joined(client, owner, "admin@example.com", "admin")
+
+    def meanwhile(account: Any) -> None:
+        monkeypatch.setattr(api_security.ratelimit, "enforce", lambda _account: None)  # once
+        with transaction() as session:
+            actor = session.scalar(
+                select(User).where(User.account_id == account.id, User.role == "owner")
+            )
+            assert actor is not None
+            if change == "removed":
+                billing_team.remove_member(session, account.id, actor, admin["id"], utcnow())
+            else:
+                billing_team.change_role(session, account.id, actor, admin["id"], "viewer")
+
+    monkeypatch.setattr(api_security.ratelimit, "enforce", meanwhile)
+    made = client.post("/v1/keys", json={"name": "late"}, headers=auth(admin["key"]))
+
+    assert made.status_code == 403, made.get_json()
+    assert made.get_json()["error"]["code"] == "forbidden"
+    keys = client.get("/v1/keys", headers=auth(owner)).get_json()["data"]
+    assert [k for k in keys if k["name"] == "late"] == []
