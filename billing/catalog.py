@@ -181,8 +181,12 @@ MODELS: list[dict[str, Any]] = [
 ]
 
 
-def seed(session: Session) -> None:
-    """Insert or update the shipped plans and models; safe to run on every start."""
+def seed(session: Session, *, reset: bool = False) -> None:
+    """Insert or update the shipped plans and models; safe to run on every start.
+
+    A plan's fields an admin set (`Plan.admin_fields`) are left as they are, else every
+    start or deploy would undo them (bring back a retired plan, its old price); `reset`
+    writes the shipped values over them too."""
     for values in MODELS:
         _upsert(
             session,
@@ -213,11 +217,17 @@ def seed(session: Session) -> None:
             "allowed_image_models": [],
             "extra_credit_price": None,
         }
-        _upsert(session, Plan, Plan.slug, values["slug"], {**defaults, **values})
+        _upsert(session, Plan, Plan.slug, values["slug"], {**defaults, **values}, reset=reset)
 
 
 def _upsert(
-    session: Session, model: Any, key_column: Any, key: str, values: dict[str, Any]
+    session: Session,
+    model: Any,
+    key_column: Any,
+    key: str,
+    values: dict[str, Any],
+    *,
+    reset: bool = False,
 ) -> None:
     existing = session.scalar(select(model).where(key_column == key))
     row_values = (
@@ -226,6 +236,11 @@ def _upsert(
     if existing is None:
         session.add(model(**row_values))
         session.flush()
-    else:
-        for name, value in row_values.items():
+        return
+    kept: set[str] = set()
+    if model is Plan:
+        kept = set() if reset else set(existing.admin_fields)
+        existing.admin_fields = sorted(kept)
+    for name, value in row_values.items():
+        if name not in kept:
             setattr(existing, name, value)

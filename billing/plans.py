@@ -105,7 +105,8 @@ def create_plan(session: Session, raw: object) -> Plan:
 
 
 def update_plan(session: Session, slug: str, raw: object) -> Plan:
-    """Validate the plan as it would be after the patch, then apply the patch."""
+    """Validate the plan as it would be after the patch, then apply the patch; the fields
+    it sets are the admin's from now on (`catalog.seed` no longer writes them)."""
     plan = get_plan(session, slug)
     if not isinstance(raw, dict):
         raise InvalidInput("The plan patch must be a JSON object.")
@@ -114,5 +115,7 @@ def update_plan(session: Session, slug: str, raw: object) -> Plan:
     _check_models(session, values)
     for name in raw:
         setattr(plan, name, values[name])
+    # Kept through `ops seed`, which every start and deploy runs.
+    plan.admin_fields = sorted({*plan.admin_fields, *raw})
     session.flush()
     return plan

@@ -40,3 +40,5 @@ class Plan(CreatedAt, Base):
     requests_per_minute: Mapped[int] = mapped_column(default=120)
     # Jobs of one account dispatched or running at once; the rest wait, queued.
     max_concurrent_jobs: Mapped[int] = mapped_column(default=2, server_default="2")
+    # Fields an admin set (PATCH /v1/admin/plans): `ops seed` leaves them as they are.
+    admin_fields: Mapped[list[str]] = mapped_column(default=list, server_default="[]")

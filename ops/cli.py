@@ -1,7 +1,8 @@
 """Command line: `python -m ops <command>` (also installed as `aijobs`).
 
 migrate  apply Alembic migrations to DATABASE_URL
-seed     load the shipped plans and model prices (idempotent)
+seed     load the shipped plans and model prices (idempotent; keeps the plan fields an
+         admin set, unless --reset)
 audit    check the ledger invariants; exit 1 naming each violation
 sweep    release expired holds as of --now (default: the current time)
 periodic run one scheduled job as of --now: trial-expiry, ahrefs-reset, renewal, sweep,
@@ -47,7 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("migrate", help="apply migrations")
-    commands.add_parser("seed", help="load plans and model prices")
+    seed = commands.add_parser("seed", help="load plans and model prices")
+    seed.add_argument(
+        "--reset", action="store_true", help="also overwrite the plan fields an admin set"
+    )
     commands.add_parser("audit", help="check ledger invariants")
     sweep = commands.add_parser("sweep", help="release expired holds")
     sweep.add_argument("--now", help="ISO-8601 instant to sweep as of (default: now)")
@@ -61,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         print("migrated", _redacted(database_url()))
     elif args.command == "seed":
         with transaction() as session:
-            catalog.seed(session)
+            catalog.seed(session, reset=args.reset)
         print(f"seeded {len(catalog.PLANS)} plans and {len(catalog.MODELS)} models")
     elif args.command == "audit":
         with snapshot() as session:

@@ -144,7 +144,7 @@ def db_url(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     with transaction(database_url) as session:
         shipped = [plan["slug"] for plan in catalog.PLANS]
         session.execute(delete(Plan).where(Plan.slug.not_in(shipped)))
-        catalog.seed(session)
+        catalog.seed(session, reset=True)
 
 
 def truncate(url: str, attempts: int = 5) -> None:

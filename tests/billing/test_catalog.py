@@ -3,9 +3,10 @@ on a fresh database and again on a seeded one, on every backend."""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from billing import catalog, plans
 from models import Plan
@@ -62,3 +63,25 @@ def test_an_admin_plan_with_unlimited_sites_stays_unlimited(db_url: str) -> None
         stored = session.get(Plan, plan_id)
         assert stored is not None
         assert (stored.max_sites, stored.max_users, stored.max_keywords) == (None, 1, 100)
+
+
+def test_seeding_keeps_what_an_admin_changed_in_a_plan(db_url: str) -> None:
+    """`ops seed` runs on every start (`make run`, docker-compose's `migrate`): a plan an
+    admin retired, or whose concurrency they raised, stays so; the fields they left alone
+    still take the catalog's values (how a new column gets its shipped value)."""
+    with transaction(db_url) as session:
+        plans.update_plan(session, "growth", {"is_active": False, "max_concurrent_jobs": 12})
+        session.execute(update(Plan).where(Plan.slug == "growth").values(extra_credit_price=None))
+    with transaction(db_url) as session:
+        catalog.seed(session)
+    growth = seeded(db_url)["growth"]
+    assert (growth["is_active"], growth["max_concurrent_jobs"]) == (False, 12)
+    assert growth["extra_credit_price"] == Decimal("0.004")
+
+    with transaction(db_url) as session:
+        catalog.seed(session, reset=True)
+    growth = seeded(db_url)["growth"]
+    assert (growth["is_active"], growth["max_concurrent_jobs"]) == (True, 10)
+    with transaction(db_url) as session:
+        catalog.seed(session)
+    assert seeded(db_url)["growth"]["max_concurrent_jobs"] == 10
