@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from flask import Blueprint, request
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.db import after_commit, db
+from api.db import after_commit, commit_now, db
 from api.jobs import IDEMPOTENCY_KEY, REPLAYED_HEADER
 from api.payments import close_checkout_first, expire_checkout, retrieve_checkout
 from api.schemas import (
@@ -266,11 +266,14 @@ def fail_purchase(purchase_id: str, body: FailBody) -> dict[str, Any]:
 @responds(SyncOut, errors=(409, 502))
 @require_admin
 def sync_purchase(purchase_id: str) -> dict[str, Any]:
-    """Ask Stripe how the purchase's checkout ended and apply it (a missed webhook)."""
+    """Ask Stripe how the purchase's checkout ended and apply it (a missed webhook).
+
+    Committed before the call: SQLite's writer lock is not held while Stripe answers."""
     session = db()
     purchase = purchases.get_purchase(session, purchase_id)
     if not purchase.stripe_session_id:
         raise Conflict("This purchase has no Stripe checkout to ask about.")
+    commit_now()
     checkout = retrieve_checkout(purchase.stripe_session_id)
     outcome = purchases.apply_stripe_event(session, purchases.event_for(checkout), utcnow())
     purchase = purchases.get_purchase(session, purchase_id)

@@ -5,15 +5,17 @@ simulator's Stripe stand-in), and each purchase grants once whatever arrives twi
 from __future__ import annotations
 
 import json
+import threading
 import time
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
+from api import admin as admin_api
 from billing import purchases
-from models import AccountEvent, utcnow
+from models import Account, AccountEvent, utcnow
 from models.db import transaction
 from simulator.stripe_api import sign
 from tests.conftest import assert_audit_clean
@@ -303,6 +305,38 @@ def test_admin_sync_applies_a_payment_whose_webhook_was_lost(
     assert again.get_json()["outcome"] == "already_paid"
     assert balance(client, key) == 3000
     assert_audit_clean()
+
+
+def test_admin_sync_asks_stripe_outside_the_database_transaction(
+    client: Any, buyer: tuple[str, str], stripe_on: None, sim: Any, monkeypatch: Any
+) -> None:
+    """The Stripe call can take seconds (or its whole timeout when Stripe is slow): the
+    request must not hold SQLite's one writer lock through it, or every settle, submission
+    and grant in every process waits on it (DESIGN: no lock across a network call)."""
+    key, account_id = buyer
+    purchase = topup(client, key, 1000)
+    customer(sim, purchase)
+    wrote = threading.Event()
+
+    def write_elsewhere() -> None:
+        with transaction() as session:
+            session.execute(update(Account).where(Account.id == account_id).values(timezone="UTC"))
+        wrote.set()
+
+    real_retrieve = admin_api.retrieve_checkout
+
+    def retrieve_while_another_writes(session_id: str) -> dict[str, Any]:
+        writer = threading.Thread(target=write_elsewhere, daemon=True)
+        writer.start()
+        wrote.wait(timeout=3)
+        return real_retrieve(session_id)
+
+    monkeypatch.setattr(admin_api, "retrieve_checkout", retrieve_while_another_writes)
+    synced = client.post(f"/v1/admin/purchases/{purchase['id']}/sync", headers=ADMIN)
+
+    assert synced.get_json()["outcome"] == "granted"
+    assert wrote.is_set()
+    assert balance(client, key) == 3000
 
 
 def test_cancelling_a_pending_purchase_expires_its_checkout(
