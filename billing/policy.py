@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from billing.errors import InvalidInput, ModelNotAllowed
@@ -198,16 +200,18 @@ def set_preference(session: Session, account: Account, operation: Operation, mod
     allowed = allowed_model_names(session, account.plan, operation.model_type)
     if model not in allowed:
         resolve_model(session, account, operation, model)  # raises the precise refusal
-    setting = session.scalar(
-        select(AISettings).where(
-            AISettings.account_id == account.id, AISettings.operation == operation.name
+    # One upsert: two first choices at once would otherwise both insert, and the later
+    # one fail on the unique (account, operation) on PostgreSQL.
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    statement = insert(AISettings).values(
+        account_id=account.id, operation=operation.name, model_name=model
+    )
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[AISettings.account_id, AISettings.operation],
+            set_={"model_name": statement.excluded.model_name},
         )
     )
-    if setting is None:
-        session.add(AISettings(account_id=account.id, operation=operation.name, model_name=model))
-    else:
-        setting.model_name = model
-    session.flush()
 
 
 def settings_view(session: Session, account: Account) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -302,3 +303,43 @@ def test_a_rolled_back_price_change_is_never_served_from_the_cache(
         model = policy.resolve_model(session, loaded, OPERATIONS["clustering"], None, seen)
 
     assert model.tokens_per_credit == 100
+
+
+def test_two_first_choices_of_a_model_at_once_both_succeed(db_url: str) -> None:
+    """Two admins saving the account's first preference for an operation at the same
+    moment: the second insert met the first's row in the unique index and failed with
+    an IntegrityError (a 500) on PostgreSQL; the later choice now simply wins."""
+    with transaction(db_url) as session:
+        account_id = make_account(session, plan_slug="starter").id
+    operation = OPERATIONS["content_generation"]
+    first_saved = threading.Event()
+    errors: list[BaseException] = []
+
+    def choose(model: str, hold_open: bool) -> None:
+        try:
+            with transaction(db_url) as session:
+                account = session.get(Account, account_id)
+                assert account is not None
+                if not hold_open:
+                    first_saved.wait(timeout=5)
+                policy.set_preference(session, account, operation, model)
+                if hold_open:
+                    first_saved.set()
+                    threading.Event().wait(0.5)  # the other now inserts too, and waits
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=choose, args=("gpt-4o", True)),
+        threading.Thread(target=choose, args=("gpt-4.1", False)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert errors == []
+    with transaction(db_url) as session:
+        chosen = session.scalars(
+            select(AISettings.model_name).where(AISettings.account_id == account_id)
+        ).all()
+    assert chosen == ["gpt-4.1"]
