@@ -8,6 +8,8 @@ Every grant goes through `ledger.grant` with a once-only reference, so the same 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -127,6 +129,48 @@ def start_paid_period(
     return txn
 
 
+@contextmanager
+def paying_once(session: Session, reference: str, purchase_id: str | None = None) -> Iterator[None]:
+    """Mark a purchase paid by the payment `reference` inside this block: one payment
+    pays for one purchase, however it is confirmed (a bank transfer, an admin confirming
+    a purchase, Stripe), or one bank payment typed in twice would be credited twice. A
+    reference already used (by another purchase than `purchase_id`) is refused before
+    anything is written; of two racing, the unique index decides
+    (`uq_purchases_paid_reference`) and the loser leaves nothing behind."""
+    used = _paid_by(session, reference, purchase_id)
+    if used is not None:
+        raise _used(reference, used)
+    try:
+        with session.begin_nested():
+            yield
+            session.flush()
+    except IntegrityError as exc:
+        if "payment_reference" not in str(exc.orig):
+            raise
+        raise _used(reference, None) from None
+
+
+def _paid_by(session: Session, reference: str, purchase_id: str | None) -> str | None:
+    """The purchase (other than `purchase_id`) this payment already paid for."""
+    return session.scalar(
+        select(Purchase.id).where(
+            Purchase.payment_reference == reference,
+            Purchase.status == "paid",
+            Purchase.id != (purchase_id or ""),
+        )
+    )
+
+
+def _used(reference: str, purchase_id: str | None) -> DuplicateReference:
+    by = f" (purchase {purchase_id})" if purchase_id else ""
+    return DuplicateReference(
+        f"Payment {reference!r} already paid for a purchase{by}; nothing was granted. "
+        "One payment pays for one purchase: check the reference.",
+        reference=reference,
+        purchase_id=purchase_id,
+    )
+
+
 def confirm_bank_transfer(
     session: Session, account_id: str, transfer: BankTransfer, now: datetime
 ) -> CreditTransaction:
@@ -153,6 +197,19 @@ def confirm_bank_transfer(
             expected_amount=str(expected),
             difference=str(transfer.amount - expected),
         )
+    with paying_once(session, transfer.payment_reference):
+        return _record_bank_transfer(session, account, plan, transfer, expected, now)
+
+
+def _record_bank_transfer(
+    session: Session,
+    account: Account,
+    plan: Plan,
+    transfer: BankTransfer,
+    expected: Decimal,
+    now: datetime,
+) -> CreditTransaction:
+    months = transfer.period_months
     txn = start_paid_period(
         session,
         account,

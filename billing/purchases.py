@@ -20,8 +20,14 @@ from sqlalchemy.orm import Session
 
 from billing import ledger
 from billing.accounts import record_event
-from billing.credits import PlanPayment, start_paid_period
-from billing.errors import Forbidden, InvalidInput, NotFound, PurchaseNotPending
+from billing.credits import PlanPayment, paying_once, start_paid_period
+from billing.errors import (
+    DuplicateReference,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    PurchaseNotPending,
+)
 from billing.limits import require_paid_plan
 from billing.paging import Page, newest_first, page_of, page_size, time_cursor
 from models import PURCHASE_STATUSES, Account, CreditTransaction, Plan, Purchase, as_utc
@@ -168,12 +174,13 @@ def confirm(
     or a replay), one moves the row and grants; the other finds it paid and does nothing.
     Confirming a failed purchase is refused: its payment never completed.
     """
-    moved = session.execute(
-        update(Purchase)
-        .where(Purchase.id == purchase_id, Purchase.status == "pending")
-        .values(status="paid", method=method, payment_reference=reference, confirmed_at=now)
-        .execution_options(synchronize_session=False)
-    ).rowcount  # type: ignore[attr-defined]
+    with paying_once(session, reference, purchase_id):
+        moved = session.execute(
+            update(Purchase)
+            .where(Purchase.id == purchase_id, Purchase.status == "pending")
+            .values(status="paid", method=method, payment_reference=reference, confirmed_at=now)
+            .execution_options(synchronize_session=False)
+        ).rowcount  # type: ignore[attr-defined]
     purchase = get_purchase(session, purchase_id)
     if not moved:
         if purchase.status == "paid":
@@ -305,6 +312,22 @@ def apply_stripe_event(session: Session, event: dict[str, Any], now: datetime) -
             action="refund",
         )
         return "not_pending"
+    except DuplicateReference:
+        log.error(
+            "stripe payment %s already paid another purchase: %s not granted",
+            reference,
+            purchase.id,
+        )
+        record_event(
+            session,
+            purchase.account_id,
+            "payment_not_granted",
+            purchase_id=purchase.id,
+            payment_reference=reference,
+            amount=str(purchase.amount),
+            action="check",
+        )
+        return "duplicate_payment"
     if not confirmation.granted and confirmation.purchase.payment_reference != reference:
         log.warning(
             "purchase %s paid twice (%s, then stripe %s): refund one",

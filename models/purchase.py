@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, Numeric, String
+from sqlalchemy import CheckConstraint, ForeignKey, Index, Numeric, String, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from models.account import PAYMENT_METHODS
@@ -31,6 +31,14 @@ class Purchase(CreatedAt, Base):
         CheckConstraint("period_months >= 1", name="months_positive"),
         Index("ix_purchases_account_created", "account_id", "created_at"),
         Index("ix_purchases_status_created", "status", "created_at"),
+        # One payment pays for one purchase (billing.credits.paying_once).
+        Index(
+            "uq_purchases_paid_reference",
+            "payment_reference",
+            unique=True,
+            sqlite_where=text("status = 'paid'"),
+            postgresql_where=text("status = 'paid'"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("pur"))

@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 
 from api import admin as admin_api
 from billing import purchases
-from models import Account, AccountEvent, utcnow
+from models import Account, AccountEvent, Purchase, utcnow
 from models.db import transaction
 from simulator.stripe_api import sign
 from tests.conftest import assert_audit_clean
@@ -446,4 +446,69 @@ def test_billing_history_pages_purchases_and_bank_transfers(client: Any) -> None
         True,
     )
     assert client.get("/v1/account", headers=auth(key)).get_json()["payment_method"] == "manual"
+    assert_audit_clean()
+
+
+def test_one_bank_payment_pays_for_one_purchase_however_it_is_confirmed(
+    client: Any, buyer: tuple[str, str]
+) -> None:
+    """A reference typed in twice (another purchase, a bank transfer, another account)
+    is a 409 that grants nothing; confirming the same purchase again is still a replay."""
+    key, _ = buyer
+    first, second = topup(client, key), topup(client, key)
+    other_key, other = register(client, "other@example.com")
+    client.patch(f"/v1/admin/accounts/{other['id']}", json={"plan": "growth"}, headers=ADMIN)
+    paid = balance(client, key) + 1000
+
+    assert confirm(client, first["id"], "BANK-77").status_code == 200
+    assert confirm(client, first["id"], "BANK-77").get_json()["granted"] is False
+    again = confirm(client, second["id"], "BANK-77")
+    transfer = client.post(
+        f"/v1/admin/accounts/{other['id']}/bank-transfer",
+        json={"payment_reference": "BANK-77", "amount": "149.00", "payer_name": "Jo Doe"},
+        headers=ADMIN,
+    )
+
+    for refused in (again, transfer):
+        assert refused.status_code == 409, refused.get_json()
+        error = refused.get_json()["error"]
+        assert (error["code"], error["reference"]) == ("duplicate_reference", "BANK-77")
+        assert first["id"] in error["message"]
+    assert (balance(client, key), balance(client, other_key)) == (paid, 2000)
+    with transaction() as session:
+        assert session.get(Purchase, second["id"]).status == "pending"
+    # A transfer confirmed first blocks the purchase the same way.
+    assert (
+        client.post(
+            f"/v1/admin/accounts/{other['id']}/bank-transfer",
+            json={"payment_reference": "BANK-78", "amount": "149.00", "payer_name": "Jo Doe"},
+            headers=ADMIN,
+        ).status_code
+        == 200
+    )
+    assert confirm(client, second["id"], "BANK-78").status_code == 409
+    assert confirm(client, second["id"], "BANK-79").status_code == 200
+    assert balance(client, key) == paid + 1000
+    assert_audit_clean()
+
+
+def test_a_payment_racing_past_the_check_is_refused_by_the_index(
+    client: Any, buyer: tuple[str, str], db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two confirmations with one reference at once both pass the check (neither sees
+    the other's uncommitted row): the unique index refuses the second, which leaves
+    nothing behind."""
+    from billing import credits
+    from billing.errors import DuplicateReference
+
+    key, _ = buyer
+    first, second = topup(client, key), topup(client, key)
+    assert confirm(client, first["id"], "BANK-RACE").status_code == 200
+    before = balance(client, key)
+    monkeypatch.setattr(credits, "_paid_by", lambda *_: None)  # the racer's view
+    with transaction(db_url) as session:
+        with pytest.raises(DuplicateReference):
+            purchases.confirm(session, second["id"], "manual", "BANK-RACE", utcnow())
+        assert session.get(Purchase, second["id"]).status == "pending"
+    assert balance(client, key) == before
     assert_audit_clean()

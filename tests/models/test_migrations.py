@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -13,11 +14,13 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import create_engine, func, inspect, select, text, update
 from sqlalchemy.pool import NullPool
 
-from models import Base
-from models.db import get_engine
+from billing import catalog
+from models import Base, Purchase
+from models.db import get_engine, transaction
+from tests.factories import make_account
 
 ROOT = Path(__file__).resolve().parents[2]
 BACKENDS = [b.strip() for b in os.environ.get("TEST_DATABASES", "sqlite,postgresql").split(",")]
@@ -106,3 +109,37 @@ def test_downgrade_base_removes_everything_and_upgrade_again_works(empty_url: st
     assert current_revision(empty_url) is None
     command.upgrade(config, "head")
     assert schema_diff(empty_url) == []
+
+
+def test_0013_stops_on_a_payment_that_paid_for_two_purchases(empty_url: str) -> None:
+    """The unique index cannot be built over a payment used twice: the upgrade names it
+    and changes nothing, and goes through once an operator has sorted it out."""
+    config = alembic_config(empty_url)
+    command.upgrade(config, "0012")
+    with transaction(empty_url) as session:
+        catalog.seed(session)
+        account = make_account(session, plan_slug="starter")
+        for _ in range(2):
+            session.add(
+                Purchase(
+                    account_id=account.id,
+                    kind="credits",
+                    status="paid",
+                    credits=500,
+                    amount=Decimal("2.50"),
+                    payment_reference="BANK-9",
+                )
+            )
+
+    with pytest.raises(RuntimeError, match="BANK-9"):
+        command.upgrade(config, "head")
+    assert current_revision(empty_url) == "0012"
+
+    with transaction(empty_url) as session:
+        session.execute(
+            update(Purchase)
+            .where(Purchase.id == select(func.min(Purchase.id)).scalar_subquery())
+            .values(payment_reference="BANK-9-checked")
+        )
+    command.upgrade(config, "head")
+    assert current_revision(empty_url) == "0013"
