@@ -22,10 +22,13 @@ CONTEXT_FIELDS = ("request_id", "job_id", "account_id", "operation", "model", "d
 _context: ContextVar[dict[str, str]] = ContextVar("log_context", default={})  # noqa: B039
 # Anything shaped like one of our secrets (or an OpenAI key), shown as its first chars.
 _SECRET = re.compile(r"\b(aij_|tok_|whsec_|sk-)([A-Za-z0-9._~+/=-]{4})[A-Za-z0-9._~+/=-]{8,}")
+# A password in a URL (a DATABASE_URL or REDIS_URL in an error or a banner).
+_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)[^\s/]+@", re.IGNORECASE)
 _RECORD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
 
 def redact(text: str) -> str:
+    text = _URL_PASSWORD.sub(r"\1***@", text)
     return _SECRET.sub(lambda m: f"{m.group(1)}{m.group(2)}…", text)
 
 

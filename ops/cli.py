@@ -35,10 +35,15 @@ def migrate(url: str | None = None) -> None:
     command.upgrade(config, "head")
 
 
-def _instant(text: str | None) -> datetime:
-    if not text:
-        return utcnow()
-    value = datetime.fromisoformat(text)
+def _instant(text: str) -> datetime:
+    """`--now`: an ISO-8601 instant (UTC unless it says otherwise); a bad one is a usage
+    error naming it, not a traceback."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO-8601 instant (e.g. 2026-12-01T00:00:00Z)"
+        ) from None
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
@@ -54,10 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     commands.add_parser("audit", help="check ledger invariants")
     sweep = commands.add_parser("sweep", help="release expired holds")
-    sweep.add_argument("--now", help="ISO-8601 instant to sweep as of (default: now)")
+    sweep.add_argument(
+        "--now", type=_instant, help="ISO-8601 instant to sweep as of (default: now)"
+    )
     periodic = commands.add_parser("periodic", help="run one scheduled job by hand")
     periodic.add_argument("job", choices=list(PERIODIC_JOBS))
-    periodic.add_argument("--now", help="ISO-8601 instant to run as of (default: now)")
+    periodic.add_argument(
+        "--now", type=_instant, help="ISO-8601 instant to run as of (default: now)"
+    )
     args = parser.parse_args(argv)
 
     if args.command == "migrate":
@@ -79,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         from tasks.periodic import run_periodic
 
         job = "sweep" if args.command == "sweep" else args.job
-        print(f"periodic {job}: {run_periodic(job, _instant(args.now))}")
+        print(f"periodic {job}: {run_periodic(job, args.now or utcnow())}")
     return 0
 
 

@@ -44,6 +44,7 @@ from urllib.parse import urlsplit
 import redis
 from sqlalchemy.engine import make_url
 
+import logs
 from ops.ports import free_port, port_is_free
 from ops.processes import die_with_parent
 from ops.redis_server import RedisServer
@@ -324,7 +325,9 @@ class Stack:
             try:
                 client.ping()
             except redis.RedisError as exc:
-                raise StackError(f"REDIS_URL={env['REDIS_URL']} does not answer: {exc}") from exc
+                raise StackError(
+                    logs.redact(f"REDIS_URL={env['REDIS_URL']} does not answer: {exc}")
+                ) from exc
             finally:
                 client.close()
             return _url_port(env["REDIS_URL"], 6379)
@@ -472,9 +475,9 @@ class Stack:
  aijobs stack is up (Ctrl-C stops everything)
    API:         {api}   (OpenAPI: {api}/v1/openapi.json)
    Flower:      {urls["flower"]}  (user {env["FLOWER_USER"]}, password {env["FLOWER_PASSWORD"]})
-   Redis:       {env["REDIS_URL"]}
+   Redis:       {logs.redact(env["REDIS_URL"])}
    Provider:    {env["OPENAI_BASE_URL"]}
-   Database:    {env["DATABASE_URL"]}
+   Database:    {logs.redact(env["DATABASE_URL"])}
    Admin token: {env["ADMIN_TOKEN"]}
    Stripe:      {env.get("STRIPE_API_BASE") or "the simulator (README: Buying credits)"}
 {session}

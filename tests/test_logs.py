@@ -65,6 +65,24 @@ def test_secrets_are_cut_to_a_prefix(json_lines: io.StringIO, secret: str) -> No
     assert secret not in line["exception"]
 
 
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql+psycopg://app:s3cr%2Ft@db:5432/aijobs", "postgresql+psycopg://app:***@db"),
+        ("redis://:hunter2@cache:6379/0", "redis://:***@cache:6379/0"),
+        ("rediss://default:p@ss@cache/1", "rediss://default:***@cache/1"),
+    ],
+)
+def test_passwords_in_urls_are_hidden(json_lines: io.StringIO, url: str, shown: str) -> None:
+    logging.getLogger("test.logs").error("cannot reach %s", url)
+    (line,) = parsed(json_lines)
+    assert shown in line["message"]
+    assert all(secret not in line["message"] for secret in ("s3cr", "hunter2", "p@ss"))
+    assert logs.redact("sqlite:///var/aijobs.db and https://example.com/a:b") == (
+        "sqlite:///var/aijobs.db and https://example.com/a:b"
+    )
+
+
 def test_text_format_names_the_ids(monkeypatch: pytest.MonkeyPatch) -> None:
     record = logging.makeLogRecord({"msg": "settled", "levelname": "INFO", "name": "x"})
     with logs.bound(job_id="job_9"):

@@ -189,6 +189,22 @@ def test_the_cli_runs_a_period_once_however_often_it_is_started(env: dict[str, s
     audit_clean()
 
 
+@pytest.mark.parametrize("command", ["sweep", "periodic renewal"])
+def test_a_bad_now_is_a_usage_error_that_changes_nothing(
+    env: dict[str, str], command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ops.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main([*command.split(), "--now", "next tuesday"])
+
+    assert exited.value.code == 2
+    error = capsys.readouterr().err
+    assert "'next tuesday' is not an ISO-8601 instant" in error
+    assert "Traceback" not in error
+    assert count(PeriodRun) == 0
+
+
 def test_the_sweep_releases_expired_holds_and_announces_the_failures(sent: list[str]) -> None:
     """A dispatched job no worker took keeps its hold past HOLD_TTL_SECONDS (it only
     waits); past JOB_MAX_QUEUE_SECONDS (default 24 h) it fails with `queue_timeout`."""
