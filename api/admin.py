@@ -306,8 +306,13 @@ def create_plan(body: dict[str, Any]) -> tuple[dict[str, Any], int]:
 @require_admin
 @json_body(dict, documented_as=PlanPatch)
 def update_plan(slug: str, body: dict[str, Any]) -> dict[str, Any]:
-    """Change a plan's fields."""
-    return accounts.plan_view(plans.update_plan(db(), slug, body))
+    """Change a plan's fields. Retiring it (`is_active: false`) fails its purchases
+    still waiting for a payment (`plan_retired`) and closes their Stripe checkouts."""
+    session = db()
+    plan = plans.update_plan(session, slug, body)
+    for checkout in purchases.withdraw_retired_plan(session, plan, utcnow()):
+        after_commit(lambda checkout=checkout: expire_checkout(checkout))
+    return accounts.plan_view(plan)
 
 
 @bp.get("/plans")

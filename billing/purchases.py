@@ -108,15 +108,29 @@ def supersede_plan_purchases(
 ) -> tuple[str, ...]:
     """Fail the account's pending plan purchases but `keep` (`superseded`); the Stripe
     checkouts they had, to close once this commits."""
-    query = update(Purchase).where(
-        Purchase.account_id == account_id,
-        Purchase.kind == "subscription",
-        Purchase.status == "pending",
-    )
+    conditions = [Purchase.account_id == account_id, Purchase.kind == "subscription"]
     if keep is not None:
-        query = query.where(Purchase.id != keep)
+        conditions.append(Purchase.id != keep)
+    return _fail_pending(session, conditions, "superseded", now)
+
+
+def withdraw_retired_plan(session: Session, plan: Plan, now: datetime) -> tuple[str, ...]:
+    """A retired plan is no longer sold: its purchases still waiting for a payment fail
+    (`plan_retired`), else a customer could pay for a plan that then refuses every job
+    (402); the Stripe checkouts they had, to close once this commits. A payment arriving
+    anyway is recorded for a refund, as for any failed purchase."""
+    if plan.is_active:
+        return ()
+    return _fail_pending(session, [Purchase.plan_id == plan.id], "plan_retired", now)
+
+
+def _fail_pending(
+    session: Session, conditions: list[Any], reason: str, now: datetime
+) -> tuple[str, ...]:
     checkouts = session.scalars(
-        query.values(status="failed", failure_reason="superseded", failed_at=now)
+        update(Purchase)
+        .where(Purchase.status == "pending", *conditions)
+        .values(status="failed", failure_reason=reason, failed_at=now)
         .returning(Purchase.stripe_session_id)
         .execution_options(synchronize_session=False)
     ).all()

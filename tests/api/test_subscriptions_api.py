@@ -473,6 +473,40 @@ def test_a_new_plan_choice_supersedes_the_one_waiting_for_payment(
     assert_audit_clean()
 
 
+def test_retiring_a_plan_withdraws_its_purchases_waiting_for_payment(
+    client: Any,
+    stripe_on: None,  # noqa: F811 - the fixture
+    sim: Any,
+) -> None:
+    """A customer must not pay for a plan that then refuses every job: retiring Starter
+    fails its waiting purchase (`plan_retired`) and closes the checkout; another plan's
+    purchase waits on."""
+    key, _ = register(client)
+    other_key, _ = register(client, "other@example.com")
+    starter = client.post("/v1/account/plan", json={"plan": "starter"}, headers=auth(key))
+    growth = client.post("/v1/account/plan", json={"plan": "growth"}, headers=auth(other_key))
+    withdrawn = starter.get_json()["change"]["purchase"]
+    kept = growth.get_json()["change"]["purchase"]
+
+    retired = client.patch("/v1/admin/plans/starter", json={"is_active": False}, headers=ADMIN)
+
+    assert retired.status_code == 200, retired.get_json()
+    seen = client.get(f"/v1/billing/payments/{withdrawn['id']}", headers=auth(key)).get_json()
+    assert (seen["purchase"]["status"], seen["purchase"]["failure_reason"]) == (
+        "failed",
+        "plan_retired",
+    )
+    checkout = withdrawn["checkout_url"].rsplit("/", 1)[-1]
+    at_stripe = httpx.get(f"{sim.url}/stripe/v1/checkout/sessions/{checkout}").json()
+    assert at_stripe["status"] == "expired"
+    assert confirm(client, withdrawn["id"], "BT-RETIRED").status_code == 409
+    other = client.get(f"/v1/billing/payments/{kept['id']}", headers=auth(other_key)).get_json()
+    assert other["purchase"]["status"] == "pending"
+    assert deliver(client, customer(sim, kept)).get_json()["outcome"] == "granted"
+    assert client.get("/v1/account", headers=auth(key)).get_json()["plan"]["slug"] != "starter"
+    assert_audit_clean()
+
+
 def test_a_refused_plan_change_leaves_the_waiting_purchase_alone(client: Any) -> None:
     key, _ = register(client)
     starter = client.post("/v1/account/plan", json={"plan": "starter"}, headers=auth(key))
