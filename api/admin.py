@@ -3,7 +3,7 @@ transfers, and confirming (or failing) purchases paid outside Stripe."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from flask import Blueprint, request
 from pydantic import BaseModel, ConfigDict, Field
@@ -45,11 +45,16 @@ from billing import (
 )
 from billing.amounts import Payment
 from billing.errors import Conflict
+from billing.text import NOT_BLANK, TRIMMED
 from models import utcnow
 
 if TYPE_CHECKING:
     from api.openapi import DocumentBuilder
 
+# Said by an admin, kept on the record: trimmed, never blank (a reference " BANK-7" is
+# "BANK-7", so a payment typed with a stray blank is still the same payment).
+Reference = Annotated[str, Field(max_length=200), TRIMMED, NOT_BLANK]
+Reason = Annotated[str, Field(max_length=500), TRIMMED, NOT_BLANK]
 bp = Blueprint("admin", __name__, url_prefix="/v1/admin")
 
 
@@ -66,7 +71,7 @@ class AdjustBody(BaseModel):
         description="Not 0; negative takes back.",
         json_schema_extra={"not": {"const": 0}},
     )
-    reason: str = Field(min_length=1, max_length=500)
+    reason: Reason
 
 
 class AccountPatch(BaseModel):
@@ -175,13 +180,13 @@ def update_account(account_id: str, body: AccountPatch) -> dict[str, Any]:
 class BankTransferBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    payment_reference: str = Field(min_length=1, max_length=200)
+    payment_reference: Reference
     amount: Payment
-    payer_name: str = Field(min_length=1, max_length=200)
+    payer_name: Reference
     proof_url: str | None = Field(default=None, max_length=2000)
     period_months: int = Field(default=1, ge=1, le=24)
     # Accept an amount other than the plan's price x months; kept in the transaction.
-    override_reason: str | None = Field(default=None, min_length=1, max_length=500)
+    override_reason: Reason | None = None
 
 
 @bp.post("/accounts/<account_id>/bank-transfer")
@@ -209,14 +214,14 @@ class ConfirmBody(BaseModel):
         },
     )
 
-    payment_reference: str = Field(min_length=1, max_length=200)
+    payment_reference: Reference
     method: Literal["manual", "bank_transfer"] = "manual"
 
 
 class FailBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    reason: str = Field(min_length=1, max_length=200)
+    reason: Reference
 
 
 class PurchasesQuery(PageQuery):

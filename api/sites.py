@@ -3,7 +3,7 @@ deletion keeps)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from flask import Blueprint
 from pydantic import BaseModel, ConfigDict, Field
@@ -13,6 +13,7 @@ from api.schemas import ListOf, SiteDeletionOut, SiteOut, responds
 from api.security import current_account, require_key, require_role
 from api.validation import Query, json_body, query_params
 from billing import sites
+from billing.text import BLANK_CLASS, NOT_BLANK, TRIMMED
 from models import utcnow
 
 bp = Blueprint("sites", __name__, url_prefix="/v1/sites")
@@ -25,8 +26,14 @@ class SiteBody(BaseModel):
         json_schema_extra={"examples": [{"name": "blog", "domain": "example.com"}]},
     )
 
-    name: str = Field(min_length=1, max_length=200)
+    name: Annotated[str, Field(max_length=200), TRIMMED, NOT_BLANK]
     domain: str | None = Field(default=None, max_length=300)
+
+
+def _never_null_name(schema: dict[str, Any]) -> None:
+    """No `default: null` in the schema (a site always has a name); not blank."""
+    schema.pop("default", None)
+    schema["pattern"] = f"[^{BLANK_CLASS}]"
 
 
 class SitePatch(BaseModel):
@@ -35,11 +42,10 @@ class SitePatch(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"minProperties": 1})
 
     # Optional, yet never null: a site always has a name.
-    name: str = Field(  # type: ignore[assignment]
+    name: Annotated[str, TRIMMED] = Field(  # type: ignore[assignment]
         default=None,
-        min_length=1,
         max_length=200,
-        json_schema_extra=lambda schema: schema.pop("default", None),  # type: ignore[arg-type,misc]
+        json_schema_extra=_never_null_name,
     )
     domain: str | None = Field(default=None, max_length=300, description="null clears it.")
 

@@ -462,7 +462,7 @@ def test_one_bank_payment_pays_for_one_purchase_however_it_is_confirmed(
 
     assert confirm(client, first["id"], "BANK-77").status_code == 200
     assert confirm(client, first["id"], "BANK-77").get_json()["granted"] is False
-    again = confirm(client, second["id"], "BANK-77")
+    again = confirm(client, second["id"], "\tBANK-77 ")  # the same, with stray blanks
     transfer = client.post(
         f"/v1/admin/accounts/{other['id']}/bank-transfer",
         json={"payment_reference": "BANK-77", "amount": "149.00", "payer_name": "Jo Doe"},
@@ -512,3 +512,43 @@ def test_a_payment_racing_past_the_check_is_refused_by_the_index(
         assert session.get(Purchase, second["id"]).status == "pending"
     assert balance(client, key) == before
     assert_audit_clean()
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("purchases/{purchase}/confirm", {"payment_reference": " \u3000"}),
+        ("purchases/{purchase}/fail", {"reason": "\n"}),
+        ("accounts/{account}/credits", {"amount": 5, "reason": "  "}),
+        (
+            "accounts/{account}/bank-transfer",
+            {"payment_reference": "BT-1", "amount": "149.00", "payer_name": " "},
+        ),
+        (
+            "accounts/{account}/bank-transfer",
+            {
+                "payment_reference": "BT-1",
+                "amount": "1",
+                "payer_name": "Jo",
+                "override_reason": " ",
+            },
+        ),
+    ],
+)
+def test_blank_admin_text_is_422_and_changes_nothing(
+    client: Any, buyer: tuple[str, str], path: str, body: dict[str, Any]
+) -> None:
+    key, account_id = buyer
+    purchase = topup(client, key)
+    before = balance(client, key)
+
+    answer = client.post(
+        "/v1/admin/" + path.format(purchase=purchase["id"], account=account_id),
+        json=body,
+        headers=ADMIN,
+    )
+
+    assert answer.status_code == 422, answer.get_json()
+    assert balance(client, key) == before
+    with transaction() as session:
+        assert session.get(Purchase, purchase["id"]).status == "pending"

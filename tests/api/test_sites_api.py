@@ -94,6 +94,9 @@ def test_rename_and_change_the_domain(client: Any) -> None:
     cleared = client.patch(f"/v1/sites/{blog}", json={"domain": None}, headers=auth(key))
     empty = client.patch(f"/v1/sites/{blog}", json={}, headers=auth(key))
     blank = client.patch(f"/v1/sites/{blog}", json={"name": ""}, headers=auth(key))
+    spaces = client.patch(f"/v1/sites/{blog}", json={"name": " \t "}, headers=auth(key))
+    made_blank = client.post("/v1/sites", json={"name": "\u3000"}, headers=auth(key))
+    trimmed = client.post("/v1/sites", json={"name": "  shop "}, headers=auth(key))
 
     assert renamed.status_code == 200
     assert (renamed.get_json()["name"], renamed.get_json()["domain"]) == (
@@ -101,7 +104,9 @@ def test_rename_and_change_the_domain(client: Any) -> None:
         "blog.example.com",
     )
     assert (cleared.get_json()["name"], cleared.get_json()["domain"]) == ("Blog 2", None)
-    assert empty.status_code == blank.status_code == 422
+    assert empty.status_code == blank.status_code == spaces.status_code == 422
+    assert made_blank.status_code == 422
+    assert trimmed.get_json()["name"] == "shop"
 
 
 @pytest.mark.parametrize("role", ["editor", "viewer"])
