@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from billing import ledger
 from billing.accounts import get_account, held_by_admin, move_status
 from billing.errors import AmountMismatch, DuplicateReference, IdempotencyConflict, InvalidInput
-from billing.lifecycle import grant_period
+from billing.lifecycle import RunReport, grant_period, roll_over_account
 from billing.periods import add_months
 from billing.plans import is_renewable
 from billing.submission import check_idempotency_key
@@ -266,6 +266,12 @@ def grant_period_credits(session: Session, account: Account, now: datetime) -> b
         return False
     if account.period_start is None or account.period_end is None:
         account.period_start, account.period_end = now, add_months(now, 1)
+    elif as_utc(account.period_end) <= now:
+        # Ended, not rolled over yet (hourly): the period to credit is the one now, else
+        # the renewal would grant that one on top of a month already over. Its webhooks
+        # (a payment due) go out with the periodic requeue.
+        roll_over_account(session, account, now, RunReport())
+        session.refresh(account)
     return grant_period(session, account, plan, " (activated by an admin)")
 
 

@@ -151,34 +151,39 @@ def roll_over_periods(session: Session, now: datetime) -> RunReport:
         .execution_options(populate_existing=True)
     )
     for account in due:
-        assert account.period_start is not None
-        assert account.period_end is not None
-        start, end = as_utc(account.period_start), as_utc(account.period_end)
-        while end <= now:
-            start, end = end, next_period_end(start, end)
-        if not claim_period(session, PERIOD_ROLLOVER, account.id, _key(start)):
-            continue
-        moved = session.execute(
-            update(Account)
-            .where(Account.id == account.id, Account.period_end == account.period_end)
-            .values(period_start=start, period_end=end, usage_ahrefs_queries=0)
-            .execution_options(synchronize_session=False)
-        ).rowcount  # type: ignore[attr-defined]
-        if not moved:
-            continue
-        data = {
-            "period_start": _key(start),
-            "period_end": _key(end),
-            "ahrefs_queries_reset_from": account.usage_ahrefs_queries,
-        }
-        session.add(AccountEvent(account_id=account.id, type="period_started", data=data))
-        report.accounts.append(account.id)
-        _apply_scheduled_plan(session, account)
-        paid_until = as_utc(account.paid_until) if account.paid_until else None
-        if paid_until is not None and as_utc(account.period_start) < paid_until <= start:
-            _ask_for_payment(session, account, paid_until, now, report)
+        roll_over_account(session, account, now, report)
     session.flush()
     return report
+
+
+def roll_over_account(session: Session, account: Account, now: datetime, report: RunReport) -> None:
+    """`roll_over_periods` for one account whose period has ended (claimed once)."""
+    assert account.period_start is not None
+    assert account.period_end is not None
+    start, end = as_utc(account.period_start), as_utc(account.period_end)
+    while end <= now:
+        start, end = end, next_period_end(start, end)
+    if not claim_period(session, PERIOD_ROLLOVER, account.id, _key(start)):
+        return
+    moved = session.execute(
+        update(Account)
+        .where(Account.id == account.id, Account.period_end == account.period_end)
+        .values(period_start=start, period_end=end, usage_ahrefs_queries=0)
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
+    if not moved:
+        return
+    data = {
+        "period_start": _key(start),
+        "period_end": _key(end),
+        "ahrefs_queries_reset_from": account.usage_ahrefs_queries,
+    }
+    session.add(AccountEvent(account_id=account.id, type="period_started", data=data))
+    report.accounts.append(account.id)
+    _apply_scheduled_plan(session, account)
+    paid_until = as_utc(account.paid_until) if account.paid_until else None
+    if paid_until is not None and as_utc(account.period_start) < paid_until <= start:
+        _ask_for_payment(session, account, paid_until, now, report)
 
 
 def _apply_scheduled_plan(session: Session, account: Account) -> None:

@@ -9,10 +9,10 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from billing import lifecycle
-from models import AccountEvent
+from models import Account, AccountEvent, utcnow
 from models.db import transaction
 from tests.api.test_purchases_api import (
     ADMIN,
@@ -247,6 +247,38 @@ def test_an_admin_activation_and_the_renewal_credit_a_period_once(client: Any) -
 
     txns = client.get("/v1/credits/transactions", headers=auth(key)).get_json()["data"]
     assert [(t["type"], t["amount"]) for t in txns] == [("renewal", 40000), ("registration", 2000)]
+    assert_audit_clean()
+
+
+def test_an_activation_after_the_period_ended_credits_the_period_of_now_once(
+    client: Any,
+) -> None:
+    """The period ended 10 days ago and the hourly rollover has not run: the activation
+    credits the period containing now (not the month already over, which the renewal
+    would then follow with this one)."""
+    key, account = register(client)
+    ended = utcnow() - timedelta(days=10)
+    with transaction() as session:
+        session.execute(
+            update(Account)
+            .where(Account.id == account["id"])
+            .values(period_start=ended - timedelta(days=30), period_end=ended)
+        )
+
+    client.patch(
+        f"/v1/admin/accounts/{account['id']}",
+        json={"plan": "growth", "status": "active"},
+        headers=ADMIN,
+    )
+    with transaction() as session:
+        lifecycle.renew_credits(session, utcnow() + timedelta(minutes=1))
+
+    after = client.get("/v1/account", headers=auth(key)).get_json()
+    start, end = (datetime.fromisoformat(after[k]) for k in ("period_start", "period_end"))
+    assert start <= utcnow() < end
+    txns = client.get("/v1/credits/transactions", headers=auth(key)).get_json()["data"]
+    assert [(t["type"], t["amount"]) for t in txns] == [("renewal", 40000), ("registration", 2000)]
+    assert txns[0]["metadata"]["period_start"] == after["period_start"]
     assert_audit_clean()
 
 
