@@ -15,7 +15,7 @@ from functools import cache
 from typing import Any, NamedTuple
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
-from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy import and_, bindparam, delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -40,6 +40,7 @@ from models import (
     AccountEvent,
     AISettings,
     ApiKey,
+    Invitation,
     Plan,
     User,
     as_utc,
@@ -100,7 +101,7 @@ def register(
     )
     session.add(account)
     session.flush()
-    user = new_user(session, account.id, email, name, password, "owner", joined_at=now)
+    user = _new_owner(session, account.id, email, name, password, now)
     if plan.included_credits and not paid:
         ledger.grant(
             session,
@@ -120,6 +121,82 @@ def _registration_plan(session: Session) -> Plan:
         if plan is not None:
             return plan
     raise LookupError("neither the free-trial nor the free plan exists (run `seed`)")
+
+
+def _new_owner(
+    session: Session, account_id: str, email: str, name: str, password: str, now: datetime
+) -> User:
+    """The registering owner, after the address's pending invitations are withdrawn.
+
+    An invitation committed after the withdrawal looked makes the insert collide (its
+    member holds the address): a second look withdraws it too. A member who joined keeps
+    the address, and the registration is 409 `email_taken`."""
+    withdraw_invitations(session, email, now)
+    try:
+        return new_user(session, account_id, email, name, password, "owner", joined_at=now)
+    except EmailTaken:
+        if not withdraw_invitations(session, email, now):
+            raise
+    return new_user(session, account_id, email, name, password, "owner", joined_at=now)
+
+
+def withdraw_invitations(session: Session, email: str, now: datetime) -> list[User]:
+    """An invitation reserves nothing against the mailbox's owner: anyone may invite any
+    address, so registering it removes the members invited with it (by normalised email)
+    who have not joined, with their invitations and keys (`delete_user`), from every
+    account that invited them. Their invitation links then find nothing (404).
+
+    Each inviting account is locked (in id order, so two registrations cannot deadlock)
+    and its pending members re-read under the lock, which every acceptance takes too:
+    an acceptance that committed first keeps its member, one that comes after finds its
+    invitation gone. Returns the members withdrawn."""
+    normalized = normalize_email(email)
+    pending = and_(
+        or_(User.email == email, User.email_normalized == normalized),
+        User.joined_at.is_(None),
+        User.role != "owner",
+    )
+    account_ids = sorted(set(session.scalars(select(User.account_id).where(pending))))
+    if not account_ids:
+        return []
+    for account_id in account_ids:
+        lock_account(session, account_id)
+    members = list(
+        session.scalars(
+            select(User)
+            .where(pending, User.account_id.in_(account_ids))
+            .execution_options(populate_existing=True)
+        )
+    )
+    for member in members:
+        record_event(
+            session, member.account_id, "invitation_withdrawn",
+            user_id=member.id, email=member.email, role=member.role, reason="email_registered",
+        )  # fmt: skip
+        delete_user(session, member, now)
+    return members
+
+
+def delete_user(session: Session, user: User, now: datetime) -> int:
+    """The member goes: their keys are revoked (and stay listed, no longer tied to the
+    user), their invitations deleted, the user row deleted (login tokens then match no
+    one). Returns how many keys were revoked."""
+    revoked = session.execute(
+        update(ApiKey)
+        .where(ApiKey.user_id == user.id, ApiKey.revoked_at.is_(None))
+        .values(revoked_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
+    session.execute(
+        update(ApiKey)
+        .where(ApiKey.user_id == user.id)
+        .values(user_id=None)
+        .execution_options(synchronize_session=False)
+    )
+    session.execute(delete(Invitation).where(Invitation.user_id == user.id))
+    session.delete(user)
+    session.flush()
+    return int(revoked)
 
 
 def new_user(

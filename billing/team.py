@@ -15,13 +15,14 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from billing.accounts import (
     acting_role,
     check_access,
     create_api_key,
+    delete_user,
     hash_password,
     new_user,
     record_event,
@@ -130,13 +131,14 @@ def accept_invitation(
         .execution_options(synchronize_session=False)
     ).rowcount  # type: ignore[attr-defined]
     if not claimed:
-        # As committed now: a removal that went first deleted it (and the member).
+        # As committed now: a removal, or a registration of the member's address, that
+        # went first deleted it (and the member).
         current = session.get(Invitation, invitation.id, populate_existing=True)
         if current is None:
             raise NotFound("Invitation not found: ask the account's admin for a new one.")
         raise _why_not(current)
     user = session.get(User, invitation.user_id)
-    if user is None:  # pragma: no cover - removal deletes the member's invitations
+    if user is None:  # pragma: no cover - removal and registration delete its invitations
         raise NotFound("Invitation not found.")
     user.password_hash = hash_password(password)
     user.joined_at = user.joined_at or now
@@ -178,24 +180,9 @@ def remove_member(
     role = acting_role(session, account_id, actor, "manage_team")
     user = _member(session, account_id, user_id)
     require_outranks(role, user.role, "the membership")
-    revoked = session.execute(
-        update(ApiKey)
-        .where(ApiKey.user_id == user.id, ApiKey.revoked_at.is_(None))
-        .values(revoked_at=now)
-        .execution_options(synchronize_session=False)
-    ).rowcount  # type: ignore[attr-defined]
-    # Revoked keys stay listed for the record, no longer tied to the deleted user.
-    session.execute(
-        update(ApiKey)
-        .where(ApiKey.user_id == user.id)
-        .values(user_id=None)
-        .execution_options(synchronize_session=False)
-    )
-    session.execute(delete(Invitation).where(Invitation.user_id == user.id))
     _event(session, account_id, "member_removed", actor, user, role=user.role, email=user.email)
-    session.delete(user)
-    session.flush()
-    return Removal(user=user, keys_revoked=int(revoked))
+    revoked = delete_user(session, user, now)
+    return Removal(user=user, keys_revoked=revoked)
 
 
 def transfer_ownership(

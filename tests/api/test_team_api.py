@@ -427,6 +427,74 @@ def test_tokens_stay_secret_outside_development(
     assert dev["invitation"]["token"] not in hashes  # stored hashed
 
 
+# --- an invitation reserves no address ----------------------------------------------------
+
+
+def sign_up(client: Any, email: str) -> Any:
+    return client.post("/v1/auth/register", json={"email": email, "password": PASSWORD})
+
+
+@pytest.mark.parametrize(
+    ("invited_as", "registered_as"),
+    [("ceo@bigcorp.com", "CEO@bigcorp.com"), ("c.e.o+team@gmail.com", "ceo@googlemail.com")],
+)
+def test_an_invitation_does_not_keep_its_address_from_registering(
+    client: Any, invited_as: str, registered_as: str
+) -> None:
+    """Anyone can invite someone else's address; the mailbox's owner still registers, and
+    the invitation nobody accepted is withdrawn: gone from the inviter's team, its seat
+    free, its link answering as a removed member's does."""
+    owner, _ = on_plan(client, "growth")
+    made = invite(client, owner, invited_as, "editor")
+    assert seats(client, owner)["used"] == 2
+
+    registered = sign_up(client, registered_as)
+
+    assert registered.status_code == 201, registered.get_json()
+    team = client.get("/v1/team", headers=auth(owner)).get_json()["data"]
+    assert [u["email"] for u in team] == ["owner@example.com"]
+    assert seats(client, owner)["used"] == 1
+    link = accept(client, made["invitation"]["token"])
+    assert link.status_code == 404
+    assert link.get_json()["error"]["code"] == "not_found"
+    assert (
+        client.post(f"/v1/team/{made['user']['id']}/invitation", headers=auth(owner)).status_code
+        == 404
+    )
+    assert login(client, registered_as).status_code == 200
+    mine = client.get("/v1/team", headers=auth(registered.get_json()["api_key"])).get_json()
+    assert [(u["role"], u["status"]) for u in mine["data"]] == [("owner", "active")]
+
+
+def test_a_joined_members_address_stays_taken(client: Any) -> None:
+    owner, _ = on_plan(client, "growth")
+    joined(client, owner, "ed@example.com", "editor")
+
+    refused = sign_up(client, "Ed@example.com")
+
+    assert refused.status_code == 409
+    assert refused.get_json()["error"]["code"] == "email_taken"
+    team = client.get("/v1/team", headers=auth(owner)).get_json()["data"]
+    assert {u["email"]: u["status"] for u in team}["ed@example.com"] == "active"
+
+
+def test_inviting_an_address_with_its_own_account_is_409(client: Any) -> None:
+    owner, _ = on_plan(client, "growth")
+    assert sign_up(client, "ab@gmail.com").status_code == 201
+
+    refused = client.post(
+        "/v1/team/invite",
+        json={"email": "A.B+work@gmail.com", "role": "editor"},
+        headers=auth(owner),
+    )
+
+    assert refused.status_code == 409
+    assert refused.get_json()["error"]["code"] == "email_taken"
+    assert seats(client, owner)["used"] == 1
+    with transaction() as session:
+        assert session.scalars(select(Invitation.id)).all() == []
+
+
 # --- ownership --------------------------------------------------------------------------
 
 

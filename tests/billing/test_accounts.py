@@ -4,14 +4,16 @@ and every status and plan check happens on the API-key path too."""
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from sqlalchemy import func, select, update
 
-from billing import accounts, ledger
+from billing import accounts, ledger, team
 from billing.audit import audit
 from billing.errors import (
     AccountInactive,
@@ -26,6 +28,7 @@ from models import (
     ApiKey,
     Base,
     CreditTransaction,
+    Invitation,
     Plan,
     User,
     as_utc,
@@ -115,6 +118,221 @@ def test_duplicate_email_is_refused_and_writes_nothing(db_url: str, again: str) 
         assert session.scalar(select(func.count()).select_from(Account)) == 1
         assert session.scalar(select(func.count()).select_from(User)) == 1
         assert session.scalar(select(func.count()).select_from(CreditTransaction)) == 1
+
+
+# --- an invitation reserves no address ---------------------------------------------------
+
+
+class Invited(NamedTuple):
+    account_id: str
+    member_id: str
+    token: str
+
+
+def invited(url: str, email: str, inviter: str = "inviter@example.com") -> Invited:
+    """An account (enterprise plan) whose owner invited `email`; nobody accepted yet."""
+    with transaction(url) as session:
+        owner = register(session, inviter)
+        accounts.admin_update(session, owner.account.id, None, "enterprise")
+        made = team.invite_member(
+            session, owner.account, owner.user, email, "editor", "",
+            now=utcnow(), ttl=timedelta(hours=72),
+        )  # fmt: skip
+        return Invited(owner.account.id, made.user.id, made.token)
+
+
+def members(url: str, account_id: str) -> list[str]:
+    with transaction(url) as session:
+        return list(session.scalars(select(User.email).where(User.account_id == account_id)))
+
+
+@pytest.mark.parametrize(
+    ("invited_as", "registered_as"),
+    [("ceo@bigcorp.com", " CEO@BigCorp.com"), ("c.e.o+team@gmail.com", "ceo@googlemail.com")],
+)
+def test_registering_an_invited_address_withdraws_the_pending_invitation(
+    db_url: str, invited_as: str, registered_as: str
+) -> None:
+    """Anyone may invite any address: the invitation must not keep the mailbox's owner
+    from registering. The pending member goes, with its invitation and keys, in the
+    registration's transaction (compared by normalised email)."""
+    invite = invited(db_url, invited_as)
+    with transaction(db_url) as session:  # a key made for the member before invitations
+        key_id = accounts.create_api_key(session, invite.account_id, invite.member_id, "old")[0].id
+
+    with transaction(db_url) as session:
+        result = register(session, registered_as)
+        owner_id = result.user.id
+
+    assert members(db_url, invite.account_id) == ["inviter@example.com"]
+    with transaction(db_url) as session:
+        assert session.scalar(select(func.count()).select_from(Invitation)) == 0
+        key = session.get(ApiKey, key_id)
+        assert key is not None
+        assert (key.revoked_at is not None, key.user_id) == (True, None)
+        event = session.scalars(
+            select(AccountEvent).where(
+                AccountEvent.account_id == invite.account_id,
+                AccountEvent.type == "invitation_withdrawn",
+            )
+        ).one()
+        assert event.data["user_id"] == invite.member_id
+        assert event.data["reason"] == "email_registered"
+        owner = session.get(User, owner_id)
+        assert owner is not None
+        assert (owner.role, owner.joined_at is not None) == ("owner", True)
+    with pytest.raises(NotFound), transaction(db_url) as session:
+        team.accept_invitation(session, invite.token, "a long password", None, utcnow())
+    with transaction(db_url) as session:
+        assert audit(session) == []
+
+
+def test_a_member_who_joined_keeps_the_address(db_url: str) -> None:
+    invite = invited(db_url, "ed@example.com")
+    with transaction(db_url) as session:
+        team.accept_invitation(session, invite.token, "a long password", None, utcnow())
+
+    with pytest.raises(EmailTaken), transaction(db_url) as session:
+        register(session, "Ed@example.com")
+
+    assert members(db_url, invite.account_id) == ["inviter@example.com", "ed@example.com"]
+    with transaction(db_url) as session:
+        assert session.scalar(select(func.count()).select_from(Account)) == 1
+
+
+def test_a_registration_and_an_acceptance_at_once_leave_one_owner_of_the_address(
+    db_url: str,
+) -> None:
+    """Both at once: exactly one wins, the other gets its usual refusal (the acceptance a
+    404, the registration a 409), and nothing is half written."""
+    invite = invited(db_url, "race@example.com")
+    barrier = threading.Barrier(2)
+
+    def accept() -> str:
+        barrier.wait(30)
+        with transaction(db_url) as session:
+            team.accept_invitation(session, invite.token, "a long password", None, utcnow())
+        return "joined"
+
+    def sign_up() -> str:
+        barrier.wait(30)
+        with transaction(db_url) as session:
+            register(session, "race@example.com")
+        return "registered"
+
+    def outcome(attempt: Any) -> str:
+        try:
+            return str(attempt())
+        except (EmailTaken, NotFound) as refused:
+            return type(refused).__name__
+
+    with ThreadPoolExecutor(2) as pool:
+        outcomes = sorted(pool.map(outcome, [accept, sign_up]))
+
+    assert outcomes in (["EmailTaken", "joined"], ["NotFound", "registered"])
+    with transaction(db_url) as session:
+        holders = session.execute(
+            select(User.account_id, User.role, User.joined_at.is_not(None)).where(
+                User.email_normalized == "race@example.com"
+            )
+        ).all()
+        accounts_made = session.scalar(select(func.count()).select_from(Account))
+        invitations = session.scalar(select(func.count()).select_from(Invitation))
+        assert audit(session) == []
+    assert len(holders) == 1
+    if outcomes == ["EmailTaken", "joined"]:
+        assert tuple(holders[0]) == (invite.account_id, "editor", True)
+        assert (accounts_made, invitations) == (1, 1)
+    else:
+        assert holders[0][0] != invite.account_id
+        assert tuple(holders[0])[1:] == ("owner", True)
+        assert (accounts_made, invitations) == (2, 0)
+
+
+# PostgreSQL only: SQLite's one writer runs the two transactions one after the other.
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_an_acceptance_committed_before_the_registration_locks_keeps_the_address(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The acceptance commits between the registration finding the pending member and
+    locking its account: the member re-read under the lock has joined, so it stays and
+    the registration is refused, leaving nothing behind."""
+    invite = invited(db_url, "both@example.com")
+    lock_account = accounts.lock_account
+
+    def accepted_first(session: Any, locked_id: str) -> Any:
+        monkeypatch.setattr(accounts, "lock_account", lock_account)
+        with transaction(db_url) as other:
+            team.accept_invitation(other, invite.token, "a long password", None, utcnow())
+        return lock_account(session, locked_id)
+
+    monkeypatch.setattr(accounts, "lock_account", accepted_first)
+    with pytest.raises(EmailTaken), transaction(db_url) as session:
+        register(session, "both@example.com")
+
+    with transaction(db_url) as session:
+        member = session.get(User, invite.member_id)
+        assert member is not None
+        assert member.joined_at is not None
+        assert session.scalar(select(func.count()).select_from(Account)) == 1
+        assert audit(session) == []
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_registration_committed_before_the_acceptance_locks_wins(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The registration commits between the acceptance reading the invitation and locking
+    the account: the invitation is gone, a 404 (not a 500, not a second holder)."""
+    invite = invited(db_url, "both@example.com")
+    lock_account = team.lock_account
+
+    def registered_first(session: Any, locked_id: str) -> Any:
+        monkeypatch.setattr(team, "lock_account", lock_account)
+        with transaction(db_url) as other:
+            register(other, "both@example.com")
+        return lock_account(session, locked_id)
+
+    monkeypatch.setattr(team, "lock_account", registered_first)
+    with pytest.raises(NotFound), transaction(db_url) as session:
+        team.accept_invitation(session, invite.token, "a long password", None, utcnow())
+
+    assert members(db_url, invite.account_id) == ["inviter@example.com"]
+    with transaction(db_url) as session:
+        roles = session.scalars(select(User.role).where(User.email == "both@example.com"))
+        assert list(roles) == ["owner"]
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_an_invitation_committed_after_the_withdrawal_looked_is_withdrawn_too(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An invitation of the address commits after the registration's withdrawal found
+    nothing: its member holds the address at the insert, and a second look withdraws it."""
+    with transaction(db_url) as session:
+        inviter = register(session, "inviter@example.com")
+        accounts.admin_update(session, inviter.account.id, None, "enterprise")
+    withdraw = accounts.withdraw_invitations
+
+    def invited_meanwhile(session: Any, email: str, now: Any) -> list[User]:
+        monkeypatch.setattr(accounts, "withdraw_invitations", withdraw)
+        withdrawn = withdraw(session, email, now)
+        with transaction(db_url) as other:
+            actor = other.get(User, inviter.user.id)
+            account = other.get(Account, inviter.account.id)
+            assert actor is not None
+            assert account is not None
+            team.invite_member(
+                other, account, actor, "late@example.com", "viewer", "",
+                now=utcnow(), ttl=timedelta(hours=1),
+            )  # fmt: skip
+        return withdrawn
+
+    monkeypatch.setattr(accounts, "withdraw_invitations", invited_meanwhile)
+    with transaction(db_url) as session:
+        register(session, "late@example.com")
+
+    assert members(db_url, inviter.account.id) == ["inviter@example.com"]
 
 
 # --- API keys ----------------------------------------------------------------------------
