@@ -151,10 +151,14 @@ def withdraw_invitations(session: Session, email: str, now: datetime) -> list[Us
     an acceptance that committed first keeps its member, one that comes after finds its
     invitation gone. Returns the members withdrawn."""
     normalized = normalize_email(email)
+    # A member without `joined_at` but with a live key predates invitations (keys were
+    # handed out directly then) and may be in use: it keeps the address.
+    live_key = select(ApiKey.id).where(ApiKey.user_id == User.id, ApiKey.revoked_at.is_(None))
     pending = and_(
         or_(User.email == email, User.email_normalized == normalized),
         User.joined_at.is_(None),
         User.role != "owner",
+        ~live_key.exists(),
     )
     account_ids = sorted(set(session.scalars(select(User.account_id).where(pending))))
     if not account_ids:

@@ -154,11 +154,13 @@ def test_registering_an_invited_address_withdraws_the_pending_invitation(
     db_url: str, invited_as: str, registered_as: str
 ) -> None:
     """Anyone may invite any address: the invitation must not keep the mailbox's owner
-    from registering. The pending member goes, with its invitation and keys, in the
-    registration's transaction (compared by normalised email)."""
+    from registering. The pending member goes, with its invitation and a revoked key, in
+    the registration's transaction (compared by normalised email)."""
     invite = invited(db_url, invited_as)
-    with transaction(db_url) as session:  # a key made for the member before invitations
-        key_id = accounts.create_api_key(session, invite.account_id, invite.member_id, "old")[0].id
+    with transaction(db_url) as session:  # a key made and revoked before: it stays listed
+        key = accounts.create_api_key(session, invite.account_id, invite.member_id, "old")[0]
+        key.revoked_at = utcnow()
+        key_id = key.id
 
     with transaction(db_url) as session:
         result = register(session, registered_as)
@@ -198,6 +200,24 @@ def test_a_member_who_joined_keeps_the_address(db_url: str) -> None:
     assert members(db_url, invite.account_id) == ["inviter@example.com", "ed@example.com"]
     with transaction(db_url) as session:
         assert session.scalar(select(func.count()).select_from(Account)) == 1
+
+
+def test_a_member_from_before_invitations_with_a_live_key_keeps_the_address(
+    db_url: str,
+) -> None:
+    """Members made before invitations existed have no `joined_at` but were handed keys,
+    which may be in use: registering their address must not delete them (409)."""
+    invite = invited(db_url, "legacy@example.com")
+    with transaction(db_url) as session:
+        member = session.scalar(select(User).where(User.email == "legacy@example.com"))
+        assert member is not None
+        assert member.joined_at is None
+        accounts.create_api_key(session, invite.account_id, member.id, "integration")
+
+    with pytest.raises(EmailTaken), transaction(db_url) as session:
+        register(session, "legacy@example.com")
+
+    assert members(db_url, invite.account_id) == ["inviter@example.com", "legacy@example.com"]
 
 
 def test_a_registration_and_an_acceptance_at_once_leave_one_owner_of_the_address(
