@@ -76,10 +76,14 @@ def send_ending(ending: Ending) -> None:
 
 def jobs_in_broker() -> InBroker:
     """What waits in the AI queues, for the reconciler: on kombu's Redis transport the job
-    id of every message (all priority levels); on another broker, how many per queue."""
+    id of every message (all priority levels); otherwise how many per queue."""
     with celery.connection_for_read() as connection:
         channel = connection.default_channel
         if isinstance(channel, kombu_redis.Channel):
+            # Under a `global_keyprefix` kombu prefixes LLEN's key but not LRANGE's:
+            # there, counts (LLEN of every priority level; 0 for a queue never used).
+            if channel.global_keyprefix:
+                return InBroker(counts={queue: int(channel._size(queue)) for queue in JOB_QUEUES})
             return InBroker(job_ids=frozenset(_waiting_job_ids(channel)))
         counts = {
             queue: int(channel.queue_declare(queue=queue, passive=True).message_count)

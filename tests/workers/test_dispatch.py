@@ -15,10 +15,11 @@ from workers import dispatch
 from workers.publisher import TaskPublisher
 
 
-def _app(broker_url: str) -> Celery:
+def _app(broker_url: str, **transport_options: Any) -> Celery:
     app = Celery("dispatch-test")
     app.config_from_object("celeryconfig")
     app.conf.broker_url = broker_url
+    app.conf.broker_transport_options = transport_options
     return app
 
 
@@ -82,3 +83,22 @@ def test_another_broker_gives_counts_per_queue(monkeypatch: pytest.MonkeyPatch) 
 
     assert (before.job_ids, seen.job_ids) == (None, None)
     assert {q: seen.counts[q] - before.counts[q] for q in seen.counts} == {"text": 2, "image": 0}
+
+
+def test_prefixed_keys_give_counts(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kombu prefixes LLEN and LPUSH under `global_keyprefix` but not LRANGE: listing would
+    see empty queues and send every stale job again, so counts it is."""
+    url = redis_server.url.rsplit("/", 1)[0] + "/7"
+    redis.Redis.from_url(url).flushdb()
+    app = _app(url, global_keyprefix="tenant1:")
+    monkeypatch.setattr(dispatch, "celery", app)
+    app.send_task("tasks.clustering", args=["job_a"])
+    app.send_task("tasks.image_generation", args=["job_b"])
+
+    seen = dispatch.jobs_in_broker()
+
+    assert (seen.job_ids, dict(seen.counts)) == (None, {"text": 1, "image": 1})
+    assert redis.Redis.from_url(url).llen("tenant1:text") == 1
+    redis.Redis.from_url(url).flushdb()
