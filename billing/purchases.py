@@ -315,32 +315,11 @@ def apply_stripe_event(session: Session, event: dict[str, Any], now: datetime) -
         confirmation = confirm(session, purchase.id, "stripe", reference, now)
     except PurchaseNotPending:
         log.error("stripe says purchase %s was paid, but it is failed: refund it", purchase.id)
-        # On the account's record too, where an admin looks (the log line alone got lost).
-        record_event(
-            session,
-            purchase.account_id,
-            "payment_not_granted",
-            purchase_id=purchase.id,
-            payment_reference=reference,
-            amount=str(purchase.amount),
-            action="refund",
-        )
+        _not_granted(session, purchase, reference, "refund")
         return "not_pending"
     except DuplicateReference:
-        log.error(
-            "stripe payment %s already paid another purchase: %s not granted",
-            reference,
-            purchase.id,
-        )
-        record_event(
-            session,
-            purchase.account_id,
-            "payment_not_granted",
-            purchase_id=purchase.id,
-            payment_reference=reference,
-            amount=str(purchase.amount),
-            action="check",
-        )
+        log.error("stripe payment %s paid another purchase: %s not granted", reference, purchase.id)
+        _not_granted(session, purchase, reference, "check")
         return "duplicate_payment"
     if not confirmation.granted and confirmation.purchase.payment_reference != reference:
         log.warning(
@@ -348,6 +327,20 @@ def apply_stripe_event(session: Session, event: dict[str, Any], now: datetime) -
             purchase.id, confirmation.purchase.payment_reference, reference,
         )  # fmt: skip
     return "granted" if confirmation.granted else "already_paid"
+
+
+def _not_granted(session: Session, purchase: Purchase, reference: str, action: str) -> None:
+    """A payment Stripe took that grants nothing, on the account's record, where an admin
+    looks (a log line alone got lost)."""
+    record_event(
+        session,
+        purchase.account_id,
+        "payment_not_granted",
+        purchase_id=purchase.id,
+        payment_reference=reference,
+        amount=str(purchase.amount),
+        action=action,
+    )
 
 
 def event_for(checkout: dict[str, Any]) -> dict[str, Any]:
