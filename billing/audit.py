@@ -15,18 +15,19 @@ deduction is at most its hold and equals its usage log. Shapes: a deduction has 
 a grant adds credits (only an adjustment takes them back), a payment's or period's grant
 has its reference, a top-up is a paid purchase of those credits, no balance was ever < 0.
 
+Every check is SQL that returns only the rows breaking it (aggregates and joins run in
+the database), so the audit's memory does not grow with the number of accounts, jobs or
+transactions: `python -m ops audit` can run against production (bench/audit.py).
+
 Run by `python -m ops audit` / `make audit` and at the end of every end-to-end test.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
-
 from sqlalchemy import and_, func, or_, select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 
-from billing.ledger import REFERENCED_GRANTS
+from billing.audit_links import grants, money_links, purchases, usage_sources
 from models import (
     FINAL_JOB_STATUSES,
     FINAL_RUN_STATUSES,
@@ -36,231 +37,110 @@ from models import (
     CreditTransaction,
     CreditUsageLog,
     Job,
-    Purchase,
 )
 
 
 def audit(session: Session) -> list[str]:
     """Every violation, each named; an empty list means the ledger is sound."""
-    violations: list[str] = []
-    posted = _pairs(
-        session.execute(
-            select(CreditTransaction.account_id, func.sum(CreditTransaction.amount)).group_by(
-                CreditTransaction.account_id
-            )
-        ).all()
+    violations = _accounts(session)
+    violations += _balance_chain(session)
+    violations += _job_holds(session)
+    violations += usage_sources(session)
+    violations += _automation_runs(session)
+    violations += purchases(session)
+    violations += money_links(session)
+    violations += grants(session)
+    return violations
+
+
+def _accounts(session: Session) -> list[str]:
+    """Each account's balance is the sum of its transactions, its reserved credits the
+    sum of its open holds and its runs' pools, within 0..credits."""
+    txn, hold, run = CreditTransaction, CreditReservation, AutomationRun
+    posted = (
+        select(txn.account_id, func.sum(txn.amount).label("total"))
+        .group_by(txn.account_id)
+        .subquery()
     )
-    held = _pairs(
-        session.execute(
-            select(CreditReservation.account_id, func.sum(CreditReservation.amount))
-            .where(CreditReservation.status == "held")
-            .group_by(CreditReservation.account_id)
-        ).all()
+    held = (
+        select(hold.account_id, func.sum(hold.amount).label("total"))
+        .where(hold.status == "held")
+        .group_by(hold.account_id)
+        .subquery()
     )
-    for account_id, pooled in session.execute(
-        select(AutomationRun.account_id, func.sum(AutomationRun.held_credits)).group_by(
-            AutomationRun.account_id
+    pooled = (
+        select(run.account_id, func.sum(run.held_credits).label("total"))
+        .group_by(run.account_id)
+        .subquery()
+    )
+    open_total = func.coalesce(held.c.total, 0) + func.coalesce(pooled.c.total, 0)
+    rows = session.execute(
+        select(
+            Account.id,
+            Account.credits,
+            Account.reserved_credits,
+            posted.c.total,
+            held.c.total,
+            pooled.c.total,
         )
-    ):
-        held[account_id] = (held.get(account_id) or 0) + int(pooled or 0)
-    for account_id, credits, reserved in session.execute(
-        select(Account.id, Account.credits, Account.reserved_credits)
-    ):
-        if credits != (posted.get(account_id) or 0):
-            violations.append(
-                f"account {account_id}: credits {credits} != sum of transactions "
-                f"{posted.get(account_id) or 0}"
+        .outerjoin(posted, posted.c.account_id == Account.id)
+        .outerjoin(held, held.c.account_id == Account.id)
+        .outerjoin(pooled, pooled.c.account_id == Account.id)
+        .where(
+            or_(
+                Account.credits != func.coalesce(posted.c.total, 0),
+                Account.reserved_credits != open_total,
+                Account.reserved_credits < 0,
+                Account.reserved_credits > Account.credits,
             )
-        if reserved != (held.get(account_id) or 0):
+        )
+        .order_by(Account.id)
+    )
+    violations = []
+    for account_id, credits, reserved, posted_sum, held_sum, pooled_sum in rows:
+        total = posted_sum or 0
+        in_holds = (held_sum or 0) + int(pooled_sum or 0)
+        if credits != total:
             violations.append(
-                f"account {account_id}: reserved_credits {reserved} != sum of open holds "
-                f"{held.get(account_id) or 0}"
+                f"account {account_id}: credits {credits} != sum of transactions {total}"
+            )
+        if reserved != in_holds:
+            violations.append(
+                f"account {account_id}: reserved_credits {reserved} != sum of open holds {in_holds}"
             )
         if not 0 <= reserved <= credits:
             violations.append(
                 f"account {account_id}: reserved_credits {reserved} outside 0..credits {credits}"
             )
-    violations += _balance_chain(session)
-    violations += _job_holds(session)
-    violations += _usage_sources(session)
-    violations += _automation_runs(session)
-    violations += _purchases(session)
-    violations += _money_links(session)
-    violations += _grants(session)
     return violations
-
-
-def _money_links(session: Session) -> list[str]:
-    """A job's money stays with it: its hold, deduction and usage log are on the job's
-    account; the deduction is at most the hold, and the usage log says what it took.
-    SQL returns only the rows that break this."""
-    deduction = aliased(CreditTransaction)
-    rows = session.execute(
-        select(
-            Job.id,
-            Job.account_id,
-            CreditReservation.account_id,
-            CreditReservation.amount,
-            deduction.account_id,
-            deduction.amount,
-            CreditUsageLog.account_id,
-            CreditUsageLog.credits,
-        )
-        .join(CreditReservation, CreditReservation.job_id == Job.id)
-        .outerjoin(deduction, and_(deduction.job_id == Job.id, deduction.type == "deduction"))
-        .outerjoin(CreditUsageLog, CreditUsageLog.job_id == Job.id)
-        .where(
-            or_(
-                CreditReservation.account_id != Job.account_id,
-                deduction.account_id != Job.account_id,
-                CreditUsageLog.account_id != Job.account_id,
-                deduction.amount > 0,
-                -deduction.amount > CreditReservation.amount,
-                CreditUsageLog.credits != -deduction.amount,
-            )
-        )
-    )
-    violations = []
-    for job_id, account, hold_account, hold, paid_by, amount, logged_for, logged in rows:
-        if {hold_account, paid_by or account, logged_for or account} != {account}:
-            violations.append(
-                f"job {job_id} of account {account}: hold on {hold_account}, deduction on "
-                f"{paid_by}, usage log on {logged_for}"
-            )
-        if amount is not None and (amount > 0 or -amount > hold):
-            violations.append(f"job {job_id}: deduction {amount} against a hold of {hold}")
-        if amount is not None and logged is not None and logged != -amount:
-            violations.append(f"job {job_id}: usage log of {logged} credits, deduction {amount}")
-    return violations
-
-
-def _grants(session: Session) -> list[str]:
-    """Every transaction has its kind's shape: a deduction belongs to a job, a grant adds
-    credits (only an adjustment may take them back), a payment's or a period's grant has
-    its reference, a top-up is a paid purchase of the account for those credits, and no
-    balance was ever below 0."""
-    paid = aliased(Purchase)
-    rows = session.execute(
-        select(
-            CreditTransaction.id,
-            CreditTransaction.type,
-            CreditTransaction.amount,
-            CreditTransaction.balance_after,
-            CreditTransaction.job_id,
-            CreditTransaction.reference,
-            paid.id,
-        )
-        .outerjoin(
-            paid,
-            and_(
-                paid.id == CreditTransaction.reference,
-                paid.account_id == CreditTransaction.account_id,
-                paid.status == "paid",
-                paid.credits == CreditTransaction.amount,
-            ),
-        )
-        .where(
-            or_(
-                CreditTransaction.balance_after < 0,
-                and_(CreditTransaction.type == "deduction", CreditTransaction.job_id.is_(None)),
-                and_(
-                    CreditTransaction.type.not_in(("deduction", "adjustment")),
-                    CreditTransaction.amount <= 0,
-                ),
-                and_(
-                    CreditTransaction.type.in_(REFERENCED_GRANTS),
-                    CreditTransaction.reference.is_(None),
-                ),
-                and_(CreditTransaction.type == "topup", paid.id.is_(None)),
-            )
-        )
-    )
-    violations = []
-    for txn_id, type_, amount, balance_after, job_id, reference, purchase in rows:
-        if balance_after < 0:
-            violations.append(f"transaction {txn_id}: balance after it {balance_after} < 0")
-        if type_ == "deduction" and job_id is None:
-            violations.append(f"transaction {txn_id}: a deduction without a job")
-        if type_ not in ("deduction", "adjustment") and amount <= 0:
-            violations.append(f"transaction {txn_id}: {type_} of {amount} credits")
-        if type_ in REFERENCED_GRANTS and reference is None:
-            violations.append(f"transaction {txn_id}: {type_} without its reference")
-        elif type_ == "topup" and purchase is None:
-            violations.append(
-                f"transaction {txn_id}: top-up of {amount} with no paid purchase of those "
-                f"credits for it ({reference})"
-            )
-    return violations
-
-
-def _purchases(session: Session) -> list[str]:
-    """A paid purchase has exactly its grant (its credits, its account); any other has
-    none, and no grant names it."""
-    violations = []
-    granted = _pairs(
-        session.execute(
-            select(CreditTransaction.reference, func.count())
-            .join(Purchase, Purchase.id == CreditTransaction.reference)
-            .group_by(CreditTransaction.reference)
-        ).all()
-    )
-    rows = session.execute(
-        select(
-            Purchase.id,
-            Purchase.status,
-            Purchase.account_id,
-            Purchase.credits,
-            CreditTransaction.account_id,
-            CreditTransaction.amount,
-        ).outerjoin(CreditTransaction, CreditTransaction.id == Purchase.transaction_id)
-    )
-    for purchase_id, status, account_id, credits, txn_account, txn_amount in rows:
-        if status == "paid" and (txn_account, txn_amount) != (account_id, credits):
-            violations.append(
-                f"purchase {purchase_id}: paid, but its grant is {txn_amount} credits to "
-                f"{txn_account} (want {credits} to {account_id})"
-            )
-        if status != "paid" and (txn_amount is not None or granted.get(purchase_id)):
-            violations.append(f"purchase {purchase_id}: {status}, but credits were granted")
-        if granted.get(purchase_id, 0) > 1:
-            violations.append(f"purchase {purchase_id}: granted {granted[purchase_id]} times")
-    return violations
-
-
-def _usage_sources(session: Session) -> list[str]:
-    """Each usage log carries its job's automation run (usage splits spending by it)."""
-    rows = session.execute(
-        select(CreditUsageLog.job_id, CreditUsageLog.automation_id, Job.automation_id)
-        .join(Job, Job.id == CreditUsageLog.job_id)
-        .where(CreditUsageLog.automation_id.is_distinct_from(Job.automation_id))
-    )
-    return [
-        f"job {job_id}: usage log automation {logged!r} != the job's {actual!r}"
-        for job_id, logged, actual in rows
-    ]
 
 
 def _automation_runs(session: Session) -> list[str]:
     """A run's hold is fully accounted for, and its jobs spend only from it."""
-    violations = []
-    carved = _pairs(
-        session.execute(
-            select(CreditReservation.automation_id, func.sum(CreditReservation.amount))
-            .where(CreditReservation.automation_id.is_not(None))
-            .group_by(CreditReservation.automation_id)
-        ).all()
+    hold = CreditReservation
+    carved = (
+        select(hold.automation_id, func.sum(hold.amount).label("total"))
+        .where(hold.automation_id.is_not(None))
+        .group_by(hold.automation_id)
+        .subquery()
     )
+    run = AutomationRun
     runs = session.execute(
-        select(
-            AutomationRun.id,
-            AutomationRun.status,
-            AutomationRun.reserved_credits,
-            AutomationRun.held_credits,
-            AutomationRun.released_credits,
+        select(run.id, run.status, run.reserved_credits, run.held_credits,
+               run.released_credits, carved.c.total)
+        .outerjoin(carved, carved.c.automation_id == run.id)
+        .where(
+            or_(
+                run.reserved_credits
+                != run.held_credits + run.released_credits + func.coalesce(carved.c.total, 0),
+                and_(run.status.in_(FINAL_RUN_STATUSES), run.held_credits != 0),
+            )
         )
-    )
-    for run_id, status, reserved, pooled, released in runs:
-        in_jobs = carved.get(run_id) or 0
+        .order_by(run.id)
+    )  # fmt: skip
+    violations = []
+    for run_id, status, reserved, pooled, released, carved_total in runs:
+        in_jobs = carved_total or 0
         if reserved != pooled + released + in_jobs:
             violations.append(
                 f"automation {run_id}: hold {reserved} != pooled {pooled} + released "
@@ -269,17 +149,17 @@ def _automation_runs(session: Session) -> list[str]:
         if status in FINAL_RUN_STATUSES and pooled:
             violations.append(f"automation {run_id}: {status} but still pools {pooled}")
     strays = session.execute(
-        select(Job.id, Job.automation_id, CreditReservation.automation_id)
-        .join(CreditReservation, CreditReservation.job_id == Job.id)
-        .join(AutomationRun, AutomationRun.id == Job.automation_id, isouter=True)
+        select(Job.id, Job.automation_id, hold.automation_id)
+        .join(hold, hold.job_id == Job.id)
+        .join(run, run.id == Job.automation_id, isouter=True)
         .where(
-            (AutomationRun.id.is_not(None) | CreditReservation.automation_id.is_not(None)),
-            CreditReservation.automation_id.is_distinct_from(Job.automation_id),
+            (run.id.is_not(None) | hold.automation_id.is_not(None)),
+            hold.automation_id.is_distinct_from(Job.automation_id),
         )
     )
     violations += [
-        f"job {job_id}: of automation {run!r} but its hold was carved from {source!r}"
-        for job_id, run, source in strays
+        f"job {job_id}: of automation {run_!r} but its hold was carved from {source!r}"
+        for job_id, run_, source in strays
     ]
     return violations
 
@@ -308,57 +188,67 @@ def _balance_chain(session: Session) -> list[str]:
 
 
 def _job_holds(session: Session) -> list[str]:
-    violations = []
-    deductions = _pairs(
-        session.execute(
-            select(CreditTransaction.job_id, func.count())
-            .where(CreditTransaction.type == "deduction")
-            .group_by(CreditTransaction.job_id)
-        ).all()
+    """A job's hold is open exactly while it runs; a settled hold has one deduction and
+    one usage log equal to the charge, any other hold neither. The counts and sums per
+    job are joined in SQL, and only the jobs that break a rule come back."""
+    txn, hold = CreditTransaction, CreditReservation
+    deducted = (
+        select(txn.job_id, func.count().label("n"), func.sum(txn.amount).label("total"))
+        .where(txn.type == "deduction", txn.job_id.is_not(None))
+        .group_by(txn.job_id)
+        .subquery()
     )
-    deducted = _pairs(
-        session.execute(
-            select(CreditTransaction.job_id, func.sum(CreditTransaction.amount))
-            .where(CreditTransaction.type == "deduction")
-            .group_by(CreditTransaction.job_id)
-        ).all()
+    logged = (
+        select(CreditUsageLog.job_id, func.count().label("n"))
+        .group_by(CreditUsageLog.job_id)
+        .subquery()
     )
-    logs = _pairs(
-        session.execute(
-            select(CreditUsageLog.job_id, func.count()).group_by(CreditUsageLog.job_id)
-        ).all()
-    )
+    deductions, logs = func.coalesce(deducted.c.n, 0), func.coalesce(logged.c.n, 0)
+    final = Job.status.in_(FINAL_JOB_STATUSES)
+    settled = hold.status == "settled"
     rows = session.execute(
-        select(Job.id, Job.status, Job.credits_charged, CreditReservation.status).outerjoin(
-            CreditReservation, CreditReservation.job_id == Job.id
+        select(Job.id, Job.status, Job.credits_charged, hold.status, deducted.c.n,
+               deducted.c.total, logged.c.n)
+        .outerjoin(hold, hold.job_id == Job.id)
+        .outerjoin(deducted, deducted.c.job_id == Job.id)
+        .outerjoin(logged, logged.c.job_id == Job.id)
+        .where(
+            or_(
+                hold.id.is_(None),
+                and_(final, hold.status == "held"),
+                and_(~final, hold.status != "held"),
+                and_(Job.status == "succeeded", hold.status.not_in(("settled", "held"))),
+                and_(settled, or_(deductions != 1, logs != 1,
+                                  -func.coalesce(deducted.c.total, 0) != Job.credits_charged)),
+                and_(~settled, or_(deductions != 0, logs != 0, Job.credits_charged != 0)),
+            )
         )
-    )
-    for job_id, status, charged, hold_status in rows:
+        .order_by(Job.id)
+    )  # fmt: skip
+    violations = []
+    for job_id, status, charged, hold_status, n_deductions, total, n_logs in rows:
         if hold_status is None:
             violations.append(f"job {job_id}: has no credit hold")
             continue
-        final = status in FINAL_JOB_STATUSES
-        if final and hold_status == "held":
+        is_final = status in FINAL_JOB_STATUSES
+        if is_final and hold_status == "held":
             violations.append(f"job {job_id}: {status} but its hold is still open")
-        if not final and hold_status != "held":
+        if not is_final and hold_status != "held":
             violations.append(f"job {job_id}: {status} but its hold is {hold_status}")
         # Usage is billed whatever the outcome: a failed or cancelled job may have a
         # settled hold too (its usage, capped at the hold), but a success always has.
         if status == "succeeded" and hold_status not in ("settled", "held"):
             violations.append(f"job {job_id}: status {status} with hold {hold_status}")
-        settled = hold_status == "settled"
-        if settled and (deductions.get(job_id, 0) != 1 or logs.get(job_id, 0) != 1):
+        is_settled = hold_status == "settled"
+        n_deductions, n_logs = n_deductions or 0, n_logs or 0
+        if is_settled and (n_deductions != 1 or n_logs != 1):
             violations.append(
-                f"job {job_id}: settled with {deductions.get(job_id, 0)} deductions and "
-                f"{logs.get(job_id, 0)} usage logs (want 1 and 1)"
+                f"job {job_id}: settled with {n_deductions} deductions and {n_logs} usage "
+                "logs (want 1 and 1)"
             )
-        if not settled and (deductions.get(job_id) or logs.get(job_id) or charged):
+        if not is_settled and (n_deductions or n_logs or charged):
             violations.append(f"job {job_id}: charged although its hold is {hold_status}")
-        deduction = -(deducted.get(job_id) or 0)
-        if settled and deduction != charged:
+        deduction = -(total or 0)
+        if is_settled and deduction != charged:
             violations.append(f"job {job_id}: credits_charged {charged} != deduction {deduction}")
     return violations
-
-
-def _pairs(rows: Iterable[Any]) -> dict[str, int]:
-    return {key: value for key, value in rows}

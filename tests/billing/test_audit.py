@@ -152,6 +152,37 @@ def test_a_settled_job_without_its_usage_log(db_url: str, books: Ledger) -> None
     ]
 
 
+def test_a_settled_job_whose_deduction_is_gone(db_url: str, books: Ledger) -> None:
+    """No deduction row: the job's count and sum are NULL in the audit's join, read as 0
+    (and the missing deduction as 0, not -0)."""
+    violations = broken(
+        db_url,
+        "DELETE FROM credit_transactions WHERE job_id = :j AND type = 'deduction'",
+        j=books.settled,
+    )
+    assert f"job {books.settled}: settled with 0 deductions and 1 usage logs (want 1 and 1)" in (
+        violations
+    )
+    assert f"job {books.settled}: credits_charged 2 != deduction 0" in violations
+    assert f"account {books.account}: credits 998 != sum of transactions 1000" in violations
+
+
+def test_an_account_without_any_transaction_or_hold(db_url: str, books: Ledger) -> None:
+    """No transaction, hold or run: every per-account sum is NULL, read as 0."""
+    with transaction(db_url) as session:
+        empty = make_account(session, credits=0).id
+    assert broken(db_url) == []
+    violations = broken(
+        db_url,
+        "UPDATE accounts SET credits = 5, reserved_credits = 2 WHERE id = :a",
+        a=empty,
+    )
+    assert violations == [
+        f"account {empty}: credits 5 != sum of transactions 0",
+        f"account {empty}: reserved_credits 2 != sum of open holds 0",
+    ]
+
+
 def test_a_usage_log_moved_to_another_job(db_url: str, books: Ledger) -> None:
     violations = broken(
         db_url,
