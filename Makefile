@@ -55,6 +55,7 @@ bench: $(STAMP) ## the benchmarks (bench/README.md); BENCH_ARGS=--quick for a sm
 	$(BIN)/python -m bench.inflight --mode hold $(BENCH_ARGS)
 	$(BIN)/python -m bench.admission $(BENCH_ARGS)
 	$(BIN)/python -m bench.admission_cpu $(BENCH_ARGS)
+	$(BIN)/python -m bench.audit $(BENCH_ARGS)
 
 clean: ## remove caches, build output and var/ (the dev database); keeps .venv
 	rm -rf var build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache .hypothesis

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -306,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child:
         return child(args.child)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the server on kill too
     print(
         f"sizes: {args.small:,} and {args.large:,} jobs, {args.per_account} per account; "
         f"load average {os.getloadavg()[0]:.2f}",

@@ -129,3 +129,14 @@ def test_admission_cpu_bench_prints_the_ratio_and_the_stages_on_both_backends() 
     for stage in ("billing.accounts.authenticate", "billing.ledger.reserve", "api.jobs._enqueue"):
         assert len(re.findall(rf"^{re.escape(stage)}\s+[\d.]+$", out, re.M)) == 2, out
     assert re.search(r"^SQL x1: INSERT INTO jobs", out, re.M), out
+
+
+def test_audit_bench_prints_time_and_rss_at_both_sizes_on_both_backends() -> None:
+    out = run_bench("bench.audit")
+    for db in ("sqlite", "postgresql"):
+        rows = re.findall(
+            rf"^{db}\s+([\d,]+)\s+[\d,]+\s+[\d.]+\s+[\d.]+\s+[\d.]+\s.*\s(\d+)$", out, re.M
+        )
+        assert rows == [("2,000", "0"), ("8,000", "0")], out
+        assert re.search(rf"^{db}: large/small: jobs 4\.0x, audit time [\d.]+x", out, re.M), out
+    assert "VIOLATION" not in out
