@@ -73,6 +73,10 @@ PROVIDER_RETRIES = Counter("aijobs_provider_retries_total", "Provider call retri
 WEBHOOK_DELIVERIES = Counter(
     "aijobs_webhook_deliveries_total", "Webhook attempts by outcome", ["outcome"]
 )
+WEBHOOK_DEFERRALS = Counter(
+    "aijobs_webhook_deferrals_total",
+    "Webhook attempts put back, unsent, because their endpoint had no free slot",
+)
 RATE_LIMITED = Counter("aijobs_rate_limited_total", "Requests refused with 429", ["endpoint"])
 HTTP_RESPONSES = Counter(
     "aijobs_http_responses_total", "API responses", ["method", "endpoint", "status"]

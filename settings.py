@@ -157,6 +157,11 @@ class Settings:
     webhook_timeout_seconds: float = field(
         default_factory=lambda: float(os.environ.get("WEBHOOK_TIMEOUT_SECONDS") or 15)
     )
+    # Attempts to one endpoint (scheme, host, port) in flight at once across every worker;
+    # more wait their turn (workers/webhook_slots.py). 0: no cap.
+    webhook_max_per_endpoint: int = field(
+        default_factory=lambda: _env_int("WEBHOOK_MAX_PER_ENDPOINT", 4)
+    )
     # After a secret rotation, the previous secret keeps signing for this long.
     webhook_secret_grace_seconds: int = field(
         default_factory=lambda: _env_int("WEBHOOK_SECRET_GRACE_SECONDS", 24 * 3600)

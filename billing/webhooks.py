@@ -278,11 +278,7 @@ def claim_attempt(
     Each claim's lease end is later than the one it replaced (it is only taken once that
     one is past), so `Outgoing.claim` tells this claim from every other."""
     lease_end = now + lease
-    due = and_(
-        WebhookDelivery.id == delivery_id,
-        WebhookDelivery.status == "pending",
-        WebhookDelivery.next_attempt_at <= now + DUE_SLACK,
-    )
+    due = _due(delivery_id, now)
     lapsed = session.execute(
         update(WebhookDelivery)
         .where(due, WebhookDelivery.claimed_until < now)
@@ -320,6 +316,40 @@ def claim_attempt(
         account_id=account.id,
         claim=lease_end,
         job_id=delivery.job_id,
+    )
+
+
+def _due(delivery_id: str, now: datetime) -> ColumnElement[bool]:
+    return and_(
+        WebhookDelivery.id == delivery_id,
+        WebhookDelivery.status == "pending",
+        WebhookDelivery.next_attempt_at <= now + DUE_SLACK,
+    )
+
+
+def _unheld(now: datetime) -> ColumnElement[bool]:
+    return or_(WebhookDelivery.claimed_until.is_(None), WebhookDelivery.claimed_until < now)
+
+
+def claimable_url(session: Session, delivery_id: str, now: datetime) -> str | None:
+    """The URL of a delivery that `claim_attempt` could take now (due, pending, held by
+    no live claim), else None. Read without claiming, so the sender can first take a
+    slot at the URL's endpoint and claim only once it has one."""
+    return session.scalar(select(WebhookDelivery.url).where(_due(delivery_id, now), _unheld(now)))
+
+
+def defer_attempt(session: Session, delivery_id: str, now: datetime, delay: float) -> bool:
+    """Push a claimable delivery's next attempt `delay` seconds on, without using an
+    attempt or touching its claim: its endpoint had no free slot. Its `next_attempt_at`
+    then says when it will be tried, and the requeue does not resend it meanwhile (its
+    message is in the broker with that countdown). False if it is no longer claimable."""
+    return bool(
+        session.execute(
+            update(WebhookDelivery)
+            .where(_due(delivery_id, now), _unheld(now))
+            .values(next_attempt_at=now + timedelta(seconds=delay))
+            .execution_options(synchronize_session=False)
+        ).rowcount  # type: ignore[attr-defined]
     )
 
 
@@ -461,7 +491,7 @@ def overdue_delivery_ids(
             .where(
                 WebhookDelivery.status == "pending",
                 WebhookDelivery.next_attempt_at <= now - grace,
-                or_(WebhookDelivery.claimed_until.is_(None), WebhookDelivery.claimed_until < now),
+                _unheld(now),
             )
             .order_by(WebhookDelivery.claimed_until.is_not(None), WebhookDelivery.next_attempt_at)
             .limit(limit)

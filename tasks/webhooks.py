@@ -14,6 +14,7 @@ from models.db import transaction
 from settings import get_settings
 from workers.celery_app import celery
 from workers.dispatch import DELIVER_WEBHOOK, enqueue_webhooks
+from workers.webhook_slots import defer_seconds, endpoint_slot
 from workers.webhooks import send
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,34 @@ log = logging.getLogger(__name__)
 def deliver(delivery_id: str) -> str:
     """One attempt of one delivery; a duplicate or early message finds no claim and
     does nothing, so at most one attempt runs at a time per delivery. The time limits
-    above do nothing on the threads pool: the send's own deadline bounds an attempt."""
+    above do nothing on the threads pool: the send's own deadline bounds an attempt.
+
+    The attempt first takes a slot at its endpoint (WEBHOOK_MAX_PER_ENDPOINT) and only
+    then its claim; with the endpoint full it is put back unsent and unclaimed."""
+    settings = get_settings()
+    with transaction() as session:
+        url = webhooks.claimable_url(session, delivery_id, utcnow())
+    if url is None:
+        return "skipped"
+    with endpoint_slot(url, settings) as admitted:
+        if not admitted:
+            return _defer(delivery_id)
+        return _attempt(delivery_id)
+
+
+def _defer(delivery_id: str) -> str:
+    delay = defer_seconds()
+    with transaction() as session:
+        deferred = webhooks.defer_attempt(session, delivery_id, utcnow(), delay)
+    if not deferred:
+        return "skipped"
+    metrics.WEBHOOK_DEFERRALS.inc()
+    log.info("webhook %s: its endpoint is busy, try again in %.1fs", delivery_id, delay)
+    enqueue_webhooks([delivery_id], countdown=delay)
+    return "deferred"
+
+
+def _attempt(delivery_id: str) -> str:
     settings = get_settings()
     deadline = settings.webhook_timeout_seconds
     with transaction() as session:

@@ -4,12 +4,14 @@ attempt's deadline, redelivery."""
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import select
 
 from billing import accounts, webhooks
@@ -22,6 +24,7 @@ from models import Account, Job, WebhookAttempt, WebhookDelivery, as_utc, utcnow
 from models.db import transaction
 from tasks.webhooks import deliver
 from tests.webhook_receiver import Receiver, Reply
+from workers import webhook_slots
 
 KEYWORDS = {"keywords": ["red shoes", "red boots"]}
 DEV_URLS = UrlPolicy(allow_private=True)
@@ -558,3 +561,91 @@ def test_a_second_rotation_ends_the_first_ones_grace(env: dict[str, str]) -> Non
             third,
             second,
         ]
+
+
+# --- the per-endpoint cap (workers/webhook_slots.py) ---------------------------------
+
+
+def deferrals() -> float:
+    return REGISTRY.get_sample_value("aijobs_webhook_deferrals_total") or 0.0
+
+
+def test_a_delivery_to_a_full_endpoint_is_put_back_unsent_unclaimed_and_sent_later(
+    queued: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WEBHOOK_MAX_PER_ENDPOINT", "1")
+    with Receiver() as receiver:
+        _, delivery_id = cancelled_job(new_account(), receiver.url)
+        assert delivery_id is not None
+        busy = webhook_slots.take(receiver.url, cap=1, lease=30)  # another attempt's slot
+        assert busy is not None
+        counted, before = deferrals(), utcnow()
+
+        assert deliver.run(delivery_id) == "deferred"
+
+        assert receiver.connections == 0
+        row, attempts = delivery(delivery_id)
+        assert (row.status, row.attempts, row.claimed_until, attempts) == ("pending", 0, None, [])
+        ((ids, countdown),) = queued
+        assert ids == [delivery_id]
+        assert 2 <= countdown <= 5
+        assert row.next_attempt_at is not None
+        wait = as_utc(row.next_attempt_at) - before
+        assert timedelta(seconds=2) <= wait <= timedelta(seconds=5) + SECOND
+        assert deferrals() == counted + 1
+        with transaction() as session:  # its message is in the broker: no requeue
+            assert delivery_id not in webhooks.overdue_delivery_ids(session, utcnow(), GRACE * 0)
+
+        webhook_slots.release(busy)
+        assert deliver.run(delivery_id) == "done"  # the deferred message, come back
+
+    (request,) = receiver.requests
+    assert request.headers["webhook-id"] == delivery_id
+    row, attempts = delivery(delivery_id)
+    assert (row.status, row.attempts) == ("succeeded", 1)
+    assert [a.status_code for a in attempts] == [200]
+    assert webhook_slots.take(receiver.url, cap=1, lease=30) is not None  # given back
+
+
+def test_an_attempt_holds_its_endpoints_slot_until_it_is_recorded(
+    queued: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a slow attempt is in flight, the next delivery to the same endpoint waits and
+    one to another endpoint goes ahead."""
+    monkeypatch.setenv("WEBHOOK_MAX_PER_ENDPOINT", "1")
+    account_id = new_account()
+    with Receiver(Reply(200, delay=1.0)) as slow, Receiver() as fast:
+        (_, first), (_, second) = (cancelled_job(account_id, slow.url) for _ in range(2))
+        _, other = cancelled_job(account_id, fast.url)
+        assert first is not None
+        assert second is not None
+        assert other is not None
+        results: list[str] = []
+        running = threading.Thread(target=lambda: results.append(deliver.run(first)))
+        running.start()
+        slow.wait_for(1)
+
+        assert deliver.run(second) == "deferred"
+        assert deliver.run(other) == "done"
+        running.join()
+
+        assert results == ["done"]
+        assert deliver.run(second) == "done"
+
+    assert [delivery(d)[0].status for d in (first, second, other)] == ["succeeded"] * 3
+    assert len(slow.requests) == 2
+    assert len(fast.requests) == 1
+
+
+def test_without_redis_deliveries_go_ahead_uncapped(
+    queued: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WEBHOOK_MAX_PER_ENDPOINT", "1")
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
+    with Receiver() as receiver:
+        _, delivery_id = cancelled_job(new_account(), receiver.url)
+        assert delivery_id is not None
+
+        assert deliver.run(delivery_id) == "done"
+
+    assert len(receiver.requests) == 1
