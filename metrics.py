@@ -75,7 +75,7 @@ WEBHOOK_DELIVERIES = Counter(
 )
 WEBHOOK_DEFERRALS = Counter(
     "aijobs_webhook_deferrals_total",
-    "Webhook attempts put back, unsent, because their endpoint had no free slot",
+    "Webhook deliveries parked, unsent, because their endpoint had no free slot",
 )
 RATE_LIMITED = Counter("aijobs_rate_limited_total", "Requests refused with 429", ["endpoint"])
 HTTP_RESPONSES = Counter(

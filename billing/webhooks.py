@@ -340,14 +340,32 @@ def claimable_url(session: Session, delivery_id: str, now: datetime) -> str | No
 
 def defer_attempt(session: Session, delivery_id: str, now: datetime, delay: float) -> bool:
     """Push a claimable delivery's next attempt `delay` seconds on, without using an
-    attempt or touching its claim: its endpoint had no free slot. Its `next_attempt_at`
-    then says when it will be tried, and the requeue does not resend it meanwhile (its
-    message is in the broker with that countdown). False if it is no longer claimable."""
+    attempt or touching its claim: its endpoint had no free slot and it waits, parked,
+    for one (`wake`); the requeue leaves it alone meanwhile. False if it is no longer
+    claimable."""
     return bool(
         session.execute(
             update(WebhookDelivery)
             .where(_due(delivery_id, now), _unheld(now))
             .values(next_attempt_at=now + timedelta(seconds=delay))
+            .execution_options(synchronize_session=False)
+        ).rowcount  # type: ignore[attr-defined]
+    )
+
+
+def wake(session: Session, delivery_id: str, now: datetime) -> bool:
+    """A parked delivery is due now (a slot at its endpoint is free). False if it is no
+    longer waiting (sent, ended, or claimed by a duplicate message meanwhile)."""
+    return bool(
+        session.execute(
+            update(WebhookDelivery)
+            .where(
+                WebhookDelivery.id == delivery_id,
+                WebhookDelivery.status == "pending",
+                WebhookDelivery.next_attempt_at > now,
+                _unheld(now),
+            )
+            .values(next_attempt_at=now)
             .execution_options(synchronize_session=False)
         ).rowcount  # type: ignore[attr-defined]
     )

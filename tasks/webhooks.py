@@ -12,9 +12,10 @@ from billing import webhooks
 from models import utcnow
 from models.db import transaction
 from settings import get_settings
+from workers import webhook_slots
 from workers.celery_app import celery
 from workers.dispatch import DELIVER_WEBHOOK, enqueue_webhooks
-from workers.webhook_slots import defer_seconds, endpoint_slot
+from workers.webhook_slots import PARK_SECONDS
 from workers.webhooks import send
 
 log = logging.getLogger(__name__)
@@ -34,28 +35,45 @@ def deliver(delivery_id: str) -> str:
     above do nothing on the threads pool: the send's own deadline bounds an attempt.
 
     The attempt first takes a slot at its endpoint (WEBHOOK_MAX_PER_ENDPOINT) and only
-    then its claim; with the endpoint full it is put back unsent and unclaimed."""
+    then its claim; with the endpoint full it is parked, unsent and unclaimed, until an
+    attempt there gives a slot back (workers/webhook_slots.py)."""
     settings = get_settings()
     with transaction() as session:
         url = webhooks.claimable_url(session, delivery_id, utcnow())
     if url is None:
         return "skipped"
-    with endpoint_slot(url, settings) as admitted:
-        if not admitted:
-            return _defer(delivery_id)
+    slot = webhook_slots.take_for(url, settings)
+    if slot is None:
+        # Not due until woken (or, its wake-up lost, until the requeue finds it), then
+        # parked and slot asked for again in one step: a slot freed meanwhile finds it.
+        with transaction() as session:
+            if not webhooks.defer_attempt(session, delivery_id, utcnow(), PARK_SECONDS):
+                return "skipped"
+        slot = webhook_slots.take_for(url, settings, park=delivery_id)
+        if slot is None:
+            metrics.WEBHOOK_DEFERRALS.inc()
+            log.info("webhook %s: its endpoint is busy, parked", delivery_id)
+            return "deferred"
+        _wake(delivery_id, send_now=False)
+    try:
         return _attempt(delivery_id)
+    finally:
+        give_back(slot)
 
 
-def _defer(delivery_id: str) -> str:
-    delay = defer_seconds()
+def give_back(slot: webhook_slots.Slot) -> None:
+    """The slot back to its endpoint, and the delivery parked longest there sent."""
+    parked = webhook_slots.release(slot)
+    if parked is not None:
+        _wake(parked)
+
+
+def _wake(delivery_id: str, *, send_now: bool = True) -> None:
+    """A parked delivery is due again; sent unless the caller sends it itself."""
     with transaction() as session:
-        deferred = webhooks.defer_attempt(session, delivery_id, utcnow(), delay)
-    if not deferred:
-        return "skipped"
-    metrics.WEBHOOK_DEFERRALS.inc()
-    log.info("webhook %s: its endpoint is busy, try again in %.1fs", delivery_id, delay)
-    enqueue_webhooks([delivery_id], countdown=delay)
-    return "deferred"
+        woken = webhooks.wake(session, delivery_id, utcnow())
+    if woken and send_now:
+        enqueue_webhooks([delivery_id])
 
 
 def _attempt(delivery_id: str) -> str:

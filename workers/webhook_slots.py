@@ -3,8 +3,14 @@
 At most WEBHOOK_MAX_PER_ENDPOINT attempts to one endpoint (scheme, host and port of the
 URL) run at once. Without it, one tenant whose receiver hangs for the whole deadline and
 who has thousands of events would hold every webhook thread, and every other tenant's
-events would wait behind it. With it, that tenant's extra attempts are put back with a
-short countdown (`DEFER_SECONDS`) and the threads go on to other endpoints.
+events would wait behind it. With it, that tenant's extra attempts wait, parked, in the
+endpoint's Redis list, and the threads go on to other endpoints. A finished attempt
+gives its slot back and takes the endpoint's oldest parked delivery off the list in one
+step, for the caller to send: the endpoint's backlog moves one delivery per freed slot,
+with no polling (a countdown per parked delivery would put thousands of messages a
+second through the broker). Taking a slot and parking are one step too, so a slot freed
+meanwhile always finds the delivery on the list. A delivery whose wake-up is lost (Redis
+restarted empty) is sent by the periodic requeue after `PARK_SECONDS`.
 
 The slots of an endpoint are a Redis sorted set of lease tokens scored by when the lease
 ends (Redis's clock). One Lua script drops the ended leases, counts the live ones and
@@ -20,12 +26,9 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import random
 import secrets
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -38,22 +41,35 @@ log = logging.getLogger(__name__)
 # A slot outlives its attempt's deadline by this much: the DNS lookup (which the deadline
 # does not cut short) and the claim and record transactions around the send.
 LEASE_MARGIN_SECONDS = 30.0
-# An attempt that found its endpoint full is tried again after this many seconds.
-DEFER_SECONDS = (2.0, 5.0)
+# A parked delivery not woken by then (its wake-up lost) is resent by the periodic
+# requeue; parking moves its `next_attempt_at` this far on.
+PARK_SECONDS = 600.0
 WARN_EVERY_SECONDS = 10.0
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
+# KEYS: the endpoint's slots, its parked deliveries. ARGV: cap, lease ms, token, and
+# the delivery to park if no slot is free ('' to park none).
 _TAKE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local cap, lease = tonumber(ARGV[1]), tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) >= cap then return 0 end
+if redis.call('ZCARD', KEYS[1]) >= cap then
+  if ARGV[4] ~= '' then
+    redis.call('RPUSH', KEYS[2], ARGV[4])
+    redis.call('PEXPIRE', KEYS[2], ARGV[5])
+  end
+  return 0
+end
 redis.call('ZADD', KEYS[1], now + lease, ARGV[3])
 if redis.call('PTTL', KEYS[1]) < lease then redis.call('PEXPIRE', KEYS[1], lease) end
 return 1
 """
-_JITTER = random.Random()
+# KEYS: the endpoint's slots, its parked deliveries. ARGV: the token. The next delivery.
+_RELEASE = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+return redis.call('LPOP', KEYS[2])
+"""
 
 
 def endpoint(url: str) -> str:
@@ -74,6 +90,10 @@ def key(url: str) -> str:
     return f"aijobs:webhook-endpoint:{endpoint(url)}"
 
 
+def parked_key(url: str) -> str:
+    return f"aijobs:webhook-parked:{endpoint(url)}"
+
+
 def lease_seconds(deadline: float) -> float:
     """How long a slot is held at most: the attempt's deadline plus the margin."""
     return deadline + LEASE_MARGIN_SECONDS
@@ -84,7 +104,7 @@ class Slot:
     """A slot taken at an endpoint; `token` None: taken without the cap (off, or no
     Redis), nothing to give back."""
 
-    key: str
+    url: str
     token: str | None = None
 
 
@@ -93,56 +113,55 @@ def _redis(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
 
 
-def take(url: str, *, cap: int, lease: float, client: redis.Redis | None = None) -> Slot | None:
-    """A slot at `url`'s endpoint, or None if `cap` attempts there hold one already.
-    `cap` 0 (or less) means no cap; without Redis every attempt gets a slot."""
-    slot_key = key(url)
+def take(
+    url: str,
+    *,
+    cap: int,
+    lease: float,
+    park: str | None = None,
+    client: redis.Redis | None = None,
+) -> Slot | None:
+    """A slot at `url`'s endpoint, or None if `cap` attempts there hold one already; then
+    the delivery `park` (if given) is put on the endpoint's list in the same step. `cap`
+    0 (or less) means no cap; without Redis every attempt gets a slot."""
     if cap <= 0:
-        return Slot(slot_key)
+        return Slot(url)
     token = secrets.token_hex(8)
+    keys = (key(url), parked_key(url))
+    # The list outlives the longest a delivery stays parked; a forgotten one then expires.
+    ttl = math.ceil(4 * PARK_SECONDS * 1000)
     try:
         client = client or _redis(get_settings().redis_url)
-        taken = client.eval(_TAKE, 1, slot_key, cap, math.ceil(lease * 1000), token)
+        taken = client.eval(_TAKE, 2, *keys, cap, math.ceil(lease * 1000), token, park or "", ttl)
     except redis.RedisError as exc:
         _warn(f"webhook endpoint cap unavailable ({exc}); sending without it")
-        return Slot(slot_key)
-    return Slot(slot_key, token) if taken else None
+        return Slot(url)
+    return Slot(url, token) if taken else None
 
 
-def release(slot: Slot, client: redis.Redis | None = None) -> None:
-    """Give the slot back (once its attempt is recorded). If Redis cannot answer, its
-    lease ends it instead."""
+def release(slot: Slot, client: redis.Redis | None = None) -> str | None:
+    """Give the slot back (once its attempt is recorded) and take the endpoint's oldest
+    parked delivery off its list: the caller wakes it. If Redis cannot answer, the
+    slot's lease ends it and the parked deliveries wait for the periodic requeue."""
     if slot.token is None:
-        return
+        return None
     try:
-        (client or _redis(get_settings().redis_url)).zrem(slot.key, slot.token)
+        client = client or _redis(get_settings().redis_url)
+        parked = client.eval(_RELEASE, 2, key(slot.url), parked_key(slot.url), slot.token)
     except redis.RedisError as exc:
-        _warn(f"could not release a webhook slot at {slot.key} ({exc}); its lease will")
+        _warn(f"could not release a webhook slot at {endpoint(slot.url)} ({exc}); its lease will")
+        return None
+    return parked.decode() if isinstance(parked, bytes) else parked
 
 
-@contextmanager
-def endpoint_slot(url: str, settings: Settings | None = None) -> Iterator[bool]:
-    """True inside if the attempt to `url` may run now (released on the way out), False
-    if its endpoint is full: the caller puts the attempt back, unsent."""
-    settings = settings or get_settings()
-    slot = take(
+def take_for(url: str, settings: Settings, park: str | None = None) -> Slot | None:
+    """`take` with the settings' cap and a lease of the attempt's deadline plus margin."""
+    return take(
         url,
         cap=settings.webhook_max_per_endpoint,
         lease=lease_seconds(settings.webhook_timeout_seconds),
+        park=park,
     )
-    if slot is None:
-        yield False
-        return
-    try:
-        yield True
-    finally:
-        release(slot)
-
-
-def defer_seconds(rng: random.Random = _JITTER) -> float:
-    """When to try a deferred attempt again: jittered, so the deferred attempts of one
-    endpoint do not all come back at once."""
-    return rng.uniform(*DEFER_SECONDS)
 
 
 _warned_at = -math.inf

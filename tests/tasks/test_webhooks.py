@@ -22,7 +22,7 @@ from billing.webhook_urls import UrlPolicy
 from billing.webhooks import AttemptResult, Outgoing, Recorded
 from models import Account, Job, WebhookAttempt, WebhookDelivery, as_utc, utcnow
 from models.db import transaction
-from tasks.webhooks import deliver
+from tasks.webhooks import deliver, give_back
 from tests.webhook_receiver import Receiver, Reply
 from workers import webhook_slots
 
@@ -570,7 +570,7 @@ def deferrals() -> float:
     return REGISTRY.get_sample_value("aijobs_webhook_deferrals_total") or 0.0
 
 
-def test_a_delivery_to_a_full_endpoint_is_put_back_unsent_unclaimed_and_sent_later(
+def test_a_delivery_to_a_full_endpoint_is_parked_unsent_unclaimed_and_sent_when_a_slot_frees(
     queued: list[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("WEBHOOK_MAX_PER_ENDPOINT", "1")
@@ -586,18 +586,18 @@ def test_a_delivery_to_a_full_endpoint_is_put_back_unsent_unclaimed_and_sent_lat
         assert receiver.connections == 0
         row, attempts = delivery(delivery_id)
         assert (row.status, row.attempts, row.claimed_until, attempts) == ("pending", 0, None, [])
-        ((ids, countdown),) = queued
-        assert ids == [delivery_id]
-        assert 2 <= countdown <= 5
+        assert queued == []  # parked, not bounced through the broker
         assert row.next_attempt_at is not None
         wait = as_utc(row.next_attempt_at) - before
-        assert timedelta(seconds=2) <= wait <= timedelta(seconds=5) + SECOND
+        park = timedelta(seconds=webhook_slots.PARK_SECONDS)
+        assert park <= wait <= park + SECOND  # the requeue's fallback, should the wake be lost
         assert deferrals() == counted + 1
-        with transaction() as session:  # its message is in the broker: no requeue
+        with transaction() as session:
             assert delivery_id not in webhooks.overdue_delivery_ids(session, utcnow(), GRACE * 0)
 
-        webhook_slots.release(busy)
-        assert deliver.run(delivery_id) == "done"  # the deferred message, come back
+        give_back(busy)  # the other attempt ends: its slot goes to the parked delivery
+        assert queued == [([delivery_id], None)]
+        assert deliver.run(delivery_id) == "done"
 
     (request,) = receiver.requests
     assert request.headers["webhook-id"] == delivery_id
@@ -630,11 +630,40 @@ def test_an_attempt_holds_its_endpoints_slot_until_it_is_recorded(
         running.join()
 
         assert results == ["done"]
+        assert ([second], None) in queued  # woken by the first one's end
         assert deliver.run(second) == "done"
 
     assert [delivery(d)[0].status for d in (first, second, other)] == ["succeeded"] * 3
     assert len(slow.requests) == 2
     assert len(fast.requests) == 1
+
+
+def test_a_slot_freed_between_the_refusal_and_the_parking_is_taken_at_once(
+    queued: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Full when asked, free when parking (one step with the second ask): the delivery
+    is sent now, not left parked with nobody to wake it."""
+    monkeypatch.setenv("WEBHOOK_MAX_PER_ENDPOINT", "1")
+    real = webhook_slots.take_for
+    answers: list[str] = []
+
+    def full_once(url: str, settings: Any, park: str | None = None) -> Any:
+        answers.append("full" if not answers else "asked again")
+        return None if len(answers) == 1 else real(url, settings, park=park)
+
+    monkeypatch.setattr(webhook_slots, "take_for", full_once)
+    with Receiver() as receiver:
+        _, delivery_id = cancelled_job(new_account(), receiver.url)
+        assert delivery_id is not None
+
+        assert deliver.run(delivery_id) == "done"
+
+    assert answers == ["full", "asked again"]
+    assert len(receiver.requests) == 1
+    assert queued == []
+    row, _ = delivery(delivery_id)
+    assert (row.status, row.attempts) == ("succeeded", 1)
+    assert webhook_slots.take(receiver.url, cap=1, lease=30) is not None  # given back
 
 
 def test_without_redis_deliveries_go_ahead_uncapped(

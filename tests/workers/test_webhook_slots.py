@@ -94,30 +94,33 @@ def test_threads_racing_for_the_slots_get_exactly_cap(url: str) -> None:
     assert sorted(got) == [False] * 16 + [True] * 4
 
 
-def test_the_context_manager_releases_even_when_the_attempt_raises(
-    url: str, monkeypatch: pytest.MonkeyPatch
+def test_a_full_endpoint_parks_in_the_same_step_and_a_release_hands_over_the_oldest(
+    url: str,
 ) -> None:
-    monkeypatch.setenv("WEBHOOK_MAX_PER_ENDPOINT", "1")
+    held_slot = take(url, cap=1, lease=30)
+    assert held_slot is not None
 
-    def crashing_attempt() -> None:
-        with webhook_slots.endpoint_slot(url) as admitted:
-            assert admitted
-            with webhook_slots.endpoint_slot(url) as second:
-                assert not second
-            raise RuntimeError("the attempt crashed")
+    assert take(url, cap=1, lease=30, park="whd_first") is None
+    assert take(url, cap=1, lease=30, park="whd_second") is None
+    assert take(url, cap=1, lease=30) is None  # asking without parking parks nothing
 
-    with pytest.raises(RuntimeError):
-        crashing_attempt()
-
+    assert webhook_slots.release(held_slot) == "whd_first"
     assert held(url) == 0
+    again = take(url, cap=1, lease=30)
+    assert again is not None
+    assert webhook_slots.release(again) == "whd_second"
+    assert webhook_slots.release(again) is None  # nobody left, nothing given twice
+    ttl = client().pttl(webhook_slots.parked_key(url))
+    assert ttl == -2  # emptied lists are gone; a forgotten one expires
 
 
 def test_a_cap_of_0_is_no_cap(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WEBHOOK_MAX_PER_ENDPOINT", "0")
-    slots = [webhook_slots.endpoint_slot(url) for _ in range(10)]
+    slots = [webhook_slots.take_for(url, get_settings(), park="x") for _ in range(10)]
 
-    assert all([slot.__enter__() for slot in slots])
+    assert all(slot is not None and slot.token is None for slot in slots)
     assert held(url) == 0
+    assert client().llen(webhook_slots.parked_key(url)) == 0
 
 
 def test_without_redis_attempts_go_ahead_logged_once(
@@ -128,10 +131,11 @@ def test_without_redis_attempts_go_ahead_logged_once(
     caplog.set_level(logging.WARNING, logger=webhook_slots.__name__)
 
     for _ in range(5):
-        with webhook_slots.endpoint_slot("https://hooks.example.com/in") as admitted:
-            assert admitted
-    slot = webhook_slots.Slot("aijobs:webhook-endpoint:x", "token")
-    webhook_slots.release(slot)  # nothing raises on the way out either
+        slot = webhook_slots.take_for("https://hooks.example.com/in", get_settings(), park="x")
+        assert slot is not None
+        assert webhook_slots.release(slot) is None
+    slot = webhook_slots.Slot("https://hooks.example.com/in", "token")
+    assert webhook_slots.release(slot) is None  # nothing raises on the way out either
 
     assert len(caplog.records) == 1
     assert "sending without it" in caplog.records[0].getMessage()
@@ -142,13 +146,6 @@ def test_a_slot_redis_refuses_is_left_to_its_lease(url: str) -> None:
     slot = take(url, cap=1, lease=30)
     assert slot is not None
 
-    webhook_slots.release(slot, client=broken)
+    assert webhook_slots.release(slot, client=broken) is None
 
     assert held(url) == 1
-
-
-def test_deferrals_are_short_and_spread() -> None:
-    delays = [webhook_slots.defer_seconds() for _ in range(200)]
-
-    assert all(2.0 <= d <= 5.0 for d in delays)
-    assert max(delays) - min(delays) > 1.5
