@@ -68,6 +68,15 @@ def _settings_from_the_environment() -> None:
     reload_settings()
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """`make test` runs pytest-xdist's `load` scheduling, which hands each process its tests
+    in collection order, so the order below holds in every process (each has its own Redis,
+    PostgreSQL and worker). Other modes reorder or steal tests: refuse them."""
+    dist = getattr(config.option, "dist", "no")
+    if dist not in ("no", "load"):
+        raise pytest.UsageError(f"--dist {dist} breaks the suite's test order; use load")
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Within each backend, tests that start the session's worker run last: once started it
