@@ -9,7 +9,7 @@ with the model. Each example opens its own account in `initialize`, so nothing d
 on what earlier examples left behind; `teardown` deletes the example's rows only to keep
 the whole-database audit fast.
 
-Examples: HYPOTHESIS_EXAMPLES (default 200; raise it for a deeper search) on SQLite, at most
+Examples: HYPOTHESIS_EXAMPLES (default 500; raise it for a deeper search) on SQLite, at most
 50 on PostgreSQL.
 """
 
@@ -60,7 +60,7 @@ from models import (
 from models.db import transaction
 from tests.factories import balances, hold_for, make_account, request
 
-EXAMPLES = int(os.environ.get("HYPOTHESIS_EXAMPLES", "200"))
+EXAMPLES = int(os.environ.get("HYPOTHESIS_EXAMPLES", "500"))
 PG_EXAMPLES = min(EXAMPLES, 50)
 SPENDING = ("trial", "active", "pending_payment")
 STATUSES = (*SPENDING, "suspended", "cancelled")
