@@ -62,18 +62,22 @@ def deliver(delivery_id: str) -> str:
 
 
 def give_back(slot: webhook_slots.Slot) -> None:
-    """The slot back to its endpoint, and the delivery parked longest there sent."""
+    """The slot back to its endpoint, and the delivery parked longest there sent. An
+    entry that wakes nothing (a delivery parked twice, the requeue having sent it after
+    PARK_SECONDS, and sent since) does not use up the freed slot: the next one is woken."""
     parked = webhook_slots.release(slot)
-    if parked is not None:
-        _wake(parked)
+    while parked is not None and not _wake(parked):
+        parked = webhook_slots.next_parked(slot)
 
 
-def _wake(delivery_id: str, *, send_now: bool = True) -> None:
-    """A parked delivery is due again; sent unless the caller sends it itself."""
+def _wake(delivery_id: str, *, send_now: bool = True) -> bool:
+    """A parked delivery is due again; sent unless the caller sends it itself. False if
+    it was no longer waiting."""
     with transaction() as session:
         woken = webhooks.wake(session, delivery_id, utcnow())
     if woken and send_now:
         enqueue_webhooks([delivery_id])
+    return woken
 
 
 def _attempt(delivery_id: str) -> str:

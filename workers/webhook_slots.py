@@ -154,6 +154,20 @@ def release(slot: Slot, client: redis.Redis | None = None) -> str | None:
     return parked.decode() if isinstance(parked, bytes) else parked
 
 
+def next_parked(slot: Slot, client: redis.Redis | None = None) -> str | None:
+    """The endpoint's next parked delivery, for a released slot whose first one woke
+    nothing (its entry was stale); None if none is parked or Redis cannot answer."""
+    if slot.token is None:
+        return None
+    try:
+        client = client or _redis(get_settings().redis_url)
+        parked = client.lpop(parked_key(slot.url))
+    except redis.RedisError as exc:
+        _warn(f"could not read parked webhooks at {endpoint(slot.url)} ({exc})")
+        return None
+    return parked.decode() if isinstance(parked, bytes) else parked
+
+
 def take_for(url: str, settings: Settings, park: str | None = None) -> Slot | None:
     """`take` with the settings' cap and a lease of the attempt's deadline plus margin."""
     return take(

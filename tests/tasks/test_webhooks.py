@@ -666,6 +666,41 @@ def test_a_slot_freed_between_the_refusal_and_the_parking_is_taken_at_once(
     assert webhook_slots.take(receiver.url, cap=1, lease=30) is not None  # given back
 
 
+def test_a_stale_entry_on_the_parked_list_does_not_use_up_a_freed_slots_wake_up(
+    queued: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delivery parked past PARK_SECONDS is sent by the requeue and, the endpoint still
+    full, parked again: it is on the list twice. Once sent, its second entry is stale;
+    the slot whose release pops it must wake the delivery parked behind it, not leave
+    the endpoint idle while that one waits for the requeue."""
+    monkeypatch.setenv("WEBHOOK_MAX_PER_ENDPOINT", "1")
+    account_id = new_account()
+    with Receiver() as receiver:
+        (_, first), (_, second) = (cancelled_job(account_id, receiver.url) for _ in range(2))
+        assert first is not None
+        assert second is not None
+        busy = webhook_slots.take(receiver.url, cap=1, lease=30)  # a hanging attempt's slot
+        assert busy is not None
+        assert deliver.run(first) == "deferred"
+        # PARK_SECONDS later, still full: the requeue sends it, and it is parked again.
+        with transaction() as session:
+            session.get(WebhookDelivery, first).next_attempt_at = utcnow() - GRACE  # type: ignore[union-attr]
+        with transaction() as session:
+            assert first in webhooks.overdue_delivery_ids(session, utcnow(), timedelta(0))
+        assert deliver.run(first) == "deferred"
+        assert deliver.run(second) == "deferred"
+
+        give_back(busy)  # wakes the first, which is sent and then frees the slot
+        assert queued == [([first], None)]
+        assert deliver.run(first) == "done"
+
+        assert ([second], None) in queued  # not left parked behind the stale entry
+        assert deliver.run(second) == "done"
+
+    assert [delivery(d)[0].status for d in (first, second)] == ["succeeded"] * 2
+    assert len(receiver.requests) == 2
+
+
 def test_without_redis_deliveries_go_ahead_uncapped(
     queued: list[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
