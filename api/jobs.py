@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from flask import Blueprint, Response, request
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.exc import SQLAlchemyError
 
 import logs
 import metrics
@@ -144,7 +145,10 @@ def _hold_ttl() -> timedelta:
 def _enqueue(job_id: str, dispatches: list[Dispatch]) -> Response | None:
     """After commit: send the jobs that took a slot (usually this one; none when the
     account's slots are full and it waits, queued). If the broker is down, this job's
-    hold is undone (503); other admitted jobs are re-sent by the reconciler."""
+    hold is undone (503); other admitted jobs are re-sent by the reconciler. If the
+    database cannot undo it either (the host lost its network), the job stays committed
+    and dispatched, the reconciler sends it once the broker is back, and the answer is
+    the 202: a 503 would be untrue and a 500 would have the client submit it again."""
     enqueue_dispatches(d for d in dispatches if d.job_id != job_id)
     if not any(d.job_id == job_id for d in dispatches):
         return None
@@ -152,8 +156,14 @@ def _enqueue(job_id: str, dispatches: list[Dispatch]) -> Response | None:
         enqueue_job(job_id, next(d.operation for d in dispatches if d.job_id == job_id))
     except Exception:
         log.exception("could not enqueue job %s", job_id)
-        with transaction() as session:
-            ending = runs.fail_unqueued(session, job_id)
+        try:
+            with transaction() as session:
+                ending = runs.fail_unqueued(session, job_id)
+        except SQLAlchemyError:
+            log.exception(
+                "could not fail job %s either: it stays queued for the reconciler", job_id
+            )
+            return None
         # Its webhook is sent by the periodic requeue once the broker is back.
         send_ending(ending)
         return error_response(

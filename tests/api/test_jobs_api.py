@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
+from billing import reconciliation
+from models import utcnow
+from models.db import transaction
 from tests.support import auth, register
 
 CLUSTER = {"operation": "clustering", "input": {"keywords": ["a b", "a c"]}}
@@ -138,6 +142,36 @@ def test_a_job_the_broker_refused_frees_its_idempotency_key(
     assert again.get_json()["id"] == retried.get_json()["id"]
     old = client.get(f"/v1/jobs/{failed}", headers=auth(key)).get_json()
     assert (old["status"], old["error"]["code"]) == ("failed", "broker_unavailable")
+
+
+def test_a_job_the_broker_refused_while_the_database_is_gone_too_is_accepted_not_a_500(
+    client: Any, key: str, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API host loses its network right after the commit: the broker refuses the job
+    and the database cannot record the refusal. The job is committed and holds its slot,
+    so the reconciler sends it once the broker is back: that is a 202 with the job (a 500
+    would have the client submit it again, and pay twice), never a 500."""
+    database = env["DATABASE_URL"]
+
+    def broker(job_id: str, operation: str) -> None:
+        monkeypatch.setenv("DATABASE_URL", "postgresql+psycopg://nobody@127.0.0.1:1/gone")
+        raise ConnectionError("broker down")
+
+    monkeypatch.setattr("api.jobs.enqueue_job", broker)
+    submitted = client.post("/v1/jobs", json=CLUSTER, headers=auth(key))
+    monkeypatch.setenv("DATABASE_URL", database)
+
+    assert submitted.status_code == 202, submitted.get_json()
+    job_id = submitted.get_json()["id"]
+    job = client.get(f"/v1/jobs/{job_id}", headers=auth(key)).get_json()
+    assert job["status"] == "queued"
+    later = utcnow() + timedelta(hours=1)
+    policy = reconciliation.Policy(timedelta(seconds=45), timedelta(seconds=45), 5)
+    with transaction() as session:
+        done = reconciliation.reconcile(
+            session, later, policy, reconciliation.InBroker(frozenset())
+        )
+    assert [d.job_id for d in done.resent] == [job_id]  # sent once the broker is back
 
 
 def test_idempotency_keys_are_per_account(client: Any, key: str) -> None:
