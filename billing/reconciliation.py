@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from billing import automation, runs
@@ -132,7 +132,9 @@ def _lost_messages(
             if row.id not in in_broker.job_ids and _stale(row.sent_at, now, policy)
         ]
     else:
-        resend = _missing_by_count(rows, now, policy, in_broker.counts)
+        resend = _missing_by_count(
+            rows, _dispatched_per_queue(session), now, policy, in_broker.counts
+        )
     _mark_sent(session, resend, now)
     done.resent += resend
 
@@ -141,9 +143,29 @@ def _stale(sent_at: datetime | None, now: datetime, policy: Policy) -> bool:
     return sent_at is None or as_utc(sent_at) < now - policy.dispatch_stale
 
 
+def _dispatched_per_queue(session: Session) -> dict[str, int]:
+    """Every dispatched job still queued, per queue: the scan reads only the oldest
+    SCAN_LIMIT, and comparing those alone with the queue's length would hide lost
+    messages whenever more jobs than that wait."""
+    totals: dict[str, int] = {}
+    for operation, count in session.execute(
+        select(Job.operation, func.count())
+        .where(Job.status == "queued", Job.dispatched_at.is_not(None))
+        .group_by(Job.operation)
+    ):
+        queue = OPERATIONS[operation].queue
+        totals[queue] = totals.get(queue, 0) + int(count)
+    return totals
+
+
 def _missing_by_count(
-    rows: Sequence[Any], now: datetime, policy: Policy, counts: Mapping[str, int]
+    rows: Sequence[Any],
+    dispatched: Mapping[str, int],
+    now: datetime,
+    policy: Policy,
+    counts: Mapping[str, int],
 ) -> list[Dispatch]:
+    """`rows`: the oldest dispatched jobs; `dispatched`: how many there are in all."""
     by_queue: dict[str, list[Any]] = {}
     for row in rows:
         by_queue.setdefault(OPERATIONS[row.operation].queue, []).append(row)
@@ -151,7 +173,7 @@ def _missing_by_count(
     for queue, jobs in by_queue.items():
         # FIFO: the messages still waiting belong to the newest jobs; the oldest dispatched
         # jobs beyond that count lost theirs.
-        missing = len(jobs) - counts.get(queue, 0)
+        missing = dispatched.get(queue, len(jobs)) - counts.get(queue, 0)
         stale = [
             Dispatch(row.id, row.operation) for row in jobs if _stale(row.sent_at, now, policy)
         ]

@@ -126,6 +126,18 @@ def test_by_count_only_the_oldest_dispatched_jobs_beyond_the_queue_are_sent_agai
     assert [d.job_id for d in reconcile(db_url, 2.1, {"image": 0}).resent] == ids[2:]
 
 
+def test_by_count_a_lost_message_is_found_when_more_jobs_wait_than_one_scan_reads(
+    db_url: str, monkeypatch: Any
+) -> None:
+    """The scan reads the oldest SCAN_LIMIT dispatched jobs; the queue's length is
+    compared with all of them, not with those it read."""
+    _, ids = jobs_for(db_url, 3)
+    monkeypatch.setattr(reconciliation, "SCAN_LIMIT", 2)
+    # Two messages for three dispatched jobs: the oldest lost its message.
+    assert [d.job_id for d in reconcile(db_url, 2, {"image": 2}).resent] == ids[:1]
+    assert reconcile(db_url, 2.1, {"image": 3}).resent == []
+
+
 def test_waiting_jobs_get_the_slots_of_a_raised_cap(db_url: str) -> None:
     with catalog_restored(db_url):
         _, ids = jobs_for(db_url, 4, plan="free-trial")
