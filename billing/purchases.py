@@ -30,7 +30,15 @@ from billing.errors import (
 )
 from billing.limits import require_paid_plan
 from billing.paging import Page, newest_first, page_of, page_size, time_cursor
-from models import PURCHASE_STATUSES, Account, CreditTransaction, Plan, Purchase, as_utc
+from models import (
+    PURCHASE_STATUSES,
+    Account,
+    AccountEvent,
+    CreditTransaction,
+    Plan,
+    Purchase,
+    as_utc,
+)
 
 log = logging.getLogger(__name__)
 
@@ -322,16 +330,30 @@ def apply_stripe_event(session: Session, event: dict[str, Any], now: datetime) -
         _not_granted(session, purchase, reference, "check")
         return "duplicate_payment"
     if not confirmation.granted and confirmation.purchase.payment_reference != reference:
+        # Paid another way first (an admin confirmed a transfer): Stripe's money is extra.
         log.warning(
             "purchase %s paid twice (%s, then stripe %s): refund one",
             purchase.id, confirmation.purchase.payment_reference, reference,
         )  # fmt: skip
+        _not_granted(session, purchase, reference, "refund")
     return "granted" if confirmation.granted else "already_paid"
 
 
 def _not_granted(session: Session, purchase: Purchase, reference: str, action: str) -> None:
     """A payment Stripe took that grants nothing, on the account's record, where an admin
-    looks (a log line alone got lost)."""
+    looks (a log line alone got lost); once per payment, however often Stripe resends
+    its event."""
+    recorded = session.scalars(
+        select(AccountEvent.data).where(
+            AccountEvent.account_id == purchase.account_id,
+            AccountEvent.type == "payment_not_granted",
+        )
+    ).all()
+    if any(
+        data.get("purchase_id") == purchase.id and data.get("payment_reference") == reference
+        for data in recorded
+    ):
+        return
     record_event(
         session,
         purchase.account_id,

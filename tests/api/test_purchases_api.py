@@ -154,6 +154,57 @@ def test_admin_confirmation_and_the_webhook_together_grant_once(
     assert_audit_clean()
 
 
+def refund_records(account_id: str) -> list[dict[str, Any]]:
+    with transaction() as session:
+        return [
+            dict(event.data)
+            for event in session.scalars(
+                select(AccountEvent)
+                .where(
+                    AccountEvent.account_id == account_id,
+                    AccountEvent.type == "payment_not_granted",
+                )
+                .order_by(AccountEvent.id)
+            )
+        ]
+
+
+def test_a_card_payment_for_a_purchase_an_admin_confirmed_is_put_on_the_record_once(
+    client: Any, buyer: tuple[str, str], stripe_on: None, sim: Any
+) -> None:
+    """The customer paid by card and by bank transfer, and the admin confirmed the
+    transfer first: the card payment grants nothing, so the account's record must say to
+    refund it (a log line alone got lost), once however often Stripe sends it."""
+    key, account_id = buyer
+    purchase = topup(client, key, 1000)
+    signed = customer(sim, purchase)
+    confirm(client, purchase["id"], "BANK-REF-8")
+
+    assert deliver(client, signed).get_json()["outcome"] == "already_paid"
+    assert deliver(client, signed).get_json()["outcome"] == "already_paid"  # a redelivery
+
+    assert balance(client, key) == 3000
+    records = refund_records(account_id)
+    assert len(records) == 1, records
+    assert (records[0]["purchase_id"], records[0]["action"]) == (purchase["id"], "refund")
+    assert records[0]["payment_reference"].startswith("pi_")
+    assert_audit_clean()
+
+
+def test_a_replayed_stripe_event_puts_nothing_on_the_record(
+    client: Any, buyer: tuple[str, str], stripe_on: None, sim: Any
+) -> None:
+    key, account_id = buyer
+    purchase = topup(client, key, 1000)
+    signed = customer(sim, purchase)
+
+    assert deliver(client, signed).get_json()["outcome"] == "granted"
+    assert deliver(client, signed).get_json()["outcome"] == "already_paid"
+
+    assert balance(client, key) == 3000
+    assert refund_records(account_id) == []
+
+
 def test_forged_altered_or_stale_signatures_are_400_and_grant_nothing(
     client: Any, buyer: tuple[str, str], stripe_on: None, sim: Any
 ) -> None:
