@@ -23,6 +23,7 @@ from billing import ledger
 from billing.accounts import get_account, held_by_admin, move_status
 from billing.errors import AmountMismatch, DuplicateReference, IdempotencyConflict, InvalidInput
 from billing.lifecycle import RunReport, grant_period, roll_over_account
+from billing.limits import lock_account
 from billing.periods import add_months
 from billing.plans import is_renewable
 from billing.submission import check_idempotency_key
@@ -81,6 +82,11 @@ def start_paid_period(
     if payment.credits is None:
         _check_payable(plan, months)
     credits = plan.included_credits * months if payment.credits is None else payment.credits
+    # Decide on the account as it is under its row lock: the rollover may have asked for
+    # a payment since the caller read it (extending from that read would leave this paid
+    # account `pending_payment`); the rollover then waits for this payment's commit.
+    lock_account(session, account.id)
+    session.refresh(account)
     prepaid_until = as_utc(account.paid_until) if account.paid_until else None
     extending = (
         account.status == "active"

@@ -181,6 +181,9 @@ def roll_over_account(session: Session, account: Account, now: datetime, report:
     session.add(AccountEvent(account_id=account.id, type="period_started", data=data))
     report.accounts.append(account.id)
     _apply_scheduled_plan(session, account)
+    # As committed now (the UPDATE above holds the row): a payment that extended the
+    # prepaid time since the due accounts were read is not asked for again.
+    session.refresh(account, ["paid_until"])
     paid_until = as_utc(account.paid_until) if account.paid_until else None
     if paid_until is not None and as_utc(account.period_start) < paid_until <= start:
         _ask_for_payment(session, account, paid_until, now, report)

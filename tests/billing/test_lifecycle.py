@@ -624,3 +624,63 @@ def test_suspending_and_reactivating_a_prepaid_account_grants_nothing_more(
         admin_change(session, acct, "active", None, end)
     assert credited(acct) == [*paid, ("renewal", 40_000)]
     audit_clean()
+
+
+def _postgresql_only(db_url: str) -> None:
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite's BEGIN IMMEDIATE runs the payment and the rollover in turn")
+
+
+def test_a_payment_committed_while_the_rollover_runs_is_not_asked_for_again(
+    db_url: str,
+) -> None:
+    """The rollover reads the due accounts, then moves them one by one; a payment that
+    extends the prepaid time commits in between. The rollover must judge the prepaid
+    end the payment left, not the one it read: else the account that just paid is
+    `pending_payment`, and no later rollover moves it back."""
+    _postgresql_only(db_url)
+    acct = make_account("growth", "pending_payment", period_start=at("2027-01-10T00:00:00"))
+    pay(acct, "BT-1", 1, at("2027-01-10T00:00:00"))  # paid until 2027-02-10
+    boundary = at("2027-02-10T00:00:00")
+
+    with transaction() as rollover:
+        due = rollover.scalars(
+            select(Account).where(Account.id == acct, Account.period_end <= boundary)
+        ).one()
+        pay(acct, "BT-2", 1, at("2027-02-09T23:00:00"))  # extends to 2027-03-10
+        lifecycle.roll_over_account(rollover, due, boundary, lifecycle.RunReport())
+
+    paid = account(acct)
+    assert (paid.status, as_utc(paid.paid_until)) == ("active", at("2027-03-10T00:00:00"))
+    assert [d["reason"] for k, d in events(acct) if k == "status_changed"] == ["bank_transfer"]
+    assert credited(acct) == [("bank_transfer", 40_000), ("bank_transfer", 40_000)]
+    audit_clean()
+
+
+def test_a_payment_that_read_the_account_before_the_rollover_asked_for_payment_activates_it(
+    db_url: str,
+) -> None:
+    """The payment read the account (active, prepaid for one more hour), then the
+    rollover committed `pending_payment`. Extending the prepaid time from that read left
+    the paid account `pending_payment`: the payment decides on the account as it is once
+    it holds the row."""
+    _postgresql_only(db_url)
+    acct = make_account("growth", "pending_payment", period_start=at("2027-01-10T00:00:00"))
+    pay(acct, "BT-1", 1, at("2027-01-10T00:00:00"))  # paid until 2027-02-10
+    paid_at = at("2027-02-09T23:00:00")
+    transfer = BankTransfer(payment_reference="BT-2", amount=Decimal("149.00"), payer_name="Jo Doe")
+
+    with transaction() as payment:
+        read = payment.get(Account, acct)  # held: the session keeps this read
+        assert read is not None
+        assert read.status == "active"
+        with transaction() as session:
+            lifecycle.renew_credits(session, at("2027-02-10T00:00:00"))
+        assert account(acct).status == "pending_payment"
+        confirm_bank_transfer(payment, acct, transfer, paid_at)
+
+    paid = account(acct)
+    assert paid.status == "active"
+    assert as_utc(paid.paid_until) > at("2027-02-10T00:00:00")
+    assert credited(acct) == [("bank_transfer", 40_000), ("bank_transfer", 40_000)]
+    audit_clean()
