@@ -626,11 +626,12 @@ def test_suspending_and_reactivating_a_prepaid_account_grants_nothing_more(
     audit_clean()
 
 
-def _postgresql_only(db_url: str) -> None:
-    if not db_url.startswith("postgresql"):
-        pytest.skip("SQLite's BEGIN IMMEDIATE runs the payment and the rollover in turn")
+# SQLite's BEGIN IMMEDIATE runs the payment and the rollover one after the other: the
+# interleavings below exist on PostgreSQL only.
+ON_POSTGRESQL = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 
 
+@ON_POSTGRESQL
 def test_a_payment_committed_while_the_rollover_runs_is_not_asked_for_again(
     db_url: str,
 ) -> None:
@@ -638,7 +639,6 @@ def test_a_payment_committed_while_the_rollover_runs_is_not_asked_for_again(
     extends the prepaid time commits in between. The rollover must judge the prepaid
     end the payment left, not the one it read: else the account that just paid is
     `pending_payment`, and no later rollover moves it back."""
-    _postgresql_only(db_url)
     acct = make_account("growth", "pending_payment", period_start=at("2027-01-10T00:00:00"))
     pay(acct, "BT-1", 1, at("2027-01-10T00:00:00"))  # paid until 2027-02-10
     boundary = at("2027-02-10T00:00:00")
@@ -657,6 +657,7 @@ def test_a_payment_committed_while_the_rollover_runs_is_not_asked_for_again(
     audit_clean()
 
 
+@ON_POSTGRESQL
 def test_a_payment_that_read_the_account_before_the_rollover_asked_for_payment_activates_it(
     db_url: str,
 ) -> None:
@@ -664,7 +665,6 @@ def test_a_payment_that_read_the_account_before_the_rollover_asked_for_payment_a
     rollover committed `pending_payment`. Extending the prepaid time from that read left
     the paid account `pending_payment`: the payment decides on the account as it is once
     it holds the row."""
-    _postgresql_only(db_url)
     acct = make_account("growth", "pending_payment", period_start=at("2027-01-10T00:00:00"))
     pay(acct, "BT-1", 1, at("2027-01-10T00:00:00"))  # paid until 2027-02-10
     paid_at = at("2027-02-09T23:00:00")
