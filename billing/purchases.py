@@ -28,7 +28,7 @@ from billing.errors import (
     NotFound,
     PurchaseNotPending,
 )
-from billing.limits import require_paid_plan
+from billing.limits import lock_account, require_paid_plan
 from billing.paging import Page, newest_first, page_of, page_size, time_cursor
 from models import (
     PURCHASE_STATUSES,
@@ -195,7 +195,13 @@ def confirm(
     The conditional UPDATE is the gate: of two confirmations racing (admin and webhook,
     or a replay), one moves the row and grants; the other finds it paid and does nothing.
     Confirming a failed purchase is refused: its payment never completed.
+
+    The account is locked before the purchase row, the order a plan change takes (it
+    locks the account, then fails its pending plan purchases): the other order deadlocked.
     """
+    account_id = session.scalar(select(Purchase.account_id).where(Purchase.id == purchase_id))
+    if account_id is not None:
+        lock_account(session, account_id)
     with paying_once(session, reference, purchase_id):
         moved = session.execute(
             update(Purchase)

@@ -11,9 +11,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from sqlalchemy import func, select, update
 
-from billing import sites, subscriptions
-from billing.errors import PlanTooSmall
-from models import Account, Plan, Site, utcnow
+from billing import purchases, sites, subscriptions
+from billing.audit import audit
+from billing.errors import PlanTooSmall, PurchaseNotPending
+from billing.limits import lock_account
+from models import Account, Plan, Purchase, Site, utcnow
 from models.db import transaction
 from tests.factories import make_account
 
@@ -86,3 +88,49 @@ def test_an_account_leaves_a_retired_plan(slug: str, kind: str) -> None:
         else:
             assert change.purchase is not None
             assert (change.purchase.status, account.plan.slug) == ("pending", "growth")
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_payment_confirmed_while_a_plan_change_holds_the_account_does_not_deadlock(
+    db_url: str,
+) -> None:
+    """A plan change locks the account, then fails its pending plan purchases; a
+    confirmation of one of them took the purchase's row first, then waited for the
+    account: PostgreSQL aborted one of the two (a 500). Both now take the account first:
+    the confirmation waits, then finds the purchase superseded (409), nothing granted."""
+    with transaction() as session:
+        account = make_account(session, "starter", credits=0)
+        scale = session.scalars(select(Plan).where(Plan.slug == "scale")).one()
+        account_id, purchase_id = (
+            account.id,
+            purchases.create_subscription(session, account, scale).id,
+        )
+    locked = threading.Event()
+
+    def change_plan() -> tuple[str, ...]:
+        with transaction() as session:
+            lock_account(session, account_id)  # request_change's first step
+            locked.set()
+            time.sleep(1.5)  # the confirmation reaches its lock meanwhile
+            return purchases.supersede_plan_purchases(session, account_id, utcnow())
+
+    def confirm() -> str:
+        assert locked.wait(30)
+        try:
+            with transaction() as session:
+                purchases.confirm(session, purchase_id, "manual", "BANK-DEADLOCK", utcnow())
+        except PurchaseNotPending as exc:
+            return exc.code
+        return "granted"
+
+    with ThreadPoolExecutor(2) as pool:
+        changing, confirming = pool.submit(change_plan), pool.submit(confirm)
+        changing.result(30)
+        assert confirming.result(30) == "purchase_not_pending"
+
+    with transaction() as session:
+        purchase = session.get(Purchase, purchase_id)
+        assert purchase is not None
+        assert (purchase.status, purchase.failure_reason) == ("failed", "superseded")
+        assert session.get(Account, account_id).credits == 0  # type: ignore[union-attr]
+        assert audit(session) == []
