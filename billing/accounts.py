@@ -9,13 +9,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
 from typing import Any, NamedTuple
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
-from sqlalchemy import and_, bindparam, delete, or_, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -126,41 +127,67 @@ def _registration_plan(session: Session) -> Plan:
 def _new_owner(
     session: Session, account_id: str, email: str, name: str, password: str, now: datetime
 ) -> User:
-    """The registering owner, after the address's pending invitations are withdrawn.
-
-    An invitation committed after the withdrawal looked makes the insert collide (its
-    member holds the address): a second look withdraws it too. A member who joined keeps
-    the address, and the registration is 409 `email_taken`."""
+    """The registering owner, after the address's pending invitations are withdrawn. A
+    user who holds the address (`holds_address`) keeps it: 409 `email_taken`."""
     withdraw_invitations(session, email, now)
-    try:
-        return new_user(session, account_id, email, name, password, "owner", joined_at=now)
-    except EmailTaken:
-        if not withdraw_invitations(session, email, now):
-            raise
     return new_user(session, account_id, email, name, password, "owner", joined_at=now)
 
 
-def withdraw_invitations(session: Session, email: str, now: datetime) -> list[User]:
+def same_mailbox(email: str) -> ColumnElement[bool]:
+    """The users of `email`'s mailbox: the same email, or the same normalised one."""
+    return or_(User.email == email, User.email_normalized == normalize_email(email))
+
+
+def holds_address() -> ColumnElement[bool]:
+    """The users who hold their address against every other account (one mailbox, one
+    login): those who joined (registration, an accepted invitation; owners always have),
+    and members from before invitations with a live key (keys were handed out directly
+    then, and may be in use), which no code makes any more. The unique indexes over
+    joined users (models/account.py) back it against concurrent claims. A member merely
+    invited holds nothing: any number of accounts may invite one address, each once."""
+    live_key = select(ApiKey.id).where(ApiKey.user_id == User.id, ApiKey.revoked_at.is_(None))
+    return or_(User.joined_at.is_not(None), User.role == "owner", live_key.exists())
+
+
+def address_holder(session: Session, email: str, *, other_than: str | None = None) -> User | None:
+    """The user who holds `email`'s mailbox (at most one), other than `other_than`."""
+    query = select(User).where(same_mailbox(email), holds_address())
+    if other_than is not None:
+        query = query.where(User.id != other_than)
+    return session.scalars(query.limit(1)).first()
+
+
+def invited_in(session: Session, email: str) -> list[str]:
+    """The accounts where `email`'s mailbox has a pending (not joined) member, by id."""
+    pending = and_(same_mailbox(email), ~holds_address())
+    return sorted(set(session.scalars(select(User.account_id).where(pending))))
+
+
+def withdraw_invitations(
+    session: Session,
+    email: str,
+    now: datetime,
+    *,
+    reason: str = "email_registered",
+    locked: Collection[str] | None = None,
+) -> list[User]:
     """An invitation reserves nothing against the mailbox's owner: anyone may invite any
-    address, so registering it removes the members invited with it (by normalised email)
-    who have not joined, with their invitations and keys (`delete_user`), from every
-    account that invited them. Their invitation links then find nothing (404).
+    address, so registering it, or accepting an invitation of it, removes the members
+    invited with it (by normalised email) who have not joined, with their invitations
+    and keys (`delete_user`), from every (other) account that invited them. Their
+    invitation links then find nothing (404).
 
     Each inviting account is locked (in id order, so two registrations cannot deadlock)
     and its pending members re-read under the lock, which every acceptance takes too:
     an acceptance that committed first keeps its member, one that comes after finds its
-    invitation gone. Returns the members withdrawn."""
-    normalized = normalize_email(email)
-    # A member without `joined_at` but with a live key predates invitations (keys were
-    # handed out directly then) and may be in use: it keeps the address.
-    live_key = select(ApiKey.id).where(ApiKey.user_id == User.id, ApiKey.revoked_at.is_(None))
-    pending = and_(
-        or_(User.email == email, User.email_normalized == normalized),
-        User.joined_at.is_(None),
-        User.role != "owner",
-        ~live_key.exists(),
-    )
-    account_ids = sorted(set(session.scalars(select(User.account_id).where(pending))))
+    invitation gone. `locked`: the caller already holds these accounts' locks, taken in
+    id order with its own; only their members are withdrawn, so no lock is ever taken
+    out of order (an invitation committed since the caller looked stays, and its
+    acceptance answers 409). Returns the members withdrawn."""
+    pending = and_(same_mailbox(email), ~holds_address())
+    account_ids = invited_in(session, email)
+    if locked is not None:
+        account_ids = [account_id for account_id in account_ids if account_id in locked]
     if not account_ids:
         return []
     for account_id in account_ids:
@@ -175,7 +202,7 @@ def withdraw_invitations(session: Session, email: str, now: datetime) -> list[Us
     for member in members:
         record_event(
             session, member.account_id, "invitation_withdrawn",
-            user_id=member.id, email=member.email, role=member.role, reason="email_registered",
+            user_id=member.id, email=member.email, role=member.role, reason=reason,
         )  # fmt: skip
         delete_user(session, member, now)
     return members
@@ -213,8 +240,9 @@ def new_user(
     *,
     joined_at: datetime | None,
 ) -> User:
-    """One user per mailbox: the normalised email is unique (a unique index backs the
-    check against a concurrent registration)."""
+    """One login per mailbox, and one user per mailbox in an account: refused when a
+    user holds the address (`holds_address`) or the account has it already (unique
+    indexes back the check against a concurrent registration or acceptance)."""
     normalized = normalize_email(email)
     taken = EmailTaken(
         "An account with this email already exists (addresses that differ only in case, "
@@ -222,7 +250,9 @@ def new_user(
         field="email",
     )
     if session.scalar(
-        select(User.id).where(or_(User.email == email, User.email_normalized == normalized))
+        select(User.id).where(
+            same_mailbox(email), or_(holds_address(), User.account_id == account_id)
+        )
     ):
         raise taken
     user = User(
@@ -368,7 +398,11 @@ def login(session: Session, email: str, password: str, secret: str) -> tuple[Use
     an active plan may log in: its token reaches only what choosing a plan needs
     (`check_access` runs again on every request).
     """
-    user = session.scalar(select(User).where(User.email == email.strip().lower()))
+    # Only a user who joined has a password; the address's pending invitations (other
+    # rows of the same email) never log in.
+    user = session.scalar(
+        select(User).where(User.email == email.strip().lower(), User.joined_at.is_not(None))
+    )
     stored = user.password_hash if user is not None else _dummy_password_hash()
     if not verify_password(password, stored) or user is None:
         raise NotFound("Wrong email or password.")

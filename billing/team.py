@@ -16,19 +16,25 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from billing.accounts import (
     acting_role,
+    address_holder,
     check_access,
     create_api_key,
     delete_user,
     hash_password,
+    invited_in,
     new_user,
     record_event,
+    same_mailbox,
+    withdraw_invitations,
 )
 from billing.errors import (
     Conflict,
+    EmailTaken,
     InvitationGone,
     InvitationUsed,
     NotFound,
@@ -77,9 +83,13 @@ def invite_member(
     ttl: timedelta,
 ) -> Invite:
     """A new member (limit: max_users) with an invitation to set a password; the seat is
-    taken from the invitation on."""
+    taken from the invitation on.
+
+    The address may be invited by other accounts too (an invitation reserves nothing);
+    refused only when someone holds it (a login of its own) or this team has it."""
     require_can_grant(acting_role(session, account.id, actor, "manage_team"), role)
     email = email.strip().lower()
+    _refuse_taken_address(session, account.id, email)
     ensure_room(session, account, "users")
     user = new_user(
         session, account.id, email, name, secrets.token_urlsafe(32), role, joined_at=None
@@ -115,10 +125,22 @@ def accept_invitation(
     if invitation is None:
         raise NotFound("Invitation not found: check the link, or ask for a new invitation.")
     account = session.get(Account, invitation.account_id)
-    if account is None:
+    member = session.get(User, invitation.user_id)
+    if account is None or member is None:
         raise NotFound("Invitation not found.")
     check_access(account)
-    lock_account(session, account.id)  # team changes of one account go one at a time
+    email = member.email
+    # Team changes of one account go one at a time, and joining withdraws the address's
+    # invitations elsewhere: this account and those are locked first, all in id order
+    # like `withdraw_invitations` (two acceptances of one address, or an acceptance and
+    # a registration, lock the same accounts in the same order: no deadlock).
+    locked = sorted({account.id, *invited_in(session, email)})
+    for account_id in locked:
+        lock_account(session, account_id)
+    holder = address_holder(session, email, other_than=member.id)
+    if holder is not None:
+        # Registered, or accepted in another account, meanwhile: one mailbox, one login.
+        raise _claimed(email)
     claimed = session.execute(
         update(Invitation)
         .where(
@@ -137,7 +159,7 @@ def accept_invitation(
         if current is None:
             raise NotFound("Invitation not found: ask the account's admin for a new one.")
         raise _why_not(current)
-    user = session.get(User, invitation.user_id)
+    user = session.get(User, invitation.user_id, populate_existing=True)
     if user is None:  # pragma: no cover - removal and registration delete its invitations
         raise NotFound("Invitation not found.")
     user.password_hash = hash_password(password)
@@ -145,6 +167,11 @@ def accept_invitation(
     user.token_version += 1
     if name:
         user.name = name
+    try:
+        with session.begin_nested():  # the unique indexes over joined users back the check
+            session.flush()
+    except IntegrityError:
+        raise _claimed(email) from None
     session.execute(
         update(ApiKey)
         .where(ApiKey.user_id == user.id, ApiKey.revoked_at.is_(None))
@@ -153,6 +180,7 @@ def accept_invitation(
     )
     _, key = create_api_key(session, user.account_id, user.id, f"{user.email} (joined)")
     record_event(session, user.account_id, "member_joined", user_id=user.id)
+    withdraw_invitations(session, email, now, reason="joined_another_account", locked=locked)
     return Joined(user=user, api_key=key)
 
 
@@ -242,6 +270,39 @@ def _new_invitation(
     session.add(invitation)
     session.flush()
     return invitation, token
+
+
+def _refuse_taken_address(session: Session, account_id: str, email: str) -> None:
+    """409 when the address has a login (here or elsewhere) or is invited here already;
+    an invitation pending in another account is no reason."""
+    here = session.scalar(select(User).where(same_mailbox(email), User.account_id == account_id))
+    if here is not None and here.joined_at is None:
+        raise EmailTaken(
+            f"{here.email} is already invited to this team: reissue the invitation "
+            f"(POST /v1/team/{here.id}/invitation) instead.",
+            field="email", reason="already_invited", user_id=here.id,
+        )  # fmt: skip
+    if here is not None:
+        raise EmailTaken(
+            f"{here.email} is already a member of this team.",
+            field="email", reason="already_member", user_id=here.id,
+        )  # fmt: skip
+    if address_holder(session, email) is not None:
+        raise EmailTaken(
+            "An account with this email already exists: this address logs in to another "
+            "team (one mailbox, one login), so it cannot be invited. Addresses that differ "
+            "only in case, or for providers that ignore them in dots or a +tag, are the "
+            "same mailbox.",
+            field="email", reason="joined_elsewhere",
+        )  # fmt: skip
+
+
+def _claimed(email: str) -> EmailTaken:
+    return EmailTaken(
+        f"{email} has joined another team or registered an account meanwhile (one mailbox, "
+        "one login); this invitation can no longer be accepted.",
+        reason="email_claimed",
+    )
 
 
 def _why_not(invitation: Invitation) -> Exception:

@@ -6,7 +6,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import CheckConstraint, ForeignKey, Numeric, String, UniqueConstraint
+from sqlalchemy import CheckConstraint, ForeignKey, Index, Numeric, String, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from models.base import BIG_INT, Base, CreatedAt, new_id, one_of
@@ -16,6 +16,8 @@ USER_ROLES = ("owner", "admin", "editor", "viewer")
 ACCOUNT_STATUSES = ("trial", "active", "suspended", "pending_payment", "cancelled")
 # How the account pays (tenancy plan, phase 1): set by the payment that last confirmed.
 PAYMENT_METHODS = ("stripe", "bank_transfer", "manual")
+# Users who hold their address: registration and accepting an invitation set joined_at.
+JOINED = text("joined_at IS NOT NULL")
 
 
 class Account(CreatedAt, Base):
@@ -66,14 +68,26 @@ class Account(CreatedAt, Base):
 
 class User(CreatedAt, Base):
     __tablename__ = "users"
-    __table_args__ = (CheckConstraint(one_of("role", USER_ROLES), name="role"),)
+    __table_args__ = (
+        CheckConstraint(one_of("role", USER_ROLES), name="role"),
+        # One login per mailbox: only a user who joined (registered, or accepted an
+        # invitation) holds the address. Invitations reserve nothing: several accounts may
+        # invite one address, each once (billing/accounts.py, billing/team.py).
+        Index("uq_users_email_joined", "email", unique=True, sqlite_where=JOINED,
+              postgresql_where=JOINED),
+        Index("uq_users_email_normalized_joined", "email_normalized", unique=True,
+              sqlite_where=JOINED, postgresql_where=JOINED),
+        Index("uq_users_account_email", "account_id", "email", unique=True),
+        Index("uq_users_account_email_normalized", "account_id", "email_normalized",
+              unique=True),
+    )  # fmt: skip
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("usr"))
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
-    email: Mapped[str] = mapped_column(String(320), unique=True)
-    # One account per mailbox: case, and for providers that ignore them dots and +tags,
+    email: Mapped[str] = mapped_column(String(320), index=True)
+    # One login per mailbox: case, and for providers that ignore them dots and +tags,
     # removed (billing/emails.py). NULL only for rows older than the column that collided.
-    email_normalized: Mapped[str | None] = mapped_column(String(320), unique=True, index=True)
+    email_normalized: Mapped[str | None] = mapped_column(String(320), index=True)
     name: Mapped[str] = mapped_column(String(200), default="")
     password_hash: Mapped[str] = mapped_column(String(300))
     role: Mapped[str] = mapped_column(String(20), default="owner")

@@ -495,6 +495,153 @@ def test_inviting_an_address_with_its_own_account_is_409(client: Any) -> None:
         assert session.scalars(select(Invitation.id)).all() == []
 
 
+# --- an invitation elsewhere blocks nobody ----------------------------------------------
+
+
+def two_teams(client: Any) -> tuple[str, str]:
+    """Two accounts (growth): an owner's API key each."""
+    first, _ = on_plan(client, "growth", "first@example.com")
+    second, _ = on_plan(client, "growth", "second@example.com")
+    return first, second
+
+
+def emails(client: Any, key: str) -> list[str]:
+    return [u["email"] for u in client.get("/v1/team", headers=auth(key)).get_json()["data"]]
+
+
+def test_an_address_invited_by_one_account_can_be_invited_by_another(client: Any) -> None:
+    """Inviting someone first (and reissuing it) no longer keeps every other team from
+    inviting them: the pending invitation reserves nothing, the first acceptance takes
+    the address, and the other invitation is withdrawn with an event."""
+    squatter, team_b = two_teams(client)
+    early = invite(client, squatter, "c.e.o+x@gmail.com", "viewer")
+    reissued = client.post(f"/v1/team/{early['user']['id']}/invitation", headers=auth(squatter))
+    assert reissued.status_code == 201, reissued.get_json()
+
+    real = invite(client, team_b, "ceo@gmail.com", "editor")
+
+    assert real["user"]["status"] == "invited"
+    accepted = accept(client, real["invitation"]["token"])
+    assert accepted.status_code == 200, accepted.get_json()
+    assert emails(client, team_b) == ["second@example.com", "ceo@gmail.com"]
+    assert emails(client, squatter) == ["first@example.com"]
+    assert seats(client, squatter)["used"] == 1
+    for token in (early["invitation"]["token"], reissued.get_json()["invitation"]["token"]):
+        link = accept(client, token)
+        assert link.status_code == 404
+        assert link.get_json()["error"]["code"] == "not_found"
+    with transaction() as session:
+        withdrawn = session.scalars(
+            select(AccountEvent).where(AccountEvent.type == "invitation_withdrawn")
+        ).one()
+    assert withdrawn.data["user_id"] == early["user"]["id"]
+    assert withdrawn.data["reason"] == "joined_another_account"
+    logged_in = login(client, "ceo@gmail.com")
+    assert logged_in.status_code == 200, logged_in.get_json()
+    mine = client.get("/v1/team", headers=auth(logged_in.get_json()["token"]))
+    assert mine.status_code == 200
+    assert "ceo@gmail.com" in [u["email"] for u in mine.get_json()["data"]]
+
+
+def test_registering_an_address_invited_by_two_accounts_withdraws_both(client: Any) -> None:
+    first, second = two_teams(client)
+    made = [invite(client, key, "ceo@bigcorp.com", "viewer") for key in (first, second)]
+
+    assert sign_up(client, "CEO@bigcorp.com").status_code == 201
+
+    assert emails(client, first) == ["first@example.com"]
+    assert emails(client, second) == ["second@example.com"]
+    for invited in made:
+        assert accept(client, invited["invitation"]["token"]).status_code == 404
+    assert login(client, "ceo@bigcorp.com").status_code == 200
+
+
+def test_admin_search_by_email_finds_every_account_of_an_address_once(client: Any) -> None:
+    first, second = two_teams(client)
+    for key in (first, second):
+        invite(client, key, "shared@example.com", "viewer")
+    on_plan(client, "growth", "other@example.com")
+
+    found = client.get("/v1/admin/accounts?email=SHARED@example.com", headers=ADMIN)
+
+    assert found.status_code == 200
+    ids = [a["id"] for a in found.get_json()["data"]]
+    assert len(ids) == len(set(ids)) == 2
+    mine = [client.get("/v1/account", headers=auth(k)).get_json()["id"] for k in (first, second)]
+    assert set(ids) == set(mine)
+
+
+def test_an_address_that_joined_a_team_cannot_be_invited_elsewhere(client: Any) -> None:
+    first, second = two_teams(client)
+    joined(client, first, "ed@example.com", "editor")
+
+    refused = client.post(
+        "/v1/team/invite", json={"email": "ED@example.com", "role": "viewer"}, headers=auth(second)
+    )
+
+    assert refused.status_code == 409
+    error = refused.get_json()["error"]
+    assert (error["code"], error["reason"], error["field"]) == (
+        "email_taken",
+        "joined_elsewhere",
+        "email",
+    )
+    assert "one mailbox, one login" in error["message"]
+    assert emails(client, second) == ["second@example.com"]
+    again = client.post(
+        "/v1/team/invite", json={"email": "ed@example.com", "role": "viewer"}, headers=auth(first)
+    )
+    assert again.status_code == 409
+    assert again.get_json()["error"]["reason"] == "already_member"
+
+
+def test_inviting_an_address_twice_to_one_team_says_to_reissue(client: Any) -> None:
+    owner, _ = on_plan(client, "growth")
+    first = invite(client, owner, "ab@gmail.com", "viewer")
+
+    again = client.post(
+        "/v1/team/invite",
+        json={"email": "A.B+team@gmail.com", "role": "editor"},
+        headers=auth(owner),
+    )
+
+    assert again.status_code == 409
+    error = again.get_json()["error"]
+    assert (error["code"], error["reason"], error["user_id"]) == (
+        "email_taken",
+        "already_invited",
+        first["user"]["id"],
+    )
+    assert "reissue" in error["message"]
+    assert seats(client, owner)["used"] == 2
+
+
+def test_an_invitation_of_an_address_that_joined_elsewhere_meanwhile_is_409(client: Any) -> None:
+    """An invitation that outlived the address's claim (made in the instant another team's
+    acceptance was committing, so that acceptance could not withdraw it): accepting it is
+    a clear 409 that writes nothing, and login still finds the member who joined."""
+    first, second = two_teams(client)
+    stale = invite(client, first, "x@example.com", "viewer")
+    member = joined(client, second, "y@example.com", "editor")
+    with transaction() as session:  # as if `stale` had been invited after the claim
+        session.execute(
+            update(User)
+            .where(User.id == member["id"])
+            .values(email="x@example.com", email_normalized="x@example.com")
+        )
+
+    refused = accept(client, stale["invitation"]["token"])
+
+    assert refused.status_code == 409
+    assert refused.get_json()["error"]["code"] == "email_taken"
+    assert refused.get_json()["error"]["reason"] == "email_claimed"
+    team = client.get("/v1/team", headers=auth(first)).get_json()["data"]
+    assert {u["email"]: u["status"] for u in team}["x@example.com"] == "invited"
+    logged_in = login(client, "x@example.com")
+    assert logged_in.status_code == 200, logged_in.get_json()
+    assert logged_in.get_json()["user"]["id"] == member["id"]
+
+
 # --- ownership --------------------------------------------------------------------------
 
 

@@ -8,13 +8,16 @@ from datetime import timedelta
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from billing import permissions, team
-from billing.accounts import create_api_key, hash_password, revoke_api_key
-from billing.errors import Forbidden, InvalidInput, NotFound
+from billing.accounts import create_api_key, hash_password, login, revoke_api_key
+from billing.audit import audit
+from billing.emails import normalize_email
+from billing.errors import EmailTaken, Forbidden, InvalidInput, NotFound
 from billing.limits import Locked
-from models import Account, ApiKey, User, utcnow
+from models import Account, AccountEvent, ApiKey, Invitation, User, utcnow
 from models.db import transaction
 from tests.factories import make_account
 
@@ -210,3 +213,190 @@ def test_an_invitation_whose_member_is_removed_meanwhile_is_not_found(
     monkeypatch.setattr(team, "lock_account", removed_first)
     with transaction() as session, pytest.raises(NotFound):
         team.accept_invitation(session, made.token, "a long password", None, utcnow())
+
+
+# --- an invitation reserves no address ----------------------------------------------------
+
+
+def _team(email: str) -> tuple[str, str]:
+    """An account (enterprise) and its owner: (account id, owner id)."""
+    with transaction() as session:
+        account_id = make_account(session, "enterprise").id
+    with transaction() as session:
+        owner = User(
+            account_id=account_id,
+            email=email,
+            email_normalized=normalize_email(email),
+            role="owner",
+            password_hash=hash_password("correct horse"),
+            joined_at=utcnow(),
+        )
+        session.add(owner)
+        session.flush()
+        return account_id, owner.id
+
+
+def _invite(team_: tuple[str, str], email: str) -> team.Invite:
+    with transaction() as session:
+        account = session.get(Account, team_[0])
+        owner = session.get(User, team_[1])
+        assert account is not None
+        assert owner is not None
+        return team.invite_member(
+            session, account, owner, email, "editor", "", now=utcnow(), ttl=timedelta(hours=1)
+        )
+
+
+def test_an_address_pending_in_one_account_is_invited_by_another_and_joins_it(
+    db_url: str,
+) -> None:
+    """Account A invited x first; B can still invite x (by another spelling of the same
+    mailbox), and x joining B withdraws A's invitation, recorded in A's events."""
+    first, second = _team("a@example.com"), _team("b@example.com")
+    squatted = _invite(first, "c.e.o+x@gmail.com")
+
+    real = _invite(second, "ceo@googlemail.com")
+
+    with transaction() as session:
+        joined = team.accept_invitation(session, real.token, "a long password", None, utcnow())
+        assert joined.user.account_id == second[0]
+    with transaction() as session:
+        assert session.get(User, squatted.user.id) is None
+        assert session.scalars(select(Invitation.user_id)).all() == [real.user.id]
+        event = session.scalars(
+            select(AccountEvent).where(AccountEvent.type == "invitation_withdrawn")
+        ).one()
+        assert event.account_id == first[0]
+        assert event.data["user_id"] == squatted.user.id
+        assert event.data["reason"] == "joined_another_account"
+    with transaction() as session, pytest.raises(NotFound):
+        team.accept_invitation(session, squatted.token, "a long password", None, utcnow())
+    with transaction() as session:
+        assert audit(session) == []
+
+
+@pytest.mark.parametrize(
+    ("invited_as", "reason"),
+    [
+        ("x@example.com", "already_invited"),
+        ("X@Example.com", "already_invited"),
+        ("joined@example.com", "already_member"),
+        ("b@example.com", "joined_elsewhere"),
+    ],
+)
+def test_an_address_taken_for_this_team_is_refused_with_its_reason(
+    db_url: str, invited_as: str, reason: str
+) -> None:
+    first, _ = _team("a@example.com"), _team("b@example.com")
+    pending = _invite(first, "x@example.com")
+    member = _invite(first, "joined@example.com")
+    with transaction() as session:
+        team.accept_invitation(session, member.token, "a long password", None, utcnow())
+
+    with pytest.raises(EmailTaken) as refused:
+        _invite(first, invited_as)
+
+    assert refused.value.details["reason"] == reason
+    if reason == "already_invited":
+        assert refused.value.details["user_id"] == pending.user.id
+        assert "reissue" in refused.value.message
+    with transaction() as session:
+        assert session.scalar(select(func.count()).select_from(User)) == 4
+
+
+def test_login_finds_the_user_who_joined_not_a_pending_row_of_the_address(db_url: str) -> None:
+    """Several rows may share an address (pending ones elsewhere): login takes the one
+    with a password, whichever was made first."""
+    first, second = _team("a@example.com"), _team("b@example.com")
+    with transaction() as session:  # a pending row made first, as a late invitation leaves
+        session.add(
+            User(
+                account_id=first[0],
+                email="x@example.com",
+                email_normalized="x@example.com",
+                role="viewer",
+                password_hash=hash_password("a long password"),
+            )
+        )
+    member = _invite(second, "x@example.com")
+    with transaction() as session:
+        team.accept_invitation(session, member.token, "a long password", None, utcnow())
+
+    with transaction() as session:
+        user, _ = login(session, "X@example.com", "a long password", "secret")
+        assert (user.id, user.account_id) == (member.user.id, second[0])
+
+
+def test_a_second_user_who_joins_with_an_address_is_refused_by_the_database(
+    db_url: str,
+) -> None:
+    """The unique indexes over joined users back the checks: a second joined row of one
+    mailbox (any spelling), or a second row of it in one account, cannot be written."""
+    first, second = _team("a@example.com"), _team("b@example.com")
+    rows = [
+        (second[0], "A@example.com", utcnow()),  # another spelling, joined elsewhere
+        (second[0], "a@example.com", utcnow()),
+        (first[0], "a@example.com", None),  # pending, in the account that has it
+    ]
+    for account_id, email, joined_at in rows:
+        with pytest.raises(IntegrityError), transaction() as session:
+            session.add(
+                User(
+                    account_id=account_id,
+                    email=email,
+                    email_normalized=normalize_email(email),
+                    password_hash="-",
+                    role="viewer",
+                    joined_at=joined_at,
+                )
+            )
+
+
+# PostgreSQL only: SQLite's one writer runs the two transactions one after the other.
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_two_acceptances_of_one_address_in_two_accounts_leave_one_user(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both acceptances have read their invitation before either locks anything: each
+    locks both accounts, in id order, so one joins and withdraws the other's invitation,
+    and the other gets a clean 409 (no deadlock, no second login, nothing half written)."""
+    first, second = _team("a@example.com"), _team("b@example.com")
+    made = [_invite(first, "x@example.com"), _invite(second, "x@example.com")]
+    both_read = threading.Barrier(2)
+    waited: set[int] = set()
+    lock_account = team.lock_account
+
+    def after_both_read(session: Session, account_id: str) -> Locked:
+        if threading.get_ident() not in waited:
+            waited.add(threading.get_ident())
+            both_read.wait(30)
+        return lock_account(session, account_id)
+
+    monkeypatch.setattr(team, "lock_account", after_both_read)
+
+    def accept(token: str) -> str:
+        try:
+            with transaction() as session:
+                team.accept_invitation(session, token, "a long password", None, utcnow())
+        except EmailTaken as refused:
+            return str(refused.details["reason"])
+        return "joined"
+
+    with ThreadPoolExecutor(2) as pool:
+        outcomes = sorted(pool.map(accept, [m.token for m in made]))
+
+    assert outcomes == ["email_claimed", "joined"]
+    with transaction() as session:
+        users = session.execute(
+            select(User.account_id, User.joined_at.is_not(None)).where(
+                User.email == "x@example.com"
+            )
+        ).all()
+        assert len(users) == 1
+        assert users[0][1] is True
+        assert session.scalar(select(func.count()).select_from(Invitation)) == 1
+        withdrawn = session.scalars(
+            select(AccountEvent.account_id).where(AccountEvent.type == "invitation_withdrawn")
+        ).all()
+        assert withdrawn == [a for a, _ in (first, second) if a != users[0][0]]
+        assert audit(session) == []

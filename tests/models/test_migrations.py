@@ -13,12 +13,16 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
+from alembic.operations import Operations
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, func, inspect, select, text, update
+from sqlalchemy import create_engine, delete, func, inspect, select, text, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import NullPool
 
 from billing import catalog
-from models import Base, Purchase
+from billing.accounts import address_holder
+from billing.emails import normalize_email
+from models import ApiKey, Base, Purchase, User, utcnow
 from models.db import get_engine, transaction
 from tests.factories import make_account
 
@@ -132,7 +136,7 @@ def test_0013_stops_on_a_payment_that_paid_for_two_purchases(empty_url: str) -> 
             )
 
     with pytest.raises(RuntimeError, match="BANK-9"):
-        command.upgrade(config, "head")
+        command.upgrade(config, "0013")
     assert current_revision(empty_url) == "0012"
 
     with transaction(empty_url) as session:
@@ -141,5 +145,116 @@ def test_0013_stops_on_a_payment_that_paid_for_two_purchases(empty_url: str) -> 
             .where(Purchase.id == select(func.min(Purchase.id)).scalar_subquery())
             .values(payment_reference="BANK-9-checked")
         )
-    command.upgrade(config, "head")
+    command.upgrade(config, "0013")
     assert current_revision(empty_url) == "0013"
+
+
+def _user(account_id: str, email: str, role: str = "viewer", **fields: object) -> User:
+    return User(
+        account_id=account_id,
+        email=email,
+        email_normalized=fields.pop("email_normalized", normalize_email(email)),
+        password_hash="-",
+        role=role,
+        **fields,
+    )
+
+
+def test_0014_keeps_every_user_and_lets_other_accounts_invite_pending_addresses(
+    empty_url: str,
+) -> None:
+    """Existing users (owners, members who joined, pending ones, a member from before
+    invitations with a live key, an old row whose normalised email collided) all fit
+    the new indexes. After it another account may invite a pending address, while a
+    second joined user of an address, or a second row of it in one account, is refused;
+    the downgrade stops while an address has several users."""
+    config = alembic_config(empty_url)
+    command.upgrade(config, "0013")
+    now = utcnow()
+    with transaction(empty_url) as session:
+        catalog.seed(session)
+        first, second = (make_account(session, plan_slug="enterprise").id for _ in range(2))
+        session.add_all(
+            [
+                _user(first, "owner@example.com", "owner", joined_at=now),
+                _user(first, "ed@example.com", "editor", joined_at=now),
+                _user(first, "x@example.com"),
+                _user(first, "a.b@gmail.com", joined_at=now),
+                _user(second, "ab@gmail.com", "owner", email_normalized=None, joined_at=now),
+                legacy := _user(second, "legacy@example.com"),
+            ]
+        )
+        session.flush()
+        session.add(ApiKey(account_id=second, user_id=legacy.id, prefix="aij_x", key_hash="x"))
+
+    command.upgrade(config, "0014")
+
+    assert current_revision(empty_url) == "0014"
+    with transaction(empty_url) as session:
+        assert session.scalar(select(func.count()).select_from(User)) == 6
+        session.add(_user(second, "X@example.com".lower()))  # pending in both accounts now
+        holder = address_holder(session, "legacy@example.com")
+        assert holder is not None
+        assert holder.id == legacy.id
+        assert address_holder(session, "x@example.com") is None
+    refused = [
+        _user(second, "ed@example.com", joined_at=now),  # joined in two accounts
+        _user(second, "ab+x@gmail.com", joined_at=now),  # the same mailbox
+        _user(first, "x@example.com"),  # twice in one account
+    ]
+    for row in [*refused, ApiKey(account_id=first, user_id="usr_gone", prefix="p", key_hash="h")]:
+        with pytest.raises(IntegrityError), transaction(empty_url) as session:
+            session.add(row)  # the last: foreign keys are checked again (SQLite: back on)
+
+    with pytest.raises(RuntimeError, match=r"x@example\.com"):
+        command.downgrade(config, "0013")
+    with transaction(empty_url) as session:
+        session.execute(
+            delete(User).where(User.account_id == second, User.email == "x@example.com")
+        )
+    command.downgrade(config, "0013")
+    assert current_revision(empty_url) == "0013"
+    command.upgrade(config, "head")
+    assert schema_diff(empty_url) == []
+
+
+def test_0014_that_fails_halfway_changes_nothing(
+    empty_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On SQLite the migration runs with foreign keys off, in a transaction of its own: a
+    failure after the copy of `users` rolls it all back and turns them on again."""
+    config = alembic_config(empty_url)
+    command.upgrade(config, "0013")
+    with transaction(empty_url) as session:
+        catalog.seed(session)
+        account_id = make_account(session, plan_slug="enterprise").id
+        session.add(owner := _user(account_id, "owner@example.com", "owner", joined_at=utcnow()))
+        session.flush()
+        session.add(ApiKey(account_id=account_id, user_id=owner.id, prefix="p", key_hash="k"))
+    create_index = Operations.create_index
+
+    def failing(self: Operations, name: str, *args: object, **kwargs: object) -> object:
+        if name == "uq_users_account_email":
+            raise RuntimeError("disk full")
+        return create_index(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(Operations, "create_index", failing)
+    with pytest.raises(RuntimeError, match="disk full"):
+        command.upgrade(config, "0014")
+
+    assert current_revision(empty_url) == "0013"
+    refused = [
+        _user(make_account_id(empty_url), "owner@example.com"),  # email unique again
+        ApiKey(account_id=account_id, user_id="usr_gone", prefix="q", key_hash="j"),
+    ]
+    for row in refused:
+        with pytest.raises(IntegrityError), transaction(empty_url) as session:
+            session.add(row)
+    monkeypatch.setattr(Operations, "create_index", create_index)
+    command.upgrade(config, "head")
+    assert schema_diff(empty_url) == []
+
+
+def make_account_id(url: str) -> str:
+    with transaction(url) as session:
+        return make_account(session, plan_slug="enterprise").id
