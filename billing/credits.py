@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from billing import ledger
 from billing.accounts import get_account, held_by_admin, move_status
 from billing.errors import AmountMismatch, DuplicateReference, IdempotencyConflict, InvalidInput
-from billing.lifecycle import RunReport, grant_period, roll_over_account
+from billing.lifecycle import RunReport, ask_if_prepaid_ended, grant_period, roll_over_account
 from billing.limits import lock_account
 from billing.periods import add_months
 from billing.plans import is_renewable
@@ -264,8 +264,10 @@ def grant_period_credits(session: Session, account: Account, now: datetime) -> b
 
     It is the renewal's grant for that period (`lifecycle.grant_period`), so neither a
     second activation nor the renewal task can credit the same period again, and a
-    period a payment prepaid is never credited on top. False when the plan is not a paid
-    one or the period was already credited.
+    period a payment prepaid is never credited on top. Nor is one past the prepaid end
+    (`paid_until`) that nobody paid for: the account is asked to pay instead and ends
+    `pending_payment`, where the rollover puts an account that was active at that end.
+    False when the plan is not a paid one, the period was already credited or is unpaid.
     """
     plan = account.plan
     if plan is None or not is_renewable(plan) or plan.included_credits <= 0:
@@ -278,6 +280,8 @@ def grant_period_credits(session: Session, account: Account, now: datetime) -> b
         # (a payment due) go out with the periodic requeue.
         roll_over_account(session, account, now, RunReport())
         session.refresh(account)
+    if account.status != "active" or ask_if_prepaid_ended(session, account, now, RunReport()):
+        return False  # the rollover just asked for a payment, or this did
     return grant_period(session, account, plan, " (activated by an admin)")
 
 

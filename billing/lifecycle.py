@@ -233,15 +233,45 @@ def _apply_scheduled_plan(session: Session, account: Account) -> None:
 
 def _ask_for_payment(
     session: Session, account: Account, paid_until: datetime, now: datetime, report: RunReport
-) -> None:
+) -> bool:
     """The prepaid time is over: active -> pending_payment (credits left stay spendable;
-    renewal waits for the next payment)."""
+    renewal waits for the next payment). False when the account was not active."""
     reason, until = "prepaid_period_ended", _key(paid_until)
-    if move_status(
+    if not move_status(
         session, account.id, "pending_payment", reason, expected="active", paid_until=until
     ):
-        data = {"status": "pending_payment", "reason": reason, "paid_until": until}
-        report.queue(queue_account_event(session, account, "account.payment_due", data, now))
+        return False
+    data = {"status": "pending_payment", "reason": reason, "paid_until": until}
+    report.queue(queue_account_event(session, account, "account.payment_due", data, now))
+    return True
+
+
+def ask_if_prepaid_ended(
+    session: Session, account: Account, now: datetime, report: RunReport
+) -> bool:
+    """An account made active again whose current period started at or after its
+    `paid_until` and was never asked to pay for it (an admin had suspended it when the
+    rollover reached `paid_until`, and the rollover asks only active accounts) is asked
+    now: active -> pending_payment, `account.payment_due`. True when it was: its period
+    is not paid for, so nothing may credit it. A period already credited, or a prepaid
+    end already asked for (an admin who then set it `active` put it on monthly renewal),
+    is left alone."""
+    if account.paid_until is None or account.period_start is None:
+        return False
+    paid_until, start = as_utc(account.paid_until), as_utc(account.period_start)
+    if start < paid_until or _claimed(session, RENEWAL, account.id, _key(start)):
+        return False
+    until = _key(paid_until)
+    moves = session.scalars(
+        select(AccountEvent.data).where(
+            AccountEvent.account_id == account.id, AccountEvent.type == "status_changed"
+        )
+    )
+    if any(
+        m.get("reason") == "prepaid_period_ended" and m.get("paid_until") == until for m in moves
+    ):
+        return False
+    return _ask_for_payment(session, account, paid_until, now, report)
 
 
 # --- renewal --------------------------------------------------------------------------
@@ -323,10 +353,14 @@ def grant_period(session: Session, account: Account, plan: Plan, note: str = "")
 
 
 def _opened_by_rollover(session: Session, account_id: str, period_key: str) -> bool:
+    return _claimed(session, PERIOD_ROLLOVER, account_id, period_key)
+
+
+def _claimed(session: Session, task: str, account_id: str, period_key: str) -> bool:
     return (
         session.scalar(
             select(PeriodRun.id).where(
-                PeriodRun.task == PERIOD_ROLLOVER,
+                PeriodRun.task == task,
                 PeriodRun.account_id == account_id,
                 PeriodRun.period_key == period_key,
             )

@@ -282,6 +282,35 @@ def test_an_activation_after_the_period_ended_credits_the_period_of_now_once(
     assert_audit_clean()
 
 
+def test_reactivating_a_suspension_after_the_prepaid_end_asks_for_payment(client: Any) -> None:
+    """Suspended while prepaid by a bank transfer; the prepaid time ended half an hour
+    ago and the hourly rollover has not run. The admin's reactivation grants no month
+    nobody paid for: the account is asked to pay, as the rollover would have asked."""
+    key, account = register(client)
+    url = f"/v1/admin/accounts/{account['id']}"
+    client.patch(url, json={"plan": "growth", "status": "pending_payment"}, headers=ADMIN)
+    payment = {"payment_reference": "BT-9", "amount": "149.00", "payer_name": "Jo Doe"}
+    assert client.post(f"{url}/bank-transfer", json=payment, headers=ADMIN).status_code == 200
+    assert client.patch(url, json={"status": "suspended"}, headers=ADMIN).status_code == 200
+    ended = utcnow() - timedelta(minutes=30)
+    with transaction() as session:
+        session.execute(
+            update(Account)
+            .where(Account.id == account["id"])
+            .values(period_start=ended - timedelta(days=31), period_end=ended, paid_until=ended)
+        )
+
+    answer = client.patch(url, json={"status": "active"}, headers=ADMIN)
+
+    assert answer.status_code == 200, answer.get_json()
+    body = answer.get_json()
+    assert (body["status"], body["credits"]["balance"]) == ("pending_payment", 2000 + 40000)
+    assert datetime.fromisoformat(body["period_start"]) == ended
+    txns = client.get("/v1/credits/transactions", headers=auth(key)).get_json()["data"]
+    assert [t["type"] for t in txns] == ["bank_transfer", "registration"]
+    assert_audit_clean()
+
+
 def test_an_admin_plan_change_calls_off_the_owners_waiting_downgrade(client: Any) -> None:
     """Owner schedules Growth -> Starter; an admin then moves the account to Scale: the
     rollover keeps Scale (the downgrade would otherwise undo the admin's change)."""

@@ -684,3 +684,94 @@ def test_a_payment_that_read_the_account_before_the_rollover_asked_for_payment_a
     assert as_utc(paid.paid_until) > at("2027-02-10T00:00:00")
     assert credited(acct) == [("bank_transfer", 40_000), ("bank_transfer", 40_000)]
     audit_clean()
+
+
+# --- an admin activation once the prepaid time has run out -------------------------------
+
+JAN_10 = at("2027-01-10T00:00:00")
+PAID_END = at("2027-02-10T00:00:00")  # one month paid on Jan 10
+
+
+def suspended_after_a_month_paid() -> str:
+    acct = make_account(
+        "growth", "pending_payment", period_start=JAN_10, webhook_url="https://hooks.example.com/a"
+    )
+    pay(acct, "BT-1", 1, JAN_10)
+    with transaction() as session:
+        admin_change(session, acct, "suspended", None, at("2027-01-20T00:00:00"))
+    return acct
+
+
+@pytest.mark.parametrize("rolled_over", [False, True], ids=["before-rollover", "after-rollover"])
+def test_reactivating_a_suspension_past_the_prepaid_end_asks_for_payment_and_grants_nothing(
+    db_url: str, rolled_over: bool
+) -> None:
+    """Suspended while prepaid, reactivated once the prepaid time is over: the new
+    period is not paid for. The account ends as the rollover leaves an unsuspended one
+    (`pending_payment`, asked to pay), whether or not the hourly rollover ran first."""
+    acct = suspended_after_a_month_paid()
+    now = PAID_END + timedelta(minutes=30)
+    if rolled_over:
+        with transaction() as session:
+            lifecycle.renew_credits(session, PAID_END)
+        assert account(acct).status == "suspended"
+
+    with transaction() as session:
+        admin_change(session, acct, "active", None, now)
+    with transaction() as session:
+        lifecycle.renew_credits(session, now + timedelta(minutes=30))
+
+    after = account(acct)
+    assert (after.status, as_utc(after.period_start)) == ("pending_payment", PAID_END)
+    assert credited(acct) == [("bank_transfer", 40_000)]
+    moves = [(d["to"], d["reason"]) for k, d in events(acct) if k == "status_changed"]
+    assert moves[-2:] == [("active", "admin"), ("pending_payment", "prepaid_period_ended")]
+    with transaction() as session:
+        sent = session.scalars(
+            select(WebhookDelivery.event_type).where(WebhookDelivery.account_id == acct)
+        ).all()
+    assert sent == ["account.payment_due"]
+
+    # An admin who sets the pending account active again puts it on monthly renewal
+    # (README); paying again is credited as usual.
+    with transaction() as session:
+        admin_change(session, acct, "active", None, now + timedelta(hours=1))
+    pay(acct, "BT-2", 1, now + timedelta(hours=2))
+    assert account(acct).status == "active"
+    assert credited(acct) == [
+        ("bank_transfer", 40_000), ("renewal", 40_000), ("bank_transfer", 40_000),
+    ]  # fmt: skip
+    audit_clean()
+
+
+@pytest.mark.parametrize(
+    ("plan", "status", "granted"),
+    [("growth", "active", [("renewal", 40_000)]), ("free-trial", "trial", [])],
+    ids=["paid", "trial"],
+)
+@pytest.mark.parametrize("rolled_over", [False, True], ids=["before-rollover", "after-rollover"])
+def test_reactivating_a_suspension_past_the_period_end_without_prepaid_time(
+    db_url: str, plan: str, status: str, granted: list[tuple[str, int]], rolled_over: bool
+) -> None:
+    """No `paid_until`: a paid plan on monthly renewal is credited the period of now
+    once and stays active; a trial's plan is not a paid one, so nothing is granted."""
+    acct = make_account(plan, status, period_start=JAN_10, trial_ends_at=PAID_END + WEEK)
+    with transaction() as session:
+        admin_change(session, acct, "suspended", None, at("2027-01-20T00:00:00"))
+    now = PAID_END + timedelta(minutes=30)
+    if rolled_over:
+        with transaction() as session:
+            lifecycle.renew_credits(session, PAID_END)
+
+    with transaction() as session:
+        admin_change(session, acct, "active", None, now)
+    with transaction() as session:
+        lifecycle.renew_credits(session, now + timedelta(minutes=30))
+
+    after = account(acct)
+    assert (after.status, as_utc(after.period_start)) == ("active", PAID_END)
+    assert credited(acct) == granted
+    assert [t.metadata_["period_start"] for t in renewals(acct)] == [
+        PAID_END.isoformat() for _ in granted
+    ]
+    audit_clean()
