@@ -291,8 +291,11 @@ def apply_stripe_event(session: Session, event: dict[str, Any], now: datetime) -
 
     `checkout.session.completed` (paid) and `...async_payment_succeeded` confirm;
     `...expired` and `...async_payment_failed` fail. The session must be the one we
-    created for the purchase, for the amount and currency we priced; anything else is
-    logged and changes nothing.
+    created for the purchase, for the amount and currency we priced: an unknown session
+    is logged and changes nothing; a payment of another amount or currency grants
+    nothing and goes on the account's record (`payment_not_granted`), as does one that
+    lands on a failed purchase, one already paid another way, or a payment that paid
+    another purchase.
     """
     kind = str(event.get("type", ""))
     data = event.get("data")
@@ -315,6 +318,7 @@ def apply_stripe_event(session: Session, event: dict[str, Any], now: datetime) -
     ) and (checkout.get("payment_status") == "paid")
     if not paid:
         return "awaiting_payment"
+    reference = str(checkout.get("payment_intent") or checkout.get("id"))
     if checkout.get("amount_total") != minor_units(purchase.amount) or (
         str(checkout.get("currency", "")).lower() != purchase.currency
     ):
@@ -323,8 +327,12 @@ def apply_stripe_event(session: Session, event: dict[str, Any], now: datetime) -
             checkout.get("id"), checkout.get("amount_total"), checkout.get("currency"),
             purchase.id, purchase.amount, purchase.currency,
         )  # fmt: skip
+        _not_granted(
+            session, purchase, reference, "check",
+            paid_amount_total=str(checkout.get("amount_total")),
+            paid_currency=str(checkout.get("currency")),
+        )  # fmt: skip
         return "amount_mismatch"
-    reference = str(checkout.get("payment_intent") or checkout.get("id"))
     try:
         confirmation = confirm(session, purchase.id, "stripe", reference, now)
     except PurchaseNotPending:
@@ -345,10 +353,12 @@ def apply_stripe_event(session: Session, event: dict[str, Any], now: datetime) -
     return "granted" if confirmation.granted else "already_paid"
 
 
-def _not_granted(session: Session, purchase: Purchase, reference: str, action: str) -> None:
+def _not_granted(
+    session: Session, purchase: Purchase, reference: str, action: str, **details: str
+) -> None:
     """A payment Stripe took that grants nothing, on the account's record, where an admin
     looks (a log line alone got lost); once per payment, however often Stripe resends
-    its event."""
+    its event. `details`: what Stripe says was paid, when it is not what we priced."""
     recorded = session.scalars(
         select(AccountEvent.data).where(
             AccountEvent.account_id == purchase.account_id,
@@ -368,6 +378,7 @@ def _not_granted(session: Session, purchase: Purchase, reference: str, action: s
         payment_reference=reference,
         amount=str(purchase.amount),
         action=action,
+        **details,
     )
 
 

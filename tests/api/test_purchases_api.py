@@ -462,6 +462,70 @@ def test_a_payment_for_a_purchase_given_up_is_put_on_the_accounts_record(
         assert event.data["payment_reference"].startswith("pi_")
 
 
+@pytest.mark.parametrize(
+    ("field", "paid"), [("amount_total", 5), ("currency", "eur")], ids=["amount", "currency"]
+)
+def test_a_payment_of_another_amount_grants_nothing_and_is_put_on_the_record_once(
+    client: Any, buyer: tuple[str, str], stripe_on: None, sim: Any, field: str, paid: Any
+) -> None:
+    """Stripe took another amount (or currency) than the purchase's: nothing is granted,
+    and the account's record says so (a log line alone got lost), once however often
+    Stripe resends the event."""
+    key, account_id = buyer
+    purchase = topup(client, key, 1000)
+    event = json.loads(customer(sim, purchase)["payload"])
+    event["data"]["object"][field] = paid
+    payload = json.dumps(event)
+    signed = {"payload": payload, "signature": sign(payload, WEBHOOK_SECRET, int(time.time()))}
+
+    answers = [deliver(client, signed), deliver(client, signed)]  # and a redelivery
+
+    assert [(a.status_code, a.get_json()["outcome"]) for a in answers] == [
+        (200, "amount_mismatch")
+    ] * 2
+    assert balance(client, key) == 2000
+    seen = client.get(f"/v1/billing/payments/{purchase['id']}", headers=auth(key)).get_json()
+    assert seen["purchase"]["status"] == "pending"
+    records = refund_records(account_id)
+    assert len(records) == 1, records
+    record = records[0]
+    assert (record["purchase_id"], record["amount"], record["action"]) == (
+        purchase["id"], "5.00", "check",
+    )  # fmt: skip
+    assert record["payment_reference"] == event["data"]["object"]["payment_intent"]
+    assert (record["paid_amount_total"], record["paid_currency"]) == (
+        ("5", "usd") if field == "amount_total" else ("500", "eur")
+    )
+    assert_audit_clean()
+
+
+def test_a_card_payment_whose_reference_paid_another_purchase_is_put_on_the_record_once(
+    client: Any, buyer: tuple[str, str], stripe_on: None, sim: Any
+) -> None:
+    """An admin confirmed another purchase with this card payment's reference: one
+    payment pays for one purchase, so the card event grants nothing, and the record says
+    to check it, once however often Stripe resends the event."""
+    key, account_id = buyer
+    by_card, other = topup(client, key, 1000), topup(client, key, 2000)
+    signed = customer(sim, by_card)
+    payment = json.loads(signed["payload"])["data"]["object"]["payment_intent"]
+    assert confirm(client, other["id"], payment).get_json()["granted"] is True
+
+    answers = [deliver(client, signed), deliver(client, signed)]
+
+    assert [(a.status_code, a.get_json()["outcome"]) for a in answers] == [
+        (200, "duplicate_payment")
+    ] * 2
+    assert balance(client, key) == 2000 + 2000
+    seen = client.get(f"/v1/billing/payments/{by_card['id']}", headers=auth(key)).get_json()
+    assert seen["purchase"]["status"] == "pending"
+    records = refund_records(account_id)
+    assert [(r["purchase_id"], r["payment_reference"], r["action"]) for r in records] == [
+        (by_card["id"], payment, "check")
+    ]
+    assert_audit_clean()
+
+
 def test_billing_history_pages_purchases_and_bank_transfers(client: Any) -> None:
     key, account = register(client)
     path = f"/v1/admin/accounts/{account['id']}"
