@@ -398,11 +398,9 @@ def login(session: Session, email: str, password: str, secret: str) -> tuple[Use
     an active plan may log in: its token reaches only what choosing a plan needs
     (`check_access` runs again on every request).
     """
-    # Only a user who joined has a password; the address's pending invitations (other
-    # rows of the same email) never log in.
-    user = session.scalar(
-        select(User).where(User.email == email.strip().lower(), User.joined_at.is_not(None))
-    )
+    # Only the user who holds the address logs in; its pending invitations (other rows
+    # of the same email, with passwords nobody knows) never do.
+    user = session.scalar(select(User).where(User.email == email.strip().lower(), holds_address()))
     stored = user.password_hash if user is not None else _dummy_password_hash()
     if not verify_password(password, stored) or user is None:
         raise NotFound("Wrong email or password.")
