@@ -17,9 +17,6 @@ Create Date: 2026-12-08 01:40:00.000000
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import sqlalchemy as sa
 from alembic import op
 
@@ -31,62 +28,26 @@ depends_on = None
 JOINED = sa.text("joined_at IS NOT NULL")
 
 
-@contextmanager
-def _sqlite_foreign_keys_off() -> Iterator[None]:
-    """SQLite drops a constraint by copying the table: dropping `users` while API keys
-    and invitations point at it fails with foreign keys on, and SQLite ignores turning
-    them off inside a transaction. So, as SQLite's own procedure for such changes says,
-    they go off between two transactions (the migrations before this one are committed
-    first), this migration runs in one transaction with `foreign_key_check` finding
-    nothing at its end, or is rolled back whole, and they go back on."""
-    bind = op.get_bind()
-    if bind.dialect.name != "sqlite":
-        yield
-        return
-    _between_transactions("COMMIT", "OFF")
-    try:
-        yield
-        broken = bind.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
-        if broken:
-            raise RuntimeError(f"foreign keys broken by the copy of users: {broken[:20]}")
-    except BaseException:
-        _between_transactions("ROLLBACK", "ON")
-        raise
-    _between_transactions("COMMIT", "ON")
-
-
-def _between_transactions(end: str, foreign_keys: str) -> None:
-    """On the driver's connection, under the migration's writer lock (models/sqlite.py),
-    which stays held: no other writer comes between the end and the next BEGIN."""
-    driver = op.get_bind().connection.dbapi_connection
-    assert driver is not None
-    cursor = driver.cursor()
-    for statement in (end, f"PRAGMA foreign_keys={foreign_keys}", "BEGIN IMMEDIATE"):
-        cursor.execute(statement)
-    cursor.close()
-
-
 def upgrade() -> None:
-    with _sqlite_foreign_keys_off():
-        op.drop_index("ix_users_email_normalized", table_name="users")
-        with op.batch_alter_table("users", schema=None) as batch_op:
-            batch_op.drop_constraint("uq_users_email", type_="unique")
-        op.create_index("ix_users_email", "users", ["email"])
-        op.create_index("ix_users_email_normalized", "users", ["email_normalized"])
-        for name, column in (
-            ("uq_users_email_joined", "email"),
-            ("uq_users_email_normalized_joined", "email_normalized"),
-        ):
-            op.create_index(
-                name, "users", [column], unique=True, sqlite_where=JOINED, postgresql_where=JOINED
-            )
-        op.create_index("uq_users_account_email", "users", ["account_id", "email"], unique=True)
+    op.drop_index("ix_users_email_normalized", table_name="users")
+    with op.batch_alter_table("users", schema=None) as batch_op:
+        batch_op.drop_constraint("uq_users_email", type_="unique")
+    op.create_index("ix_users_email", "users", ["email"])
+    op.create_index("ix_users_email_normalized", "users", ["email_normalized"])
+    for name, column in (
+        ("uq_users_email_joined", "email"),
+        ("uq_users_email_normalized_joined", "email_normalized"),
+    ):
         op.create_index(
-            "uq_users_account_email_normalized",
-            "users",
-            ["account_id", "email_normalized"],
-            unique=True,
+            name, "users", [column], unique=True, sqlite_where=JOINED, postgresql_where=JOINED
         )
+    op.create_index("uq_users_account_email", "users", ["account_id", "email"], unique=True)
+    op.create_index(
+        "uq_users_account_email_normalized",
+        "users",
+        ["account_id", "email_normalized"],
+        unique=True,
+    )
 
 
 def downgrade() -> None:
@@ -107,16 +68,15 @@ def downgrade() -> None:
             "addresses with more than one user (invited by several accounts); remove the "
             f"extra invitations, then downgrade again: {sorted(shared)[:20]}"
         )
-    with _sqlite_foreign_keys_off():
-        for name in (
-            "uq_users_account_email_normalized",
-            "uq_users_account_email",
-            "uq_users_email_normalized_joined",
-            "uq_users_email_joined",
-            "ix_users_email_normalized",
-            "ix_users_email",
-        ):
-            op.drop_index(name, table_name="users")
-        with op.batch_alter_table("users", schema=None) as batch_op:
-            batch_op.create_unique_constraint("uq_users_email", ["email"])
-        op.create_index("ix_users_email_normalized", "users", ["email_normalized"], unique=True)
+    for name in (
+        "uq_users_account_email_normalized",
+        "uq_users_account_email",
+        "uq_users_email_normalized_joined",
+        "uq_users_email_joined",
+        "ix_users_email_normalized",
+        "ix_users_email",
+    ):
+        op.drop_index(name, table_name="users")
+    with op.batch_alter_table("users", schema=None) as batch_op:
+        batch_op.create_unique_constraint("uq_users_email", ["email"])
+    op.create_index("ix_users_email_normalized", "users", ["email_normalized"], unique=True)

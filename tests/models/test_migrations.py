@@ -221,8 +221,8 @@ def test_0014_keeps_every_user_and_lets_other_accounts_invite_pending_addresses(
 def test_0014_that_fails_halfway_changes_nothing(
     empty_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """On SQLite the migration runs with foreign keys off, in a transaction of its own: a
-    failure after the copy of `users` rolls it all back and turns them on again."""
+    """An upgrade is one transaction (on SQLite with foreign keys off, migrations/env.py):
+    a failure after the copy of `users` rolls it all back, and they are on again."""
     config = alembic_config(empty_url)
     command.upgrade(config, "0013")
     with transaction(empty_url) as session:
@@ -258,3 +258,52 @@ def test_0014_that_fails_halfway_changes_nothing(
 def make_account_id(url: str) -> str:
     with transaction(url) as session:
         return make_account(session, plan_slug="enterprise").id
+
+
+def test_a_populated_database_from_0005_upgrades_to_head(empty_url: str) -> None:
+    """0006 and 0014 copy `users`, which API keys point at: on SQLite, dropping the old
+    table with foreign keys on failed ("FOREIGN KEY constraint failed") as soon as one
+    key existed. Migrations run with them off and checked once at the end instead."""
+    config = alembic_config(empty_url)
+    command.upgrade(config, "0005")
+    created = "2026-01-01 00:00:00"
+    with get_engine(empty_url).begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO accounts (id, name, status, credits, reserved_credits, "
+                "usage_ahrefs_queries, created_at) "
+                "VALUES ('acc_old', 'old', 'active', 100, 0, 0, :created)"
+            ),
+            {"created": created},
+        )
+        for user_id, email, role in (
+            ("usr_o", "o@example.com", "owner"),
+            ("usr_a", "a@example.com", "admin"),
+        ):
+            connection.execute(
+                text(
+                    "INSERT INTO users (id, account_id, email, name, password_hash, role, "
+                    "created_at) VALUES (:id, 'acc_old', :email, '', 'x', :role, :created)"
+                ),
+                {"id": user_id, "email": email, "role": role, "created": created},
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO api_keys (id, account_id, user_id, name, prefix, key_hash, "
+                    "created_at) VALUES (:id, 'acc_old', :user_id, 'k', 'aij_', :hash, :created)"
+                ),
+                {"id": f"key_{user_id}", "user_id": user_id, "hash": user_id, "created": created},
+            )
+
+    command.upgrade(config, "head")
+
+    assert current_revision(empty_url) == ScriptDirectory.from_config(config).get_current_head()
+    with transaction(empty_url) as session:
+        keys = session.execute(select(ApiKey.id, ApiKey.user_id).order_by(ApiKey.id)).all()
+        assert [tuple(k) for k in keys] == [("key_usr_a", "usr_a"), ("key_usr_o", "usr_o")]
+        holder = address_holder(session, "a@example.com")
+        assert holder is not None
+        assert holder.id == "usr_a"  # a member from before invitations, with a live key
+    with pytest.raises(IntegrityError), transaction(empty_url) as session:
+        session.add(ApiKey(account_id="acc_old", user_id="usr_gone", prefix="p", key_hash="h"))
+    assert schema_diff(empty_url) == []
