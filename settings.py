@@ -157,8 +157,8 @@ class Settings:
     webhook_timeout_seconds: float = field(
         default_factory=lambda: float(os.environ.get("WEBHOOK_TIMEOUT_SECONDS") or 15)
     )
-    # Attempts to one endpoint (scheme, host, port) in flight at once across every worker;
-    # more wait their turn (workers/webhook_slots.py). 0: no cap.
+    # Attempts of one account to one endpoint (scheme, host, port) in flight at once across
+    # every worker; more wait their turn (workers/webhook_slots.py). 0: no cap.
     webhook_max_per_endpoint: int = field(
         default_factory=lambda: _env_int("WEBHOOK_MAX_PER_ENDPOINT", 4)
     )

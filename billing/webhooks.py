@@ -15,7 +15,7 @@ import random
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
@@ -331,11 +331,22 @@ def _unheld(now: datetime) -> ColumnElement[bool]:
     return or_(WebhookDelivery.claimed_until.is_(None), WebhookDelivery.claimed_until < now)
 
 
-def claimable_url(session: Session, delivery_id: str, now: datetime) -> str | None:
-    """The URL of a delivery that `claim_attempt` could take now (due, pending, held by
-    no live claim), else None. Read without claiming, so the sender can first take a
-    slot at the URL's endpoint and claim only once it has one."""
-    return session.scalar(select(WebhookDelivery.url).where(_due(delivery_id, now), _unheld(now)))
+class Destination(NamedTuple):
+    url: str
+    account_id: str
+
+
+def claimable_destination(session: Session, delivery_id: str, now: datetime) -> Destination | None:
+    """Where a delivery that `claim_attempt` could take now (due, pending, held by no live
+    claim) goes, and whose it is; else None. Read without claiming, so the sender can
+    first take one of the account's slots at the URL's endpoint and claim only once it
+    has one."""
+    row = session.execute(
+        select(WebhookDelivery.url, WebhookDelivery.account_id).where(
+            _due(delivery_id, now), _unheld(now)
+        )
+    ).one_or_none()
+    return None if row is None else Destination(row.url, row.account_id)
 
 
 def defer_attempt(session: Session, delivery_id: str, now: datetime, delay: float) -> bool:

@@ -34,22 +34,24 @@ def deliver(delivery_id: str) -> str:
     does nothing, so at most one attempt runs at a time per delivery. The time limits
     above do nothing on the threads pool: the send's own deadline bounds an attempt.
 
-    The attempt first takes a slot at its endpoint (WEBHOOK_MAX_PER_ENDPOINT) and only
-    then its claim; with the endpoint full it is parked, unsent and unclaimed, until an
-    attempt there gives a slot back (workers/webhook_slots.py)."""
+    The attempt first takes one of its account's slots at its endpoint
+    (WEBHOOK_MAX_PER_ENDPOINT) and only then its claim; with them all taken it is parked,
+    unsent and unclaimed, until an attempt of that account there gives a slot back
+    (workers/webhook_slots.py)."""
     settings = get_settings()
     with transaction() as session:
-        url = webhooks.claimable_url(session, delivery_id, utcnow())
-    if url is None:
+        destination = webhooks.claimable_destination(session, delivery_id, utcnow())
+    if destination is None:
         return "skipped"
-    slot = webhook_slots.take_for(url, settings)
+    url, tenant = destination
+    slot = webhook_slots.take_for(url, tenant, settings)
     if slot is None:
         # Not due until woken (or, its wake-up lost, until the requeue finds it), then
         # parked and slot asked for again in one step: a slot freed meanwhile finds it.
         with transaction() as session:
             if not webhooks.defer_attempt(session, delivery_id, utcnow(), PARK_SECONDS):
                 return "skipped"
-        slot = webhook_slots.take_for(url, settings, park=delivery_id)
+        slot = webhook_slots.take_for(url, tenant, settings, park=delivery_id)
         if slot is None:
             metrics.WEBHOOK_DEFERRALS.inc()
             log.info("webhook %s: its endpoint is busy, parked", delivery_id)
@@ -62,7 +64,7 @@ def deliver(delivery_id: str) -> str:
 
 
 def give_back(slot: webhook_slots.Slot) -> None:
-    """The slot back to its endpoint, and the delivery parked longest there sent. An
+    """The slot back to its endpoint, and the account's delivery parked longest there sent. An
     entry that wakes nothing (a delivery parked twice, the requeue having sent it after
     PARK_SECONDS, and sent since) does not use up the freed slot: the next one is woken."""
     parked = webhook_slots.release(slot)

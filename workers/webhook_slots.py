@@ -1,10 +1,13 @@
-"""A per-endpoint cap on webhook attempts, shared by every worker thread and process.
+"""A per-tenant, per-endpoint cap on webhook attempts, shared by every worker thread and
+process.
 
-At most WEBHOOK_MAX_PER_ENDPOINT attempts to one endpoint (scheme, host and port of the
-URL) run at once. Without it, one tenant whose receiver hangs for the whole deadline and
-who has thousands of events would hold every webhook thread, and every other tenant's
-events would wait behind it. With it, that tenant's extra attempts wait, parked, in the
-endpoint's Redis list, and the threads go on to other endpoints. A finished attempt
+At most WEBHOOK_MAX_PER_ENDPOINT attempts of one account to one endpoint (scheme, host and
+port of the URL) run at once. Without it, one tenant whose receiver hangs for the whole
+deadline and who has thousands of events would hold every webhook thread, and every other
+tenant's events would wait behind it. With it, that tenant's extra attempts wait, parked,
+in its Redis list for the endpoint, and the threads go on. The cap is the tenant's, not
+the host's: many tenants send to the same receiver hosts (Zapier, Slack), and one
+tenant's backlog there must not hold up another's events to it. A finished attempt
 gives its slot back and takes the endpoint's oldest parked delivery off the list in one
 step, for the caller to send: the endpoint's backlog moves one delivery per freed slot,
 with no polling (a countdown per parked delivery would put thousands of messages a
@@ -86,12 +89,14 @@ def endpoint(url: str) -> str:
     return f"{scheme}://{host}:{port}"
 
 
-def key(url: str) -> str:
-    return f"aijobs:webhook-endpoint:{endpoint(url)}"
+def key(url: str, tenant: str) -> str:
+    """The slots of `tenant` (an account id) at `url`'s endpoint."""
+    return f"aijobs:webhook-endpoint:{tenant}:{endpoint(url)}"
 
 
-def parked_key(url: str) -> str:
-    return f"aijobs:webhook-parked:{endpoint(url)}"
+def parked_key(url: str, tenant: str) -> str:
+    """The deliveries of `tenant` parked until one of its slots there frees."""
+    return f"aijobs:webhook-parked:{tenant}:{endpoint(url)}"
 
 
 def lease_seconds(deadline: float) -> float:
@@ -101,10 +106,11 @@ def lease_seconds(deadline: float) -> float:
 
 @dataclass(frozen=True)
 class Slot:
-    """A slot taken at an endpoint; `token` None: taken without the cap (off, or no
-    Redis), nothing to give back."""
+    """A slot `tenant` took at an endpoint; `token` None: taken without the cap (off, or
+    no Redis), nothing to give back."""
 
     url: str
+    tenant: str
     token: str | None = None
 
 
@@ -116,18 +122,19 @@ def _redis(url: str) -> redis.Redis:
 def take(
     url: str,
     *,
+    tenant: str,
     cap: int,
     lease: float,
     park: str | None = None,
     client: redis.Redis | None = None,
 ) -> Slot | None:
-    """A slot at `url`'s endpoint, or None if `cap` attempts there hold one already; then
-    the delivery `park` (if given) is put on the endpoint's list in the same step. `cap`
-    0 (or less) means no cap; without Redis every attempt gets a slot."""
+    """A slot of `tenant` at `url`'s endpoint, or None if `cap` of its attempts there hold
+    one already; then the delivery `park` (if given) is put on its list in the same step.
+    `cap` 0 (or less) means no cap; without Redis every attempt gets a slot."""
     if cap <= 0:
-        return Slot(url)
+        return Slot(url, tenant)
     token = secrets.token_hex(8)
-    keys = (key(url), parked_key(url))
+    keys = (key(url, tenant), parked_key(url, tenant))
     # The list outlives the longest a delivery stays parked; a forgotten one then expires.
     ttl = math.ceil(4 * PARK_SECONDS * 1000)
     try:
@@ -135,8 +142,8 @@ def take(
         taken = client.eval(_TAKE, 2, *keys, cap, math.ceil(lease * 1000), token, park or "", ttl)
     except redis.RedisError as exc:
         _warn(f"webhook endpoint cap unavailable ({exc}); sending without it")
-        return Slot(url)
-    return Slot(url, token) if taken else None
+        return Slot(url, tenant)
+    return Slot(url, tenant, token) if taken else None
 
 
 def release(slot: Slot, client: redis.Redis | None = None) -> str | None:
@@ -147,7 +154,8 @@ def release(slot: Slot, client: redis.Redis | None = None) -> str | None:
         return None
     try:
         client = client or _redis(get_settings().redis_url)
-        parked = client.eval(_RELEASE, 2, key(slot.url), parked_key(slot.url), slot.token)
+        keys = (key(slot.url, slot.tenant), parked_key(slot.url, slot.tenant))
+        parked = client.eval(_RELEASE, 2, *keys, slot.token)
     except redis.RedisError as exc:
         _warn(f"could not release a webhook slot at {endpoint(slot.url)} ({exc}); its lease will")
         return None
@@ -161,17 +169,18 @@ def next_parked(slot: Slot, client: redis.Redis | None = None) -> str | None:
         return None
     try:
         client = client or _redis(get_settings().redis_url)
-        parked = client.lpop(parked_key(slot.url))
+        parked = client.lpop(parked_key(slot.url, slot.tenant))
     except redis.RedisError as exc:
         _warn(f"could not read parked webhooks at {endpoint(slot.url)} ({exc})")
         return None
     return parked.decode() if isinstance(parked, bytes) else parked
 
 
-def take_for(url: str, settings: Settings, park: str | None = None) -> Slot | None:
+def take_for(url: str, tenant: str, settings: Settings, park: str | None = None) -> Slot | None:
     """`take` with the settings' cap and a lease of the attempt's deadline plus margin."""
     return take(
         url,
+        tenant=tenant,
         cap=settings.webhook_max_per_endpoint,
         lease=lease_seconds(settings.webhook_timeout_seconds),
         park=park,

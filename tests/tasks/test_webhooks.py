@@ -574,10 +574,13 @@ def test_a_delivery_to_a_full_endpoint_is_parked_unsent_unclaimed_and_sent_when_
     queued: list[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("WEBHOOK_MAX_PER_ENDPOINT", "1")
+    account_id = new_account()
     with Receiver() as receiver:
-        _, delivery_id = cancelled_job(new_account(), receiver.url)
+        _, delivery_id = cancelled_job(account_id, receiver.url)
         assert delivery_id is not None
-        busy = webhook_slots.take(receiver.url, cap=1, lease=30)  # another attempt's slot
+        busy = webhook_slots.take(
+            receiver.url, tenant=account_id, cap=1, lease=30
+        )  # another attempt's slot
         assert busy is not None
         counted, before = deferrals(), utcnow()
 
@@ -604,7 +607,35 @@ def test_a_delivery_to_a_full_endpoint_is_parked_unsent_unclaimed_and_sent_when_
     row, attempts = delivery(delivery_id)
     assert (row.status, row.attempts) == ("succeeded", 1)
     assert [a.status_code for a in attempts] == [200]
-    assert webhook_slots.take(receiver.url, cap=1, lease=30) is not None  # given back
+    assert (
+        webhook_slots.take(receiver.url, tenant=account_id, cap=1, lease=30) is not None
+    )  # given back
+
+
+def test_another_tenants_delivery_to_a_host_one_tenant_fills_is_sent_not_parked(
+    queued: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tenants share receiver hosts (Zapier, Slack): one tenant holding every slot it may
+    have there does not hold up another tenant's event to the same host."""
+    monkeypatch.setenv("WEBHOOK_MAX_PER_ENDPOINT", "1")
+    busy_account, other_account = new_account(), new_account()
+    with Receiver() as receiver:
+        _, busy_delivery = cancelled_job(busy_account, receiver.url)
+        _, other_delivery = cancelled_job(other_account, receiver.url)
+        assert busy_delivery is not None
+        assert other_delivery is not None
+        busy = webhook_slots.take(receiver.url, tenant=busy_account, cap=1, lease=30)
+        assert busy is not None
+
+        assert deliver.run(busy_delivery) == "deferred"
+        assert deliver.run(other_delivery) == "done"
+
+        give_back(busy)
+        assert queued == [([busy_delivery], None)]
+        assert deliver.run(busy_delivery) == "done"
+
+    assert len(receiver.requests) == 2
+    assert [delivery(d)[0].status for d in (busy_delivery, other_delivery)] == ["succeeded"] * 2
 
 
 def test_an_attempt_holds_its_endpoints_slot_until_it_is_recorded(
@@ -647,13 +678,14 @@ def test_a_slot_freed_between_the_refusal_and_the_parking_is_taken_at_once(
     real = webhook_slots.take_for
     answers: list[str] = []
 
-    def full_once(url: str, settings: Any, park: str | None = None) -> Any:
+    def full_once(url: str, tenant: str, settings: Any, park: str | None = None) -> Any:
         answers.append("full" if not answers else "asked again")
-        return None if len(answers) == 1 else real(url, settings, park=park)
+        return None if len(answers) == 1 else real(url, tenant, settings, park=park)
 
     monkeypatch.setattr(webhook_slots, "take_for", full_once)
+    account_id = new_account()
     with Receiver() as receiver:
-        _, delivery_id = cancelled_job(new_account(), receiver.url)
+        _, delivery_id = cancelled_job(account_id, receiver.url)
         assert delivery_id is not None
 
         assert deliver.run(delivery_id) == "done"
@@ -663,7 +695,9 @@ def test_a_slot_freed_between_the_refusal_and_the_parking_is_taken_at_once(
     assert queued == []
     row, _ = delivery(delivery_id)
     assert (row.status, row.attempts) == ("succeeded", 1)
-    assert webhook_slots.take(receiver.url, cap=1, lease=30) is not None  # given back
+    assert (
+        webhook_slots.take(receiver.url, tenant=account_id, cap=1, lease=30) is not None
+    )  # given back
 
 
 def test_a_stale_entry_on_the_parked_list_does_not_use_up_a_freed_slots_wake_up(
@@ -679,7 +713,9 @@ def test_a_stale_entry_on_the_parked_list_does_not_use_up_a_freed_slots_wake_up(
         (_, first), (_, second) = (cancelled_job(account_id, receiver.url) for _ in range(2))
         assert first is not None
         assert second is not None
-        busy = webhook_slots.take(receiver.url, cap=1, lease=30)  # a hanging attempt's slot
+        busy = webhook_slots.take(
+            receiver.url, tenant=account_id, cap=1, lease=30
+        )  # a hanging attempt's slot
         assert busy is not None
         assert deliver.run(first) == "deferred"
         # PARK_SECONDS later, still full: the requeue sends it, and it is parked again.

@@ -17,6 +17,8 @@ from settings import get_settings
 from workers import webhook_slots
 from workers.webhook_slots import endpoint, take
 
+TENANT = "acc_slots"
+
 
 @pytest.fixture
 def url(redis_server: Any, monkeypatch: pytest.MonkeyPatch) -> str:
@@ -30,7 +32,7 @@ def client() -> redis.Redis:
 
 
 def held(url: str) -> int:
-    return int(client().zcard(webhook_slots.key(url)))
+    return int(client().zcard(webhook_slots.key(url, TENANT)))
 
 
 def test_one_endpoint_is_scheme_host_and_port() -> None:
@@ -44,36 +46,52 @@ def test_one_endpoint_is_scheme_host_and_port() -> None:
 
 
 def test_at_most_cap_slots_per_endpoint(url: str) -> None:
-    slots = [take(url, cap=2, lease=30) for _ in range(3)]
+    slots = [take(url, tenant=TENANT, cap=2, lease=30) for _ in range(3)]
 
     assert [slot is not None for slot in slots] == [True, True, False]
     # Another path on the same endpoint shares its slots; another port does not.
-    assert take(url.replace("/in", "/other"), cap=2, lease=30) is None
-    assert take(url.replace(".com/", ".com:8443/"), cap=2, lease=30) is not None
+    assert take(url.replace("/in", "/other"), tenant=TENANT, cap=2, lease=30) is None
+    assert take(url.replace(".com/", ".com:8443/"), tenant=TENANT, cap=2, lease=30) is not None
     assert held(url) == 2
 
 
+def test_each_tenant_has_its_own_slots_and_parked_list_at_one_endpoint(url: str) -> None:
+    """Many tenants send to the same receiver hosts: one tenant's full slots there park
+    only its own deliveries, and its released slot wakes only its own."""
+    mine = take(url, tenant="acc_busy", cap=1, lease=30)
+    assert mine is not None
+    assert take(url, tenant="acc_busy", cap=1, lease=30, park="whd_busy") is None
+
+    theirs = take(url, tenant="acc_other", cap=1, lease=30, park="whd_other")
+
+    assert theirs is not None  # not parked behind the busy tenant
+    assert webhook_slots.release(theirs) is None  # the busy tenant's delivery stays put
+    assert webhook_slots.release(mine) == "whd_busy"
+
+
 def test_a_released_slot_is_free_at_once(url: str) -> None:
-    first = take(url, cap=1, lease=30)
+    first = take(url, tenant=TENANT, cap=1, lease=30)
     assert first is not None
-    assert take(url, cap=1, lease=30) is None
+    assert take(url, tenant=TENANT, cap=1, lease=30) is None
 
     webhook_slots.release(first)
 
-    assert take(url, cap=1, lease=30) is not None
+    assert take(url, tenant=TENANT, cap=1, lease=30) is not None
     webhook_slots.release(first)  # releasing twice takes nothing from the new holder
-    assert take(url, cap=1, lease=30) is None
+    assert take(url, tenant=TENANT, cap=1, lease=30) is None
 
 
 def test_a_dead_holders_slot_frees_itself_when_its_lease_ends(url: str) -> None:
-    assert take(url, cap=1, lease=0.3) is not None  # its worker is killed: never released
-    assert take(url, cap=1, lease=0.3) is None
+    assert (
+        take(url, tenant=TENANT, cap=1, lease=0.3) is not None
+    )  # its worker is killed: never released
+    assert take(url, tenant=TENANT, cap=1, lease=0.3) is None
 
     time.sleep(0.4)
 
-    assert take(url, cap=1, lease=30) is not None
+    assert take(url, tenant=TENANT, cap=1, lease=30) is not None
     assert held(url) == 1  # the dead lease was cleaned up, not just outnumbered
-    ttl = client().pttl(webhook_slots.key(url))
+    ttl = client().pttl(webhook_slots.key(url, TENANT))
     assert 25_000 < ttl <= 30_000  # an idle endpoint's key goes away by itself
 
 
@@ -83,7 +101,7 @@ def test_threads_racing_for_the_slots_get_exactly_cap(url: str) -> None:
 
     def attempt() -> None:
         start.wait()
-        got.append(take(url, cap=4, lease=30) is not None)
+        got.append(take(url, tenant=TENANT, cap=4, lease=30) is not None)
 
     threads = [threading.Thread(target=attempt) for _ in range(20)]
     for thread in threads:
@@ -97,30 +115,30 @@ def test_threads_racing_for_the_slots_get_exactly_cap(url: str) -> None:
 def test_a_full_endpoint_parks_in_the_same_step_and_a_release_hands_over_the_oldest(
     url: str,
 ) -> None:
-    held_slot = take(url, cap=1, lease=30)
+    held_slot = take(url, tenant=TENANT, cap=1, lease=30)
     assert held_slot is not None
 
-    assert take(url, cap=1, lease=30, park="whd_first") is None
-    assert take(url, cap=1, lease=30, park="whd_second") is None
-    assert take(url, cap=1, lease=30) is None  # asking without parking parks nothing
+    assert take(url, tenant=TENANT, cap=1, lease=30, park="whd_first") is None
+    assert take(url, tenant=TENANT, cap=1, lease=30, park="whd_second") is None
+    assert take(url, tenant=TENANT, cap=1, lease=30) is None  # asking without parking parks nothing
 
     assert webhook_slots.release(held_slot) == "whd_first"
     assert held(url) == 0
-    again = take(url, cap=1, lease=30)
+    again = take(url, tenant=TENANT, cap=1, lease=30)
     assert again is not None
     assert webhook_slots.release(again) == "whd_second"
     assert webhook_slots.release(again) is None  # nobody left, nothing given twice
-    ttl = client().pttl(webhook_slots.parked_key(url))
+    ttl = client().pttl(webhook_slots.parked_key(url, TENANT))
     assert ttl == -2  # emptied lists are gone; a forgotten one expires
 
 
 def test_a_cap_of_0_is_no_cap(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WEBHOOK_MAX_PER_ENDPOINT", "0")
-    slots = [webhook_slots.take_for(url, get_settings(), park="x") for _ in range(10)]
+    slots = [webhook_slots.take_for(url, TENANT, get_settings(), park="x") for _ in range(10)]
 
     assert all(slot is not None and slot.token is None for slot in slots)
     assert held(url) == 0
-    assert client().llen(webhook_slots.parked_key(url)) == 0
+    assert client().llen(webhook_slots.parked_key(url, TENANT)) == 0
 
 
 def test_without_redis_attempts_go_ahead_logged_once(
@@ -131,10 +149,12 @@ def test_without_redis_attempts_go_ahead_logged_once(
     caplog.set_level(logging.WARNING, logger=webhook_slots.__name__)
 
     for _ in range(5):
-        slot = webhook_slots.take_for("https://hooks.example.com/in", get_settings(), park="x")
+        slot = webhook_slots.take_for(
+            "https://hooks.example.com/in", TENANT, get_settings(), park="x"
+        )
         assert slot is not None
         assert webhook_slots.release(slot) is None
-    slot = webhook_slots.Slot("https://hooks.example.com/in", "token")
+    slot = webhook_slots.Slot("https://hooks.example.com/in", TENANT, "token")
     assert webhook_slots.release(slot) is None  # nothing raises on the way out either
 
     assert len(caplog.records) == 1
@@ -143,7 +163,7 @@ def test_without_redis_attempts_go_ahead_logged_once(
 
 def test_a_slot_redis_refuses_is_left_to_its_lease(url: str) -> None:
     broken = redis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=1)
-    slot = take(url, cap=1, lease=30)
+    slot = take(url, tenant=TENANT, cap=1, lease=30)
     assert slot is not None
 
     assert webhook_slots.release(slot, client=broken) is None
