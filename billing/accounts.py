@@ -157,10 +157,14 @@ def address_holder(session: Session, email: str, *, other_than: str | None = Non
     return session.scalars(query.limit(1)).first()
 
 
+def pending_invitees(email: str) -> ColumnElement[bool]:
+    """The members invited with `email`'s mailbox who hold nothing (not joined)."""
+    return and_(same_mailbox(email), ~holds_address())
+
+
 def invited_in(session: Session, email: str) -> list[str]:
     """The accounts where `email`'s mailbox has a pending (not joined) member, by id."""
-    pending = and_(same_mailbox(email), ~holds_address())
-    return sorted(set(session.scalars(select(User.account_id).where(pending))))
+    return sorted(set(session.scalars(select(User.account_id).where(pending_invitees(email)))))
 
 
 def withdraw_invitations(
@@ -184,7 +188,6 @@ def withdraw_invitations(
     id order with its own; only their members are withdrawn, so no lock is ever taken
     out of order (an invitation committed since the caller looked stays, and its
     acceptance answers 409). Returns the members withdrawn."""
-    pending = and_(same_mailbox(email), ~holds_address())
     account_ids = invited_in(session, email)
     if locked is not None:
         account_ids = [account_id for account_id in account_ids if account_id in locked]
@@ -195,7 +198,7 @@ def withdraw_invitations(
     members = list(
         session.scalars(
             select(User)
-            .where(pending, User.account_id.in_(account_ids))
+            .where(pending_invitees(email), User.account_id.in_(account_ids))
             .execution_options(populate_existing=True)
         )
     )
@@ -500,6 +503,18 @@ def get_account(session: Session, account_id: str) -> Account:
 def record_event(session: Session, account_id: str, type_: str, **data: Any) -> None:
     """A change to the account that moves no credits, for the record (`account_events`)."""
     session.add(AccountEvent(account_id=account_id, type=type_, data=data))
+
+
+def has_event(session: Session, account_id: str, type_: str, **data: Any) -> bool:
+    """Whether the record holds an event of `type_` whose data has these values: what
+    keeps a once-only event from being written twice (compared in Python: the JSON
+    column is not queried by key the same way on both databases)."""
+    recorded = session.scalars(
+        select(AccountEvent.data).where(
+            AccountEvent.account_id == account_id, AccountEvent.type == type_
+        )
+    )
+    return any(all(row.get(k) == v for k, v in data.items()) for row in recorded)
 
 
 def held_by_admin(session: Session, account_id: str, status: str | None) -> bool:

@@ -31,7 +31,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from billing import ledger
-from billing.accounts import move_status
+from billing.accounts import has_event, move_status
 from billing.limits import excess
 from billing.periods import next_period_end
 from billing.plans import is_renewable
@@ -261,15 +261,10 @@ def ask_if_prepaid_ended(
     paid_until, start = as_utc(account.paid_until), as_utc(account.period_start)
     if start < paid_until or _claimed(session, RENEWAL, account.id, _key(start)):
         return False
-    until = _key(paid_until)
-    moves = session.scalars(
-        select(AccountEvent.data).where(
-            AccountEvent.account_id == account.id, AccountEvent.type == "status_changed"
-        )
-    )
-    if any(
-        m.get("reason") == "prepaid_period_ended" and m.get("paid_until") == until for m in moves
-    ):
+    if has_event(
+        session, account.id, "status_changed",
+        reason="prepaid_period_ended", paid_until=_key(paid_until),
+    ):  # fmt: skip
         return False
     return _ask_for_payment(session, account, paid_until, now, report)
 

@@ -19,7 +19,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from billing import ledger
-from billing.accounts import record_event
+from billing.accounts import has_event, record_event
 from billing.credits import PlanPayment, paying_once, start_paid_period
 from billing.errors import (
     DuplicateReference,
@@ -30,15 +30,7 @@ from billing.errors import (
 )
 from billing.limits import lock_account, require_paid_plan
 from billing.paging import Page, newest_first, page_of, page_size, time_cursor
-from models import (
-    PURCHASE_STATUSES,
-    Account,
-    AccountEvent,
-    CreditTransaction,
-    Plan,
-    Purchase,
-    as_utc,
-)
+from models import PURCHASE_STATUSES, Account, CreditTransaction, Plan, Purchase, as_utc
 
 log = logging.getLogger(__name__)
 
@@ -359,16 +351,10 @@ def _not_granted(
     """A payment Stripe took that grants nothing, on the account's record, where an admin
     looks (a log line alone got lost); once per payment, however often Stripe resends
     its event. `details`: what Stripe says was paid, when it is not what we priced."""
-    recorded = session.scalars(
-        select(AccountEvent.data).where(
-            AccountEvent.account_id == purchase.account_id,
-            AccountEvent.type == "payment_not_granted",
-        )
-    ).all()
-    if any(
-        data.get("purchase_id") == purchase.id and data.get("payment_reference") == reference
-        for data in recorded
-    ):
+    if has_event(
+        session, purchase.account_id, "payment_not_granted",
+        purchase_id=purchase.id, payment_reference=reference,
+    ):  # fmt: skip
         return
     record_event(
         session,
